@@ -1,0 +1,159 @@
+"""Recovery options, outcomes, and the decision of what a reconnecting client is owed."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._offsets import parse_offset
+from .exceptions import ConfigurationError
+from engineio import packet as eio_packet
+from .stores.base import HistoryBounds, Session, StoredPacket
+
+DEFAULT_MAX_DISCONNECTION_DURATION = 120.0  # seconds, as the JS server
+DEFAULT_MAX_REPLAY_PACKETS = 100_000  # packets scanned for one restore; over it: refused
+REPLAY_PAGE = 1000  # packets read per query during a restore
+
+
+class RecoveryFailure(enum.Enum):
+    """Why a client that asked to recover got a fresh session instead."""
+
+    MALFORMED = "malformed pid or offset"
+    UNKNOWN_SESSION = "unknown, expired or already recovered session"
+    HISTORY_RESET = "the offset belongs to another history (store reset or replaced)"
+    OFFSET_AHEAD = "the offset is ahead of what the session was sent"
+    NOT_RETAINED = "packets after the offset are no longer retained"
+    REPLAY_TOO_LARGE = "more missed packets than max_replay_packets"
+    STORE_UNAVAILABLE = "the store could not be read"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecoveryOptions:
+    """``connection_state_recovery=`` of :class:`durable_adapter.AsyncServer`.
+
+    :param max_disconnection_duration: seconds a session stays recoverable.
+    :param skip_middlewares: when True a recovered socket does not run the connect
+        handler (JS semantics); when False (our default) the handler runs on recovery
+        too and may reject it, and ``is_recovered`` tells it apart.
+    :param max_replay_packets: a restore that would scan more packets is refused.
+    :param namespaces: namespaces that recover; None means all but ``/admin``.
+    """
+
+    max_disconnection_duration: float = DEFAULT_MAX_DISCONNECTION_DURATION
+    skip_middlewares: bool = False
+    max_replay_packets: int = DEFAULT_MAX_REPLAY_PACKETS
+    namespaces: frozenset[str] | None = None
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> RecoveryOptions:
+        if not isinstance(options, Mapping):
+            raise ConfigurationError("connection_state_recovery must be a dict or None")
+        known = {"max_disconnection_duration", "skip_middlewares", "max_replay_packets",
+                 "namespaces"}
+        unknown = set(options) - known
+        if unknown:
+            raise ConfigurationError(
+                f"unknown connection_state_recovery option(s) {sorted(unknown)}; "
+                f"accepted: {sorted(known)}")
+        duration = options.get("max_disconnection_duration", DEFAULT_MAX_DISCONNECTION_DURATION)
+        if isinstance(duration, bool) or not isinstance(duration, int | float) or duration <= 0:
+            raise ConfigurationError("max_disconnection_duration must be a positive number")
+        skip = options.get("skip_middlewares", False)
+        if not isinstance(skip, bool):
+            raise ConfigurationError("skip_middlewares must be True or False")
+        cap = options.get("max_replay_packets", DEFAULT_MAX_REPLAY_PACKETS)
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise ConfigurationError("max_replay_packets must be a positive integer")
+        namespaces = options.get("namespaces")
+        if namespaces is not None:
+            if isinstance(namespaces, str) or not all(isinstance(n, str) for n in namespaces):
+                raise ConfigurationError("namespaces must be a list of namespace names")
+            namespaces = frozenset(namespaces)
+        return cls(max_disconnection_duration=float(duration), skip_middlewares=skip,
+                   max_replay_packets=cap, namespaces=namespaces)
+
+
+@dataclass(eq=False)
+class Hold:
+    """Packets for a socket being restored, kept until its replay has been sent.
+
+    Until the restored sid is registered in the manager's rooms, packets are matched
+    against the session's rooms; afterwards the manager's own rooms decide.
+    """
+
+    sid: str
+    eio_sid: str
+    rooms: frozenset[str]
+    upto: int
+    registered: bool = False
+    held: list[tuple[int | None, list[eio_packet.Packet]]] = field(default_factory=list)
+
+
+@dataclass(eq=False, kw_only=True)
+class Restore:
+    """A recovery under way on one connection: the claimed session and its replay."""
+
+    pid: str
+    session: Session
+    hold: Hold
+    replay: list[StoredPacket] = field(default_factory=list)
+    sid_issued: bool = False
+    completed: bool = False
+
+
+@dataclass(eq=False, kw_only=True)
+class Attempt:
+    """A CONNECT that carried a pid: either a Restore or the reason it was refused."""
+
+    restore: Restore | None = None
+    failure: RecoveryFailure | None = None
+
+
+#: the recovery attempt of the CONNECT being handled in this task
+current_attempt: ContextVar[Attempt | None] = ContextVar("durable_adapter_attempt", default=None)
+
+
+def split_auth(data: Any) -> tuple[Any, object, object]:
+    """The application's auth (pid and offset removed), the pid and the offset sent."""
+    if not isinstance(data, dict) or ("pid" not in data and "offset" not in data):
+        return data, None, None
+    auth = {key: value for key, value in data.items() if key not in ("pid", "offset")}
+    return auth, data.get("pid"), data.get("offset")
+
+
+def replay_start(session: Session, offset: object, epoch: str
+                 ) -> tuple[int | None, RecoveryFailure | None]:
+    """The seq after which the client is owed packets, or why it cannot be trusted.
+
+    A client that holds the last packet sent to it is owed only what came after its
+    socket went away; one that holds an older offset is owed everything after it; one
+    with no offset at all never received a stored packet of this session.
+    """
+    if session.epoch != epoch:
+        return None, RecoveryFailure.HISTORY_RESET
+    if offset is None:
+        return (session.position if session.last_sent_seq is None else session.start_seq), None
+    parsed = parse_offset(offset)
+    if parsed is None:
+        return None, RecoveryFailure.MALFORMED
+    offset_epoch, seq = parsed
+    if offset_epoch != epoch:
+        return None, RecoveryFailure.HISTORY_RESET
+    sent = session.last_sent_seq
+    if sent is not None and seq == sent:
+        return session.position, None
+    if seq > max(session.position, sent or 0):
+        return None, RecoveryFailure.OFFSET_AHEAD
+    return max(seq, session.start_seq), None
+
+
+def check_window(start: int, upto: int, bounds: HistoryBounds, cap: int
+                 ) -> RecoveryFailure | None:
+    if start < bounds.purged_through:
+        return RecoveryFailure.NOT_RETAINED
+    if upto - start > cap:
+        return RecoveryFailure.REPLAY_TOO_LARGE
+    return None

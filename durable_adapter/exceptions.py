@@ -1,0 +1,17 @@
+"""Every error durable_adapter raises derives from :class:`DurableAdapterError`."""
+
+
+class DurableAdapterError(Exception):
+    """Base class of durable_adapter's errors."""
+
+
+class ConfigurationError(DurableAdapterError, ValueError):
+    """A store URL or option that cannot work; the message says what is accepted."""
+
+
+class StoreError(DurableAdapterError):
+    """The store failed (unreachable, refused a write); the driver error is the cause."""
+
+
+class SessionDataError(DurableAdapterError, TypeError):
+    """A socket's session holds values that cannot be stored (JSON values and bytes only)."""

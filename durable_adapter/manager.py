@@ -1,0 +1,267 @@
+"""The client manager: store-then-deliver emits, ordered delivery, holds during restores.
+
+Every recoverable emit is appended to the store first; the store hands committed packets
+back to :meth:`DurableManager._deliver` in seq order (its own and other nodes' alike), and
+only then are they sent to this node's sockets, with their offset as the last argument.
+So the order in which any node delivers is the order of the offsets (contract item 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import socketio
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
+
+from . import _socketio
+from ._offsets import format_offset
+from ._recovery import Hold, current_attempt
+from .stores.base import NewPacket, Store, StoredPacket
+
+logger = logging.getLogger(__name__)
+
+
+def _as_args(data: Any) -> list[Any]:
+    """python-socketio's rule: a tuple is several arguments, None is none."""
+    if isinstance(data, tuple):
+        return list(data)
+    return [] if data is None else [data]
+
+
+def _as_rooms(rooms: Any) -> tuple[str, ...]:
+    if rooms is None:
+        return ()
+    if isinstance(rooms, str):
+        return (rooms,)
+    return tuple(r for r in rooms if r is not None)
+
+
+class DurableManager(socketio.AsyncManager):  # type: ignore[misc]
+    """Client manager of :class:`durable_adapter.AsyncServer`; not used on its own."""
+
+    def __init__(self, store: Store, *, recovery_namespaces: frozenset[str] | None) -> None:
+        super().__init__()
+        self.store = store
+        #: None means every namespace recovers (except ``/admin``)
+        self.recovery_namespaces = recovery_namespaces
+        self.delivered = 0
+        self.holds: dict[str, dict[str, Hold]] = {}
+        self.last_sent: dict[tuple[str, str], int] = {}
+        self._waiters: dict[int, asyncio.Future[None]] = {}
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._deliver_lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store and start following it; idempotent, called lazily."""
+        if self._started:
+            return
+        async with self._start_lock:
+            if self._started:
+                return
+            await self.store.open()
+            self.delivered = (await self.store.bounds()).top
+            await self.store.follow(self._deliver, after=self.delivered)
+            self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await self.store.close()
+        for waiter in self._waiters.values():
+            waiter.cancel()
+        self._waiters.clear()
+
+    def recovers(self, namespace: str) -> bool:
+        if self.recovery_namespaces is None:
+            return namespace != "/admin"
+        return namespace in self.recovery_namespaces
+
+    # -- emit ------------------------------------------------------------------
+
+    async def emit(  # type: ignore[override]
+        self,
+        event: str,
+        data: Any,
+        namespace: str,
+        room: Any = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: Any = None,
+        volatile: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        room = to or room
+        if not self.recovers(namespace):
+            await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,
+                               callback=callback, **kwargs)
+            return
+        args = _as_args(data)
+        rooms, except_rooms = _as_rooms(room), _as_rooms(skip_sid)
+        if callback is not None or volatile:
+            # not stored and no offset (protocol.md): sent live, still behind any hold
+            await self._send_live(event, args, namespace, rooms, except_rooms, callback)
+            return
+        await self.start()
+        seq = await self.store.append(
+            NewPacket(namespace=namespace, data=[event, *args], rooms=rooms,
+                      except_rooms=except_rooms)
+        )
+        await self._wait_delivered(seq)
+
+    async def _wait_delivered(self, seq: int) -> None:
+        """Return once this node has handed ``seq`` to its sockets, as a plain emit would."""
+        if seq <= self.delivered or not self._started:
+            return
+        waiter = self._waiters.get(seq)
+        if waiter is None:
+            waiter = self._waiters[seq] = asyncio.get_running_loop().create_future()
+        await asyncio.shield(waiter)
+
+    def _encode(self, namespace: str, data: list[Any], ack_id: int | None = None
+                ) -> list[eio_packet.Packet]:
+        pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=data, id=ack_id)
+        encoded = pkt.encode()
+        parts = encoded if isinstance(encoded, list) else [encoded]
+        return [eio_packet.Packet(eio_packet.MESSAGE, part) for part in parts]
+
+    def _targets(self, namespace: str, rooms: Sequence[str], except_rooms: Sequence[str],
+                 stored: StoredPacket | None) -> list[tuple[str, str]]:
+        """(sid, eio_sid) of local sockets a packet goes to, held sockets included."""
+        excluded = {sid for sid, _ in self.get_participants(namespace, list(except_rooms))} \
+            if except_rooms else set()
+        targets = [(sid, eio_sid) for sid, eio_sid in
+                   self.get_participants(namespace, list(rooms) if rooms else None)
+                   if sid not in excluded]
+        for hold in self.holds.get(namespace, {}).values():
+            if not hold.registered and (stored is None or stored.is_for(hold.rooms)):
+                if stored is not None or hold.sid in rooms:
+                    targets.append((hold.sid, hold.eio_sid))
+        return targets
+
+    async def _send_live(self, event: str, args: list[Any], namespace: str,
+                         rooms: tuple[str, ...], except_rooms: tuple[str, ...],
+                         callback: Any) -> None:
+        shared = None if callback else self._encode(namespace, [event, *args])
+        holds = self.holds.get(namespace, {})
+        for sid, eio_sid in self._targets(namespace, rooms, except_rooms, None):
+            parts = shared
+            if parts is None:
+                parts = self._encode(namespace, [event, *args], self._generate_ack_id(sid, callback))
+            hold = holds.get(sid)
+            if hold is not None:
+                hold.held.append((None, parts))
+                continue
+            for part in parts:
+                await self.server._send_eio_packet(eio_sid, part)
+
+    # -- ordered delivery ------------------------------------------------------
+
+    async def _deliver(self, packets: Sequence[StoredPacket]) -> None:
+        """The store's listener: packets arrive once each, in seq order."""
+        async with self._deliver_lock:
+            for stored in packets:
+                if stored.seq <= self.delivered:
+                    continue
+                # advance first: a socket saved mid-packet records this packet as seen
+                self.delivered = stored.seq
+                if self.recovers(stored.namespace) and stored.namespace in self.rooms \
+                        or self.holds.get(stored.namespace):
+                    await self._deliver_one(stored)
+            self._release_waiters()
+
+    async def _deliver_one(self, stored: StoredPacket) -> None:
+        namespace = stored.namespace
+        targets = self._targets(namespace, stored.rooms, stored.except_rooms, stored)
+        if not targets:
+            return
+        parts = self._encode(namespace, [*stored.data, format_offset(self.store.epoch,
+                                                                     stored.seq)])
+        holds = self.holds.get(namespace, {})
+        for sid, eio_sid in targets:
+            self.last_sent[(namespace, sid)] = stored.seq
+            hold = holds.get(sid)
+            if hold is not None:
+                hold.held.append((stored.seq, parts))
+                continue
+            for part in parts:
+                await self.server._send_eio_packet(eio_sid, part)
+
+    def _release_waiters(self) -> None:
+        for seq in [s for s in self._waiters if s <= self.delivered]:
+            waiter = self._waiters.pop(seq)
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- holds during a restore -------------------------------------------------
+
+    def open_hold(self, namespace: str, sid: str, eio_sid: str, rooms: Iterable[str]) -> Hold:
+        """Start holding packets for ``sid``; packets up to ``hold.upto`` are the replay's."""
+        hold = Hold(sid=sid, eio_sid=eio_sid, rooms=frozenset(rooms), upto=self.delivered)
+        self.holds.setdefault(namespace, {})[sid] = hold
+        return hold
+
+    def close_hold(self, namespace: str, sid: str) -> None:
+        holds = self.holds.get(namespace)
+        if holds is not None:
+            holds.pop(sid, None)
+            if not holds:
+                del self.holds[namespace]
+
+    async def release_hold(self, namespace: str, hold: Hold) -> None:
+        """Send what was held (skipping what the replay already sent), then stop holding."""
+        while hold.held:
+            batch, hold.held = hold.held, []
+            for seq, parts in batch:
+                if seq is not None and seq <= hold.upto:
+                    continue
+                for part in parts:
+                    await self.server._send_eio_packet(hold.eio_sid, part)
+        self.close_hold(namespace, hold.sid)
+
+    def restore_rooms(self, sid: str, namespace: str, rooms: Iterable[str]) -> None:
+        for room in rooms:
+            if room == sid:
+                continue
+            try:
+                self.basic_enter_room(sid, namespace, room)
+            except ValueError:  # 5.17+: a stored room that is now another live sid's room
+                logger.warning("not restoring room %r of %s: it is a sid room", room, sid)
+
+    # -- the sid of a restored socket -----------------------------------------
+
+    def _on_sid_minted(self, sid: str, namespace: str) -> None:
+        """Runs where python-socketio registers a new sid, before the connect handler."""
+        attempt = current_attempt.get()
+        restore = attempt.restore if attempt else None
+        if restore is not None and restore.session.sid == sid:
+            self.restore_rooms(sid, namespace, restore.session.rooms)
+            restore.hold.registered = True
+
+    if _socketio.HAS_PRE_CONNECT:
+        async def pre_connect(self, eio_sid: str, namespace: str) -> str | None:
+            sid: str | None = await super().pre_connect(eio_sid, namespace)
+            if sid is not None:
+                self._on_sid_minted(sid, namespace)
+            return sid
+    else:  # python-socketio < 5.18: connect(eio_sid, namespace) mints the sid
+        async def connect(self, eio_sid: str, namespace: str) -> str | None:
+            sid: str | None = await super().connect(eio_sid, namespace)
+            if sid is not None:
+                self._on_sid_minted(sid, namespace)
+            return sid
+
+    # -- bookkeeping -----------------------------------------------------------
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        self.last_sent.pop((namespace, sid), None)
+        super().basic_disconnect(sid, namespace, **kwargs)
+
+
+_socketio.check_manager_surface(DurableManager)

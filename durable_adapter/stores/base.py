@@ -1,0 +1,190 @@
+"""The storage-agnostic interface every store implements, and the records crossing it.
+
+Offsets: every stored packet gets a sequence number ``seq`` from one counter per store
+(not per namespace). Sequence numbers are dense and assigned in commit order, so "every
+packet after X" is ``seq > X`` and a follower that has delivered X knows X + 1 is next.
+One counter (instead of one per namespace) lets each node follow the whole history with a
+single cursor; the price is that all appends of a store serialise on one counter, which a
+store amortises by batching the appends of one node into one transaction.
+
+A store also has an ``epoch``: a random id of its history. A new database, a wiped
+memory store or a Redis that lost its data gets a new epoch, and offsets carrying an old
+epoch are refused instead of misread.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewPacket:
+    """An EVENT to store: ``data`` is ``[event, *args]`` (args may hold bytes).
+
+    ``rooms`` empty means the whole namespace. ``except_rooms`` are rooms (a sid is a
+    room) whose members must not receive it.
+    """
+
+    namespace: str
+    data: list[Any]
+    rooms: tuple[str, ...] = ()
+    except_rooms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredPacket(NewPacket):
+    """A packet as stored, with its sequence number and creation time (unix seconds)."""
+
+    seq: int
+    created_at: float
+
+    def is_for(self, rooms: Sequence[str] | frozenset[str]) -> bool:
+        """True when a socket in ``rooms`` (its own sid included) should receive it."""
+        member_of = set(rooms)
+        if self.except_rooms and member_of.intersection(self.except_rooms):
+            return False
+        return not self.rooms or bool(member_of.intersection(self.rooms))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Session:
+    """What a recoverable socket leaves behind when its transport dies.
+
+    :param pid_hash: sha256 of the private id; the pid itself is never stored.
+    :param start_seq: the store's top when the socket first connected.
+    :param position: the last seq this node had delivered when the socket went away.
+    :param last_sent_seq: the last stored packet actually sent to this socket, if any.
+    """
+
+    pid_hash: str
+    namespace: str
+    sid: str
+    rooms: tuple[str, ...]
+    data: Any
+    epoch: str
+    start_seq: int
+    position: int
+    last_sent_seq: int | None
+    disconnected_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryBounds:
+    """Where the history stands: packets ``purged_through < seq <= top`` are retained."""
+
+    epoch: str
+    top: int
+    purged_through: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class PurgeResult:
+    sessions: int = 0
+    packets: int = 0
+    purged_through: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlMessage:
+    """A cross-node instruction (disconnect a sid, enter/leave/close a room, an ack).
+
+    ``origin`` is the node that sent it; a node ignores its own messages unless it is
+    the ``target`` (acks go back to the node that asked for them).
+    """
+
+    method: str
+    origin: str
+    body: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None
+
+
+class PacketListener(Protocol):
+    """Receives committed packets, in seq order, each exactly once per node."""
+
+    async def __call__(self, packets: Sequence[StoredPacket]) -> None: ...
+
+
+ControlListener = Callable[[ControlMessage], Awaitable[None]]
+
+
+class Store(abc.ABC):
+    """A durable history of packets plus the sessions of disconnected sockets.
+
+    Usage::
+
+        store = store_from_url("sqlite+aiosqlite:///app.db")
+        async with store:
+            seq = await store.append(NewPacket(namespace="/", data=["hi"]))
+    """
+
+    #: URL schemes this store accepts, e.g. ``("memory",)``.
+    schemes: tuple[str, ...] = ()
+
+    @property
+    @abc.abstractmethod
+    def epoch(self) -> str:
+        """The id of this history; valid after :meth:`open`."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect; a store that cannot be reached raises :class:`StoreError`."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop followers and release what :meth:`open` acquired."""
+
+    @abc.abstractmethod
+    async def append(self, packet: NewPacket) -> int:
+        """Store one packet durably and return its seq. A failed write raises."""
+
+    @abc.abstractmethod
+    async def read(
+        self, *, after: int, limit: int, until: int | None = None, namespace: str | None = None
+    ) -> list[StoredPacket]:
+        """Packets with ``after < seq <= until`` (of ``namespace`` if given), in seq order."""
+
+    @abc.abstractmethod
+    async def bounds(self) -> HistoryBounds:
+        """The current epoch, top and purge watermark."""
+
+    @abc.abstractmethod
+    async def save_session(self, session: Session) -> None:
+        """Store (or replace) the session for ``(namespace, pid_hash)``."""
+
+    @abc.abstractmethod
+    async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
+        """Atomically remove and return an unexpired session; ``None`` if absent or lost race."""
+
+    @abc.abstractmethod
+    async def delete_sessions(self, namespace: str, sid: str) -> None:
+        """Forget every stored session of ``sid`` (server-side disconnect)."""
+
+    @abc.abstractmethod
+    async def purge(self, *, now: float, retention: float, batch_size: int = 1000) -> PurgeResult:
+        """Delete expired sessions and packets older than ``retention`` seconds, in batches."""
+
+    @abc.abstractmethod
+    async def follow(self, listener: PacketListener, *, after: int) -> None:
+        """Start handing packets with ``seq > after`` to ``listener`` in seq order.
+
+        Packets this node appends reach the listener too: a node delivers its own emits
+        through the same ordered path as everyone else's.
+        """
+
+    async def publish_control(self, message: ControlMessage) -> None:
+        """Send ``message`` to the other nodes; single-node stores have none."""
+
+    def on_control(self, listener: ControlListener) -> None:
+        """Register the receiver of other nodes' control messages."""
+        self._control_listener = listener
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,134 @@
+"""A store held in this process's memory: one node, nothing survives a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import copy
+import secrets
+import time
+from collections import deque
+
+from .._codec import check_session_data
+from .base import (
+    HistoryBounds,
+    NewPacket,
+    PacketListener,
+    PurgeResult,
+    Session,
+    Store,
+    StoredPacket,
+)
+
+
+class MemoryStore(Store):
+    """Packets in a deque, sessions in a dict. For tests and single-process servers.
+
+    Appends are delivered to the follower synchronously, in seq order, before
+    :meth:`append` returns, so the single node sees its own emits in commit order.
+    """
+
+    schemes = ("memory",)
+
+    def __init__(self, url: str = "memory://") -> None:
+        self._epoch = secrets.token_hex(4)
+        self._packets: deque[StoredPacket] = deque()
+        self._sessions: dict[tuple[str, str], Session] = {}
+        self._top = 0
+        self._purged_through = 0
+        self._listener: PacketListener | None = None
+        self._cursor = 0
+        # appends that arrived while the listener was busy, delivered in order
+        self._delivery_lock = asyncio.Lock()
+
+    @property
+    def epoch(self) -> str:
+        return self._epoch
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._listener = None
+
+    async def append(self, packet: NewPacket) -> int:
+        self._top += 1
+        stored = StoredPacket(
+            namespace=packet.namespace,
+            data=list(packet.data),
+            rooms=tuple(packet.rooms),
+            except_rooms=tuple(packet.except_rooms),
+            seq=self._top,
+            created_at=time.time(),
+        )
+        self._packets.append(stored)
+        await self._deliver_pending()
+        return stored.seq
+
+    async def _deliver_pending(self) -> None:
+        if self._listener is None:
+            return
+        async with self._delivery_lock:
+            while self._listener is not None and self._cursor < self._top:
+                batch = await self.read(after=self._cursor, limit=500)
+                if not batch:  # purged while we were behind: skip the hole
+                    self._cursor = self._top
+                    break
+                self._cursor = batch[-1].seq
+                await self._listener(batch)
+
+    def _index_after(self, seq: int) -> int:
+        """Position in the deque of the first packet with a seq greater than ``seq``."""
+        first = self._packets[0].seq if self._packets else self._top + 1
+        return max(0, min(len(self._packets), seq + 1 - first))
+
+    async def read(
+        self, *, after: int, limit: int, until: int | None = None, namespace: str | None = None
+    ) -> list[StoredPacket]:
+        upper = self._top if until is None else min(until, self._top)
+        out: list[StoredPacket] = []
+        index = self._index_after(after)
+        while index < len(self._packets) and len(out) < limit:
+            stored = self._packets[index]
+            if stored.seq > upper:
+                break
+            if namespace is None or stored.namespace == namespace:
+                out.append(stored)
+            index += 1
+        return out
+
+    async def bounds(self) -> HistoryBounds:
+        return HistoryBounds(epoch=self._epoch, top=self._top, purged_through=self._purged_through)
+
+    async def save_session(self, session: Session) -> None:
+        check_session_data(session.data)
+        self._sessions[(session.namespace, session.pid_hash)] = copy.deepcopy(session)
+
+    async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
+        session = self._sessions.pop((namespace, pid_hash), None)
+        if session is None or session.expires_at <= now:
+            return None
+        return session
+
+    async def delete_sessions(self, namespace: str, sid: str) -> None:
+        for key, session in list(self._sessions.items()):
+            if session.namespace == namespace and session.sid == sid:
+                del self._sessions[key]
+
+    async def purge(self, *, now: float, retention: float, batch_size: int = 1000) -> PurgeResult:
+        expired = [key for key, s in self._sessions.items() if s.expires_at <= now]
+        for key in expired:
+            del self._sessions[key]
+        cutoff = now - retention
+        created = [p.created_at for p in self._packets]
+        removed = bisect.bisect_left(created, cutoff)
+        for _ in range(removed):
+            self._purged_through = self._packets.popleft().seq
+        return PurgeResult(
+            sessions=len(expired), packets=removed, purged_through=self._purged_through
+        )
+
+    async def follow(self, listener: PacketListener, *, after: int) -> None:
+        self._listener = listener
+        self._cursor = after
+        await self._deliver_pending()

@@ -1,0 +1,62 @@
+"""Running a durable_adapter server on 127.0.0.1 inside a test, and dropping transports."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp import web
+
+import durable_adapter
+
+WAIT = 10.0  # seconds any single expected event may take
+
+
+@asynccontextmanager
+async def serving(sio: durable_adapter.AsyncServer) -> AsyncIterator[str]:
+    """Serve ``sio`` on an ephemeral port; yields its URL; shuts it down after."""
+    app = web.Application()
+    sio.attach(app)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await sio.shutdown()
+        await runner.cleanup()
+
+
+async def drop_transport(client: Any) -> None:
+    """Close the client's transport abruptly, as a network loss would (no DISCONNECT)."""
+    eio = client.eio
+    if eio.current_transport == "websocket":
+        await eio.ws.close()
+    else:
+        # long-polling: make the next request fail by closing the HTTP session
+        await eio.http.close()
+
+
+class Inbox:
+    """Collects what a client's handlers receive, with waits bounded by WAIT."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self._changed = asyncio.Event()
+
+    def put(self, item: Any) -> None:
+        self.items.append(item)
+        self._changed.set()
+
+    async def wait_for(self, count: int, timeout: float = WAIT) -> list[Any]:
+        async def _wait() -> None:
+            while len(self.items) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(_wait(), timeout)
+        return self.items

@@ -1,0 +1,217 @@
+"""The ``durable-adapter`` command (also ``python -m durable_adapter``).
+
+Subcommands::
+
+    durable-adapter demo    [--store URL] [--host HOST] [--port PORT]
+    durable-adapter migrate --store URL
+
+Every flag can also come from an environment variable (shown in ``--help``); a flag
+given on the command line wins over its variable.
+
+Adding a subcommand: write ``_add_<name>(subparsers)`` that builds its parser and sets
+``func`` to a ``_run_<name>(args) -> int``, then list it in :data:`SUBCOMMANDS`.
+Library errors (:class:`DurableAdapterError`) are caught once, in :func:`main`.
+
+Only this module configures logging; the library itself only creates loggers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .exceptions import DurableAdapterError
+
+ENV_STORE_URL = "DURABLE_ADAPTER_STORE_URL"
+ENV_HOST = "DURABLE_ADAPTER_HOST"
+ENV_PORT = "DURABLE_ADAPTER_PORT"
+
+DEMO_STORE_URL = "sqlite+aiosqlite:///durable_adapter_demo.sqlite3"
+DEMO_HOST = "127.0.0.1"
+DEMO_PORT = 8000
+
+logger = logging.getLogger(__name__)
+
+_Subparsers = Any  # argparse._SubParsersAction, which is private
+
+
+class CLIError(Exception):
+    """A usage problem found after parsing; printed as ``error: ...``, exit status 1."""
+
+
+# -- flags with environment twins ------------------------------------------------------
+
+
+def _env_flag(parser: argparse.ArgumentParser, flag: str, env: str, *, help: str,
+              default: Any = None, type: Callable[[str], Any] = str,
+              metavar: str | None = None, required: bool = False) -> None:
+    """Add ``flag``, defaulting to ``$env`` (then ``default``), both named in ``--help``."""
+    raw = os.environ.get(env)
+    value = default
+    if raw is not None and raw != "":
+        try:
+            value = type(raw)
+        except (TypeError, ValueError):
+            parser.error(f"${env}: invalid value {raw!r}")
+    shown = f"env {env}" + (f"; default {default}" if default is not None else "")
+    parser.add_argument(flag, default=value, type=type, metavar=metavar,
+                        required=required and value is None,
+                        help=f"{help} ({shown})")
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range: {port}")
+    return port
+
+
+def _safe_url(url: str) -> str:
+    """``url`` with any password hidden, for messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL (mongodb://, redis://...): best effort
+        scheme, sep, rest = url.partition("://")
+        if sep and "@" in rest.split("/", 1)[0]:
+            userinfo, _, host = rest.partition("@")
+            return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+        return url
+
+
+# -- demo ------------------------------------------------------------------------------
+
+
+def _add_demo(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="run the chat demo in a browser page",
+        description="Serve a small chat page whose Socket.IO connections recover their "
+                    "state after a drop. Demo only: it has no authentication.")
+    _env_flag(parser, "--store", ENV_STORE_URL, default=DEMO_STORE_URL, metavar="URL",
+              help="store URL")
+    _env_flag(parser, "--host", ENV_HOST, default=DEMO_HOST, help="address to bind")
+    _env_flag(parser, "--port", ENV_PORT, default=DEMO_PORT, type=_port,
+              help="port to bind; 0 picks a free one")
+    parser.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo.app import run  # aiohttp and the page are only needed here
+
+    def ready(url: str) -> None:
+        print(f"durable-adapter demo running on {url} (store: {_safe_url(args.store)}); "
+              "press Ctrl+C to stop", flush=True)
+
+    run(store=args.store, host=args.host, port=args.port, ready=ready)
+    return 0
+
+
+# -- migrate ---------------------------------------------------------------------------
+
+
+def _add_migrate(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "migrate", help="create or upgrade a SQL store's tables",
+        description="Bring the tables of the SQL store at --store to the current version. "
+                    "Safe to run again, and from several processes at once.")
+    _env_flag(parser, "--store", ENV_STORE_URL, metavar="URL", required=True,
+              help="store URL, e.g. postgresql+asyncpg://user@host/db")
+    parser.set_defaults(func=_run_migrate)
+
+
+def _run_migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    try:
+        from . import migrate as migrations
+    except ImportError as exc:
+        raise CLIError(f"migrations are not available: {exc}") from exc
+    where = _safe_url(args.store)
+    print(f"migrating the store at {where} ...", flush=True)
+
+    async def run() -> None:
+        try:
+            await migrations.migrate(args.store)
+        except BaseException:
+            await _settle_driver_threads()
+            raise
+
+    asyncio.run(run())
+    heads = getattr(migrations, "head_revisions", lambda: ())()
+    at = f" (revision {', '.join(heads)})" if heads else ""
+    print(f"the store at {where} is up to date{at}", flush=True)
+    return 0
+
+
+async def _settle_driver_threads(limit: float = 1.0) -> None:
+    """Let aiosqlite's worker threads finish before the event loop closes.
+
+    When opening the database fails, aiosqlite (0.22) stops its worker thread without
+    waiting for it; the thread then posts to a closed loop and prints a traceback.
+    """
+    import asyncio
+    import threading
+
+    for _ in range(int(limit / 0.01)):
+        if not any("_connection_worker_thread" in thread.name
+                   for thread in threading.enumerate()):
+            return
+        await asyncio.sleep(0.01)
+
+
+# -- cleanup ---------------------------------------------------------------------------
+# Reserved for the `cleanup` subcommand: add `_add_cleanup` / `_run_cleanup` here and
+# list `_add_cleanup` in SUBCOMMANDS below.
+
+
+# -- entry point -----------------------------------------------------------------------
+
+#: Each adds one subcommand to the parser; the order is the order in ``--help``.
+SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [
+    _add_demo,
+    _add_migrate,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="durable-adapter",
+        description="Durable Socket.IO connection state recovery for python-socketio.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+#: loggers shown at INFO; everything else only from WARNING up
+INFO_LOGGERS = ("durable_adapter", "alembic.runtime.migration")
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in INFO_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    _configure_logging()
+    try:
+        status: int = args.func(args)
+    except (CLIError, DurableAdapterError) as exc:
+        print(f"durable-adapter {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

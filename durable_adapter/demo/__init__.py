@@ -1,0 +1,1 @@
+"""A chat page showing connection state recovery: ``durable-adapter demo``."""

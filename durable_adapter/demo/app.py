@@ -1,0 +1,163 @@
+"""The chat demo: one aiohttp app serving a page, its Socket.IO client, and our server.
+
+Run it with ``durable-adapter demo`` (or ``python -m durable_adapter demo``), open the
+printed URL in two tabs, chat, press "Force close" in one and watch it come back
+*recovered* with the messages it missed.
+
+Routes:
+
+* ``GET /`` the page (``index.html``); ``GET /static/socket.io.min.js`` the official
+  JS client (vendored, see ``static/README.md``).
+* ``/socket.io/`` the :class:`durable_adapter.AsyncServer`.
+* ``POST /say`` with JSON ``{"text": "...", "name": "..."}`` broadcasts a message as
+  the server would, e.g. while a page is disconnected::
+
+      curl -d '{"text": "hello"}' -H 'Content-Type: application/json' \\
+           http://127.0.0.1:8000/say
+
+This is a demo: no authentication, so it binds 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..server import AsyncServer
+
+logger = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+MAX_NAME = 40  # characters
+MAX_TEXT = 500  # characters
+MAX_BODY = 16 * 1024  # bytes of a POST /say request
+RECOVERY = {"max_disconnection_duration": 120}
+
+SIO_KEY = web.AppKey("sio", AsyncServer)
+
+
+def make_message(name: Any, text: Any) -> dict[str, Any]:
+    """A chat message as broadcast; raises ValueError for an unusable one."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("text must be a non-empty string")
+    if name is not None and not isinstance(name, str):
+        raise ValueError("name must be a string")
+    return {
+        "id": secrets.token_hex(8),
+        "name": (name or "").strip()[:MAX_NAME] or "anonymous",
+        "text": text.strip()[:MAX_TEXT],
+        "at": time.time(),
+    }
+
+
+def create_server(store: str) -> AsyncServer:
+    """The Socket.IO server of the demo, with its event handlers."""
+    sio = AsyncServer(store=store, async_mode="aiohttp",
+                      connection_state_recovery=RECOVERY)
+
+    @sio.event
+    async def connect(sid: str, environ: Any, auth: Any) -> None:
+        failure = sio.recovery_failure(sid)
+        if sio.is_recovered(sid):
+            logger.info("demo: %s reconnected and recovered", sid)
+        elif failure is not None:
+            logger.info("demo: %s connected, new session (%s)", sid, failure.value)
+        else:
+            logger.info("demo: %s connected, new session", sid)
+
+    @sio.event
+    async def disconnect(sid: str, reason: Any = None) -> None:
+        logger.info("demo: %s disconnected (%s)", sid, reason)
+
+    @sio.event
+    async def message(sid: str, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            return {"ok": False, "error": "expected {name, text}"}
+        try:
+            msg = make_message(data.get("name"), data.get("text"))
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+        await sio.emit("message", msg)  # to everyone, sender included; stored for replay
+        return {"ok": True}
+
+    @sio.event
+    async def whoami(sid: str, *args: Any) -> dict[str, Any]:
+        # answered after any replay was sent: the page uses it to end its catch-up
+        failure = sio.recovery_failure(sid)
+        return {"sid": sid, "recovered": sio.is_recovered(sid),
+                "failure": failure.value if failure else None, "now": time.time()}
+
+    return sio
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(HERE / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _say(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError("expected a JSON object")
+        msg = make_message(body.get("name", "server"), body.get("text"))
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        return web.json_response({"ok": False, "error": str(exc)}, status=400)
+    await request.app[SIO_KEY].emit("message", msg)
+    return web.json_response({"ok": True, "message": msg})
+
+
+def create_app(store: str) -> web.Application:
+    """The demo's aiohttp application; its shutdown saves the sessions of live pages."""
+    sio = create_server(store)
+    app = web.Application(client_max_size=MAX_BODY)
+    app[SIO_KEY] = sio
+    sio.attach(app)
+    app.router.add_get("/", _index)
+    app.router.add_post("/say", _say)
+    app.router.add_static("/static/", HERE / "static")
+
+    async def shutdown(app: web.Application) -> None:
+        await app[SIO_KEY].shutdown()
+
+    app.on_shutdown.append(shutdown)
+    return app
+
+
+async def serve(store: str, host: str, port: int,
+                ready: Callable[[str], None] | None = None) -> None:
+    """Serve the demo until SIGINT/SIGTERM; ``ready(url)`` is called once it listens."""
+    runner = web.AppRunner(create_app(store), handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1]
+        shown = f"[{host}]" if ":" in host else host
+        url = f"http://{shown}:{bound}/"
+        if ready is not None:
+            ready(url)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, stop.set)
+            except (NotImplementedError, RuntimeError):  # Windows: Ctrl+C raises instead
+                pass
+        await stop.wait()
+        logger.info("demo: stopping")
+    finally:
+        await runner.cleanup()
+
+
+def run(store: str, host: str, port: int,
+        ready: Callable[[str], None] | None = None) -> None:
+    """Blocking: :func:`serve` in a new event loop (``durable-adapter demo``)."""
+    asyncio.run(serve(store, host, port, ready))

@@ -30,8 +30,9 @@ def _lift_binary(value: Any, parts: list[bytes]) -> Any:
 
 def _restore_binary(value: Any, parts: list[bytes]) -> Any:
     if isinstance(value, dict):
-        if value.get(_PLACEHOLDER) is True and isinstance(value.get("num"), int) and len(value) == 2:
-            return parts[value["num"]]
+        num = value.get("num")
+        if value.get(_PLACEHOLDER) is True and isinstance(num, int) and len(value) == 2:
+            return parts[num]
         return {key: _restore_binary(item, parts) for key, item in value.items()}
     if isinstance(value, list):
         return [_restore_binary(item, parts) for item in value]

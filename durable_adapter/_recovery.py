@@ -8,9 +8,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from engineio import packet as eio_packet
+
 from ._offsets import parse_offset
 from .exceptions import ConfigurationError
-from engineio import packet as eio_packet
 from .stores.base import HistoryBounds, Session, StoredPacket
 
 DEFAULT_MAX_DISCONNECTION_DURATION = 120.0  # seconds, as the JS server

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+import engineio.payload
 import socketio
 from socketio import packet as sio_packet
 
@@ -13,6 +16,10 @@ logger = logging.getLogger(__name__)
 
 #: events buffered for a namespace whose CONNECT reply has not arrived yet
 MAX_BUFFERED_EVENTS = 100_000
+#: a long-poll response may carry a whole replay; python-engineio refuses more than 16
+#: packets per response by default (a class-wide limit, so raising it is process-wide)
+MAX_PACKETS_PER_POLL = 100_000
+DISCONNECT_FLUSH_TIMEOUT = 1.0  # seconds to let a deliberate DISCONNECT reach the server
 
 
 @dataclass
@@ -40,6 +47,8 @@ class AsyncClient(socketio.AsyncClient):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if engineio.payload.Payload.max_decode_packets < MAX_PACKETS_PER_POLL:
+            engineio.payload.Payload.max_decode_packets = MAX_PACKETS_PER_POLL
         self._recovery: dict[str, _Recovery] = {}
         self._recovered: dict[str, bool] = {}
         self._early_events: dict[str, list[tuple[int | None, list[Any]]]] = {}
@@ -52,9 +61,31 @@ class AsyncClient(socketio.AsyncClient):  # type: ignore[misc]
         state = self._recovery.get(namespace or "/")
         return state.offset if state else None
 
+    def recovery_state(self) -> dict[str, dict[str, str | None]]:
+        """The pid and last offset per namespace, to resume from another process."""
+        return {ns: {"pid": s.pid, "offset": s.offset} for ns, s in self._recovery.items()}
+
+    def load_recovery_state(self, state: dict[str, dict[str, str | None]]) -> None:
+        """Resume with a :meth:`recovery_state` saved earlier; call before ``connect``."""
+        for namespace, values in state.items():
+            pid = values.get("pid")
+            if isinstance(pid, str):
+                self._recovery[namespace] = _Recovery(pid=pid, offset=values.get("offset"))
+
     async def disconnect(self) -> None:
-        """Leave on purpose: nothing to recover afterwards."""
+        """Leave on purpose: nothing to recover afterwards.
+
+        The namespace DISCONNECT packets are flushed before the transport closes, so the
+        server sees a deliberate leave and keeps no session (python-socketio's client
+        closes the websocket at once, and the server then sees a 'transport close').
+        """
         self._recovery.clear()
+        for namespace in list(self.namespaces):
+            await self._send_packet(self.packet_class(sio_packet.DISCONNECT,
+                                                      namespace=namespace))
+        if self.eio.state == "connected":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.eio.queue.join(), DISCONNECT_FLUSH_TIMEOUT)
         await super().disconnect()
 
     async def _send_packet(self, pkt: Any) -> None:

@@ -153,7 +153,8 @@ class DurableManager(socketio.AsyncManager):  # type: ignore[misc]
         for sid, eio_sid in self._targets(namespace, rooms, except_rooms, None):
             parts = shared
             if parts is None:
-                parts = self._encode(namespace, [event, *args], self._generate_ack_id(sid, callback))
+                ack_id = self._generate_ack_id(sid, callback)
+                parts = self._encode(namespace, [event, *args], ack_id)
             hold = holds.get(sid)
             if hold is not None:
                 hold.held.append((None, parts))
@@ -171,7 +172,7 @@ class DurableManager(socketio.AsyncManager):  # type: ignore[misc]
                     continue
                 # advance first: a socket saved mid-packet records this packet as seen
                 self.delivered = stored.seq
-                if self.recovers(stored.namespace) and stored.namespace in self.rooms \
+                if (self.recovers(stored.namespace) and stored.namespace in self.rooms) \
                         or self.holds.get(stored.namespace):
                     await self._deliver_one(stored)
             self._release_waiters()

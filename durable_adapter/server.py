@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_STORE_URL = "sqlite+aiosqlite:///durable_adapter.sqlite3"
 _DEFAULTS: Mapping[str, Any] = {}  # recovery on, every option at its default
+EVICTION_GRACE = 1.0  # seconds a socket keeps its pid before a reconnect may evict it
 
 #: set while Engine.IO closes a whole connection: a 'client disconnect' seen then is an
 #: Engine.IO CLOSE (the JS client's abrupt close over polling), not a namespace leave
@@ -80,7 +81,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                 self.store, recovery_namespaces=self.recovery.namespaces)
         super().__init__(*args, **kwargs)
         self._pids: dict[tuple[str, str], str] = {}
-        self._live_pids: dict[tuple[str, str], str] = {}
+        self._live_pids: dict[tuple[str, str], tuple[str, float]] = {}
         self._start_seq: dict[tuple[str, str], int] = {}
         self._recovered: set[tuple[str, str]] = set()
         self._failures: dict[tuple[str, str], RecoveryFailure] = {}
@@ -244,15 +245,22 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _evict_live_socket(self, namespace: str, pid_hash: str) -> None:
         """A reconnect can beat the detection of its dead transport: close that one first,
-        saving its session, so the new connection recovers (socket.io #4880)."""
-        old_sid = self._live_pids.get((namespace, pid_hash))
-        old_eio = old_sid and self.manager.eio_sid_from_sid(old_sid, namespace)
+        saving its session, so the new connection recovers (socket.io #4880).
+
+        A socket that got this pid less than ``EVICTION_GRACE`` ago is left alone: two
+        connections racing with one pid (a cloned client) must not take turns evicting
+        each other; the later one is refused instead.
+        """
+        live = self._live_pids.get((namespace, pid_hash))
+        if live is None or time.monotonic() - live[1] < EVICTION_GRACE:
+            return
+        old_eio = self.manager.eio_sid_from_sid(live[0], namespace)
         if not old_eio:
             return
         self._evicting.add(old_eio)
         try:
             socket = self.eio._get_socket(old_eio)
-            await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_CLOSE)
+            await socket.close(wait=False, reason=self.reason.TRANSPORT_CLOSE)
             self.eio.sockets.pop(old_eio, None)
         except KeyError:
             pass
@@ -267,9 +275,12 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             await self.store.save_session(restore.session)
 
     async def _trigger_event(self, event: str, namespace: str, *args: Any) -> Any:
-        if event == "connect" and self.recovery is not None and self.recovery.skip_middlewares:
-            attempt = current_attempt.get()
-            if attempt is not None and attempt.restore is not None:
+        attempt = current_attempt.get() if event == "connect" else None
+        if attempt is not None and self.recovery is not None:
+            if attempt.failure is not None and args:
+                # visible to the connect handler through recovery_failure(sid)
+                self._failures[(namespace, args[0])] = attempt.failure
+            if attempt.restore is not None and self.recovery.skip_middlewares:
                 return True
         return await super()._trigger_event(event, namespace, *args)
 
@@ -285,10 +296,8 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             pid, start_seq = restore.pid, restore.session.start_seq
         else:
             pid, start_seq = new_pid(), self.durable_manager.delivered
-            if attempt is not None and attempt.failure is not None:
-                self._failures[(namespace, sid)] = attempt.failure
         self._pids[(namespace, sid)] = pid
-        self._live_pids[(namespace, hash_pid(pid))] = sid
+        self._live_pids[(namespace, hash_pid(pid))] = (sid, time.monotonic())
         self._start_seq[(namespace, sid)] = start_seq
         pkt.data = {**pkt.data, "pid": pid}
         await super()._send_packet(eio_sid, pkt)

@@ -175,7 +175,7 @@ class Store(abc.ABC):
         through the same ordered path as everyone else's.
         """
 
-    async def publish_control(self, message: ControlMessage) -> None:
+    async def publish_control(self, message: ControlMessage) -> None:  # noqa: B027
         """Send ``message`` to the other nodes; single-node stores have none."""
 
     def on_control(self, listener: ControlListener) -> None:

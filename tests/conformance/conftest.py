@@ -1,0 +1,123 @@
+"""Fixtures of the recovery conformance suite: every store runs the same tests.
+
+A store joins the suite by adding one entry to ``STORE_FACTORIES``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import durable_adapter
+from tests._harness import WAIT, Inbox, drop_transport, serving
+
+
+def _sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'recovery.db'}"
+
+
+STORE_FACTORIES: dict[str, Callable[[Path], str]] = {
+    "memory": lambda _: "memory://",
+    "sqlite": _sqlite_url,
+}
+
+
+@pytest.fixture(params=list(STORE_FACTORIES))
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite" and importlib.util.find_spec("durable_adapter.stores.sql") is None:
+        pytest.skip("the SQL store is not built yet")
+    return STORE_FACTORIES[request.param](tmp_path)
+
+
+class Node:
+    """One server with a default connect handler that records what it saw."""
+
+    def __init__(self, store: str, **options: Any) -> None:
+        recovery = {"max_disconnection_duration": 30, **options}
+        self.sio = durable_adapter.AsyncServer(
+            store=store, async_mode="aiohttp", connection_state_recovery=recovery,
+            namespaces="*")
+        self.store_url = store
+        self.connects: list[dict[str, Any]] = []
+        self.url = ""
+
+        @self.sio.on("connect", namespace="*")
+        async def connect(namespace: str, sid: str, environ: Any, auth: Any) -> None:
+            self.connects.append({
+                "sid": sid, "namespace": namespace, "auth": auth,
+                "recovered": self.sio.is_recovered(sid, namespace),
+                "failure": self.sio.recovery_failure(sid, namespace),
+            })
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.connects[-1]
+
+    async def wait_gone(self, sid: str, namespace: str = "/") -> None:
+        """Until the server has processed the disconnect of ``sid`` (session saved)."""
+        deadline = time.monotonic() + WAIT
+        while self.sio.manager.is_connected(sid, namespace):
+            assert time.monotonic() < deadline, f"{sid} still connected"
+            await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def running(store: str, **options: Any) -> AsyncIterator[Node]:
+    node = Node(store, **options)
+    async with serving(node.sio) as url:
+        node.url = url
+        yield node
+
+
+class Peer:
+    """A durable_adapter client that records events, and never reconnects by itself."""
+
+    def __init__(self, events: tuple[str, ...] = ("tick",), namespaces: tuple[str, ...] = ("/",)
+                 ) -> None:
+        self.client = durable_adapter.AsyncClient(reconnection=False)
+        self.inbox: dict[str, Inbox] = {ns: Inbox() for ns in namespaces}
+        self.namespaces = list(namespaces)
+        for namespace in namespaces:
+            for event in events:
+                self.client.on(event, self._recorder(event, namespace), namespace=namespace)
+
+    def _recorder(self, event: str, namespace: str) -> Callable[..., None]:
+        def record(*args: Any) -> None:
+            self.inbox[namespace].put(args[0] if len(args) == 1 else args)
+        return record
+
+    def received(self, namespace: str = "/") -> list[Any]:
+        return self.inbox[namespace].items
+
+    async def connect(self, url: str, state: dict[str, Any] | None = None,
+                      auth: Any = None, transport: str = "websocket") -> None:
+        if state:
+            self.client.load_recovery_state(state)
+        await asyncio.wait_for(self.client.connect(
+            url, namespaces=self.namespaces, transports=[transport], auth=auth,
+            wait_timeout=WAIT), WAIT)
+
+    def sid(self, namespace: str = "/") -> str:
+        return self.client.get_sid(namespace)
+
+    async def drop(self, node: Node) -> dict[str, Any]:
+        """An abrupt transport close; returns the state a reconnect would send."""
+        sids = {ns: self.sid(ns) for ns in self.namespaces}
+        await drop_transport(self.client)
+        for namespace, sid in sids.items():
+            await node.wait_gone(sid, namespace)
+        await self.close()
+        return self.client.recovery_state()
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.client.eio.disconnect(abort=True), WAIT)
+        except Exception:  # noqa: BLE001 - the transport is already gone
+            pass

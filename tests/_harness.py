@@ -52,11 +52,11 @@ class Inbox:
         self.items.append(item)
         self._changed.set()
 
-    async def wait_for(self, count: int, timeout: float = WAIT) -> list[Any]:
+    async def wait_for(self, count: int, within: float = WAIT) -> list[Any]:
         async def _wait() -> None:
             while len(self.items) < count:
                 self._changed.clear()
                 await self._changed.wait()
 
-        await asyncio.wait_for(_wait(), timeout)
+        await asyncio.wait_for(_wait(), within)
         return self.items

@@ -119,5 +119,5 @@ class Peer:
     async def close(self) -> None:
         try:
             await asyncio.wait_for(self.client.eio.disconnect(abort=True), WAIT)
-        except Exception:  # noqa: BLE001 - the transport is already gone
+        except Exception:
             pass

@@ -10,7 +10,7 @@ import pytest
 from durable_adapter import RecoveryFailure
 from durable_adapter.server import EVICTION_GRACE
 from tests._harness import WAIT
-from tests.conformance.conftest import Node, Peer, running
+from tests.conformance.conftest import Peer, running
 
 
 async def test_restores_sid_rooms_data_and_missed_events(store_url: str) -> None:

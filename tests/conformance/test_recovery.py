@@ -357,6 +357,7 @@ async def test_connect_handler_can_refuse_a_recovery_and_keep_it(store_url: str)
         refused = Peer()
         with pytest.raises(Exception):  # noqa: B017 - socketio.exceptions.ConnectionError
             await refused.connect(node.url, state)
+        await refused.close()
         allow["value"] = True
         again = Peer()
         await again.connect(node.url, state)

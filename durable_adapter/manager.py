@@ -18,6 +18,7 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from . import _socketio
+from ._cluster import ClusterOps
 from ._offsets import format_offset
 from ._recovery import Hold, current_attempt
 from .stores.base import NewPacket, Store, StoredPacket
@@ -40,7 +41,7 @@ def _as_rooms(rooms: Any) -> tuple[str, ...]:
     return tuple(r for r in rooms if r is not None)
 
 
-class DurableManager(socketio.AsyncManager):  # type: ignore[misc]
+class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
     """Client manager of :class:`durable_adapter.AsyncServer`; not used on its own."""
 
     def __init__(self, store: Store, *, recovery_namespaces: frozenset[str] | None) -> None:
@@ -55,6 +56,7 @@ class DurableManager(socketio.AsyncManager):  # type: ignore[misc]
         self._started = False
         self._start_lock = asyncio.Lock()
         self._deliver_lock = asyncio.Lock()
+        self._init_cluster()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -98,15 +100,15 @@ class DurableManager(socketio.AsyncManager):  # type: ignore[misc]
         **kwargs: Any,
     ) -> None:
         room = to or room
-        if not self.recovers(namespace):
-            await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,
-                               callback=callback, **kwargs)
-            return
         args = _as_args(data)
         rooms, except_rooms = _as_rooms(room), _as_rooms(skip_sid)
-        if callback is not None or volatile:
+        if callback is not None or volatile or not self.recovers(namespace):
             # not stored and no offset (protocol.md): sent live, still behind any hold
-            await self._send_live(event, args, namespace, rooms, except_rooms, callback)
+            await self.send_live_local(event, args, namespace, rooms, except_rooms, callback)
+            single_local = len(rooms) == 1 and self._is_local(rooms[0], namespace)
+            if not single_local and not kwargs.get("ignore_queue"):
+                await self.start()
+                await self.publish_live(event, args, namespace, rooms, except_rooms, callback)
             return
         await self.start()
         seq = await self.store.append(
@@ -145,7 +147,7 @@ class DurableManager(socketio.AsyncManager):  # type: ignore[misc]
                     targets.append((hold.sid, hold.eio_sid))
         return targets
 
-    async def _send_live(self, event: str, args: list[Any], namespace: str,
+    async def send_live_local(self, event: str, args: list[Any], namespace: str,
                          rooms: tuple[str, ...], except_rooms: tuple[str, ...],
                          callback: Any) -> None:
         shared = None if callback else self._encode(namespace, [event, *args])

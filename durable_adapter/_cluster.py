@@ -1,0 +1,150 @@
+"""Operations on sockets held by other nodes, carried by the store's control messages.
+
+python-socketio's pub/sub managers offer these between nodes; so do we: disconnect a
+remote sid, make a remote socket enter or leave a room, close a room everywhere, and
+live emits (volatile, with an ack, or in a namespace without recovery) that reach remote
+sockets, with acks routed back to the node that asked. Stored emits need none of this:
+every node follows the packet history itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from ._codec import decode_value, encode_value
+from .stores.base import ControlMessage, Store
+
+logger = logging.getLogger(__name__)
+
+
+def pack(data: Any) -> str:
+    return base64.b64encode(encode_value(data)).decode()
+
+
+def unpack(text: str) -> Any:
+    return decode_value(base64.b64decode(text))
+
+
+class ClusterOps:
+    """Mixed into the manager: the python-socketio manager methods that span nodes."""
+
+    store: Store
+    host_id: str
+    _remote_callbacks: dict[str, Callable[..., Any]]
+
+    def _init_cluster(self) -> None:
+        self.host_id = uuid.uuid4().hex
+        self._remote_callbacks = {}
+        self.store.on_control(self._on_control)
+
+    async def _publish(self, method: str, target: str | None = None, **body: Any) -> None:
+        await self.store.publish_control(
+            ControlMessage(method=method, origin=self.host_id, target=target, body=body))
+
+    def _is_local(self, sid: str, namespace: str) -> bool:
+        manager: Any = self
+        return bool(manager.is_connected(sid, namespace)) or (
+            hasattr(manager, "is_pre_connected") and manager.is_pre_connected(sid, namespace))
+
+    # -- python-socketio's manager API ----------------------------------------
+
+    async def can_disconnect(self, sid: str, namespace: str) -> bool:
+        if self._is_local(sid, namespace):
+            return True
+        await self._publish("disconnect", sid=sid, namespace=namespace)
+        return False
+
+    async def enter_room(self, sid: str, namespace: str, room: str,
+                         eio_sid: str | None = None) -> None:
+        if self._is_local(sid, namespace):
+            manager: Any = self
+            manager.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        else:
+            await self._publish("enter_room", sid=sid, namespace=namespace, room=room)
+
+    async def leave_room(self, sid: str, namespace: str, room: str) -> None:
+        if self._is_local(sid, namespace):
+            manager: Any = self
+            manager.basic_leave_room(sid, namespace, room)
+        else:
+            await self._publish("leave_room", sid=sid, namespace=namespace, room=room)
+
+    async def close_room(self, room: str, namespace: str) -> None:
+        manager: Any = self
+        manager.basic_close_room(room, namespace)
+        await self._publish("close_room", room=room, namespace=namespace)
+
+    async def publish_live(self, event: str, args: list[Any], namespace: str,
+                           rooms: tuple[str, ...], except_rooms: tuple[str, ...],
+                           callback: Callable[..., Any] | None) -> None:
+        """Hand a live emit to the other nodes; an ack comes back to this node."""
+        callback_id = None
+        if callback is not None:
+            callback_id = uuid.uuid4().hex
+            self._remote_callbacks[callback_id] = callback
+        await self._publish("emit_live", namespace=namespace, event=event, args=pack(args),
+                            rooms=list(rooms), except_rooms=list(except_rooms),
+                            callback_id=callback_id)
+
+    # -- receiving -------------------------------------------------------------
+
+    async def _on_control(self, message: ControlMessage) -> None:
+        if message.target is not None and message.target != self.host_id:
+            return
+        if message.origin == self.host_id and message.target is None:
+            return
+        handler = getattr(self, f"_remote_{message.method}", None)
+        if handler is None:
+            logger.warning("unknown control message %r", message.method)
+            return
+        try:
+            await handler(message.origin, **message.body)
+        except Exception:  # a bad message must not stop the listener
+            logger.exception("control message %r failed", message.method)
+
+    async def _remote_disconnect(self, origin: str, *, sid: str, namespace: str) -> None:
+        if self._is_local(sid, namespace):
+            manager: Any = self
+            await manager.server.disconnect(sid, namespace=namespace, ignore_queue=True)
+
+    async def _remote_enter_room(self, origin: str, *, sid: str, namespace: str,
+                                 room: str) -> None:
+        if self._is_local(sid, namespace):
+            manager: Any = self
+            manager.basic_enter_room(sid, namespace, room)
+
+    async def _remote_leave_room(self, origin: str, *, sid: str, namespace: str,
+                                 room: str) -> None:
+        if self._is_local(sid, namespace):
+            manager: Any = self
+            manager.basic_leave_room(sid, namespace, room)
+
+    async def _remote_close_room(self, origin: str, *, room: str, namespace: str) -> None:
+        manager: Any = self
+        manager.basic_close_room(room, namespace)
+
+    async def _remote_emit_live(self, origin: str, *, namespace: str, event: str, args: str,
+                                rooms: list[str], except_rooms: list[str],
+                                callback_id: str | None) -> None:
+        callback = None
+        if callback_id is not None:
+            callback = functools.partial(self._return_callback_to, origin, callback_id)
+        manager: Any = self
+        await manager.send_live_local(event, unpack(args), namespace, tuple(rooms),
+                                      tuple(except_rooms), callback)
+
+    async def _return_callback_to(self, origin: str, callback_id: str, *args: Any) -> None:
+        await self._publish("callback", target=origin, callback_id=callback_id,
+                            args=pack(list(args)))
+
+    async def _remote_callback(self, origin: str, *, callback_id: str, args: str) -> None:
+        callback = self._remote_callbacks.pop(callback_id, None)
+        if callback is not None:
+            result = callback(*unpack(args))
+            if hasattr(result, "__await__"):
+                await result

@@ -1,0 +1,112 @@
+"""Engine set-up and the few statements that differ between SQLite and PostgreSQL.
+
+Kept apart from :mod:`.sql` so the migrations (:mod:`durable_adapter.migrate`) build
+their connections exactly as the store does, and so a dialect adds itself here rather
+than by branching inside the store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Table, event, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ..exceptions import ConfigurationError
+from ._sql_schema import SINGLETON_ID, counter
+
+#: Execution option marking a connection whose next transaction writes. On SQLite it
+#: begins with ``BEGIN IMMEDIATE``: the write lock is taken up front, so offsets are
+#: assigned under it and a read-then-write transaction can never deadlock.
+WRITE_OPTION = "durable_adapter_write"
+
+SQLITE_BUSY_TIMEOUT = 30_000  # milliseconds a writer waits for another process's lock
+
+
+def parse_url(url: str | URL) -> URL:
+    """``url`` as a SQLAlchemy URL, or :class:`ConfigurationError`."""
+    try:
+        return make_url(url)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"not a SQL store URL: {url!r}") from exc
+
+
+def is_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite"
+
+
+def create_engine(url: URL, *, schema: str | None = None) -> AsyncEngine:
+    """An async engine for ``url``, set up for the store (SQLite hooks, schema map)."""
+    if schema is not None and is_sqlite(url):
+        raise ConfigurationError("schema= is a PostgreSQL option; SQLite has no schemas")
+    options: dict[str, Any] = {}
+    if schema is not None:
+        options["execution_options"] = {"schema_translate_map": {None: schema}}
+    try:
+        engine = create_async_engine(url, **options)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise ConfigurationError(f"cannot use {url.render_as_string()!r}: {exc}") from exc
+    except ImportError as exc:
+        raise ConfigurationError(f"the {url.drivername} driver is not installed: {exc}") from exc
+    if is_sqlite(url):
+        _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """Let SQLAlchemy, not the sqlite3 module, emit BEGIN (the SQLAlchemy docs' recipe).
+
+    The sqlite3 module (before Python 3.12's ``autocommit``) begins transactions only
+    before DML, so DDL would autocommit and writes would take the lock late.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first: switching to WAL itself waits for other processes
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT}")
+            # WAL: readers never block the writer, several processes share one file
+            cursor.execute("PRAGMA journal_mode = WAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        write = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def insert_for(engine: AsyncEngine | AsyncConnection | Connection, table: Table) -> Any:
+    """An INSERT supporting ``on_conflict_do_nothing``/``on_conflict_do_update``.
+
+    SQLite and PostgreSQL spell the same ``ON CONFLICT`` clause alike in SQLAlchemy.
+    """
+    name = engine.dialect.name
+    if name == "sqlite":
+        return sqlite.insert(table)
+    if name == "postgresql":
+        return postgresql.insert(table)
+    raise ConfigurationError(f"the SQL store does not support the {name} dialect")
+
+
+async def change_marker(connection: AsyncConnection) -> object:
+    """A cheap value that changes when another process may have appended.
+
+    SQLite: ``PRAGMA data_version`` changes whenever any *other* connection commits, so
+    it is read on a dedicated connection. Other dialects: the counter's top.
+    """
+    if connection.dialect.name == "sqlite":
+        raw = await connection.get_raw_connection()
+        # the aiosqlite connection itself: autocommit (isolation_level None), no BEGIN
+        driver: Any = raw.driver_connection
+        async with driver.execute("PRAGMA data_version") as cursor:
+            row = await cursor.fetchone()
+        return row[0] if row else None
+    async with connection.begin():
+        top = select(counter.c.top).where(counter.c.id == SINGLETON_ID)
+        return (await connection.execute(top)).scalar()

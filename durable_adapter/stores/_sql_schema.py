@@ -1,0 +1,144 @@
+"""The SQL tables, shared by :mod:`durable_adapter.stores.sql` and the Alembic migrations.
+
+Tables carry no schema: a PostgreSQL schema is applied at run time through
+``schema_translate_map``, so one definition serves every deployment and every test schema.
+A change here needs a new file in ``migrations/versions``; the migration tests compare
+the two.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Row,
+    String,
+    Table,
+    Text,
+)
+
+from .._codec import decode_value, encode_value
+from .base import NewPacket, Session, StoredPacket
+
+PREFIX = "durable_adapter_"
+
+#: Alembic's version table for our history, apart from the host application's.
+VERSION_TABLE = f"{PREFIX}alembic_version"
+
+#: The one row of ``counter`` (and of ``meta``) has this id.
+SINGLETON_ID = 1
+
+# On SQLite an INTEGER PRIMARY KEY is the rowid: packets are stored in seq order, no
+# second index. PostgreSQL gets a BIGINT.
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+meta = Table(
+    f"{PREFIX}meta",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    # random hex naming this history; replaced whenever the counter is recreated
+    Column("epoch", String(32), nullable=False),
+)
+
+counter = Table(
+    f"{PREFIX}counter",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("top", BigInteger, nullable=False),
+    Column("purged_through", BigInteger, nullable=False),
+)
+
+packets = Table(
+    f"{PREFIX}packets",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=False),
+    Column("namespace", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("rooms", Text, nullable=False),  # JSON list of room names
+    Column("except_rooms", Text, nullable=False),  # JSON list of room names
+    Column("created_at", Double, nullable=False),  # unix seconds
+)
+
+sessions = Table(
+    f"{PREFIX}sessions",
+    metadata,
+    Column("namespace", Text, primary_key=True),
+    Column("pid_hash", String(64), primary_key=True),
+    Column("sid", Text, nullable=False),
+    Column("rooms", Text, nullable=False),  # JSON list of room names
+    Column("data", LargeBinary, nullable=False),
+    Column("epoch", String(32), nullable=False),
+    Column("start_seq", BigInteger, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("last_sent_seq", BigInteger, nullable=True),
+    Column("disconnected_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Index(f"ix_{PREFIX}sessions_expires_at", "expires_at"),
+    Index(f"ix_{PREFIX}sessions_namespace_sid", "namespace", "sid"),
+)
+
+
+# -- rows <-> records: rooms as JSON text, payloads and session data via _codec ---------
+
+
+def packet_values(packet: NewPacket) -> dict[str, Any]:
+    """The columns of ``packet`` but ``seq`` and ``created_at`` (set when written)."""
+    return {
+        "namespace": packet.namespace,
+        "payload": encode_value(list(packet.data)),
+        "rooms": json.dumps(list(packet.rooms)),
+        "except_rooms": json.dumps(list(packet.except_rooms)),
+    }
+
+
+def session_values(session: Session) -> dict[str, Any]:
+    return {
+        "namespace": session.namespace,
+        "pid_hash": session.pid_hash,
+        "sid": session.sid,
+        "rooms": json.dumps(list(session.rooms)),
+        "data": encode_value(session.data),
+        "epoch": session.epoch,
+        "start_seq": session.start_seq,
+        "position": session.position,
+        "last_sent_seq": session.last_sent_seq,
+        "disconnected_at": session.disconnected_at,
+        "expires_at": session.expires_at,
+    }
+
+
+def packet_from_row(row: Row[Any]) -> StoredPacket:
+    return StoredPacket(
+        namespace=row.namespace,
+        data=decode_value(row.payload),
+        rooms=tuple(json.loads(row.rooms)),
+        except_rooms=tuple(json.loads(row.except_rooms)),
+        seq=row.seq,
+        created_at=row.created_at,
+    )
+
+
+def session_from_row(row: Row[Any]) -> Session:
+    return Session(
+        pid_hash=row.pid_hash,
+        namespace=row.namespace,
+        sid=row.sid,
+        rooms=tuple(json.loads(row.rooms)),
+        data=decode_value(row.data),
+        epoch=row.epoch,
+        start_seq=row.start_seq,
+        position=row.position,
+        last_sent_seq=row.last_sent_seq,
+        disconnected_at=row.disconnected_at,
+        expires_at=row.expires_at,
+    )

@@ -1,0 +1,440 @@
+"""The SQL store: SQLAlchemy 2 Core, async; SQLite (aiosqlite) here, PostgreSQL by subclass.
+
+Offsets come from one counter row: ``UPDATE counter SET top = top + n RETURNING top``
+and the INSERT of the n packets share one transaction, so the row lock (on SQLite the
+database write lock) makes seqs dense and in commit order. One writer task per store
+batches the concurrent appends of this process into that transaction.
+
+Followers read ``seq > cursor`` from the table. This process's appends wake them at once;
+other processes' are found by polling a cheap change marker (:meth:`SQLStore._change_marker`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .. import migrate as _migrate
+from .._codec import check_session_data
+from ..exceptions import ConfigurationError, StoreError
+from . import _sql_dialect as dialect
+from ._sql_follow import SQLFollower
+from ._sql_schema import (
+    SINGLETON_ID,
+    counter,
+    meta,
+    packet_from_row,
+    packet_values,
+    packets,
+    session_from_row,
+    session_values,
+    sessions,
+)
+from ._sql_writer import BatchWriter
+from .base import (
+    HistoryBounds,
+    NewPacket,
+    PacketListener,
+    PurgeResult,
+    Session,
+    Store,
+    StoredPacket,
+)
+
+logger = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+STOP_TIMEOUT = 5.0  # seconds close() waits for the follower and running queries
+POLL_INTERVAL = 0.05  # seconds between change checks when nothing woke the follower
+BATCH_MAX = 500  # packets per append transaction
+
+
+def _shielded(
+    method: Callable[Concatenate[SQLStore, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[SQLStore, P], Coroutine[Any, Any, T]]:
+    """Run the query in its own task: a cancelled caller leaves it to finish cleanly.
+
+    Cancelling a task in the middle of a driver call can leave the connection torn
+    (aiosqlite is then only stopped, not closed); :meth:`SQLStore.close` waits for these.
+    """
+
+    @functools.wraps(method)
+    async def run(self: SQLStore, *args: P.args, **kwargs: P.kwargs) -> T:
+        task = asyncio.ensure_future(method(self, *args, **kwargs))
+        self._inflight.add(task)
+        task.add_done_callback(_forget(self._inflight))
+        return await asyncio.shield(task)
+
+    return run
+
+
+def _forget(inflight: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        inflight.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller may be gone, the error is not news
+
+    return done
+
+
+class SQLStore(Store):
+    """Packets and sessions in SQL tables, shared by every node using the same database.
+
+    :param url: a SQLAlchemy async URL (``sqlite+aiosqlite:///app.db``), or a ready
+                :class:`AsyncEngine` (not SQLite), which the store never disposes.
+    :param schema: PostgreSQL schema holding the tables.
+    :param poll_interval: seconds between checks for other processes' appends.
+    :param auto_migrate: create/upgrade the tables on :meth:`open`; default True on
+                         SQLite, False elsewhere (run ``durable-adapter migrate``).
+    :param batch_max: most packets written in one append transaction.
+
+    Usage::
+
+        async with SQLStore("sqlite+aiosqlite:///app.db") as store:
+            seq = await store.append(NewPacket(namespace="/", data=["hi"]))
+
+    :attr:`following` is set once the follower task runs.
+    """
+
+    schemes = ("sqlite+aiosqlite",)
+
+    def __init__(
+        self,
+        url: str | AsyncEngine,
+        *,
+        schema: str | None = None,
+        poll_interval: float = POLL_INTERVAL,
+        auto_migrate: bool | None = None,
+        batch_max: int = BATCH_MAX,
+    ) -> None:
+        if poll_interval <= 0:
+            raise ConfigurationError(f"poll_interval must be > 0, got {poll_interval!r}")
+        if batch_max < 1:
+            raise ConfigurationError(f"batch_max must be >= 1, got {batch_max!r}")
+        if schema is not None and not (isinstance(schema, str) and schema.isidentifier()):
+            raise ConfigurationError(f"schema must be a plain identifier, got {schema!r}")
+        self._given_engine = url if isinstance(url, AsyncEngine) else None
+        self.url: URL = url.url if isinstance(url, AsyncEngine) else dialect.parse_url(url)
+        if self._given_engine is not None and dialect.is_sqlite(self.url):
+            raise ConfigurationError("pass SQLite as a URL: the store sets up its connections")
+        self.schema = schema
+        self.poll_interval = poll_interval
+        self.batch_max = batch_max
+        self.auto_migrate = dialect.is_sqlite(self.url) if auto_migrate is None else auto_migrate
+        #: set while the follower task runs
+        self.following = asyncio.Event()
+        self._engine: AsyncEngine | None = None
+        self._epoch: str | None = None
+        # set after each commit of this process's appends (and by doorbells in subclasses)
+        self._wakeup = asyncio.Event()
+        self._writer: BatchWriter | None = None
+        self._follower: SQLFollower | None = None
+        self._follower_task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    @property
+    def epoch(self) -> str:
+        if self._epoch is None:
+            raise StoreError("the store is not open")
+        return self._epoch
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise StoreError("the store is not open")
+        return self._engine
+
+    def _where(self) -> str:
+        return self.url.render_as_string(hide_password=True)
+
+    def _create_engine(self) -> AsyncEngine:
+        """The engine for :attr:`url`; dialect set-up lives in :mod:`._sql_dialect`."""
+        return dialect.create_engine(self.url, schema=self.schema)
+
+    async def open(self) -> None:
+        if self._engine is not None:
+            return
+        engine = self._given_engine or self._create_engine()
+        try:
+            async with self._errors(f"cannot reach the store at {self._where()}"):
+                async with engine.connect() as connection:
+                    await connection.exec_driver_sql("SELECT 1")
+            async with self._errors(f"cannot migrate the store at {self._where()}"):
+                if not await _migrate.is_current(engine, self.schema):
+                    if not self.auto_migrate:
+                        raise ConfigurationError(
+                            f"the tables at {self._where()} are missing or out of date; run "
+                            f"`durable-adapter migrate --store {self._where()}` first"
+                        )
+                    await _migrate.upgrade_engine(engine, self.schema)
+            self._engine = engine
+            self._epoch = await self._init_history()
+        except BaseException:
+            self._engine = None
+            if self._given_engine is None:
+                await engine.dispose()
+            raise
+        self._writer = BatchWriter(
+            self._insert_batch,
+            batch_max=self.batch_max,
+            on_commit=self._wakeup.set,
+            name=f"{self!r} writer",
+        )
+
+    async def _init_history(self) -> str:
+        """Create the counter row and the epoch once; return the epoch.
+
+        A missing counter (tables emptied by hand) gets a fresh epoch with it, so offsets
+        handed out before can never be misread as positions in the new history.
+        """
+        async with self._write() as connection:
+            new_counter = dialect.insert_for(connection, counter).values(
+                id=SINGLETON_ID, top=0, purged_through=0
+            )
+            created = await connection.execute(new_counter.on_conflict_do_nothing())
+            if created.rowcount == 1:
+                await connection.execute(delete(meta))
+            new_epoch = dialect.insert_for(connection, meta).values(
+                id=SINGLETON_ID, epoch=secrets.token_hex(8)
+            )
+            await connection.execute(new_epoch.on_conflict_do_nothing())
+            epoch = (await connection.execute(select(meta.c.epoch))).scalar_one()
+        return str(epoch)
+
+    async def close(self) -> None:
+        await self._stop_follower()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.close()
+        if self._inflight:  # queries whose callers were cancelled: let them finish
+            await asyncio.wait(self._inflight, timeout=STOP_TIMEOUT)
+        engine, self._engine = self._engine, None
+        if engine is not None and self._given_engine is None:
+            await engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._where()}>"
+
+    # -- connections and errors -------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _errors(self, message: str) -> AsyncIterator[None]:
+        """Driver errors become :class:`StoreError`, keeping the cause."""
+        try:
+            yield
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"{message}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self._errors(f"reading the store at {self._where()} failed"):
+            async with self.engine.connect() as connection:
+                yield connection
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction (on SQLite it holds the write lock from its BEGIN)."""
+        async with self._errors(f"writing to the store at {self._where()} failed"):
+            async with self.engine.connect() as connection:
+                await connection.execution_options(**{dialect.WRITE_OPTION: True})
+                async with connection.begin():
+                    yield connection
+
+    # -- packets ----------------------------------------------------------------
+
+    async def append(self, packet: NewPacket) -> int:
+        if not isinstance(packet, NewPacket):
+            raise TypeError(f"append() takes a NewPacket, got {type(packet).__name__}")
+        if self._writer is None:
+            raise StoreError("the store is not open")
+        # encoded here, so a payload that cannot be stored fails its own caller only
+        return await self._writer.submit(packet_values(packet))
+
+    async def _insert_batch(self, rows: list[dict[str, Any]]) -> list[int]:
+        count = len(rows)
+        async with self._write() as connection:
+            top = (
+                await connection.execute(
+                    update(counter)
+                    .where(counter.c.id == SINGLETON_ID)
+                    .values(top=counter.c.top + count)
+                    .returning(counter.c.top)
+                )
+            ).scalar_one()
+            first = top - count + 1
+            now = time.time()
+            await connection.execute(
+                packets.insert(),
+                [{**row, "seq": first + i, "created_at": now} for i, row in enumerate(rows)],
+            )
+        return list(range(first, top + 1))
+
+    @_shielded
+    async def read(
+        self, *, after: int, limit: int, until: int | None = None, namespace: str | None = None
+    ) -> list[StoredPacket]:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        query = select(packets).where(packets.c.seq > after).order_by(packets.c.seq).limit(limit)
+        if until is not None:
+            query = query.where(packets.c.seq <= until)
+        if namespace is not None:
+            query = query.where(packets.c.namespace == namespace)
+        async with self._read() as connection:
+            rows = (await connection.execute(query)).all()
+        return [packet_from_row(row) for row in rows]
+
+    @_shielded
+    async def bounds(self) -> HistoryBounds:
+        query = (
+            select(meta.c.epoch, counter.c.top, counter.c.purged_through)
+            .select_from(counter.join(meta, meta.c.id == counter.c.id))
+            .where(counter.c.id == SINGLETON_ID)
+        )
+        async with self._read() as connection:
+            row = (await connection.execute(query)).one()
+        return HistoryBounds(epoch=row.epoch, top=row.top, purged_through=row.purged_through)
+
+    # -- sessions ---------------------------------------------------------------
+
+    @_shielded
+    async def save_session(self, session: Session) -> None:
+        check_session_data(session.data)
+        values = session_values(session)
+        statement = dialect.insert_for(self.engine, sessions).values(**values)
+        statement = statement.on_conflict_do_update(
+            index_elements=[sessions.c.namespace, sessions.c.pid_hash],
+            set_={k: v for k, v in values.items() if k not in ("namespace", "pid_hash")},
+        )
+        async with self._write() as connection:
+            await connection.execute(statement)
+
+    @_shielded
+    async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
+        # one DELETE ... RETURNING: of two concurrent claims only one gets the row
+        statement = (
+            delete(sessions)
+            .where(
+                sessions.c.namespace == namespace,
+                sessions.c.pid_hash == pid_hash,
+                sessions.c.expires_at > now,
+            )
+            .returning(*sessions.c)
+        )
+        async with self._write() as connection:
+            row = (await connection.execute(statement)).first()
+        return None if row is None else session_from_row(row)
+
+    @_shielded
+    async def delete_sessions(self, namespace: str, sid: str) -> None:
+        async with self._write() as connection:
+            await connection.execute(
+                delete(sessions).where(sessions.c.namespace == namespace, sessions.c.sid == sid)
+            )
+
+    # -- retention --------------------------------------------------------------
+
+    async def purge(self, *, now: float, retention: float, batch_size: int = 1000) -> PurgeResult:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if retention < 0:
+            raise ValueError(f"retention must be >= 0, got {retention!r}")
+        removed_sessions = 0
+        while (count := await self._purge_sessions(now, batch_size)) > 0:
+            removed_sessions += count
+        removed_packets = 0
+        while (count := await self._purge_packets(now - retention, batch_size)) > 0:
+            removed_packets += count
+        bounds = await self.bounds()
+        return PurgeResult(
+            sessions=removed_sessions,
+            packets=removed_packets,
+            purged_through=bounds.purged_through,
+        )
+
+    @_shielded
+    async def _purge_sessions(self, now: float, batch_size: int) -> int:
+        key = tuple_(sessions.c.namespace, sessions.c.pid_hash)
+        expired = select(sessions.c.namespace, sessions.c.pid_hash).where(
+            sessions.c.expires_at <= now
+        )
+        async with self._write() as connection:
+            result = await connection.execute(
+                delete(sessions).where(key.in_(expired.limit(batch_size)))
+            )
+        return result.rowcount
+
+    @_shielded
+    async def _purge_packets(self, cutoff: float, batch_size: int) -> int:
+        """Delete one batch: a prefix of the history, so no hole opens above purged_through.
+
+        Clocks of different nodes may disagree a little, so created_at is not strictly
+        ordered by seq; taking "everything up to the newest old packet of the next batch"
+        keeps ``purged_through < seq <= top`` complete at the cost of a few early deletes.
+        """
+        head = select(packets.c.seq, packets.c.created_at).order_by(packets.c.seq)
+        head_sub = head.limit(batch_size).subquery()
+        last_old = select(func.max(head_sub.c.seq)).where(head_sub.c.created_at < cutoff)
+        async with self._write() as connection:
+            through = (await connection.execute(last_old)).scalar()
+            if through is None:
+                return 0
+            result = await connection.execute(delete(packets).where(packets.c.seq <= through))
+            await connection.execute(
+                update(counter)
+                .where(counter.c.id == SINGLETON_ID, counter.c.purged_through < through)
+                .values(purged_through=through)
+            )
+        return result.rowcount
+
+    # -- following --------------------------------------------------------------
+
+    async def follow(self, listener: PacketListener, *, after: int) -> None:
+        if self._engine is None or self._writer is None:
+            raise StoreError("the store is not open")
+        await self._stop_follower()  # one follower per store: the new one replaces it
+        follower = self._follower = SQLFollower(
+            engine=self.engine,
+            read=self.read,
+            change_marker=self._change_marker,
+            wakeup=self._wakeup,
+            following=self.following,
+            poll_interval=self.poll_interval,
+        )
+        self._follower_task = asyncio.create_task(
+            follower.run(listener, after), name=f"{self!r} follower"
+        )
+
+    async def _stop_follower(self) -> None:
+        # ask first, cancel only after STOP_TIMEOUT: a task cancelled mid-query can leave
+        # its driver connection half-closed
+        task, self._follower_task = self._follower_task, None
+        if self._follower is not None:
+            self._follower.stop()
+            self._follower = None
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self.following.clear()
+
+    async def _change_marker(self, connection: AsyncConnection) -> object:
+        """A cheap value that changes when another process may have appended."""
+        return await dialect.change_marker(connection)

@@ -1,0 +1,133 @@
+"""The Alembic migrations build exactly the tables the store's MetaData describes.
+
+``alembic upgrade head`` runs as a user would run it from a checkout (a subprocess with
+the repo's alembic.ini); :func:`durable_adapter.migrate.migrate` runs the copy that ships
+inside the package, also twice and concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
+from durable_adapter.exceptions import ConfigurationError
+from durable_adapter.migrate import head_revisions, migrate
+from durable_adapter.stores._sql_schema import VERSION_TABLE, metadata
+from durable_adapter.stores.sql import SQLStore
+
+REPO = Path(__file__).resolve().parents[2]
+ALEMBIC = Path(sys.executable).with_name("alembic")
+WAIT = 60.0  # seconds for one migration run, subprocess start included
+
+
+def _diff(path: Path) -> list[Any]:
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True, "version_table": VERSION_TABLE}
+            )
+            return list(compare_metadata(context, metadata))
+    finally:
+        engine.dispose()
+
+
+def _version(path: Path) -> list[str]:
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}")
+            return [row[0] for row in rows]
+    finally:
+        engine.dispose()
+
+
+def _alembic(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ALEMBIC), *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+
+
+def test_alembic_upgrade_head_matches_the_metadata(tmp_path: Path) -> None:
+    path = tmp_path / "cli.db"
+    done = _alembic("-x", f"url=sqlite+aiosqlite:///{path}", "upgrade", "head")
+    assert done.returncode == 0, done.stderr
+    assert _diff(path) == []
+    assert _version(path) == list(head_revisions())
+
+
+def test_alembic_takes_the_url_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "env.db"
+    done = _alembic("upgrade", "head", env={"DURABLE_ADAPTER_URL": f"sqlite+aiosqlite:///{path}"})
+    assert done.returncode == 0, done.stderr
+    assert _diff(path) == []
+
+
+def test_alembic_downgrade_removes_every_table(tmp_path: Path) -> None:
+    url = f"url=sqlite+aiosqlite:///{tmp_path / 'down.db'}"
+    assert _alembic("-x", url, "upgrade", "head").returncode == 0
+    done = _alembic("-x", url, "downgrade", "base")
+    assert done.returncode == 0, done.stderr
+    engine = create_engine(f"sqlite:///{tmp_path / 'down.db'}")
+    try:
+        assert set(inspect(engine).get_table_names()) == {VERSION_TABLE}
+    finally:
+        engine.dispose()
+
+
+async def test_migrate_twice_is_a_no_op(tmp_path: Path) -> None:
+    path = tmp_path / "twice.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await asyncio.wait_for(migrate(url), WAIT)
+    async with SQLStore(url, auto_migrate=False) as store:
+        epoch = store.epoch
+    await asyncio.wait_for(migrate(url), WAIT)
+    assert _diff(path) == []
+    assert _version(path) == list(head_revisions())
+    async with SQLStore(url, auto_migrate=False) as store:
+        assert store.epoch == epoch  # the second run touched nothing
+
+
+async def test_two_migrations_at_once_both_succeed(tmp_path: Path) -> None:
+    path = tmp_path / "race.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await asyncio.wait_for(asyncio.gather(migrate(url), migrate(url), migrate(url)), WAIT)
+    assert _diff(path) == []
+    assert _version(path) == list(head_revisions())
+
+
+def test_two_processes_migrating_at_once_both_succeed(tmp_path: Path) -> None:
+    path = tmp_path / "processes.db"
+    code = "import sys; from durable_adapter.migrate import migrate_sync; migrate_sync(sys.argv[1])"
+    url = f"sqlite+aiosqlite:///{path}"
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, url], cwd=REPO, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    for run in runs:
+        _, stderr = run.communicate(timeout=WAIT)
+        assert run.returncode == 0, stderr
+    assert _diff(path) == []
+    assert _version(path) == list(head_revisions())
+
+
+async def test_sqlite_refuses_a_schema(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="schema"):
+        await migrate(f"sqlite+aiosqlite:///{tmp_path / 's.db'}", schema="tenant")

@@ -207,6 +207,9 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         if start is None:
             return self._refuse(failure or RecoveryFailure.MALFORMED)
         hold = manager.open_hold(namespace, session.sid, eio_sid, session.rooms)
+        # this node may lag behind the one the client left: what the client already
+        # has (up to ``start``) must not come again from the hold
+        hold.upto = max(hold.upto, start)
         restore = Restore(pid=pid, session=session, hold=hold)
         try:
             failure = check_window(start, hold.upto, await self.store.bounds(),

@@ -1,0 +1,99 @@
+"""One server node of a cluster test, run as its own process.
+
+``python -m tests.cluster.node_app --store URL [--schema S]`` prints ``{"port": P}`` once
+it listens on 127.0.0.1, then serves Socket.IO plus a small HTTP control surface the test
+drives: ``POST /emit`` (emit a run of numbered events), ``POST /op`` (cross-node
+operations), ``GET /rooms/<sid>``. SIGTERM saves live sessions and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+from typing import Any
+
+from aiohttp import web
+
+import durable_adapter
+
+
+def build(store: Any, name: str) -> tuple[web.Application, durable_adapter.AsyncServer]:
+    sio = durable_adapter.AsyncServer(
+        store=store, async_mode="aiohttp", namespaces="*",
+        connection_state_recovery={"max_disconnection_duration": 60})
+
+    @sio.on("connect")
+    async def connect(sid: str, environ: Any, auth: Any) -> None:
+        if not sio.is_recovered(sid) and isinstance(auth, dict) and "room" in auth:
+            await sio.enter_room(sid, auth["room"])
+
+    @sio.on("where")
+    async def where(sid: str) -> str:
+        return name
+
+    async def emit(request: web.Request) -> web.Response:
+        body = await request.json()
+        # concurrent, as a busy server's handlers are: the store batches them, and
+        # queues them (so numbers them) in the order they are started
+        await asyncio.gather(*(
+            sio.emit("seq", {"tag": body["tag"], "i": i}, to=body.get("to"))
+            for i in range(body["start"], body["start"] + body["count"])))
+        return web.json_response({"done": body["count"]})
+
+    async def op(request: web.Request) -> web.Response:
+        body = await request.json()
+        kind = body["op"]
+        if kind == "disconnect":
+            await sio.disconnect(body["sid"])
+        elif kind == "enter_room":
+            await sio.enter_room(body["sid"], body["room"])
+        elif kind == "leave_room":
+            await sio.leave_room(body["sid"], body["room"])
+        elif kind == "close_room":
+            await sio.close_room(body["room"])
+        elif kind == "call":
+            answer = await sio.call(body["event"], body.get("data"), to=body["sid"], timeout=10)
+            return web.json_response({"answer": answer})
+        elif kind == "volatile":
+            await sio.emit(body["event"], body.get("data"), to=body.get("to"), volatile=True)
+        return web.json_response({"ok": True})
+
+    async def rooms(request: web.Request) -> web.Response:
+        sid = request.match_info["sid"]
+        return web.json_response({"rooms": sorted(sio.rooms(sid))})
+
+    app = web.Application()
+    sio.attach(app)
+    app.router.add_post("/emit", emit)
+    app.router.add_post("/op", op)
+    app.router.add_get("/rooms/{sid}", rooms)
+    return app, sio
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--name", default="node")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    app, sio = build(args.store, args.name)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", args.port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await sio.durable_manager.start()
+    print(json.dumps({"port": port}), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await sio.shutdown()
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -68,8 +68,12 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
             if self._started:
                 return
             await self.store.open()
-            self.delivered = (await self.store.bounds()).top
-            await self.store.follow(self._deliver, after=self.delivered)
+            try:
+                self.delivered = (await self.store.bounds()).top
+                await self.store.follow(self._deliver, after=self.delivered)
+            except BaseException:
+                await self.store.close()
+                raise
             self._started = True
 
     async def stop(self) -> None:

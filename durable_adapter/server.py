@@ -136,6 +136,8 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                     continue
                 for sid, eio_sid in list(self.manager.get_participants(namespace, None)):
                     await self._save_session(eio_sid, sid, namespace)
+                    # saved once: the transport closing later must not save it again
+                    self._pids.pop((namespace, sid), None)
         await super().shutdown()
         if self.recovery is not None:
             await self.durable_manager.stop()

@@ -29,6 +29,7 @@ from .exceptions import DurableAdapterError
 ENV_STORE_URL = "DURABLE_ADAPTER_STORE_URL"
 ENV_HOST = "DURABLE_ADAPTER_HOST"
 ENV_PORT = "DURABLE_ADAPTER_PORT"
+ENV_WORKERS = "DURABLE_ADAPTER_WORKERS"
 
 DEMO_STORE_URL = "sqlite+aiosqlite:///durable_adapter_demo.sqlite3"
 DEMO_HOST = "127.0.0.1"
@@ -70,6 +71,13 @@ def _port(text: str) -> int:
     return port
 
 
+def _workers(text: str) -> int:
+    workers = int(text)
+    if not 1 <= workers <= 64:
+        raise ValueError(f"workers must be between 1 and 64: {workers}")
+    return workers
+
+
 def _safe_url(url: str) -> str:
     """``url`` with any password hidden, for messages."""
     try:
@@ -97,6 +105,9 @@ def _add_demo(subparsers: _Subparsers) -> None:
     _env_flag(parser, "--host", ENV_HOST, default=DEMO_HOST, help="address to bind")
     _env_flag(parser, "--port", ENV_PORT, default=DEMO_PORT, type=_port,
               help="port to bind; 0 picks a free one")
+    _env_flag(parser, "--workers", ENV_WORKERS, default=1, type=_workers,
+              help="worker processes sharing the port and the store (websocket only "
+                   "when more than one)")
     parser.set_defaults(func=_run_demo)
 
 
@@ -107,6 +118,12 @@ def _run_demo(args: argparse.Namespace) -> int:
         print(f"durable-adapter demo running on {url} (store: {_safe_url(args.store)}); "
               "press Ctrl+C to stop", flush=True)
 
+    if args.workers > 1:
+        from .demo.app import run_workers
+
+        run_workers(store=args.store, host=args.host, port=args.port,
+                    workers=args.workers, ready=ready)
+        return 0
     run(store=args.store, host=args.host, port=args.port, ready=ready)
     return 0
 

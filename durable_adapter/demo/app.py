@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import secrets
 import signal
+import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +43,8 @@ MAX_NAME = 40  # characters
 MAX_TEXT = 500  # characters
 MAX_BODY = 16 * 1024  # bytes of a POST /say request
 RECOVERY = {"max_disconnection_duration": 120}
+WORKER_START_TIMEOUT = 30.0  # seconds until the first worker must listen
+WORKER_STOP_TIMEOUT = 10.0  # seconds a worker may take to save its sessions and exit
 
 SIO_KEY = web.AppKey("sio", AsyncServer)
 
@@ -98,7 +103,12 @@ def create_server(store: str) -> AsyncServer:
     return sio
 
 
+WEBSOCKET_ONLY_KEY = web.AppKey("websocket_only", bool)
+
+
 async def _index(request: web.Request) -> web.StreamResponse:
+    if request.app[WEBSOCKET_ONLY_KEY] and "transports" not in request.query:
+        raise web.HTTPFound("/?transports=websocket")
     return web.FileResponse(HERE / "index.html", headers={"Cache-Control": "no-cache"})
 
 
@@ -114,11 +124,12 @@ async def _say(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "message": msg})
 
 
-def create_app(store: str) -> web.Application:
+def create_app(store: str, *, websocket_only: bool = False) -> web.Application:
     """The demo's aiohttp application; its shutdown saves the sessions of live pages."""
     sio = create_server(store)
     app = web.Application(client_max_size=MAX_BODY)
     app[SIO_KEY] = sio
+    app[WEBSOCKET_ONLY_KEY] = websocket_only
     sio.attach(app)
     app.router.add_get("/", _index)
     app.router.add_post("/say", _say)
@@ -132,12 +143,17 @@ def create_app(store: str) -> web.Application:
 
 
 async def serve(store: str, host: str, port: int,
-                ready: Callable[[str], None] | None = None) -> None:
-    """Serve the demo until SIGINT/SIGTERM; ``ready(url)`` is called once it listens."""
-    runner = web.AppRunner(create_app(store), handle_signals=False, access_log=None)
+                ready: Callable[[str], None] | None = None, *, worker: bool = False) -> None:
+    """Serve the demo until SIGINT/SIGTERM; ``ready(url)`` is called once it listens.
+
+    ``worker=True``: one of several processes sharing ``port`` (SO_REUSEPORT; the kernel
+    spreads connections over them), so the page is served websocket-only.
+    """
+    app = create_app(store, websocket_only=worker)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, reuse_port=worker or None)
         await site.start()
         bound = runner.addresses[0][1]
         shown = f"[{host}]" if ":" in host else host
@@ -161,3 +177,56 @@ def run(store: str, host: str, port: int,
         ready: Callable[[str], None] | None = None) -> None:
     """Blocking: :func:`serve` in a new event loop (``durable-adapter demo``)."""
     asyncio.run(serve(store, host, port, ready))
+
+
+def _worker_main(store: str, host: str, port: int) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(serve(store, host, port, worker=True))
+
+
+def run_workers(store: str, host: str, port: int, workers: int,
+                ready: Callable[[str], None] | None = None) -> None:
+    """Blocking: ``workers`` processes on one port, sharing the store (``--workers N``).
+
+    A client that reconnects may land on any worker and recovers there: the sessions
+    and packets are in the shared store, and each worker follows it.
+    """
+    if port == 0:  # every worker must bind the same port: pick it here
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker_main, args=(store, host, port),
+                                 name=f"demo-worker-{i}") for i in range(workers)]
+    for process in processes:
+        process.start()
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set())
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if ready is not None and _wait_listening(host, port, processes):
+            shown = f"[{host}]" if ":" in host else host
+            ready(f"http://{shown}:{port}/?transports=websocket")
+        while not stop.is_set() and all(p.is_alive() for p in processes):
+            stop.wait(0.5)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()  # SIGTERM: the worker saves its live sessions
+        for process in processes:
+            process.join(WORKER_STOP_TIMEOUT)
+            if process.is_alive():
+                process.kill()
+
+
+def _wait_listening(host: str, port: int, processes: list[Any]) -> bool:
+    deadline = time.monotonic() + WORKER_START_TIMEOUT
+    while time.monotonic() < deadline and all(p.is_alive() for p in processes):
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False

@@ -28,10 +28,10 @@ class NodeProcess:
     process: asyncio.subprocess.Process | None = None
     url: str = ""
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.cluster.node_app", "--store", self.store,
-            "--name", self.name, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+            "--name", self.name, "--port", str(port), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert self.process.stdout is not None
         line = await asyncio.wait_for(self.process.stdout.readline(), 30)

@@ -13,6 +13,14 @@ Server (``socketio.AsyncServer``), overridden or called:
   ``_trigger_event(event, namespace, *args)``     wrapped: skip_middlewares skips 'connect'
   ``environ``, ``packet_class``, ``reason``       read
   ``eio.generate_id``                             wrapped on the instance: restored sid
+  ``eio._get_socket(eio_sid).close(wait, reason)``, ``eio.sockets``
+                                                  evicting a stale connection (#4880)
+
+Client (``socketio.AsyncClient``), wrapped: ``_send_packet`` (pid and offset in
+CONNECT), ``_handle_connect``, ``_handle_event`` (strip the offset, buffer early events),
+``_handle_disconnect``, ``_handle_error``, ``_handle_eio_disconnect``; read:
+``namespaces``, ``connection_namespaces``, ``eio.queue``, ``eio.state``; and
+``engineio.payload.Payload.max_decode_packets`` (raised: a replay in one long-poll).
 
 Manager (``socketio.AsyncManager``), overridden or called:
   ``emit``                                        replaced for recovering namespaces

@@ -25,6 +25,8 @@ from .stores.base import NewPacket, Store, StoredPacket
 
 logger = logging.getLogger(__name__)
 
+DELIVERY_WAIT = 10.0  # seconds an emit waits for its packet to reach local sockets
+
 
 def _as_args(data: Any) -> list[Any]:
     """python-socketio's rule: a tuple is several arguments, None is none."""
@@ -128,7 +130,13 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         waiter = self._waiters.get(seq)
         if waiter is None:
             waiter = self._waiters[seq] = asyncio.get_running_loop().create_future()
-        await asyncio.shield(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), DELIVERY_WAIT)
+        except TimeoutError:
+            # stored, so it will be delivered once the follower catches up; the emit
+            # does not hang on a store that is slow to hand it back
+            logger.warning("packet %d stored but not yet delivered after %.0f s",
+                           seq, DELIVERY_WAIT)
 
     def _encode(self, namespace: str, data: list[Any], ack_id: int | None = None
                 ) -> list[eio_packet.Packet]:

@@ -191,37 +191,43 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _prepare_restore(self, eio_sid: str, namespace: str, pid: object,
                                offset: object) -> Attempt:
-        """Claim the session and read its replay, or say why not (contract item 2)."""
+        """Claim the session and read its replay, or say why not (contract item 2).
+
+        Whatever goes wrong here ends in a refusal (a fresh session), never in an
+        exception reaching python-socketio.
+        """
         if not is_valid_pid(pid) or (offset is not None and not isinstance(offset, str)):
             return self._refuse(RecoveryFailure.MALFORMED)
         assert isinstance(pid, str)
         pid_hash = hash_pid(pid)
-        await self._evict_live_socket(namespace, pid_hash)
-        manager = self.durable_manager
         try:
+            await self._evict_live_socket(namespace, pid_hash)
             session = await self.store.claim_session(namespace, pid_hash, time.time())
-        except DurableAdapterError:
+        except Exception:
             logger.exception("claiming a session failed")
             return self._refuse(RecoveryFailure.STORE_UNAVAILABLE)
         if session is None:
             return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
+        if self.manager.eio_sid_from_sid(session.sid, namespace) is not None:
+            # its sid is live here under another connection: never two sockets, one sid
+            return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
         start, failure = replay_start(session, offset, self.store.epoch)
         if start is None:
             return self._refuse(failure or RecoveryFailure.MALFORMED)
+        manager = self.durable_manager
         hold = manager.open_hold(namespace, session.sid, eio_sid, session.rooms)
         # this node may lag behind the one the client left: what the client already
         # has (up to ``start``) must not come again from the hold
         hold.upto = max(hold.upto, start)
         restore = Restore(pid=pid, session=session, hold=hold)
+        cap = self.recovery.max_replay_packets if self.recovery else 0
         try:
-            failure = check_window(start, hold.upto, await self.store.bounds(),
-                                   self.recovery.max_replay_packets if self.recovery else 0)
+            failure = check_window(start, hold.upto, await self.store.bounds(), cap)
             if failure is None:
                 restore.replay = await self._read_replay(namespace, session, start, hold.upto)
                 # a purge that ran while we read could have left holes: look again
-                failure = check_window(start, hold.upto, await self.store.bounds(),
-                                       self.recovery.max_replay_packets if self.recovery else 0)
-        except DurableAdapterError:
+                failure = check_window(start, hold.upto, await self.store.bounds(), cap)
+        except Exception:
             logger.exception("reading the replay failed")
             failure = RecoveryFailure.STORE_UNAVAILABLE
         if failure is not None:
@@ -374,7 +380,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                 disconnected_at=now, expires_at=now + duration,
             )
             await self.store.save_session(session)
-        except (DurableAdapterError, KeyError):
+        except Exception:  # the disconnect goes on; only the recovery is lost
             logger.exception("could not save the session of %s [%s]; it will not recover",
                              sid, namespace)
 

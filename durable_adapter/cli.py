@@ -4,6 +4,7 @@ Subcommands::
 
     durable-adapter demo    [--store URL] [--host HOST] [--port PORT]
     durable-adapter migrate --store URL
+    durable-adapter cleanup --store URL [--interval SECONDS] [--once] [--retention SECONDS]
 
 Every flag can also come from an environment variable (shown in ``--help``); a flag
 given on the command line wins over its variable.
@@ -182,8 +183,88 @@ async def _settle_driver_threads(limit: float = 1.0) -> None:
 
 
 # -- cleanup ---------------------------------------------------------------------------
-# Reserved for the `cleanup` subcommand: add `_add_cleanup` / `_run_cleanup` here and
-# list `_add_cleanup` in SUBCOMMANDS below.
+
+ENV_CLEANUP_INTERVAL = "DURABLE_ADAPTER_CLEANUP_INTERVAL"
+ENV_CLEANUP_ONCE = "DURABLE_ADAPTER_CLEANUP_ONCE"
+ENV_RETENTION = "DURABLE_ADAPTER_RETENTION"
+ENV_MAX_DISCONNECTION_DURATION = "DURABLE_ADAPTER_MAX_DISCONNECTION_DURATION"
+ENV_BATCH_SIZE = "DURABLE_ADAPTER_BATCH_SIZE"
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"must be > 0: {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be >= 1: {text}")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text}")
+
+
+def _add_cleanup(subparsers: _Subparsers) -> None:
+    from . import cleanup
+
+    parser = subparsers.add_parser(
+        "cleanup", help="delete expired sessions and packets no session can still need",
+        description="Run the TTL cleanup worker beside the servers: every --interval "
+                    "seconds it deletes expired sessions and packets older than "
+                    "--retention, in small batches. One worker is active per database; "
+                    "another one waits as standby. SIGTERM/SIGINT: finish the batch, exit 0.")
+    _env_flag(parser, "--store", ENV_STORE_URL, metavar="URL", required=True,
+              help="store URL, e.g. postgresql+asyncpg://user@host/db")
+    _env_flag(parser, "--interval", ENV_CLEANUP_INTERVAL, default=cleanup.DEFAULT_INTERVAL,
+              type=_positive_float, metavar="SECONDS", help="seconds between passes")
+    once = os.environ.get(ENV_CLEANUP_ONCE, "")
+    try:
+        once_default = _boolean(once) if once else False
+    except ValueError:
+        parser.error(f"${ENV_CLEANUP_ONCE}: invalid value {once!r}")
+    parser.add_argument("--once", action="store_true", default=once_default,
+                        help=f"one pass, then exit (env {ENV_CLEANUP_ONCE}=1)")
+    _env_flag(parser, "--retention", ENV_RETENTION, type=_positive_float, metavar="SECONDS",
+              help="seconds packets are kept, at least --max-disconnection-duration; default "
+                   f"that plus {cleanup.RETENTION_MARGIN:g}")
+    _env_flag(parser, "--max-disconnection-duration", ENV_MAX_DISCONNECTION_DURATION,
+              default=cleanup.DEFAULT_MAX_DISCONNECTION_DURATION, type=_positive_float,
+              metavar="SECONDS", help="the servers' max_disconnection_duration")
+    _env_flag(parser, "--batch-size", ENV_BATCH_SIZE, default=cleanup.DEFAULT_BATCH_SIZE,
+              type=_positive_int, metavar="N", help="rows deleted per transaction")
+    parser.set_defaults(func=_run_cleanup)
+
+
+def _run_cleanup(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from . import cleanup
+    from ._signals import on_stop
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        with on_stop(stop.set):
+            try:
+                await cleanup.run(args.store, interval=args.interval, once=args.once,
+                                  retention=args.retention,
+                                  max_disconnection_duration=args.max_disconnection_duration,
+                                  batch_size=args.batch_size, stop_event=stop)
+            except BaseException:
+                await _settle_driver_threads()
+                raise
+
+    asyncio.run(run())
+    return 0
 
 
 # -- entry point -----------------------------------------------------------------------
@@ -192,6 +273,7 @@ async def _settle_driver_threads(limit: float = 1.0) -> None:
 SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [
     _add_demo,
     _add_migrate,
+    _add_cleanup,
 ]
 
 

@@ -1,0 +1,287 @@
+"""The TTL cleanup worker: deletes what no session can still need, as its own process.
+
+Run it with ``durable-adapter cleanup --store URL`` beside the servers. Each pass calls
+:meth:`Store.purge <durable_adapter.stores.base.Store.purge>`, which deletes
+
+* sessions past their ``expires_at`` (they can no longer be recovered), and
+* packets older than ``retention`` seconds, as a prefix of the history, raising the
+  store's ``purged_through`` watermark in the same transaction,
+
+in transactions of at most ``batch_size`` rows, so no lock is held for long.
+
+A recoverable session needs the packets after the position it had when its transport
+died, which were stored at most about ``max_disconnection_duration`` ago; live sockets
+need only the packets in flight. Hence ``retention`` may not be shorter than
+``max_disconnection_duration`` (use the servers' value), and the default adds
+:data:`RETENTION_MARGIN` for packets in flight, slow nodes and clock skew.
+
+Correctness never depends on this worker: every replay checks the session's expiry and
+the ``purged_through`` watermark itself, and refuses (a fresh session, ``recovered``
+false) rather than replay a gap. Without the worker storage only grows.
+
+One worker is active per database (see :mod:`._cleanup_lock`); another one waits as a
+standby and takes over when the active one exits.
+
+Usage::
+
+    stop = asyncio.Event()
+    summary = await run("sqlite+aiosqlite:///app.db", once=True, stop_event=stop)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+from ._cleanup_lock import WorkerLock, lock_for
+from ._recovery import DEFAULT_MAX_DISCONNECTION_DURATION
+from .exceptions import ConfigurationError, StoreError
+from .stores import ACCEPTED_SCHEMES, store_from_url
+from .stores.base import PurgeResult, Store
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL = 60.0  # seconds between two passes
+DEFAULT_BATCH_SIZE = 1000  # rows deleted per transaction
+RETENTION_MARGIN = 300.0  # seconds the default retention adds to max_disconnection_duration
+START_TIMEOUT = 30.0  # seconds to reach the store at start before giving up
+STANDBY_POLL = 5.0  # seconds between two tries for the lock while standby
+BACKOFF_FIRST = 1.0  # seconds before the first retry after a failure
+BACKOFF_MAX = 60.0  # seconds, the longest wait between retries
+
+SQL_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CleanupSettings:
+    """Validated settings of one worker; see :func:`run` for their meaning."""
+
+    interval: float = DEFAULT_INTERVAL
+    once: bool = False
+    retention: float | None = None
+    max_disconnection_duration: float = DEFAULT_MAX_DISCONNECTION_DURATION
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __post_init__(self) -> None:
+        if not self.interval > 0:
+            raise ConfigurationError(f"interval must be > 0 seconds, got {self.interval!r}")
+        if not self.max_disconnection_duration > 0:
+            raise ConfigurationError("max_disconnection_duration must be > 0 seconds, got "
+                                     f"{self.max_disconnection_duration!r}")
+        if isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise ConfigurationError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if self.retention is not None and self.retention < self.max_disconnection_duration:
+            raise ConfigurationError(
+                f"retention ({self.retention:g} s) is shorter than max_disconnection_duration "
+                f"({self.max_disconnection_duration:g} s): sessions that may still recover "
+                "would lose the packets they missed. Raise retention, or pass the servers' "
+                "max_disconnection_duration")
+
+    @property
+    def effective_retention(self) -> float:
+        if self.retention is not None:
+            return self.retention
+        return self.max_disconnection_duration + RETENTION_MARGIN
+
+
+@dataclass(frozen=True, kw_only=True)
+class CleanupSummary:
+    """What one :func:`run` did, in total."""
+
+    passes: int = 0
+    sessions: int = 0
+    packets: int = 0
+    purged_through: int = 0
+
+
+class Backoff:
+    """Waits of :data:`BACKOFF_FIRST` doubling up to :data:`BACKOFF_MAX`; reset on success."""
+
+    def __init__(self) -> None:
+        self._next = BACKOFF_FIRST
+
+    def reset(self) -> None:
+        self._next = BACKOFF_FIRST
+
+    def next(self) -> float:
+        delay, self._next = self._next, min(self._next * 2, BACKOFF_MAX)
+        return delay
+
+
+def open_target(store_url: str, schema: str | None = None) -> tuple[Store, WorkerLock]:
+    """The (unopened) store at ``store_url`` and the lock that makes its worker single.
+
+    SQL URLs get a plain :class:`~durable_adapter.stores.sql.SQLStore` that never
+    migrates: the worker only purges, it needs no follower or doorbell.
+    """
+    if not isinstance(store_url, str) or "://" not in store_url:
+        raise ConfigurationError(
+            f"--store must be a store URL, got {store_url!r}; accepted schemes: "
+            + ", ".join(f"{s}://" for s in ACCEPTED_SCHEMES))
+    scheme = store_url.split("://", 1)[0].lower()
+    if scheme == "memory":
+        raise ConfigurationError("memory:// lives inside one server process; a cleanup "
+                                 "worker needs a shared store (SQL, MongoDB, Redis)")
+    if scheme not in SQL_SCHEMES:
+        return store_from_url(store_url), lock_for(None)
+    from .stores._sql_dialect import parse_url
+    from .stores.sql import SQLStore
+
+    url = parse_url(store_url)
+    _check_sqlite_file(url)
+    return SQLStore(url.render_as_string(hide_password=False), schema=schema,
+                    auto_migrate=False), lock_for(url, schema)
+
+
+def _check_sqlite_file(url: URL) -> None:
+    if url.get_backend_name() != "sqlite":
+        return
+    if not url.database or url.database == ":memory:":
+        raise ConfigurationError("an in-memory SQLite database cannot be shared with a "
+                                 "cleanup worker; give the database file's path")
+    if not Path(url.database).is_file():
+        raise ConfigurationError(
+            f"no SQLite database at {url.database}; start a server on it or run "
+            f"`durable-adapter migrate --store {url.render_as_string()}` first")
+
+
+async def run(
+    store_url: str,
+    *,
+    interval: float = DEFAULT_INTERVAL,
+    once: bool = False,
+    retention: float | None = None,
+    max_disconnection_duration: float = DEFAULT_MAX_DISCONNECTION_DURATION,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    stop_event: asyncio.Event | None = None,
+    schema: str | None = None,
+    standby_poll: float | None = None,
+) -> CleanupSummary:
+    """Purge the store at ``store_url`` every ``interval`` seconds until ``stop_event``.
+
+    :param store_url: the servers' store URL.
+    :param interval: seconds between passes.
+    :param once: one pass, then return; if another worker holds the lock, return
+                 without a pass. A failure raises instead of being retried.
+    :param retention: seconds packets are kept; at least ``max_disconnection_duration``
+                      (default: that plus :data:`RETENTION_MARGIN`).
+    :param max_disconnection_duration: the servers' setting, in seconds.
+    :param batch_size: rows deleted per transaction.
+    :param stop_event: set it to stop: the batch in flight finishes, then ``run`` returns.
+    :param schema: PostgreSQL schema of the tables.
+    :param standby_poll: seconds between tries for the lock while another worker has it
+                         (default: :data:`STANDBY_POLL` or ``interval`` if shorter).
+    :raises ConfigurationError: bad settings or URL.
+    :raises StoreError: the store cannot be reached at start (later failures are
+                        logged and retried with backoff, unless ``once``).
+    """
+    settings = CleanupSettings(interval=interval, once=once, retention=retention,
+                               max_disconnection_duration=max_disconnection_duration,
+                               batch_size=batch_size)
+    store, lock = open_target(store_url, schema)
+    stop = stop_event if stop_event is not None else asyncio.Event()
+    try:
+        await asyncio.wait_for(store.open(), START_TIMEOUT)
+    except TimeoutError as exc:
+        raise StoreError(f"no answer from the store within {START_TIMEOUT:g} s") from exc
+    poll = standby_poll if standby_poll is not None else min(STANDBY_POLL, interval)
+    worker = _Worker(store, lock, settings, stop, poll)
+    try:
+        return await worker.serve()
+    finally:
+        await lock.release()
+        await store.close()
+
+
+class _Worker:
+    def __init__(self, store: Store, lock: WorkerLock, settings: CleanupSettings,
+                 stop: asyncio.Event, standby_poll: float) -> None:
+        self.store = store
+        self.lock = lock
+        self.settings = settings
+        self.stop = stop
+        self.standby_poll = standby_poll
+        self.summary = CleanupSummary()
+
+    async def serve(self) -> CleanupSummary:
+        backoff = Backoff()
+        standby_logged = False
+        while not self.stop.is_set():
+            try:
+                if not self.lock.held:
+                    if not await self.lock.try_acquire():
+                        if self.settings.once:
+                            logger.info("another cleanup worker holds %s; nothing to do",
+                                        self.lock.description, extra={"action": "standby_exit"})
+                            break
+                        if not standby_logged:
+                            logger.info("standby: another cleanup worker holds %s; waiting "
+                                        "to take over", self.lock.description,
+                                        extra={"action": "standby"})
+                            standby_logged = True
+                        await self._sleep(self.standby_poll)
+                        continue
+                    standby_logged = False
+                    logger.info("cleanup worker active (%s); retention %g s, every %g s",
+                                self.lock.description, self.settings.effective_retention,
+                                self.settings.interval, extra={"action": "active"})
+                else:
+                    await self.lock.check()
+                await self._pass()
+                backoff.reset()
+            except StoreError as exc:
+                if self.settings.once:
+                    raise
+                delay = backoff.next()
+                logger.warning("cleanup failed: %s; retrying in %g s", exc, delay,
+                               extra={"action": "retry", "delay": delay})
+                await self._sleep(delay)
+                continue
+            if self.settings.once:
+                break
+            await self._sleep(self.settings.interval)
+        logger.info("cleanup worker stopped after %d pass(es): %d sessions, %d packets removed",
+                    self.summary.passes, self.summary.sessions, self.summary.packets,
+                    extra={"action": "stopped"})
+        return self.summary
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` or until stopped."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
+
+    async def _pass(self) -> None:
+        """One purge; a stop request cancels it between batches (the SQL store lets the
+        batch in flight commit: each batch runs shielded from its caller's cancellation)."""
+        purge = asyncio.create_task(self.store.purge(
+            now=time.time(), retention=self.settings.effective_retention,
+            batch_size=self.settings.batch_size), name="durable_adapter cleanup pass")
+        stopped = asyncio.create_task(self.stop.wait(), name="durable_adapter cleanup stop")
+        try:
+            await asyncio.wait({purge, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not purge.done():
+                purge.cancel()
+            await asyncio.wait({purge, stopped})
+        if purge.cancelled():
+            logger.info("stopping: pass interrupted after its batch in flight",
+                        extra={"action": "interrupted"})
+            return
+        self._record(purge.result())
+
+    def _record(self, result: PurgeResult) -> None:
+        s = self.summary
+        self.summary = CleanupSummary(passes=s.passes + 1, sessions=s.sessions + result.sessions,
+                                      packets=s.packets + result.packets,
+                                      purged_through=result.purged_through)
+        logger.info("removed %d expired session(s) and %d packet(s); history retained after "
+                    "seq %d", result.sessions, result.packets, result.purged_through,
+                    extra={"action": "purged", "sessions": result.sessions,
+                           "packets": result.packets, "purged_through": result.purged_through})

@@ -1,0 +1,225 @@
+"""The MongoDB store's collections, documents and checks: pure functions, no I/O.
+
+Collections (``<prefix>_<name>`` in one database):
+
+``meta``
+    One document ``{_id: "history", epoch, top, purged_through}``: the epoch of this
+    history, the seq counter and the purge watermark.
+``packets``
+    Capped. ``{_id: seq, ns, payload, rooms, except, at}``, or a tombstone
+    ``{_id: seq, tomb: true, at}`` for a seq whose writer never inserted it.
+``sessions``
+    ``{_id: "<pid_hash>:<namespace>", ns, sid, ..., expires_ts, expires_at}``; TTL index
+    on the date ``expires_at``, index on ``(ns, sid)``.
+``control``
+    Capped, small. ``{origin, target, method, body, at}``: cross-node operations.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from bson.binary import Binary
+
+from .._codec import decode_value, encode_value
+from ..exceptions import ConfigurationError
+from .base import ControlMessage, NewPacket, Session, StoredPacket
+
+HISTORY_ID = "history"
+SCHEMES = ("mongodb", "mongodb+srv")
+DEFAULT_DATABASE = "durable_adapter"
+MIN_CAPPED_SIZE = 4096  # bytes; the server rounds smaller sizes up anyway
+
+_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_DATABASE = re.compile(r'^[^/\\. "$*<>:|?\x00]{1,63}$')
+_CREDENTIALS = re.compile(r"^(?P<scheme>[^:/]+://)(?P<user>[^:@/]*)(?::[^@/]*)?@")
+
+STANDALONE_HELP = (
+    "the MongoDB store needs a replica set (change streams do not exist on a standalone "
+    "server): start mongod with --replSet rs0, run rs.initiate() once in mongosh, and add "
+    "?replicaSet=rs0 to the store URL (a one-node replica set is enough for development)"
+)
+
+
+# -- configuration -------------------------------------------------------------------
+
+
+def check_url(url: str) -> None:
+    if not isinstance(url, str) or url.split("://", 1)[0].lower() not in SCHEMES:
+        raise ConfigurationError(
+            f"the MongoDB store takes a mongodb:// or mongodb+srv:// URL, got {redact(url)!r}"
+        )
+
+
+def check_prefix(prefix: str) -> None:
+    if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+        raise ConfigurationError(
+            f"prefix must be a plain identifier of at most 64 characters, got {prefix!r}"
+        )
+
+
+def check_database(name: str) -> None:
+    if not isinstance(name, str) or not _DATABASE.match(name):
+        raise ConfigurationError(f"not a valid MongoDB database name: {name!r}")
+
+
+def check_size(option: str, size: int) -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_CAPPED_SIZE:
+        raise ConfigurationError(f"{option} must be an int >= {MIN_CAPPED_SIZE}, got {size!r}")
+
+
+def check_positive(option: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(f"{option} must be a number > 0, got {value!r}")
+
+
+def redact(url: object) -> str:
+    """``url`` with its password replaced by ``***`` (safe for logs and errors)."""
+    text = str(url)
+    match = _CREDENTIALS.match(text)
+    if match is None or ":" not in text[len(match["scheme"]) : match.end()]:
+        return text
+    return f"{match['scheme']}{match['user']}:***@{text[match.end():]}"
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` with its path (the default database) set to ``database``."""
+    check_url(url)
+    check_database(database)
+    scheme, rest = url.split("://", 1)
+    hosts, _, tail = rest.partition("/")
+    query = tail.partition("?")[2] if "?" in tail else ""
+    if "?" in hosts:  # mongodb://host?opts, no slash
+        hosts, _, query = hosts.partition("?")
+    return f"{scheme}://{hosts}/{database}" + (f"?{query}" if query else "")
+
+
+def check_replica_set(hello: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigurationError` unless ``hello`` comes from a replica set or mongos.
+
+    A replica set member answers with ``setName``; a mongos (sharded cluster, which also
+    has change streams) with ``msg: "isdbgrid"``; a standalone mongod with neither.
+    """
+    if hello.get("setName") or hello.get("msg") == "isdbgrid":
+        return
+    raise ConfigurationError(STANDALONE_HELP)
+
+
+# -- packets ---------------------------------------------------------------------------
+
+
+def packet_fields(packet: NewPacket) -> dict[str, Any]:
+    """The stored fields of ``packet`` without ``_id`` and ``at`` (encoding may raise)."""
+    return {
+        "ns": packet.namespace,
+        "payload": Binary(encode_value(list(packet.data))),
+        "rooms": list(packet.rooms),
+        "except": list(packet.except_rooms),
+    }
+
+
+def packet_document(seq: int, fields: Mapping[str, Any], at: float) -> dict[str, Any]:
+    return {"_id": seq, **fields, "at": at}
+
+
+def tombstone_document(seq: int, at: float) -> dict[str, Any]:
+    """Fills ``seq`` for good: its writer is gone, followers skip it, a late insert fails."""
+    return {"_id": seq, "tomb": True, "at": at}
+
+
+def is_tombstone(document: Mapping[str, Any]) -> bool:
+    return document.get("tomb") is True
+
+
+def packet_from_document(document: Mapping[str, Any]) -> StoredPacket:
+    return StoredPacket(
+        namespace=document["ns"],
+        data=decode_value(bytes(document["payload"])),
+        rooms=tuple(document["rooms"]),
+        except_rooms=tuple(document["except"]),
+        seq=int(document["_id"]),
+        created_at=float(document["at"]),
+    )
+
+
+def read_filter(after: int, until: int | None, namespace: str | None) -> dict[str, Any]:
+    """The filter of a replay page: a range on ``_id`` (the index), tombstones left out."""
+    seq_range: dict[str, int] = {"$gt": after}
+    if until is not None:
+        seq_range["$lte"] = until
+    query: dict[str, Any] = {"_id": seq_range, "tomb": {"$exists": False}}
+    if namespace is not None:
+        query["ns"] = namespace
+    return query
+
+
+# -- sessions --------------------------------------------------------------------------
+
+
+def session_key(namespace: str, pid_hash: str) -> str:
+    # pid_hash is fixed-length hex: the key splits one way only
+    return f"{pid_hash}:{namespace}"
+
+
+def as_date(timestamp: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+
+
+def session_document(session: Session) -> dict[str, Any]:
+    return {
+        "_id": session_key(session.namespace, session.pid_hash),
+        "pid_hash": session.pid_hash,
+        "ns": session.namespace,
+        "sid": session.sid,
+        "rooms": list(session.rooms),
+        "data": Binary(encode_value(session.data)),
+        "epoch": session.epoch,
+        "start_seq": session.start_seq,
+        "position": session.position,
+        "last_sent_seq": session.last_sent_seq,
+        "disconnected_at": session.disconnected_at,
+        "expires_ts": session.expires_at,  # exact: every claim compares against it
+        "expires_at": as_date(session.expires_at),  # a BSON date, for the TTL index
+    }
+
+
+def session_from_document(document: Mapping[str, Any]) -> Session:
+    last_sent = document["last_sent_seq"]
+    return Session(
+        pid_hash=document["pid_hash"],
+        namespace=document["ns"],
+        sid=document["sid"],
+        rooms=tuple(document["rooms"]),
+        data=decode_value(bytes(document["data"])),
+        epoch=document["epoch"],
+        start_seq=int(document["start_seq"]),
+        position=int(document["position"]),
+        last_sent_seq=None if last_sent is None else int(last_sent),
+        disconnected_at=float(document["disconnected_at"]),
+        expires_at=float(document["expires_ts"]),
+    )
+
+
+# -- control messages ------------------------------------------------------------------
+
+
+def control_document(message: ControlMessage, at: float) -> dict[str, Any]:
+    return {
+        "origin": message.origin,
+        "target": message.target,
+        "method": message.method,
+        "body": Binary(encode_value(message.body)),
+        "at": at,
+    }
+
+
+def control_from_document(document: Mapping[str, Any]) -> ControlMessage:
+    return ControlMessage(
+        method=document["method"],
+        origin=document["origin"],
+        target=document.get("target"),
+        body=decode_value(bytes(document["body"])),
+    )

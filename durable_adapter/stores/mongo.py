@@ -1,0 +1,404 @@
+"""The MongoDB store: PyMongo's async API, a capped packets collection, change streams.
+
+**Offsets.** One counter document per store: ``find_one_and_update({$inc: {top: 1}})``
+(``w: "majority"``) hands out the seq, then the packet is inserted into the capped
+collection with ``_id: seq``. The two writes are not atomic (capped collections cannot
+join a multi-document transaction), so inserts can land out of seq order, and a writer
+can die holding a seq. Seqs are still dense and each is stored once: ``_id`` is unique.
+
+**Same order on every node.** Each node follows the packets collection with a change
+stream and hands packets to its sockets strictly in seq order: an early arrival waits for
+the seqs before it. A seq missing for ``gap_timeout`` seconds is filled with a tombstone
+document ``_id: seq`` (a duplicate-key error means the real packet landed first, and it
+is read). A late writer then gets the duplicate-key error and its append raises
+:class:`StoreError`: nothing is lost silently, nothing is reordered. So every node
+delivers the same dense sequence, and a client that saw offset 11 never receives 10.
+
+**Replay without a scan.** "Everything after offset X" is ``find({_id: {$gt: X, $lte:
+until}})`` sorted by ``_id`` with ``hint`` on the _id index: a range read from X on, never
+a collection scan. Tombstones are skipped.
+
+**Lost history.** The collection is the truth, the stream a fast path: after every
+(re)start the follower reads ``_id > cursor``. A stream that cannot resume (its token left
+the oplog) is reopened and the read fills the gap. If the capped collection overwrote
+packets a node had not delivered, ``purged_through`` is raised over them, so recoveries
+that could be incomplete are refused; :meth:`bounds` also derives it from the oldest
+retained seq. The epoch lives in the counter document: a new database is a new epoch.
+
+**Requirements.** A replica set (or sharded cluster) for change streams: a standalone
+server is refused at :meth:`MongoStore.open` with the fix. Deleting old packets
+(:meth:`purge`) from a capped collection needs MongoDB 5.0.7 or newer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConfigurationError as MongoConfigurationError
+from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
+
+from .._codec import check_session_data
+from ..exceptions import ConfigurationError, StoreError
+from . import _mongo_schema as schema
+from . import _mongo_setup as setup
+from ._mongo_follow import ControlFollower, PacketFollower
+from .base import (
+    ControlMessage,
+    HistoryBounds,
+    NewPacket,
+    PacketListener,
+    PurgeResult,
+    Session,
+    Store,
+    StoredPacket,
+)
+
+logger = logging.getLogger(__name__)
+
+CAPPED_SIZE = 256 * 1024 * 1024  # bytes of packet history kept by default
+CONTROL_SIZE = 4 * 1024 * 1024  # bytes of the control collection
+GAP_TIMEOUT = 10.0  # seconds a taken seq may stay unwritten before it is tombstoned
+POLL_INTERVAL = 1.0  # seconds between the follower's reads of the collection
+STOP_TIMEOUT = 5.0  # seconds close() waits for a follower before cancelling it
+
+
+class MongoStore(Store):
+    """Packets, sessions and control messages in one MongoDB database.
+
+    :param url: ``mongodb://`` or ``mongodb+srv://`` naming a replica set, or a ready
+                :class:`AsyncMongoClient`, which the store never closes.
+    :param database: the database; default: the URL's, else ``durable_adapter``.
+    :param prefix: collection names start with ``<prefix>_``.
+    :param capped_size_bytes: size of the capped packets collection (set at creation;
+                              an existing collection keeps its size).
+    :param control_size_bytes: size of the capped control-message collection.
+    :param gap_timeout: seconds a missing seq is waited for before it is tombstoned.
+    :param poll_interval: seconds between the follower's safety reads of the collection.
+    :param auto_migrate: create missing collections and indexes at :meth:`open`.
+
+    Usage::
+
+        async with MongoStore("mongodb://db1,db2/app?replicaSet=rs0") as store:
+            seq = await store.append(NewPacket(namespace="/", data=["hi"]))
+    """
+
+    schemes = schema.SCHEMES
+
+    def __init__(
+        self,
+        url: str | AsyncMongoClient[Any],
+        *,
+        database: str | None = None,
+        prefix: str = "durable_adapter",
+        capped_size_bytes: int = CAPPED_SIZE,
+        control_size_bytes: int = CONTROL_SIZE,
+        gap_timeout: float = GAP_TIMEOUT,
+        poll_interval: float = POLL_INTERVAL,
+        auto_migrate: bool = True,
+    ) -> None:
+        if not isinstance(url, AsyncMongoClient):
+            schema.check_url(url)
+        if database is not None:
+            schema.check_database(database)
+        schema.check_prefix(prefix)
+        schema.check_size("capped_size_bytes", capped_size_bytes)
+        schema.check_size("control_size_bytes", control_size_bytes)
+        schema.check_positive("gap_timeout", gap_timeout)
+        schema.check_positive("poll_interval", poll_interval)
+        self._given_client = url if isinstance(url, AsyncMongoClient) else None
+        self._url = None if isinstance(url, AsyncMongoClient) else url
+        self.database_name = database
+        self.prefix = prefix
+        self.capped_size_bytes = capped_size_bytes
+        self.control_size_bytes = control_size_bytes
+        self.gap_timeout = gap_timeout
+        self.poll_interval = poll_interval
+        self.auto_migrate = auto_migrate
+        #: set while the packet follower runs
+        self.following = asyncio.Event()
+        self._client: AsyncMongoClient[Any] | None = None
+        self._db: AsyncDatabase[Any] | None = None
+        self._epoch: str | None = None
+        self._tasks: dict[str, tuple[PacketFollower | ControlFollower, asyncio.Task[None]]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    @property
+    def epoch(self) -> str:
+        if self._epoch is None:
+            raise StoreError("the store is not open")
+        return self._epoch
+
+    def _where(self) -> str:
+        return schema.redact(self._url) if self._url else "the given AsyncMongoClient"
+
+    def _collection(self, name: str) -> AsyncCollection[Any]:
+        if self._db is None:
+            raise StoreError("the store is not open")
+        return self._db.get_collection(
+            f"{self.prefix}_{name}",
+            write_concern=WriteConcern(w="majority"),
+            read_concern=ReadConcern("majority"),
+        )
+
+    @property
+    def _meta(self) -> AsyncCollection[Any]:
+        return self._collection("meta")
+
+    @property
+    def _packets(self) -> AsyncCollection[Any]:
+        return self._collection("packets")
+
+    @property
+    def _sessions(self) -> AsyncCollection[Any]:
+        return self._collection("sessions")
+
+    @property
+    def _control(self) -> AsyncCollection[Any]:
+        return self._collection("control")
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        try:
+            client = self._given_client or AsyncMongoClient(self._url)
+        except MongoConfigurationError as exc:
+            raise ConfigurationError(f"bad MongoDB URL {self._where()}: {exc}") from exc
+        try:
+            async with self._errors(f"cannot reach the store at {self._where()}"):
+                schema.check_replica_set(await client.admin.command("hello"))
+            name = self.database_name or client.get_default_database(
+                schema.DEFAULT_DATABASE
+            ).name
+            self._client, self._db = client, client.get_database(name)
+            if self.auto_migrate:
+                await self.ensure_schema()
+            else:
+                await self._check_schema()
+            self._epoch = await self._init_history()
+            self._start("control", ControlFollower(self._control, self._control_receiver))
+        except BaseException:
+            await self._release(client)
+            raise
+
+    async def ensure_schema(self) -> None:
+        """Create the collections and indexes if missing; safe to run again, concurrently."""
+        assert self._db is not None
+        async with self._errors(f"cannot create the collections at {self._where()}"):
+            await setup.create_schema(
+                self._db, self._packets, self._control, self._sessions,
+                packets_size=self.capped_size_bytes, control_size=self.control_size_bytes,
+            )
+
+    async def _check_schema(self) -> None:
+        assert self._db is not None
+        async with self._errors(f"cannot read the collections at {self._where()}"):
+            missing = await setup.missing_collections(
+                self._db, [self._packets, self._control, self._sessions]
+            )
+        if missing:
+            raise ConfigurationError(
+                f"collections {missing} are missing at {self._where()}; run "
+                f"`durable-adapter migrate --store <url>` first"
+            )
+
+    async def _init_history(self) -> str:
+        async with self._errors(f"cannot initialise the store at {self._where()}"):
+            epoch = await setup.init_history(self._meta, self._packets)
+        if epoch is None:
+            raise StoreError(f"the history document vanished at {self._where()}")
+        return epoch
+
+    async def close(self) -> None:
+        for name in list(self._tasks):
+            await self._stop(name)
+        client, self._client, self._db = self._client, None, None
+        if client is not None:
+            await self._release(client)
+
+    async def _release(self, client: AsyncMongoClient[Any]) -> None:
+        if client is not self._given_client:  # never close a client we did not create
+            with contextlib.suppress(PyMongoError):
+                await client.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._where()} prefix={self.prefix!r}>"
+
+    @contextlib.asynccontextmanager
+    async def _errors(self, message: str) -> AsyncIterator[None]:
+        """Driver errors become :class:`StoreError`, keeping the cause."""
+        try:
+            yield
+        except PyMongoError as exc:
+            raise StoreError(f"{message}: {exc}") from exc
+
+    # -- packets ----------------------------------------------------------------
+
+    async def append(self, packet: NewPacket) -> int:
+        if not isinstance(packet, NewPacket):
+            raise TypeError(f"append() takes a NewPacket, got {type(packet).__name__}")
+        fields = schema.packet_fields(packet)  # a payload that cannot be stored fails here
+        async with self._errors(f"writing to the store at {self._where()} failed"):
+            counter = await self._meta.find_one_and_update(
+                {"_id": schema.HISTORY_ID},
+                {"$inc": {"top": 1}},
+                projection={"top": True},
+                return_document=ReturnDocument.AFTER,
+            )
+            if counter is None:
+                raise StoreError(f"the history document is missing at {self._where()}")
+            seq = int(counter["top"])
+            try:
+                await self._packets.insert_one(schema.packet_document(seq, fields, time.time()))
+            except DuplicateKeyError as exc:
+                raise StoreError(
+                    f"packet {seq} was not stored: it came later than gap_timeout "
+                    f"({self.gap_timeout} s) and the followers have skipped its seq"
+                ) from exc
+        return seq
+
+    async def read(
+        self, *, after: int, limit: int, until: int | None = None, namespace: str | None = None
+    ) -> list[StoredPacket]:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        async with self._errors(f"reading the store at {self._where()} failed"):
+            documents = await self._packets.find(
+                schema.read_filter(after, until, namespace),
+                sort=[("_id", ASCENDING)],
+                limit=limit,
+                hint=[("_id", ASCENDING)],
+            ).to_list()
+        return [schema.packet_from_document(document) for document in documents]
+
+    async def bounds(self) -> HistoryBounds:
+        async with self._errors(f"reading the store at {self._where()} failed"):
+            meta = await self._meta.find_one({"_id": schema.HISTORY_ID})
+            oldest = await self._packets.find_one(
+                {}, projection={"_id": True}, sort=[("_id", ASCENDING)], hint=[("_id", 1)]
+            )
+        if meta is None:
+            raise StoreError(f"the history document is missing at {self._where()}")
+        purged = int(meta["purged_through"])
+        if oldest is not None:  # the capped collection overwrote everything below it
+            purged = max(purged, int(oldest["_id"]) - 1)
+        return HistoryBounds(epoch=str(meta["epoch"]), top=int(meta["top"]),
+                             purged_through=purged)
+
+    # -- sessions ---------------------------------------------------------------
+
+    async def save_session(self, session: Session) -> None:
+        check_session_data(session.data)
+        document = schema.session_document(session)
+        async with self._errors(f"writing to the store at {self._where()} failed"):
+            await self._sessions.replace_one({"_id": document["_id"]}, document, upsert=True)
+
+    async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
+        # one findAndModify: of two concurrent claims only one gets the document
+        async with self._errors(f"writing to the store at {self._where()} failed"):
+            document = await self._sessions.find_one_and_delete(
+                {"_id": schema.session_key(namespace, pid_hash), "expires_ts": {"$gt": now}}
+            )
+        return None if document is None else schema.session_from_document(document)
+
+    async def delete_sessions(self, namespace: str, sid: str) -> None:
+        async with self._errors(f"writing to the store at {self._where()} failed"):
+            await self._sessions.delete_many({"ns": namespace, "sid": sid}, hint="ns_sid")
+
+    # -- retention --------------------------------------------------------------
+
+    async def purge(self, *, now: float, retention: float, batch_size: int = 1000) -> PurgeResult:
+        """Delete expired sessions (the TTL index does too) and a prefix of old packets."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if retention < 0:
+            raise ValueError(f"retention must be >= 0, got {retention!r}")
+        removed_sessions = removed_packets = 0
+        async with self._errors(f"purging the store at {self._where()} failed"):
+            expired = {"expires_ts": {"$lte": now}}
+            while ids := [d["_id"] for d in await self._sessions.find(
+                    expired, projection={"_id": True}, limit=batch_size).to_list()]:
+                result = await self._sessions.delete_many({"_id": {"$in": ids}, **expired})
+                removed_sessions += result.deleted_count
+            while (count := await self._purge_packets(now - retention, batch_size)) > 0:
+                removed_packets += count
+        bounds = await self.bounds()
+        return PurgeResult(sessions=removed_sessions, packets=removed_packets,
+                           purged_through=bounds.purged_through)
+
+    async def _purge_packets(self, cutoff: float, batch_size: int) -> int:
+        """Delete one batch from the oldest seq on: no hole opens above purged_through."""
+        head = await self._packets.find(
+            {}, projection={"_id": True, "at": True}, sort=[("_id", ASCENDING)],
+            limit=batch_size, hint=[("_id", ASCENDING)],
+        ).to_list()
+        old = [int(d["_id"]) for d in head if float(d["at"]) < cutoff]
+        if not old:
+            return 0
+        through = max(old)
+        # raised first: a reader never sees the hole without the watermark above it
+        await self._meta.update_one(
+            {"_id": schema.HISTORY_ID}, {"$max": {"purged_through": through}}
+        )
+        result = await self._packets.delete_many({"_id": {"$lte": through}})
+        return result.deleted_count
+
+    # -- following --------------------------------------------------------------
+
+    async def follow(self, listener: PacketListener, *, after: int) -> None:
+        if self._db is None:
+            raise StoreError("the store is not open")
+        follower = PacketFollower(
+            packets=self._packets, meta=self._meta, following=self.following,
+            gap_timeout=self.gap_timeout, poll_interval=self.poll_interval,
+        )
+        await self._stop("packets")  # one follower per store: the new one replaces it
+        self._start("packets", follower, listener, after)
+
+    async def publish_control(self, message: ControlMessage) -> None:
+        document = schema.control_document(message, time.time())
+        async with self._errors(f"writing to the store at {self._where()} failed"):
+            await self._control.insert_one(document)
+
+    def _control_receiver(self) -> Any:
+        return getattr(self, "_control_listener", None)
+
+    def _start(self, name: str, follower: PacketFollower | ControlFollower, *args: Any) -> None:
+        task = asyncio.create_task(follower.run(*args), name=f"{self!r} {name} follower")
+        self._tasks[name] = (follower, task)
+
+    async def _stop(self, name: str) -> None:
+        # ask first (a getMore returns within AWAIT_MS), cancel only after STOP_TIMEOUT
+        entry = self._tasks.pop(name, None)
+        if entry is None:
+            return
+        follower, task = entry
+        follower.stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        except Exception:
+            logger.exception("the %s follower failed", name)
+
+
+async def ensure_schema(url: str, **options: Any) -> None:
+    """Create the store's collections, indexes and history document at ``url``, if missing.
+
+    What ``durable-adapter migrate --store mongodb://...`` runs; safe to run again.
+    """
+    store = MongoStore(url, **{**options, "auto_migrate": True})
+    await store.open()
+    await store.close()

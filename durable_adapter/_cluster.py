@@ -10,6 +10,7 @@ every node follows the packet history itself.
 from __future__ import annotations
 
 import base64
+import contextvars
 import functools
 import logging
 import uuid
@@ -20,6 +21,12 @@ from ._codec import decode_value, encode_value
 from .stores.base import ControlMessage, Store
 
 logger = logging.getLogger(__name__)
+
+#: True while a control message is handled: the store's follower is waiting for the
+#: handler, so an emit made there (say in a disconnect handler) must not wait for the
+#: follower to deliver it
+in_control_handler: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "durable_adapter_in_control_handler", default=False)
 
 
 def pack(data: Any) -> str:
@@ -102,10 +109,13 @@ class ClusterOps:
         if handler is None:
             logger.warning("unknown control message %r", message.method)
             return
+        token = in_control_handler.set(True)
         try:
             await handler(message.origin, **message.body)
         except Exception:  # a bad message must not stop the listener
             logger.exception("control message %r failed", message.method)
+        finally:
+            in_control_handler.reset(token)
 
     async def _remote_disconnect(self, origin: str, *, sid: str, namespace: str) -> None:
         if self._is_local(sid, namespace):

@@ -18,7 +18,7 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from . import _socketio
-from ._cluster import ClusterOps
+from ._cluster import ClusterOps, in_control_handler
 from ._offsets import format_offset
 from ._recovery import Hold, current_attempt
 from .stores.base import NewPacket, Store, StoredPacket
@@ -125,7 +125,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
 
     async def _wait_delivered(self, seq: int) -> None:
         """Return once this node has handed ``seq`` to its sockets, as a plain emit would."""
-        if seq <= self.delivered or not self._started:
+        if seq <= self.delivered or not self._started or in_control_handler.get():
             return
         waiter = self._waiters.get(seq)
         if waiter is None:

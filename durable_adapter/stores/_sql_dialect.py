@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, event, select
+from sqlalchemy import Table, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..exceptions import ConfigurationError
-from ._sql_schema import SINGLETON_ID, counter
+from ._sql_schema import SINGLETON_ID, control, counter
 
 #: Execution option marking a connection whose next transaction writes. On SQLite it
 #: begins with ``BEGIN IMMEDIATE``: the write lock is taken up front, so offsets are
@@ -38,11 +38,12 @@ def is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
-def create_engine(url: URL, *, schema: str | None = None) -> AsyncEngine:
+def create_engine(url: URL, *, schema: str | None = None,
+                  pool_pre_ping: bool = False) -> AsyncEngine:
     """An async engine for ``url``, set up for the store (SQLite hooks, schema map)."""
     if schema is not None and is_sqlite(url):
         raise ConfigurationError("schema= is a PostgreSQL option; SQLite has no schemas")
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"pool_pre_ping": pool_pre_ping}
     if schema is not None:
         options["execution_options"] = {"schema_translate_map": {None: schema}}
     try:
@@ -101,7 +102,8 @@ async def change_marker(connection: AsyncConnection) -> object:
     """A cheap value that changes when another process may have appended.
 
     SQLite: ``PRAGMA data_version`` changes whenever any *other* connection commits, so
-    it is read on a dedicated connection. Other dialects: the counter's top.
+    it is read on a dedicated connection. Other dialects: the counter's top and the
+    newest control id (a control message leaves the top as it is).
     """
     if connection.dialect.name == "sqlite":
         raw = await connection.get_raw_connection()
@@ -111,5 +113,6 @@ async def change_marker(connection: AsyncConnection) -> object:
             row = await cursor.fetchone()
         return row[0] if row else None
     async with connection.begin():
-        top = select(counter.c.top).where(counter.c.id == SINGLETON_ID)
-        return (await connection.execute(top)).scalar()
+        top = select(counter.c.top).where(counter.c.id == SINGLETON_ID).scalar_subquery()
+        newest = select(func.max(control.c.id)).scalar_subquery()
+        return tuple((await connection.execute(select(top, newest))).one())

@@ -3,6 +3,9 @@
 NOTIFY-style doorbells and this process's own commits set ``wakeup``; otherwise the
 follower polls a cheap change marker every ``poll_interval`` seconds. The table is the
 truth: after every wake-up, reconnect or failure it reads from its cursor again.
+
+Control messages are read in the same pass (``id > control cursor``) and each is handed
+over right after the packet it followed (:mod:`._sql_control`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .base import PacketListener, StoredPacket
+from ._sql_control import ControlRecord
+from .base import ControlMessage, PacketListener, StoredPacket
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +29,10 @@ RETRY_MIN, RETRY_MAX = 1.0, 60.0  # seconds of back-off after a failed read, dou
 
 class _Reader(Protocol):
     async def __call__(self, *, after: int, limit: int) -> list[StoredPacket]: ...
+
+
+class _ControlReader(Protocol):
+    async def __call__(self, *, after: int, limit: int) -> list[ControlRecord]: ...
 
 
 class SQLFollower:
@@ -39,14 +47,21 @@ class SQLFollower:
         wakeup: asyncio.Event,
         following: asyncio.Event,
         poll_interval: float,
+        read_control: _ControlReader,
+        control_listener: Callable[[ControlMessage], Awaitable[None]],
+        control_cursor: int,
     ) -> None:
         self._engine = engine
+        self._read_control = read_control
+        self._control_listener = control_listener
+        self._control_cursor = control_cursor
         self._read = read
         self._change_marker = change_marker
         self._wakeup = wakeup
         self._following = following
         self._poll_interval = poll_interval
         self._stopping = False
+        self._cursor = 0
 
     def stop(self) -> None:
         """Ask :meth:`run` to return at its next wait or page, never mid-query."""
@@ -55,6 +70,9 @@ class SQLFollower:
 
     async def run(self, listener: PacketListener, cursor: int) -> None:
         self._following.set()
+        # kept on self: a read failing after some pages were handed over must not
+        # hand them over again
+        self._cursor = cursor
         delay = RETRY_MIN
         # a dedicated connection for the change marker (SQLite's data_version is per
         # connection); the pages are read through the pool
@@ -68,7 +86,7 @@ class SQLFollower:
                     # the read wakes the next wait instead of being missed
                     self._wakeup.clear()
                     marker = await self._change_marker(marker_connection)
-                    cursor = await self._deliver(listener, cursor)
+                    await self._deliver(listener)
                     delay = RETRY_MIN
                     while not self._stopping:
                         if await self._wait_for_change(marker_connection, marker):
@@ -94,24 +112,61 @@ class SQLFollower:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.shield(marker_connection.close())
 
-    async def _deliver(self, listener: PacketListener, cursor: int) -> int:
-        """Hand every packet after ``cursor`` to ``listener``; return the new cursor."""
+    async def _deliver(self, listener: PacketListener) -> None:
+        """Hand every packet after the cursor, and the control messages between them, to
+        the listeners.
+
+        Packets are read before control rows: a message placed after packet k committed
+        before packet k + 1, so every message that belongs before a packet just read is
+        visible in the control read that follows. A message placed after a packet not
+        read yet waits for the next page.
+        """
+        waited = False
         while not self._stopping:
-            batch = await self._read(after=cursor, limit=FOLLOW_PAGE)
-            if not batch:
-                return cursor
-            cursor = batch[-1].seq
-            try:
-                await listener(batch)
-            except Exception:
-                # the packets count as delivered: delivering them again would duplicate
-                logger.exception(
-                    "the packet listener failed on seqs %d..%d",
-                    batch[0].seq,
-                    cursor,
-                    extra={"action": "listener_failed"},
-                )
-        return cursor
+            batch = await self._read(after=self._cursor, limit=FOLLOW_PAGE)
+            records = await self._read_control(after=self._control_cursor, limit=FOLLOW_PAGE)
+            if not batch and not records:
+                return
+            # a message still waiting after a fresh empty page follows packets that
+            # are gone (purged or a reset history): nothing left to order it against
+            reach = batch[-1].seq if batch else (None if waited else self._cursor)
+            done = 0
+            waited = False
+            for record in records:
+                if reach is not None and record.after_seq > reach:
+                    waited = True
+                    break
+                before = [p for p in batch[done:] if p.seq <= record.after_seq]
+                if before:
+                    await self._hand(listener, before)
+                    done += len(before)
+                await self._hand_control(record)
+            if done < len(batch):
+                await self._hand(listener, batch[done:])
+
+    async def _hand(self, listener: PacketListener, batch: list[StoredPacket]) -> None:
+        # the packets count as delivered even if the listener fails: again would duplicate
+        self._cursor = batch[-1].seq
+        try:
+            await listener(batch)
+        except Exception:
+            logger.exception(
+                "the packet listener failed on seqs %d..%d",
+                batch[0].seq,
+                batch[-1].seq,
+                extra={"action": "listener_failed"},
+            )
+
+    async def _hand_control(self, record: ControlRecord) -> None:
+        self._control_cursor = record.id
+        try:
+            await self._control_listener(record.message)
+        except Exception:  # a bad message must not stop the follower
+            logger.exception(
+                "the control listener failed on %r",
+                record.message.method,
+                extra={"action": "control_failed"},
+            )
 
     async def _wait_for_change(self, connection: AsyncConnection, marker: object) -> bool:
         """Wait one poll interval; True when something may have been appended."""

@@ -87,6 +87,24 @@ sessions = Table(
     Index(f"ix_{PREFIX}sessions_namespace_sid", "namespace", "sid"),
 )
 
+# Cross-node instructions (ControlMessage), live only: each node reads ``id > cursor``
+# from where it started following, and rows older than a minute are pruned. Rows are
+# written under the counter row lock, so ids are in commit order, and ``after_seq`` (the
+# top at that moment) places each message between two packets of the history.
+control = Table(
+    f"{PREFIX}control",
+    metadata,
+    Column("id", SeqType, primary_key=True, autoincrement=True),
+    Column("after_seq", BigInteger, nullable=False),
+    Column("origin", Text, nullable=False),
+    Column("target", Text, nullable=True),
+    Column("method", Text, nullable=False),
+    Column("body", Text, nullable=False),  # JSON object
+    Column("created_at", Double, nullable=False),  # unix seconds
+    # SQLite: never reuse the id of a pruned row, a cursor would skip its successor
+    sqlite_autoincrement=True,
+)
+
 
 # -- rows <-> records: rooms as JSON text, payloads and session data via _codec ---------
 

@@ -28,10 +28,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .. import migrate as _migrate
 from .._codec import check_session_data
 from ..exceptions import ConfigurationError, StoreError
+from . import _sql_control as controls
 from . import _sql_dialect as dialect
 from ._sql_follow import SQLFollower
 from ._sql_schema import (
     SINGLETON_ID,
+    control,
     counter,
     meta,
     packet_from_row,
@@ -89,7 +91,7 @@ def _forget(inflight: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], N
     return done
 
 
-class SQLStore(Store):
+class SQLStore(controls.SQLControl, Store):
     """Packets and sessions in SQL tables, shared by every node using the same database.
 
     :param url: a SQLAlchemy async URL (``sqlite+aiosqlite:///app.db``), or a ready
@@ -179,6 +181,8 @@ class SQLStore(Store):
                         raise ConfigurationError(
                             f"the tables at {self._where()} are missing or out of date; run "
                             f"`durable-adapter migrate --store {self._where()}` first"
+                            + (f" (in Python: durable_adapter.migrate.migrate(url, "
+                               f"schema={self.schema!r}))" if self.schema else "")
                         )
                     await _migrate.upgrade_engine(engine, self.schema)
             self._engine = engine
@@ -265,8 +269,10 @@ class SQLStore(Store):
         return await self._writer.submit(packet_values(packet))
 
     async def _insert_batch(self, rows: list[dict[str, Any]]) -> list[int]:
-        count = len(rows)
+        count = sum(1 for row in rows if not controls.is_control(row))
+        now = time.time()
         async with self._write() as connection:
+            # the row lock is taken even with no packets: control ids in commit order
             top = (
                 await connection.execute(
                     update(counter)
@@ -275,13 +281,18 @@ class SQLStore(Store):
                     .returning(counter.c.top)
                 )
             ).scalar_one()
-            first = top - count + 1
-            now = time.time()
-            await connection.execute(
-                packets.insert(),
-                [{**row, "seq": first + i, "created_at": now} for i, row in enumerate(rows)],
-            )
-        return list(range(first, top + 1))
+            packet_rows, control_rows, seqs = controls.place_rows(rows, top - count, now)
+            if packet_rows:
+                await connection.execute(packets.insert(), packet_rows)
+            if control_rows:
+                await connection.execute(control.insert(), control_rows)
+            await self._ring_doorbell(connection)
+        if control_rows:
+            await self._maybe_prune_control(now)
+        return seqs
+
+    async def _ring_doorbell(self, connection: AsyncConnection) -> None:
+        """Tell other nodes, at COMMIT, that rows were written (PostgreSQL: NOTIFY)."""
 
     @_shielded
     async def read(
@@ -359,6 +370,8 @@ class SQLStore(Store):
         removed_packets = 0
         while (count := await self._purge_packets(now - retention, batch_size)) > 0:
             removed_packets += count
+        while await self._prune_control(now, batch_size) > 0:  # live only: not counted
+            pass
         bounds = await self.bounds()
         return PurgeResult(
             sessions=removed_sessions,
@@ -407,6 +420,7 @@ class SQLStore(Store):
         if self._engine is None or self._writer is None:
             raise StoreError("the store is not open")
         await self._stop_follower()  # one follower per store: the new one replaces it
+        control_cursor = await self._control_top()  # control messages are live only
         follower = self._follower = SQLFollower(
             engine=self.engine,
             read=self.read,
@@ -414,6 +428,9 @@ class SQLStore(Store):
             wakeup=self._wakeup,
             following=self.following,
             poll_interval=self.poll_interval,
+            read_control=self._read_control,
+            control_listener=self._handle_control,
+            control_cursor=control_cursor,
         )
         self._follower_task = asyncio.create_task(
             follower.run(listener, after), name=f"{self!r} follower"

@@ -17,6 +17,7 @@ import pytest
 
 import durable_adapter
 from tests._harness import WAIT, Inbox, drop_transport, serving
+from tests._redis import redis_url
 
 
 def _sqlite_url(tmp_path: Path) -> str:
@@ -26,6 +27,7 @@ def _sqlite_url(tmp_path: Path) -> str:
 STORE_FACTORIES: dict[str, Callable[[Path], str]] = {
     "memory": lambda _: "memory://",
     "sqlite": _sqlite_url,
+    "redis": redis_url,  # a fresh key prefix per test, deleted at exit
 }
 
 

@@ -1,0 +1,429 @@
+"""The Redis Streams store: recovery and multi-node fan-out on the Redis you already run.
+
+Offsets: a Lua script INCRBYs one counter per store and XADDs each packet with the
+explicit entry id ``<seq>-0``, atomically. So the stream entry id *is* the seq, seqs are
+dense, and stream order = counter order = the order every node delivers in. The
+concurrent appends of one process go into one script call (up to ``batch_max``).
+
+One stream for all namespaces, not one per namespace: the store interface numbers every
+packet from one counter, so with a stream per namespace a node would follow N streams
+and have to merge them back into counter order (a packet of ``/a`` could be committed
+before one of ``/b`` with a lower seq still in flight). One stream keeps "stream order =
+seq order" by construction and lets every node follow a single cursor with one XREAD;
+a namespace's replay filters while paging (``XRANGE`` with ``COUNT``).
+
+Epoch: a random id set once with the history. When the counter or the epoch vanish
+(FLUSHALL, a Redis restart without persistence) the next script starts a new history
+with a new epoch, and offsets of the old one are refused (history reset), never misread.
+Each entry carries its epoch, so a reader also notices a reset between two calls.
+
+Retention is bounded by an approximate ``MAXLEN`` (memory) and :meth:`RedisStore.purge`
+(age). ``bounds().purged_through`` is the first retained seq - 1, so a replay from an
+offset older than the first entry is refused.
+
+Sessions are hashes with a TTL of their remaining lifetime, claimed by a script (read +
+delete), indexed per ``(namespace, sid)`` for :meth:`RedisStore.delete_sessions`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from .._codec import check_session_data, decode_value, encode_value
+from ..exceptions import ConfigurationError, StoreError
+from . import _redis_scripts as scripts
+from ._redis_follow import Entry, RedisFollower, entry_seq
+from ._sql_writer import BatchWriter
+from .base import (
+    ControlMessage,
+    HistoryBounds,
+    NewPacket,
+    PacketListener,
+    PurgeResult,
+    Session,
+    Store,
+    StoredPacket,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "durable_adapter"
+MAXLEN = 100_000  # packets kept in the stream (approximate: XADD MAXLEN ~)
+CONTROL_MAXLEN = 1_000  # control messages kept (live only: nodes read from the tip)
+BLOCK_MS = 5_000  # milliseconds one XREAD BLOCK waits
+BATCH_MAX = 500  # packets per append script call
+READ_PAGE = 1_000  # most entries one XRANGE returns
+SOCKET_SLACK = 5.0  # seconds the follower's socket waits beyond BLOCK_MS before failing
+SESSION_INDEX_GRACE = 3_600.0  # seconds an expired session stays in the purge index
+STOP_TIMEOUT = 5.0  # seconds close() waits for the follower
+
+_NO_RETRY = Retry(NoBackoff(), 0)  # an append retried after a lost reply would duplicate
+_URL_OPTIONS = {"prefix": str, "maxlen": int, "control_maxlen": int, "block_ms": int}
+
+
+def parse_url(url: str) -> tuple[str, dict[str, Any]]:
+    """Split our options (``prefix``, ``maxlen``, ``control_maxlen``, ``block_ms``) off
+    the query of a ``redis://`` / ``rediss://`` URL; the rest goes to redis-py.
+
+    >>> parse_url("redis://h:6379/2?prefix=app&maxlen=5000&socket_timeout=3")
+    ('redis://h:6379/2?socket_timeout=3', {'prefix': 'app', 'maxlen': 5000})
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigurationError(f"a Redis store URL starts with redis:// or rediss://: {url!r}")
+    options: dict[str, Any] = {}
+    rest = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in _URL_OPTIONS:
+            try:
+                options[name] = _URL_OPTIONS[name](value)
+            except ValueError:
+                raise ConfigurationError(f"{name} in the store URL must be a number") from None
+        else:
+            rest.append((name, value))
+    return urlunsplit(parts._replace(query=urlencode(rest))), options
+
+
+class RedisStore(Store):
+    """Packets in a Redis stream, sessions in keys with a TTL; shared by every node.
+
+    :param url: ``redis://[user:password@]host[:port][/db][?options]`` (or ``rediss://``),
+                or a ready :class:`redis.asyncio.Redis` (``decode_responses=False``),
+                which the store never closes. URL options ``prefix``, ``maxlen``,
+                ``control_maxlen`` and ``block_ms`` set the parameters below.
+    :param prefix: start of every key name (``{prefix}:v1:...``); one store per prefix.
+    :param maxlen: packets kept in the stream (approximately); older ones are trimmed and
+                   offsets before them are refused.
+    :param control_maxlen: cross-node control messages kept.
+    :param block_ms: milliseconds one ``XREAD BLOCK`` of the follower waits.
+    :param batch_max: most packets appended by one script call.
+
+    Usage::
+
+        async with RedisStore("redis://127.0.0.1:6379/0?prefix=chat") as store:
+            seq = await store.append(NewPacket(namespace="/", data=["hi"]))
+
+    :attr:`following` is set while the follower is connected; :attr:`follower_name` is
+    the ``CLIENT SETNAME`` of its connection.
+    """
+
+    schemes = ("redis", "rediss")
+
+    def __init__(
+        self,
+        url: str | Redis,
+        *,
+        prefix: str | None = None,
+        maxlen: int | None = None,
+        control_maxlen: int | None = None,
+        block_ms: int | None = None,
+        batch_max: int = BATCH_MAX,
+    ) -> None:
+        given = {"prefix": prefix, "maxlen": maxlen, "control_maxlen": control_maxlen,
+                 "block_ms": block_ms}
+        options: dict[str, Any] = {}
+        if isinstance(url, Redis):
+            self._given_client: Redis | None = url
+            if url.connection_pool.connection_kwargs.get("decode_responses"):
+                raise ConfigurationError("pass a Redis client with decode_responses=False")
+            self._url = None
+        else:
+            self._given_client = None
+            self._url, options = parse_url(url)
+        for name, value in given.items():
+            if value is not None and name in options and options[name] != value:
+                raise ConfigurationError(f"{name} is given twice: in the URL and as argument")
+        settings = {"prefix": DEFAULT_PREFIX, "maxlen": MAXLEN,
+                    "control_maxlen": CONTROL_MAXLEN, "block_ms": BLOCK_MS}
+        settings.update({k: v for k, v in given.items() if v is not None}, **options)
+        for name in ("maxlen", "control_maxlen", "block_ms", "batch_max"):
+            value = batch_max if name == "batch_max" else settings[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
+        self.keys = scripts.Keys(settings["prefix"])
+        self.maxlen: int = settings["maxlen"]
+        self.control_maxlen: int = settings["control_maxlen"]
+        self.block_ms: int = settings["block_ms"]
+        self.batch_max = batch_max
+        self.follower_name = f"{self.keys.prefix}-follower-{secrets.token_hex(4)}"
+        #: set while the follower is connected
+        self.following = asyncio.Event()
+        self._redis: Redis | None = None
+        self._epoch: str | None = None
+        self._writer: BatchWriter | None = None
+        self._follower_task: asyncio.Task[None] | None = None
+        self._follower_client: Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    @property
+    def epoch(self) -> str:
+        if self._epoch is None:
+            raise StoreError("the store is not open")
+        return self._epoch
+
+    @property
+    def redis(self) -> Redis:
+        if self._redis is None:
+            raise StoreError("the store is not open")
+        return self._redis
+
+    def _where(self) -> str:
+        if self._url is None:
+            return f"a given Redis client (prefix {self.keys.prefix})"
+        parts = urlsplit(self._url)
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._where()} prefix={self.keys.prefix}>"
+
+    async def open(self) -> None:
+        if self._redis is not None:
+            return
+        client = self._given_client or Redis.from_url(self._url or "", retry=_NO_RETRY)
+        self._redis = client
+        self._scripts = {name: client.register_script(getattr(scripts, name)) for name in (
+            "APPEND", "BOUNDS", "SAVE_SESSION", "CLAIM_SESSION", "DELETE_SESSIONS",
+            "PURGE_SESSIONS")}
+        try:
+            async with self._errors(f"cannot reach the store at {self._where()}"):
+                await client.ping()
+            await self._bounds(use_time=False)  # a first history starts at seq 0
+        except BaseException:
+            self._redis = None
+            if self._given_client is None:
+                await client.aclose()
+            raise
+        self._writer = BatchWriter(self._append_batch, batch_max=self.batch_max,
+                                   on_commit=lambda: None, name=f"{self!r} writer")
+
+    async def close(self) -> None:
+        await self._stop_follower()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.close()
+        client, self._redis = self._redis, None
+        if client is not None and self._given_client is None:
+            await client.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _errors(self, message: str) -> AsyncIterator[None]:
+        """Driver errors become :class:`StoreError`, keeping the cause."""
+        try:
+            yield
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"{message}: {exc}") from exc
+
+    async def _run(self, script: str, keys: list[str], args: list[Any], what: str) -> Any:
+        async with self._errors(f"{what} at {self._where()} failed"):
+            return await self._scripts[script](keys=keys, args=args, client=self.redis)
+
+    def _adopt(self, epoch: bytes | str) -> str:
+        text = epoch.decode() if isinstance(epoch, bytes) else epoch
+        if self._epoch is not None and text != self._epoch:
+            logger.warning(
+                "the Redis history was reset (epoch %s -> %s): offsets from before are "
+                "refused", self._epoch, text, extra={"action": "history_reset"})
+        self._epoch = text
+        return text
+
+    # -- packets ----------------------------------------------------------------
+
+    async def append(self, packet: NewPacket) -> int:
+        if not isinstance(packet, NewPacket):
+            raise TypeError(f"append() takes a NewPacket, got {type(packet).__name__}")
+        if self._writer is None:
+            raise StoreError("the store is not open")
+        payload = encode_value({"d": list(packet.data), "r": list(packet.rooms),
+                                "x": list(packet.except_rooms)})
+        return await self._writer.submit({"n": packet.namespace, "p": payload})
+
+    async def _append_batch(self, rows: list[dict[str, Any]]) -> list[int]:
+        args: list[Any] = [secrets.token_hex(8), "1", self.maxlen]
+        for row in rows:
+            args += [row["n"], row["p"]]
+        epoch, first = await self._run("APPEND", self.keys.history, args, "appending")
+        self._adopt(epoch)
+        return list(range(first, first + len(rows)))
+
+    def _decode_packet(self, entry: Entry) -> StoredPacket:
+        fields = entry[1]
+        body = decode_value(fields[b"p"])
+        return StoredPacket(
+            namespace=fields[b"n"].decode(), data=body["d"], rooms=tuple(body["r"]),
+            except_rooms=tuple(body["x"]), seq=entry_seq(entry[0]),
+            created_at=float(fields[b"t"]))
+
+    async def read(
+        self, *, after: int, limit: int, until: int | None = None, namespace: str | None = None
+    ) -> list[StoredPacket]:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        out: list[StoredPacket] = []
+        if until is not None and until <= after:
+            return out
+        end = "+" if until is None else f"{until}-0"
+        page = READ_PAGE if namespace is not None else min(limit, READ_PAGE)
+        wanted = None if namespace is None else namespace.encode()
+        start = after + 1
+        epoch = self.epoch.encode()
+        while len(out) < limit:
+            async with self._errors(f"reading the store at {self._where()} failed"):
+                entries = await self.redis.xrange(self.keys.packets, f"{start}-0", end, page)
+            for entry in entries:
+                if entry[1].get(b"e") != epoch:
+                    raise StoreError("the Redis history was reset while reading it")
+                if wanted is None or entry[1].get(b"n") == wanted:
+                    try:
+                        out.append(self._decode_packet(entry))
+                    except Exception as exc:  # never a replay with a silent hole
+                        raise StoreError(f"packet {entry[0]!r} cannot be decoded") from exc
+                    if len(out) == limit:
+                        break
+            if len(entries) < page:
+                break
+            start = entry_seq(entries[-1][0]) + 1
+        return out
+
+    async def _bounds(self, *, use_time: bool = True) -> HistoryBounds:
+        epoch, top, purged = await self._run(
+            "BOUNDS", self.keys.history, [secrets.token_hex(8), "1" if use_time else "0"],
+            "reading the bounds")
+        return HistoryBounds(epoch=self._adopt(epoch), top=top, purged_through=purged)
+
+    async def bounds(self) -> HistoryBounds:
+        return await self._bounds()
+
+    # -- sessions ---------------------------------------------------------------
+
+    async def save_session(self, session: Session) -> None:
+        check_session_data(session.data)
+        now = time.time()
+        ttl_ms = max(1, int((session.expires_at - now) * 1000))
+        blob = encode_value({**session.__dict__, "rooms": list(session.rooms)})
+        keys = [self.keys.session(session.namespace, session.pid_hash),
+                self.keys.sid_index(session.namespace, session.sid), self.keys.expiry]
+        args = [session.sid, blob, ttl_ms, repr(session.expires_at), session.pid_hash,
+                repr(now - SESSION_INDEX_GRACE)]
+        await self._run("SAVE_SESSION", keys, args, "saving a session")
+
+    async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
+        keys = [self.keys.session(namespace, pid_hash), self.keys.expiry, self.keys.epoch]
+        value, epoch = await self._run("CLAIM_SESSION", keys, [], "claiming a session")
+        if epoch is None:  # the history is gone: start the next one now
+            await self._bounds()
+        else:
+            self._adopt(epoch)
+        if value is None:
+            return None
+        fields = decode_value(value)
+        session = Session(**{**fields, "rooms": tuple(fields["rooms"])})
+        return session if session.expires_at > now else None
+
+    async def delete_sessions(self, namespace: str, sid: str) -> None:
+        keys = [self.keys.sid_index(namespace, sid), self.keys.expiry]
+        await self._run("DELETE_SESSIONS", keys, [self.keys.session_prefix(namespace), sid],
+                        "deleting sessions")
+
+    # -- retention --------------------------------------------------------------
+
+    async def purge(self, *, now: float, retention: float, batch_size: int = 1000) -> PurgeResult:
+        """Delete expired sessions and trim packets older than ``retention`` seconds.
+
+        Packets are trimmed from the head of the stream only (``XTRIM MINID``), so no
+        hole opens above ``purged_through``. Their age is Redis' clock at append.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if retention < 0:
+            raise ValueError(f"retention must be >= 0, got {retention!r}")
+        sessions = 0
+        while count := await self._run("PURGE_SESSIONS", [self.keys.expiry],
+                                       [repr(now), batch_size], "purging sessions"):
+            sessions += count
+        packets, cutoff = 0, now - retention
+        while True:
+            async with self._errors(f"purging packets at {self._where()} failed"):
+                head = await self.redis.xrange(self.keys.packets, "-", "+", batch_size)
+                old = [entry_seq(i) for i, fields in head if float(fields[b"t"]) < cutoff]
+                if not old:
+                    break
+                packets += await self.redis.xtrim(
+                    self.keys.packets, minid=f"{max(old) + 1}-0", approximate=False)
+        bounds = await self.bounds()
+        return PurgeResult(sessions=sessions, packets=packets,
+                           purged_through=bounds.purged_through)
+
+    # -- cross-node -------------------------------------------------------------
+
+    async def publish_control(self, message: ControlMessage) -> None:
+        blob = encode_value({"method": message.method, "origin": message.origin,
+                             "body": message.body, "target": message.target})
+        async with self._errors(f"publishing to {self._where()} failed"):
+            await self.redis.xadd(self.keys.control, {"m": blob},
+                                  maxlen=self.control_maxlen, approximate=True)
+
+    @staticmethod
+    def _decode_control(entry: Entry) -> ControlMessage:
+        fields = decode_value(entry[1][b"m"])
+        return ControlMessage(method=fields["method"], origin=fields["origin"],
+                              body=fields["body"], target=fields["target"])
+
+    # -- following --------------------------------------------------------------
+
+    async def follow(self, listener: PacketListener, *, after: int) -> None:
+        if self._redis is None:
+            raise StoreError("the store is not open")
+        await self._stop_follower()  # one follower per store: the new one replaces it
+        async with self._errors(f"following {self._where()} failed"):
+            tip = await self.redis.xrevrange(self.keys.control, "+", "-", 1)
+        control_cursor = tip[0][0].decode() if tip else "0-0"
+        client = self._follower_client = self._dedicated_client()
+        follower = RedisFollower(
+            client=client, packets_key=self.keys.packets, control_key=self.keys.control,
+            cursor=after, control_cursor=control_cursor, block_ms=self.block_ms,
+            listener=listener, control_listener=lambda: getattr(self, "_control_listener", None),
+            decode_packet=self._decode_packet, decode_control=self._decode_control,
+            check_epoch=self._entry_epoch_ok, following=self.following)
+        self._follower_task = asyncio.create_task(follower.run(), name=f"{self!r} follower")
+
+    def _dedicated_client(self) -> Redis:
+        """A client of its own for XREAD BLOCK, named, with a socket timeout beyond it."""
+        pool = self.redis.connection_pool
+        kwargs = {**pool.connection_kwargs, "client_name": self.follower_name,
+                  "socket_timeout": self.block_ms / 1000 + SOCKET_SLACK, "retry": _NO_RETRY}
+        return Redis(connection_pool=ConnectionPool(
+            connection_class=pool.connection_class, max_connections=2, **kwargs))
+
+    async def _entry_epoch_ok(self, epoch: bytes) -> bool:
+        """True when an entry belongs to the current history (adopting a new one)."""
+        if epoch == self.epoch.encode():
+            return True
+        await self._bounds()  # the authoritative epoch: a reset, or a stale entry
+        return epoch == self.epoch.encode()
+
+    async def _stop_follower(self) -> None:
+        task, self._follower_task = self._follower_task, None
+        client, self._follower_client = self._follower_client, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, STOP_TIMEOUT)
+        if client is not None:
+            await client.aclose()
+            await client.connection_pool.disconnect()
+        self.following.clear()

@@ -19,6 +19,7 @@ from durable_adapter.stores.base import Store
 from durable_adapter.stores.memory import MemoryStore
 from durable_adapter.stores.postgres import PostgresStore
 from durable_adapter.stores.sql import SQLStore
+from tests._mongo import mongo_store
 from tests._postgres import POSTGRES_URL, postgres_schema
 from tests._redis import redis_store
 
@@ -50,6 +51,7 @@ STORE_FACTORIES: dict[str, Callable[[Path], AbstractAsyncContextManager[Store]]]
     "sqlite": sqlite_store,
     "postgres": postgres_store,
     "redis": redis_store,
+    "mongo": mongo_store,
 }
 
 

@@ -1,14 +1,18 @@
 """Fixtures of the recovery conformance suite: every store runs the same tests.
 
-A store joins the suite by adding one entry to ``STORE_FACTORIES``.
+A store joins the suite by adding one entry to ``STORE_FACTORIES``: given the test's
+tmp_path, a store URL, or a :class:`StoreMaker` when a URL cannot say it all (the
+PostgreSQL schema of the test): it builds a fresh store per server, as a restarted
+process would, and is cleaned up after the test.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,8 +20,10 @@ from typing import Any
 import pytest
 
 import durable_adapter
+from durable_adapter.stores.base import Store
 from tests._harness import WAIT, Inbox, drop_transport, serving
 from tests._mongo import new_url as mongo_url
+from tests._postgres import POSTGRES_URL, create_schema, drop_schema, run_sync
 from tests._redis import redis_url
 
 
@@ -25,28 +31,58 @@ def _sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'recovery.db'}"
 
 
-STORE_FACTORIES: dict[str, Callable[[Path], str]] = {
+class StoreMaker:
+    """Builds a fresh store per call; :meth:`cleanup` runs after the test."""
+
+    def __init__(self, build: Callable[[], Store], cleanup: Callable[[], None]) -> None:
+        self.build, self.cleanup = build, cleanup
+
+    def __call__(self) -> Store:
+        return self.build()
+
+
+StoreSpec = str | StoreMaker
+
+
+def make_store(spec: StoreSpec) -> str | Store:
+    """What ``AsyncServer(store=...)`` takes, from a store URL or maker."""
+    return spec() if isinstance(spec, StoreMaker) else spec
+
+
+def _postgres(_: Path) -> StoreMaker:
+    from durable_adapter.stores.postgres import PostgresStore
+
+    schema = run_sync(create_schema())  # migrated: PostgresStore never migrates itself
+    return StoreMaker(functools.partial(PostgresStore, POSTGRES_URL, schema=schema),
+                      lambda: run_sync(drop_schema(schema)))
+
+
+STORE_FACTORIES: dict[str, Callable[[Path], StoreSpec]] = {
     "memory": lambda _: "memory://",
     "sqlite": _sqlite_url,
+    "postgres": _postgres,
     "redis": redis_url,  # a fresh key prefix per test, deleted at exit
     "mongo": mongo_url,  # a fresh database per test, dropped at exit
 }
 
 
 @pytest.fixture(params=list(STORE_FACTORIES))
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreSpec]:
     if request.param == "sqlite" and importlib.util.find_spec("durable_adapter.stores.sql") is None:
         pytest.skip("the SQL store is not built yet")
-    return STORE_FACTORIES[request.param](tmp_path)
+    spec = STORE_FACTORIES[request.param](tmp_path)
+    yield spec
+    if isinstance(spec, StoreMaker):
+        spec.cleanup()
 
 
 class Node:
     """One server with a default connect handler that records what it saw."""
 
-    def __init__(self, store: str, **options: Any) -> None:
+    def __init__(self, store: StoreSpec, **options: Any) -> None:
         recovery = {"max_disconnection_duration": 30, **options}
         self.sio = durable_adapter.AsyncServer(
-            store=store, async_mode="aiohttp", connection_state_recovery=recovery,
+            store=make_store(store), async_mode="aiohttp", connection_state_recovery=recovery,
             namespaces="*")
         self.store_url = store
         self.connects: list[dict[str, Any]] = []
@@ -73,7 +109,7 @@ class Node:
 
 
 @asynccontextmanager
-async def running(store: str, **options: Any) -> AsyncIterator[Node]:
+async def running(store: StoreSpec, **options: Any) -> AsyncIterator[Node]:
     node = Node(store, **options)
     async with serving(node.sio) as url:
         node.url = url

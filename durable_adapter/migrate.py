@@ -120,7 +120,15 @@ async def migrate(url: str, *, schema: str | None = None) -> None:
     :param url: a SQLAlchemy async URL, e.g. ``sqlite+aiosqlite:///app.db``.
     :param schema: a PostgreSQL schema for the tables (created if missing).
     :raises StoreError: the database cannot be reached or refused the change.
+
+    A ``mongodb://`` or ``mongodb+srv://`` URL creates the MongoDB store's collections and
+    indexes instead (:func:`durable_adapter.stores.mongo.ensure_schema`).
     """
+    if url.split("://", 1)[0].lower() in ("mongodb", "mongodb+srv"):
+        from .stores.mongo import ensure_schema
+
+        await ensure_schema(url)
+        return
     sa_url = parse_url(url)
     engine = create_engine(sa_url, schema=schema)
     try:

@@ -1,0 +1,274 @@
+"""The MongoDB store's logic that needs no server: in-order reassembly with gaps and
+tombstones, standalone detection from a ``hello`` reply, options and URLs, documents
+through real BSON, and failing cleanly when nothing answers.
+
+The store against a replica set: the contract suite (``conftest.STORE_FACTORIES``) and
+``test_mongo_store.py``, when ``DURABLE_ADAPTER_MONGO_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import bson
+import pytest
+
+from durable_adapter.exceptions import ConfigurationError, StoreError
+from durable_adapter.migrate import migrate
+from durable_adapter.stores import _mongo_follow as follow
+from durable_adapter.stores import _mongo_schema as schema
+from durable_adapter.stores import store_from_url
+from durable_adapter.stores.base import ControlMessage, NewPacket, Session
+from durable_adapter.stores.mongo import MongoStore
+
+UNREACHABLE = "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300"
+
+
+def doc(seq: int) -> dict[str, Any]:
+    return schema.packet_document(seq, schema.packet_fields(NewPacket(namespace="/", data=[
+        "e", seq])), at=1.0)
+
+
+def seqs(run: list[Any]) -> list[int]:
+    return [int(d["_id"]) for d in run]
+
+
+# -- reassembly ------------------------------------------------------------------------
+
+
+def test_in_order_arrivals_are_released_at_once() -> None:
+    order = follow.Reassembler(cursor=0)
+    for seq in (1, 2, 3):
+        order.offer(doc(seq), now=0)
+    assert seqs(order.take(now=0)) == [1, 2, 3]
+    assert order.cursor == 3 and not order.has_gap
+
+
+def test_an_early_arrival_waits_for_the_seq_before_it() -> None:
+    order = follow.Reassembler(cursor=10)
+    order.offer(doc(12), now=0)
+    order.offer(doc(13), now=0)
+    assert order.take(now=0) == [] and order.has_gap
+    order.offer(doc(11), now=1)
+    assert seqs(order.take(now=1)) == [11, 12, 13]
+
+
+def test_duplicates_and_old_seqs_are_ignored() -> None:
+    order = follow.Reassembler(cursor=5)
+    order.offer(doc(4), now=0)  # already delivered
+    order.offer(doc(5), now=0)
+    order.offer(doc(6), now=0)
+    order.offer(doc(6), now=0)  # the stream and a catch-up read both bring it
+    assert seqs(order.take(now=0)) == [6]
+    order.offer(doc(6), now=0)
+    assert order.take(now=0) == []
+
+
+def test_a_gap_is_overdue_only_after_the_timeout() -> None:
+    order = follow.Reassembler(cursor=0)
+    order.offer(doc(2), now=100.0)
+    assert order.overdue(now=104.9, timeout=5) is None
+    assert order.overdue(now=105.0, timeout=5) == 1
+    order.offer(schema.tombstone_document(1, at=0), now=105.0)
+    assert seqs(order.take(now=105.0)) == [1, 2]
+    assert order.overdue(now=1e9, timeout=5) is None
+
+
+def test_the_counter_top_opens_a_gap_before_anything_later_arrives() -> None:
+    order = follow.Reassembler(cursor=7)
+    order.note_top(8, now=0.0)  # seq 8 taken, not yet written
+    assert order.has_gap and order.overdue(now=2.0, timeout=2) == 8
+    order.offer(doc(8), now=2.5)
+    assert seqs(order.take(now=2.5)) == [8] and order.overdue(now=99, timeout=2) is None
+
+
+def test_a_new_head_gap_is_timed_from_when_the_cursor_reached_it() -> None:
+    order = follow.Reassembler(cursor=0)
+    order.offer(doc(1), now=0)
+    order.offer(doc(3), now=0)
+    assert seqs(order.take(now=50)) == [1]
+    assert order.overdue(now=54, timeout=5) is None  # seq 2 missing since t=50 only
+    assert order.overdue(now=55, timeout=5) == 2
+
+
+def test_skip_to_drops_what_is_no_longer_retained() -> None:
+    order = follow.Reassembler(cursor=0)
+    for seq in (3, 5, 6):
+        order.offer(doc(seq), now=0)
+    order.skip_to(4, now=1)
+    assert order.cursor == 4 and set(order.pending) == {5, 6}
+    assert seqs(order.take(now=1)) == [5, 6]
+    order.skip_to(2, now=1)  # never backwards
+    assert order.cursor == 6
+
+
+def test_random_arrivals_with_dead_writers_deliver_one_dense_order() -> None:
+    """Writers take seq s at time s/1000 and land it up to 0.5 s later, in any order; some
+    die in between; the catch-up read brings some again. The follower's loop (offer, note
+    the counter, tombstone what is overdue, take) releases every written seq once, in
+    order, and tombstones exactly the dead ones."""
+    rng = random.Random(4)
+    top, timeout = 3000, 1.0
+    dead = set(rng.sample(range(1, top + 1), 40))
+    events = [(seq / 1000 + rng.uniform(0, 0.5), seq) for seq in range(1, top + 1)
+              if seq not in dead]
+    events += [(t + rng.uniform(0, 2), seq) for t, seq in rng.sample(events, 300)]
+    events.sort(reverse=True)
+    order = follow.Reassembler(cursor=0)
+    released: list[int] = []
+    tombstoned: list[int] = []
+    now = 0.0
+    while order.cursor < top:
+        now += 0.01
+        while events and events[-1][0] <= now:
+            order.offer(doc(events.pop()[1]), now)
+        order.note_top(min(top, int(now * 1000)), now)  # the counter: seqs taken so far
+        if (seq := order.overdue(now, timeout)) is not None:
+            assert seq in dead  # a live writer is never tombstoned
+            tombstoned.append(seq)
+            order.offer(schema.tombstone_document(seq, at=now), now)
+        run = order.take(now)
+        released += [int(d["_id"]) for d in run if not schema.is_tombstone(d)]
+        assert now < 100
+    assert released == sorted(set(range(1, top + 1)) - dead)
+    assert sorted(tombstoned) == sorted(dead)
+
+
+def test_pending_is_bounded() -> None:
+    order = follow.Reassembler(cursor=0)
+    for seq in range(2, follow.MAX_PENDING + 10):
+        order.offer(doc(seq), now=0)
+    assert len(order.pending) == follow.MAX_PENDING
+
+
+# -- deployment checks -----------------------------------------------------------------
+
+
+def test_a_replica_set_member_and_a_mongos_are_accepted() -> None:
+    schema.check_replica_set({"isWritablePrimary": True, "setName": "rs0", "ok": 1.0})
+    schema.check_replica_set({"isWritablePrimary": True, "msg": "isdbgrid", "ok": 1.0})
+
+
+def test_a_standalone_server_is_refused_with_the_fix() -> None:
+    hello = {"isWritablePrimary": True, "maxWireVersion": 21, "ok": 1.0}
+    with pytest.raises(ConfigurationError) as error:
+        schema.check_replica_set(hello)
+    message = str(error.value)
+    assert "replica set" in message and "--replSet" in message and "rs.initiate()" in message
+
+
+# -- options and URLs ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [
+    {"capped_size_bytes": 100},
+    {"capped_size_bytes": True},
+    {"control_size_bytes": 1.5},
+    {"gap_timeout": 0},
+    {"poll_interval": -1},
+    {"prefix": "bad.prefix"},
+    {"prefix": ""},
+    {"database": "has space"},
+    {"database": "a/b"},
+])
+def test_bad_options_are_refused_at_construction(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        MongoStore("mongodb://localhost/?replicaSet=rs0", **options)
+
+
+def test_only_mongodb_urls_are_taken() -> None:
+    with pytest.raises(ConfigurationError):
+        MongoStore("redis://localhost")
+    assert isinstance(store_from_url("mongodb://h1,h2/app?replicaSet=rs0"), MongoStore)
+    assert isinstance(store_from_url("mongodb+srv://cluster.example.com/app"), MongoStore)
+
+
+def test_passwords_are_redacted() -> None:
+    assert schema.redact("mongodb://ada:s3cret@h1:27017/app") == "mongodb://ada:***@h1:27017/app"
+    assert schema.redact("mongodb://ada@h1/app") == "mongodb://ada@h1/app"
+    assert schema.redact("mongodb://h1/app?replicaSet=rs0") == "mongodb://h1/app?replicaSet=rs0"
+    store = MongoStore("mongodb+srv://ada:s3cret@cluster.example.com/app")
+    assert "s3cret" not in repr(store)
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("mongodb://h1:1,h2:2/?replicaSet=rs0", "mongodb://h1:1,h2:2/t1?replicaSet=rs0"),
+    ("mongodb://h1/old?w=1", "mongodb://h1/t1?w=1"),
+    ("mongodb://h1", "mongodb://h1/t1"),
+    ("mongodb://h1?replicaSet=rs0", "mongodb://h1/t1?replicaSet=rs0"),
+])
+def test_with_database(url: str, expected: str) -> None:
+    assert schema.with_database(url, "t1") == expected
+
+
+# -- documents through real BSON -------------------------------------------------------
+
+
+def roundtrip(document: dict[str, Any]) -> dict[str, Any]:
+    return bson.decode(bson.encode(document))
+
+
+def test_packet_documents_round_trip() -> None:
+    data = ["upload", b"\x00\xff", {"parts": [b"", "s", 1.5, None, True]}]
+    sent = NewPacket(namespace="/f", data=data, rooms=("r1",), except_rooms=("sid9",))
+    stored = schema.packet_from_document(
+        roundtrip(schema.packet_document(42, schema.packet_fields(sent), at=1234.5)))
+    assert (stored.seq, stored.data, stored.rooms, stored.except_rooms) == (
+        42, data, ("r1",), ("sid9",))
+    assert (stored.namespace, stored.created_at) == ("/f", 1234.5)
+
+
+def test_replay_filter_is_a_range_on_the_id_index_without_tombstones() -> None:
+    assert schema.read_filter(5, 9, "/chat") == {
+        "_id": {"$gt": 5, "$lte": 9}, "tomb": {"$exists": False}, "ns": "/chat"}
+    assert schema.read_filter(0, None, None) == {"_id": {"$gt": 0}, "tomb": {"$exists": False}}
+    assert schema.is_tombstone(roundtrip(schema.tombstone_document(3, at=1.0)))
+    assert not schema.is_tombstone(roundtrip(doc(3)))
+
+
+def test_session_documents_round_trip_exactly() -> None:
+    now = time.time()
+    session = Session(
+        pid_hash="ab" * 32, namespace="/chat", sid="sid1", rooms=("sid1", "r"),
+        data={"user": "ada", "avatar": b"\x89PNG"}, epoch="e" * 16, start_seq=3,
+        position=9, last_sent_seq=None, disconnected_at=now, expires_at=now + 0.123456,
+    )
+    document = roundtrip(schema.session_document(session))
+    assert document["_id"] == schema.session_key("/chat", "ab" * 32)
+    assert document["expires_at"].year >= 2024  # a BSON date: the TTL index applies
+    assert schema.session_from_document(document) == session
+    sent = Session(**{**session.__dict__, "last_sent_seq": 8})
+    assert schema.session_from_document(roundtrip(schema.session_document(sent))) == sent
+
+
+def test_control_documents_round_trip() -> None:
+    message = ControlMessage(method="emit_live", origin="n1", target=None,
+                             body={"args": "abc", "rooms": ["r"], "blob": b"\x01"})
+    assert schema.control_from_document(roundtrip(schema.control_document(message, 1.0))
+                                        ) == message
+
+
+# -- no server -------------------------------------------------------------------------
+
+
+async def test_an_unreachable_server_fails_open_quickly_and_cleanly() -> None:
+    before = asyncio.all_tasks()
+    store = MongoStore(UNREACHABLE)
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="cannot reach") as error:
+        await asyncio.wait_for(store.open(), 10)
+    assert time.monotonic() - started < 5
+    assert error.value.__cause__ is not None
+    with pytest.raises(StoreError, match="not open"):
+        _ = store.epoch
+    await store.close()  # nothing to release, and no error
+    await asyncio.sleep(0)
+    assert {t for t in asyncio.all_tasks() - before if not t.done()} == set()
+
+
+async def test_migrate_sends_mongodb_urls_to_the_mongo_store() -> None:
+    with pytest.raises(StoreError, match="cannot reach"):
+        await asyncio.wait_for(migrate(UNREACHABLE), 10)

@@ -27,11 +27,14 @@ class NodeProcess:
     store: str
     process: asyncio.subprocess.Process | None = None
     url: str = ""
+    #: more node_app arguments, e.g. ``("--schema", "t_1")``
+    args: tuple[str, ...] = ()
 
     async def start(self, port: int = 0) -> None:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.cluster.node_app", "--store", self.store,
-            "--name", self.name, "--port", str(port), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+            "--name", self.name, "--port", str(port), *self.args,
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert self.process.stdout is not None
         line = await asyncio.wait_for(self.process.stdout.readline(), 30)
@@ -57,8 +60,9 @@ class NodeProcess:
 
 
 @asynccontextmanager
-async def cluster(store: str, size: int) -> AsyncIterator[list[NodeProcess]]:
-    nodes = [NodeProcess(f"n{i}", store) for i in range(size)]
+async def cluster(store: str, size: int, args: tuple[str, ...] = ()
+                  ) -> AsyncIterator[list[NodeProcess]]:
+    nodes = [NodeProcess(f"n{i}", store, args=args) for i in range(size)]
     try:
         # one at a time: the first may create the schema
         for node in nodes:

@@ -1,6 +1,7 @@
 """One server node of a cluster test, run as its own process.
 
-``python -m tests.cluster.node_app --store URL [--schema S]`` prints ``{"port": P}`` once
+``python -m tests.cluster.node_app --store URL [--schema S] [--poll-interval SECONDS]``
+(PostgreSQL: the tables in schema S) prints ``{"port": P}`` once
 it listens on 127.0.0.1, then serves Socket.IO plus a small HTTP control surface the test
 drives: ``POST /emit`` (emit a run of numbered events), ``POST /op`` (cross-node
 operations), ``GET /rooms/<sid>``. SIGTERM saves live sessions and exits.
@@ -37,10 +38,15 @@ def build(store: Any, name: str) -> tuple[web.Application, durable_adapter.Async
         body = await request.json()
         # concurrent, as a busy server's handlers are: the store batches them, and
         # queues them (so numbers them) in the order they are started
-        await asyncio.gather(*(
+        numbers = range(body["start"], body["start"] + body["count"])
+        results = await asyncio.gather(*(
             sio.emit("seq", {"tag": body["tag"], "i": i}, to=body.get("to"))
-            for i in range(body["start"], body["start"] + body["count"])))
-        return web.json_response({"done": body["count"]})
+            for i in numbers), return_exceptions=True)
+        failed = [i for i, result in zip(numbers, results, strict=True)
+                  if isinstance(result, BaseException)]
+        if failed and not body.get("tolerate"):  # a failed emit raised: say so
+            raise next(r for r in results if isinstance(r, BaseException))
+        return web.json_response({"done": len(numbers) - len(failed), "failed": failed})
 
     async def op(request: web.Request) -> web.Response:
         body = await request.json()
@@ -72,13 +78,32 @@ def build(store: Any, name: str) -> tuple[web.Application, durable_adapter.Async
     return app, sio
 
 
+def make_store(url: str, schema: str | None, poll_interval: float | None) -> Any:
+    """The URL as is, or a store built with the options a URL cannot carry."""
+    if schema is None and poll_interval is None:
+        return url
+    options: dict[str, Any] = {"schema": schema}
+    if poll_interval is not None:
+        options["poll_interval"] = poll_interval
+    if url.startswith("postgresql"):
+        from durable_adapter.stores.postgres import PostgresStore
+
+        return PostgresStore(url, **options)
+    from durable_adapter.stores.sql import SQLStore
+
+    return SQLStore(url, **options)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--store", required=True)
     parser.add_argument("--name", default="node")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--schema", default=None, help="PostgreSQL schema of the tables")
+    parser.add_argument("--poll-interval", type=float, default=None,
+                        help="seconds between the store's top checks")
     args = parser.parse_args()
-    app, sio = build(args.store, args.name)
+    app, sio = build(make_store(args.store, args.schema, args.poll_interval), args.name)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", args.port)

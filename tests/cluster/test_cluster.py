@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from pathlib import Path
 
 import pytest
 
+from tests.cluster.conftest import ClusterStore
 from tests.cluster.harness import Listener, cluster, offset_seq
 
 EMITS_PER_NODE = int(os.environ.get("CLUSTER_EMITS_PER_NODE", "3400"))  # 3 nodes: > 10^4
@@ -16,13 +16,9 @@ CHUNK = 100
 HOPS = 15
 
 
-@pytest.fixture
-def cluster_store(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'cluster.db'}"
-
-
-async def test_hopping_clients_see_every_event_once_in_one_order(cluster_store: str) -> None:
-    async with cluster(cluster_store, 3) as nodes:
+async def test_hopping_clients_see_every_event_once_in_one_order(
+        cluster_store: ClusterStore) -> None:
+    async with cluster(cluster_store.url, 3, cluster_store.args) as nodes:
         listeners = [Listener(f"c{i}") for i in range(6)]
         for i, listener in enumerate(listeners):
             await listener.connect(nodes[i % 3].url)

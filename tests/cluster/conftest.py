@@ -1,0 +1,37 @@
+"""The stores a cluster test runs on: a SQLite file, or a fresh PostgreSQL schema."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests._postgres import POSTGRES_URL, postgres_schema
+
+
+@dataclass(frozen=True)
+class ClusterStore:
+    """What every node of a cluster gets: the store URL and node_app arguments."""
+
+    kind: str
+    url: str
+    args: tuple[str, ...] = ()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def cluster_store(request: pytest.FixtureRequest, tmp_path: Path
+                        ) -> AsyncIterator[ClusterStore]:
+    if request.param == "sqlite":
+        yield ClusterStore("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'cluster.db'}")
+        return
+    # migrated before any node starts: PostgresStore never migrates by itself
+    async with postgres_schema() as schema:
+        yield ClusterStore("postgres", POSTGRES_URL, ("--schema", schema))
+
+
+@pytest.fixture
+async def pg_cluster_store() -> AsyncIterator[ClusterStore]:
+    async with postgres_schema() as schema:
+        yield ClusterStore("postgres", POSTGRES_URL, ("--schema", schema))

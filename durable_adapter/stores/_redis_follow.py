@@ -1,4 +1,5 @@
-"""The follower of a Redis store: ``XREAD BLOCK`` on the packet and control streams.
+"""The follower of a Redis store: ``XREAD BLOCK`` on the stream of packets and control
+messages.
 
 It runs on a dedicated connection (named, so operators and tests can find it in
 ``CLIENT LIST``). The stream is the truth: after a failure or a reconnect the next XREAD
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from redis.asyncio import Redis
 
@@ -24,24 +24,30 @@ RETRY_MIN, RETRY_MAX = 1.0, 60.0  # seconds of back-off after a failed XREAD, do
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 
+def split_id(entry_id: bytes | str) -> tuple[int, int]:
+    """``(seq, n)`` of an entry id: n is 0 for packet seq, >= 1 for a control message."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    seq, _, n = text.partition("-")
+    return int(seq), int(n or 0)
+
+
 def entry_seq(entry_id: bytes | str) -> int:
     """The seq of a packet entry ``b"<seq>-0"``."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.split("-", 1)[0])
+    return split_id(entry_id)[0]
 
 
 class RedisFollower:
-    """Hands packets after ``cursor`` to the listener in seq order, control messages to
-    the control listener; :meth:`run` is the body of the store's follower task."""
+    """Hands packets after ``cursor`` to the listener in seq order, and control messages
+    sent after ``control_floor`` to the control listener, each in its place between
+    them; :meth:`run` is the body of the store's follower task."""
 
     def __init__(
         self,
         *,
         client: Redis,
-        packets_key: str,
-        control_key: str,
+        stream: str,
         cursor: int,
-        control_cursor: str,
+        control_floor: tuple[int, int],
         block_ms: int,
         listener: PacketListener,
         control_listener: Callable[[], Callable[[ControlMessage], Awaitable[None]] | None],
@@ -51,10 +57,10 @@ class RedisFollower:
         following: asyncio.Event,
     ) -> None:
         self._client = client
-        self._packets_key = packets_key
-        self._control_key = control_key
-        self.cursor = cursor
-        self._control_cursor = control_cursor
+        self._stream = stream
+        self.cursor = cursor  # the last packet seq delivered
+        self._position = f"{cursor}-0"  # the last entry id read
+        self._control_floor = control_floor
         self._block_ms = block_ms
         self._listener = listener
         self._control_listener = control_listener
@@ -72,16 +78,14 @@ class RedisFollower:
                     self._following.set()
                     while True:
                         reply = await self._client.xread(
-                            {self._packets_key: f"{self.cursor}-0",
-                             self._control_key: self._control_cursor},
-                            count=FOLLOW_PAGE,
-                            block=self._block_ms,
-                        )
+                            {self._stream: self._position}, count=FOLLOW_PAGE,
+                            block=self._block_ms)
                         delay = RETRY_MIN
-                        await self._handle(reply or [])
+                        for _, entries in reply or []:
+                            await self._handle(entries)
                 except Exception as exc:  # survive a lost connection; CancelledError passes
                     logger.warning(
-                        "following the Redis store failed, reading again from seq %d in "
+                        "following the Redis store failed, reading again after seq %d in "
                         "%.0f s: %s", self.cursor, delay, exc,
                         extra={"action": "follow_retry"},
                     )
@@ -90,24 +94,23 @@ class RedisFollower:
         finally:
             self._following.clear()
 
-    async def _handle(self, reply: Any) -> None:
-        for stream, entries in reply:
-            name = stream.decode() if isinstance(stream, bytes) else stream
-            if name == self._packets_key:
-                await self._deliver(entries)
-            else:
-                await self._control(entries)
-
-    async def _deliver(self, entries: list[Entry]) -> None:
+    async def _handle(self, entries: list[Entry]) -> None:
         batch: list[StoredPacket] = []
         for entry in entries:
-            seq = entry_seq(entry[0])
-            if seq <= self.cursor:
-                continue
-            if not await self._check_epoch(entry[1].get(b"e", b"")):
-                logger.warning("skipping seq %d of a replaced history", seq,
+            entry_id, fields = entry
+            seq, n = split_id(entry_id)
+            self._position = entry_id.decode()
+            if not await self._check_epoch(fields.get(b"e", b"")):
+                logger.warning("skipping entry %s of a replaced history", self._position,
                                extra={"action": "follow_skip"})
-                self.cursor = seq
+                continue
+            if n:
+                await self._deliver(batch)  # the packets before it go first
+                batch = []
+                if (seq, n) > self._control_floor:
+                    await self._control(entry)
+                continue
+            if seq <= self.cursor:
                 continue
             if seq > self.cursor + 1:
                 logger.warning(
@@ -120,6 +123,9 @@ class RedisFollower:
             except Exception:
                 logger.exception("skipping the undecodable packet entry %d", seq,
                                  extra={"action": "follow_bad_entry"})
+        await self._deliver(batch)
+
+    async def _deliver(self, batch: list[StoredPacket]) -> None:
         if not batch:
             return
         try:
@@ -131,15 +137,12 @@ class RedisFollower:
                 extra={"action": "listener_failed"},
             )
 
-    async def _control(self, entries: list[Entry]) -> None:
-        for entry_id, fields in entries:
-            self._control_cursor = entry_id.decode() if isinstance(entry_id, bytes) \
-                else entry_id
-            listener = self._control_listener()
-            if listener is None:
-                continue
-            try:
-                message = self._decode_control((entry_id, fields))
-                await listener(message)
-            except Exception:
-                logger.exception("a control message failed", extra={"action": "control_failed"})
+    async def _control(self, entry: Entry) -> None:
+        listener = self._control_listener()
+        if listener is None:
+            return
+        try:
+            await listener(self._decode_control(entry))
+        except Exception:
+            logger.exception("the control message %s failed", self._position,
+                             extra={"action": "control_failed"})

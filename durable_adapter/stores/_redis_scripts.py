@@ -30,8 +30,9 @@ class Keys:
         self.epoch = f"{base}:epoch"
         self.top = f"{base}:top"  # the counter: the last seq handed out
         self.floor = f"{base}:floor"  # seqs <= floor belong to no retained history
-        self.packets = f"{base}:packets"  # the stream; entry id "<seq>-0"
-        self.control = f"{base}:control"  # live-only stream of cross-node messages
+        # the stream: packet <seq> has the entry id "<seq>-0"; a control message sent
+        # when the top was <seq> has "<seq>-<n>" (n >= 1), so it sits in packet order
+        self.packets = f"{base}:packets"
         self.expiry = f"{base}:expiry"  # zset: session key -> expires_at
         self._sessions = f"{base}:s:"
         self._sids = f"{base}:i:"
@@ -108,8 +109,8 @@ return {epoch, first}
 """
 )
 
-# ARGV = candidate epoch, use_time. Returns {epoch, top, purged_through}: everything
-# below the first retained entry is purged (trimmed by MAXLEN, XTRIM, or deleted), and
+# ARGV = candidate epoch, use_time. Returns {epoch, top, purged_through}: every packet
+# before the first retained entry is purged (trimmed by MAXLEN, XTRIM, or deleted), and
 # an empty stream retains nothing.
 BOUNDS = (
     _HISTORY
@@ -119,12 +120,30 @@ local top = tonumber(redis.call('GET', KEYS[2]))
 local purged = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
 local first = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
 if first[1] then
-  local before = tonumber(string.match(first[1][1], '^(%d+)')) - 1
+  local seq, n = string.match(first[1][1], '^(%d+)-(%d+)$')
+  local before = tonumber(seq)
+  if n == '0' then before = before - 1 end
   if before > purged then purged = before end
 else
   purged = top
 end
 return {epoch, top, purged}
+"""
+)
+
+# ARGV = candidate epoch, approximate MAXLEN, message. A control message gets the id
+# "<top>-*": after packet <top>, before packet <top> + 1, in the one stream every node
+# follows, so a node's enter_room(sid, r) then emit(to=r) are applied in that order on
+# every node (as python-socketio's single pub/sub channel does).
+CONTROL = (
+    _HISTORY
+    + """
+local epoch = history(ARGV[1], '1')
+local t = redis.call('TIME')
+local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local top = redis.call('GET', KEYS[2])
+return redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], top .. '-*',
+                  'm', ARGV[3], 't', now, 'e', epoch)
 """
 )
 

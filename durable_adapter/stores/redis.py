@@ -21,6 +21,12 @@ Retention is bounded by an approximate ``MAXLEN`` (memory) and :meth:`RedisStore
 (age). ``bounds().purged_through`` is the first retained seq - 1, so a replay from an
 offset older than the first entry is refused.
 
+Control messages (cross-node operations) go into the same stream with the id
+``<top>-<n>``: right after the packet that was the top when they were sent. A node that
+enters a remote socket into a room and then emits to the room has the two applied in that
+order everywhere; a second stream would need a merge by hand to promise that. The price:
+they count against ``MAXLEN``. Nodes skip control messages older than their ``follow``.
+
 Sessions are hashes with a TTL of their remaining lifetime, claimed by a script (read +
 delete), indexed per ``(namespace, sid)`` for :meth:`RedisStore.delete_sessions`.
 """
@@ -45,7 +51,7 @@ from redis.exceptions import RedisError
 from .._codec import check_session_data, decode_value, encode_value
 from ..exceptions import ConfigurationError, StoreError
 from . import _redis_scripts as scripts
-from ._redis_follow import Entry, RedisFollower, entry_seq
+from ._redis_follow import Entry, RedisFollower, entry_seq, split_id
 from ._sql_writer import BatchWriter
 from .base import (
     ControlMessage,
@@ -62,7 +68,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "durable_adapter"
 MAXLEN = 100_000  # packets kept in the stream (approximate: XADD MAXLEN ~)
-CONTROL_MAXLEN = 1_000  # control messages kept (live only: nodes read from the tip)
 BLOCK_MS = 5_000  # milliseconds one XREAD BLOCK waits
 BATCH_MAX = 500  # packets per append script call
 READ_PAGE = 1_000  # most entries one XRANGE returns
@@ -71,11 +76,11 @@ SESSION_INDEX_GRACE = 3_600.0  # seconds an expired session stays in the purge i
 STOP_TIMEOUT = 5.0  # seconds close() waits for the follower
 
 _NO_RETRY = Retry(NoBackoff(), 0)  # an append retried after a lost reply would duplicate
-_URL_OPTIONS = {"prefix": str, "maxlen": int, "control_maxlen": int, "block_ms": int}
+_URL_OPTIONS = {"prefix": str, "maxlen": int, "block_ms": int}
 
 
 def parse_url(url: str) -> tuple[str, dict[str, Any]]:
-    """Split our options (``prefix``, ``maxlen``, ``control_maxlen``, ``block_ms``) off
+    """Split our options (``prefix``, ``maxlen``, ``block_ms``) off
     the query of a ``redis://`` / ``rediss://`` URL; the rest goes to redis-py.
 
     >>> parse_url("redis://h:6379/2?prefix=app&maxlen=5000&socket_timeout=3")
@@ -102,12 +107,11 @@ class RedisStore(Store):
 
     :param url: ``redis://[user:password@]host[:port][/db][?options]`` (or ``rediss://``),
                 or a ready :class:`redis.asyncio.Redis` (``decode_responses=False``),
-                which the store never closes. URL options ``prefix``, ``maxlen``,
-                ``control_maxlen`` and ``block_ms`` set the parameters below.
+                which the store never closes. URL options ``prefix``, ``maxlen`` and
+                ``block_ms`` set the parameters below.
     :param prefix: start of every key name (``{prefix}:v1:...``); one store per prefix.
-    :param maxlen: packets kept in the stream (approximately); older ones are trimmed and
-                   offsets before them are refused.
-    :param control_maxlen: cross-node control messages kept.
+    :param maxlen: stream entries kept (approximately: packets and control messages);
+                   older ones are trimmed and offsets before them are refused.
     :param block_ms: milliseconds one ``XREAD BLOCK`` of the follower waits.
     :param batch_max: most packets appended by one script call.
 
@@ -128,12 +132,10 @@ class RedisStore(Store):
         *,
         prefix: str | None = None,
         maxlen: int | None = None,
-        control_maxlen: int | None = None,
         block_ms: int | None = None,
         batch_max: int = BATCH_MAX,
     ) -> None:
-        given = {"prefix": prefix, "maxlen": maxlen, "control_maxlen": control_maxlen,
-                 "block_ms": block_ms}
+        given = {"prefix": prefix, "maxlen": maxlen, "block_ms": block_ms}
         options: dict[str, Any] = {}
         if isinstance(url, Redis):
             self._given_client: Redis | None = url
@@ -146,16 +148,14 @@ class RedisStore(Store):
         for name, value in given.items():
             if value is not None and name in options and options[name] != value:
                 raise ConfigurationError(f"{name} is given twice: in the URL and as argument")
-        settings = {"prefix": DEFAULT_PREFIX, "maxlen": MAXLEN,
-                    "control_maxlen": CONTROL_MAXLEN, "block_ms": BLOCK_MS}
+        settings = {"prefix": DEFAULT_PREFIX, "maxlen": MAXLEN, "block_ms": BLOCK_MS}
         settings.update({k: v for k, v in given.items() if v is not None}, **options)
-        for name in ("maxlen", "control_maxlen", "block_ms", "batch_max"):
+        for name in ("maxlen", "block_ms", "batch_max"):
             value = batch_max if name == "batch_max" else settings[name]
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
         self.keys = scripts.Keys(settings["prefix"])
         self.maxlen: int = settings["maxlen"]
-        self.control_maxlen: int = settings["control_maxlen"]
         self.block_ms: int = settings["block_ms"]
         self.batch_max = batch_max
         self.follower_name = f"{self.keys.prefix}-follower-{secrets.token_hex(4)}"
@@ -197,7 +197,7 @@ class RedisStore(Store):
         client = self._given_client or Redis.from_url(self._url or "", retry=_NO_RETRY)
         self._redis = client
         self._scripts = {name: client.register_script(getattr(scripts, name)) for name in (
-            "APPEND", "BOUNDS", "SAVE_SESSION", "CLAIM_SESSION", "DELETE_SESSIONS",
+            "APPEND", "BOUNDS", "CONTROL", "SAVE_SESSION", "CLAIM_SESSION", "DELETE_SESSIONS",
             "PURGE_SESSIONS")}
         try:
             async with self._errors(f"cannot reach the store at {self._where()}"):
@@ -287,6 +287,8 @@ class RedisStore(Store):
             for entry in entries:
                 if entry[1].get(b"e") != epoch:
                     raise StoreError("the Redis history was reset while reading it")
+                if split_id(entry[0])[1]:  # a control message
+                    continue
                 if wanted is None or entry[1].get(b"n") == wanted:
                     try:
                         out.append(self._decode_packet(entry))
@@ -359,11 +361,12 @@ class RedisStore(Store):
         while True:
             async with self._errors(f"purging packets at {self._where()} failed"):
                 head = await self.redis.xrange(self.keys.packets, "-", "+", batch_size)
-                old = [entry_seq(i) for i, fields in head if float(fields[b"t"]) < cutoff]
+                old = [split_id(i) for i, fields in head if float(fields[b"t"]) < cutoff]
                 if not old:
                     break
+                seq, n = max(old)
                 packets += await self.redis.xtrim(
-                    self.keys.packets, minid=f"{max(old) + 1}-0", approximate=False)
+                    self.keys.packets, minid=f"{seq}-{n + 1}", approximate=False)
         bounds = await self.bounds()
         return PurgeResult(sessions=sessions, packets=packets,
                            purged_through=bounds.purged_through)
@@ -373,9 +376,8 @@ class RedisStore(Store):
     async def publish_control(self, message: ControlMessage) -> None:
         blob = encode_value({"method": message.method, "origin": message.origin,
                              "body": message.body, "target": message.target})
-        async with self._errors(f"publishing to {self._where()} failed"):
-            await self.redis.xadd(self.keys.control, {"m": blob},
-                                  maxlen=self.control_maxlen, approximate=True)
+        await self._run("CONTROL", self.keys.history, [secrets.token_hex(8), self.maxlen, blob],
+                        "publishing a control message")
 
     @staticmethod
     def _decode_control(entry: Entry) -> ControlMessage:
@@ -390,12 +392,13 @@ class RedisStore(Store):
             raise StoreError("the store is not open")
         await self._stop_follower()  # one follower per store: the new one replaces it
         async with self._errors(f"following {self._where()} failed"):
-            tip = await self.redis.xrevrange(self.keys.control, "+", "-", 1)
-        control_cursor = tip[0][0].decode() if tip else "0-0"
+            tip = await self.redis.xrevrange(self.keys.packets, "+", "-", 1)
+        # control messages are live only: those sent before now are not for this node
+        control_floor = split_id(tip[0][0]) if tip else (0, 0)
         client = self._follower_client = self._dedicated_client()
         follower = RedisFollower(
-            client=client, packets_key=self.keys.packets, control_key=self.keys.control,
-            cursor=after, control_cursor=control_cursor, block_ms=self.block_ms,
+            client=client, stream=self.keys.packets, cursor=after,
+            control_floor=control_floor, block_ms=self.block_ms,
             listener=listener, control_listener=lambda: getattr(self, "_control_listener", None),
             decode_packet=self._decode_packet, decode_control=self._decode_control,
             check_epoch=self._entry_epoch_ok, following=self.following)

@@ -1,0 +1,240 @@
+"""What only the Redis store must do: URL options, several nodes on one prefix, a lost
+history, trimming, a killed follower connection, bad entries, control message order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from durable_adapter.exceptions import ConfigurationError, StoreError
+from durable_adapter.stores import store_from_url
+from durable_adapter.stores.base import ControlMessage
+from durable_adapter.stores.redis import RedisStore, parse_url
+from tests._redis import REDIS_URL, delete_prefix, redis_prefix, store_url
+
+from .conftest import WAIT
+from .test_store_contract import Collector, bounded, packet, session
+
+# -- configuration (no server needed) --------------------------------------------
+
+
+def test_parse_url_splits_our_options_off() -> None:
+    assert parse_url("redis://u:pw@h:6380/2?prefix=app&maxlen=50&block_ms=100&ssl_cert_reqs=none"
+                     ) == ("redis://u:pw@h:6380/2?ssl_cert_reqs=none",
+                           {"prefix": "app", "maxlen": 50, "block_ms": 100})
+    assert parse_url("rediss://h") == ("rediss://h", {})
+
+
+@pytest.mark.parametrize(("url", "kwargs", "message"), [
+    ("redis://h?maxlen=lots", {}, "maxlen in the store URL must be a number"),
+    ("redis://h?maxlen=0", {}, "maxlen must be an integer >= 1"),
+    ("redis://h?prefix=a b", {}, "prefix must be"),
+    ("redis://h?prefix={x}", {}, "prefix must be"),
+    ("redis://h?prefix=a", {"prefix": "b"}, "prefix is given twice"),
+    ("http://h", {}, "redis://"),
+])
+def test_bad_options_are_refused(url: str, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        RedisStore(url, **kwargs)
+
+
+def test_scheme_maps_to_the_store() -> None:
+    store = store_from_url("rediss://example.org/1?prefix=app")
+    assert isinstance(store, RedisStore) and store.keys.prefix == "app"
+    assert "{app}" in store.keys.packets
+
+
+def test_a_client_decoding_responses_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="decode_responses=False"):
+        RedisStore(aioredis.Redis(decode_responses=True))
+
+
+# -- with a server ----------------------------------------------------------------
+
+
+@pytest.fixture
+def prefix() -> Any:
+    with redis_prefix() as name:
+        yield name
+
+
+@pytest.fixture
+async def store(prefix: str) -> AsyncIterator[RedisStore]:
+    instance = RedisStore(store_url(prefix), block_ms=200)
+    await bounded(instance.open())
+    try:
+        yield instance
+    finally:
+        await bounded(instance.close())
+
+
+async def test_unreachable_server_raises_store_error() -> None:
+    store = RedisStore("redis://127.0.0.1:1/0?prefix=nowhere")
+    with pytest.raises(StoreError, match="cannot reach") as caught:
+        await bounded(store.open())
+    assert caught.value.__cause__ is not None
+
+
+async def test_a_given_client_is_used_and_never_closed(prefix: str) -> None:
+    given = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        async with RedisStore(given, prefix=prefix) as store:
+            assert await bounded(store.append(packet())) == 1
+        assert await given.ping()  # still usable
+        assert await given.exists(store.keys.packets) == 1
+    finally:
+        await given.aclose()
+
+
+async def test_two_nodes_share_one_dense_history(prefix: str, store: RedisStore) -> None:
+    async with RedisStore(store_url(prefix), block_ms=200) as other:
+        assert other.epoch == store.epoch
+        seen, seen_other = Collector(), Collector()
+        await bounded(store.follow(seen, after=0))
+        await bounded(other.follow(seen_other, after=0))
+        seqs = await bounded(asyncio.gather(*(s.append(packet(i)) for i in range(100)
+                                              for s in (store, other))))
+        assert sorted(seqs) == list(range(1, 201))
+        await seen.wait_for(200)
+        await seen_other.wait_for(200)
+        assert seen.seqs == seen_other.seqs == list(range(1, 201))
+        assert [p.data for p in seen.packets] == [p.data for p in seen_other.packets]
+
+
+async def test_a_lost_history_gets_a_new_epoch_above_old_cursors(
+        prefix: str, store: RedisStore) -> None:
+    for i in range(5):
+        await bounded(store.append(packet(i)))
+    old_epoch = store.epoch
+    await bounded(store.save_session(session()))
+    seen = Collector()
+    await bounded(store.follow(seen, after=5))
+    assert delete_prefix(prefix) > 0  # what FLUSHALL or a restart without persistence does
+
+    seq = await bounded(store.append(packet("new")))
+    assert store.epoch != old_epoch
+    assert seq > 5  # the nodes' cursors (5) stay below the new history
+    bounds = await bounded(store.bounds())
+    assert (bounds.epoch, bounds.top, bounds.purged_through) == (store.epoch, seq, seq - 1)
+    await seen.wait_for(1)  # the follower goes on with the new history
+    assert seen.seqs == [seq]
+    assert await bounded(store.claim_session("/", session().pid_hash, time.time())) is None
+
+
+async def test_deleting_stream_and_epoch_starts_a_new_history(
+        prefix: str, store: RedisStore) -> None:
+    for i in range(5):
+        await bounded(store.append(packet(i)))
+    old_epoch = store.epoch
+    await bounded(store.save_session(session()))
+    async with client_async() as admin:
+        await admin.delete(store.keys.packets, store.keys.epoch)
+    claimed = await bounded(store.claim_session("/", session().pid_hash, time.time()))
+    assert claimed is not None and store.epoch != old_epoch  # the server refuses it
+    bounds = await bounded(store.bounds())
+    assert bounds.purged_through == bounds.top >= 5  # nothing of the old one is readable
+    assert await bounded(store.read(after=0, limit=10)) == []
+    assert await bounded(store.append(packet())) == bounds.top + 1
+
+
+async def test_trimmed_history_moves_purged_through(prefix: str) -> None:
+    async with RedisStore(store_url(prefix, maxlen=10)) as store:
+        await bounded(asyncio.gather(*(store.append(packet(i)) for i in range(1000))))
+        bounds = await bounded(store.bounds())
+        retained = await bounded(store.read(after=0, limit=2000))
+        assert bounds.top == 1000 and 0 < bounds.purged_through < 1000
+        assert len(retained) < 1000
+        assert [p.seq for p in retained] == list(range(bounds.purged_through + 1, 1001))
+
+
+async def test_killing_the_follower_connection_loses_nothing(store: RedisStore) -> None:
+    seen = Collector()
+    await bounded(store.follow(seen, after=0))
+    await bounded(store.following.wait())
+    await bounded(store.append(packet(0)))
+    await seen.wait_for(1)
+    async with client_async() as admin:
+        killed = await kill_clients(admin, store.follower_name)
+        assert killed
+        # appends while the follower is away: read from its cursor after the reconnect
+        for i in range(1, 50):
+            await bounded(store.append(packet(i)))
+        await seen.wait_for(50)
+        assert seen.seqs == list(range(1, 51))
+        await asyncio.sleep(0.3)
+        assert seen.seqs == list(range(1, 51))  # no duplicates
+        names = {c.get("name"): c["id"] for c in await admin.client_list()}
+        assert names.get(store.follower_name) not in (None, *killed)  # reconnected
+
+
+async def test_follower_survives_a_bad_entry(store: RedisStore) -> None:
+    seen = Collector()
+    await bounded(store.follow(seen, after=0))
+    await bounded(store.append(packet(1)))
+    async with client_async() as admin:
+        seq = await admin.incr(store.keys.top)
+        await admin.xadd(store.keys.packets, {"n": "/", "p": b"junk", "t": "0", "e": store.epoch},
+                         id=f"{seq}-0")
+    await bounded(store.append(packet(3)))
+    await seen.wait_for(2)
+    assert seen.seqs == [1, 3]
+    with pytest.raises(StoreError, match="cannot be decoded"):  # a replay never skips it
+        await bounded(store.read(after=0, limit=10))
+
+
+async def test_control_messages_keep_their_place_among_packets(
+        prefix: str, store: RedisStore) -> None:
+    order: list[Any] = []
+
+    async def on_packets(packets: Any) -> None:
+        order.extend(p.seq for p in packets)
+
+    async def on_control(message: ControlMessage) -> None:
+        order.append(message.method)
+
+    await bounded(store.publish_control(ControlMessage(method="before", origin="b")))
+    store.on_control(on_control)
+    await bounded(store.follow(on_packets, after=0))
+    async with RedisStore(store_url(prefix)) as other:
+        await bounded(other.append(packet(1)))
+        await bounded(other.publish_control(ControlMessage(
+            method="enter_room", origin="b", body={"sid": "s", "room": b"r"}, target=None)))
+        await bounded(other.append(packet(2)))
+    deadline = time.monotonic() + WAIT
+    while len(order) < 3:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert order == [1, "enter_room", 2]  # and not "before": control is live only
+    assert [p.seq for p in await store.read(after=0, limit=10)] == [1, 2]
+
+
+async def test_failed_append_raises_store_error(store: RedisStore) -> None:
+    async with client_async() as admin:
+        await admin.delete(store.keys.packets)
+        await admin.set(store.keys.packets, "not a stream")
+        try:
+            with pytest.raises(StoreError) as caught:
+                await bounded(store.append(packet()))
+            assert caught.value.__cause__ is not None
+        finally:
+            await admin.delete(store.keys.packets)
+
+
+# -- helpers ----------------------------------------------------------------------
+
+
+def client_async() -> aioredis.Redis:
+    return aioredis.Redis.from_url(REDIS_URL)
+
+
+async def kill_clients(admin: aioredis.Redis, name: str) -> list[str]:
+    ids = [c["id"] for c in await admin.client_list() if c.get("name") == name]
+    for client_id in ids:
+        await admin.client_kill_filter(_id=client_id)
+    return ids
+

@@ -214,39 +214,39 @@ class PacketFollower:
             order.note_top(int(meta["top"]), time.monotonic())
 
     async def _fill_gap(self, order: Reassembler, seq: int) -> None:
-        """``seq`` is overdue: tombstone it; below the oldest retained packet, skip it too.
+        """``seq`` is overdue: tombstone it, or, below the oldest retained packet, skip it.
 
         A seq older than every retained packet may have been overwritten by the capped
         collection: its packet can no longer be delivered or replayed, so the stored
         ``purged_through`` is raised over it (recoveries from before it are refused) and
-        the follower skips it. This is cautious: a writer that died holding the oldest
+        the follower skips on. This is cautious: a writer that died holding the oldest
         seq looks the same, and costs only refused recoveries from before that seq.
+        No tombstone there: in a full capped collection it would overwrite one more packet.
         """
         oldest = await self._packets.find_one(
             {}, projection={"_id": True}, sort=[("_id", 1)], hint=[("_id", 1)]
         )
-        gone = oldest is not None and int(oldest["_id"]) > seq
-        if gone:
-            through = int(oldest["_id"]) - 1  # type: ignore[index]
+        if oldest is not None and int(oldest["_id"]) > seq:
+            through = int(oldest["_id"]) - 1
             await self._meta.update_one(
                 {"_id": HISTORY_ID}, {"$max": {"purged_through": through}}
             )
             self._skipped(seq, through)
+            order.skip_to(through, time.monotonic())
+            return
         try:
             # fences the seq: a writer still holding it now fails instead of landing late
             await self._packets.insert_one(tombstone_document(seq, time.time()))
         except DuplicateKeyError:  # the packet landed after all: read it
-            document = None if gone else await self._packets.find_one({"_id": seq})
+            document = await self._packets.find_one({"_id": seq})
             if document is not None:
                 order.offer(document, time.monotonic())
-        else:
-            logger.warning(
-                "seq %d was taken but not written within %.1f s; tombstoned",
-                seq, self._gap_timeout, extra={"action": "follow_tombstone"},
-            )
-            order.offer(tombstone_document(seq, time.time()), time.monotonic())
-        if gone:
-            order.skip_to(through, time.monotonic())
+            return
+        logger.warning(
+            "seq %d was taken but not written within %.1f s; tombstoned",
+            seq, self._gap_timeout, extra={"action": "follow_tombstone"},
+        )
+        order.offer(tombstone_document(seq, time.time()), time.monotonic())
 
     @staticmethod
     def _skipped(first: int, last: int) -> None:

@@ -1,4 +1,5 @@
-"""The stores a cluster test runs on: a SQLite file, or a fresh PostgreSQL schema."""
+"""The stores a cluster test runs on: a SQLite file, a fresh PostgreSQL schema, or a fresh
+Redis key prefix."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests._postgres import POSTGRES_URL, postgres_schema
+from tests._redis import redis_prefix, store_url
 
 
 @dataclass(frozen=True)
@@ -20,11 +22,15 @@ class ClusterStore:
     args: tuple[str, ...] = ()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
 async def cluster_store(request: pytest.FixtureRequest, tmp_path: Path
                         ) -> AsyncIterator[ClusterStore]:
     if request.param == "sqlite":
         yield ClusterStore("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'cluster.db'}")
+        return
+    if request.param == "redis":  # a fresh key prefix, its keys deleted after
+        with redis_prefix() as prefix:
+            yield ClusterStore("redis", store_url(prefix))
         return
     # migrated before any node starts: PostgresStore never migrates by itself
     async with postgres_schema() as schema:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._mongo import new_url as mongo_url
 from tests._postgres import POSTGRES_URL, postgres_schema
 from tests._redis import redis_prefix, store_url
 
@@ -22,9 +23,12 @@ class ClusterStore:
     args: tuple[str, ...] = ()
 
 
-@pytest.fixture(params=["sqlite", "postgres", "redis"])
+@pytest.fixture(params=["sqlite", "postgres", "redis", "mongo"])
 async def cluster_store(request: pytest.FixtureRequest, tmp_path: Path
                         ) -> AsyncIterator[ClusterStore]:
+    if request.param == "mongo":  # a fresh database, dropped at exit
+        yield ClusterStore("mongo", mongo_url())
+        return
     if request.param == "sqlite":
         yield ClusterStore("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'cluster.db'}")
         return

@@ -37,7 +37,8 @@ POLL_INTERVAL = 0.5  # seconds between top checks: the most a lost doorbell cost
 LISTEN_RETRY_MIN, LISTEN_RETRY_MAX = 1.0, 60.0  # seconds between LISTEN reconnects, doubling
 LISTEN_CHECK = 5.0  # seconds between queries that expose a silently dead LISTEN socket
 CONNECT_TIMEOUT = 10.0  # seconds for opening the LISTEN connection or one check query
-#: ``application_name`` of the LISTEN connection, to find it in ``pg_stat_activity``
+#: ``application_name`` of the LISTEN connection (followed by the channel), to find it
+#: in ``pg_stat_activity``
 LISTEN_APPLICATION_NAME = "durable_adapter_listen"
 #: The channel carries a version, so nodes of another protocol in a rolling upgrade
 #: never ring this one's bell.
@@ -100,6 +101,7 @@ class PostgresStore(SQLStore):
                     f"PostgresStore needs a postgresql+asyncpg:// {name}, got "
                     f"{given.render_as_string(hide_password=True)!r}")
         self.channel = channel_name(schema)
+        self.listen_application_name = f"{LISTEN_APPLICATION_NAME} {self.channel}"[:63]
         #: set while the LISTEN connection is up (and the follower was woken after it)
         self.listening = asyncio.Event()
         self._listen_stop = asyncio.Event()
@@ -167,7 +169,7 @@ class PostgresStore(SQLStore):
         lost = self._listen_lost = asyncio.Event()
         connection = await asyncpg.connect(
             **kwargs, timeout=CONNECT_TIMEOUT,
-            server_settings={"application_name": LISTEN_APPLICATION_NAME})
+            server_settings={"application_name": self.listen_application_name})
         try:
             connection.add_termination_listener(lambda _: lost.set())
             await connection.add_listener(self.channel, self._on_notification)

@@ -47,6 +47,14 @@ MAX_PENDING = 20_000  # early arrivals held at most; more are read again later
 AWAIT_MS = 250  # longest wait of one getMore on a change stream
 RETRY_MIN, RETRY_MAX = 0.5, 30.0  # seconds of back-off after a failure, doubling
 INSERTS = [{"$match": {"operationType": "insert"}}]
+CANNOT_RESUME = (280, 286)  # ChangeStreamFatalError, ChangeStreamHistoryLost
+
+
+def cannot_resume(exc: OperationFailure) -> bool:
+    """The change stream's resume token is no longer usable (it left the oplog)."""
+    details = exc.details or {}
+    return exc.code in CANNOT_RESUME or details.get("codeName") in (
+        "ChangeStreamHistoryLost", "ChangeStreamFatalError")
 
 
 class Reassembler:
@@ -141,7 +149,7 @@ class PacketFollower:
                     token = await self._follow_stream(order, listener, token)
                     delay = RETRY_MIN
                 except OperationFailure as exc:
-                    if token is not None:  # e.g. ChangeStreamHistoryLost: reopen from now
+                    if token is not None and cannot_resume(exc):  # reopen from now
                         logger.warning(
                             "the change stream could not resume (%s); reopening it and "
                             "reading the packets after seq %d from the collection",
@@ -311,8 +319,8 @@ class ControlFollower:
                     if not stream.alive:
                         token = None
             except PyMongoError as exc:
-                if isinstance(exc, OperationFailure) and token is not None:
-                    token = None  # cannot resume: live only, so go on from now
+                if isinstance(exc, OperationFailure) and token is not None and cannot_resume(exc):
+                    token = None  # live only: go on from now
                     continue
                 logger.warning(
                     "following control messages failed, retrying in %.1f s: %s", delay, exc,

@@ -188,6 +188,9 @@ class MongoStore(Store):
             self._epoch = await self._init_history()
             self._start("control", ControlFollower(self._control, self._control_receiver))
         except BaseException:
+            for task_name in list(self._tasks):
+                await self._stop(task_name)
+            self._client = self._db = None
             await self._release(client)
             raise
 

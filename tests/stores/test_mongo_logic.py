@@ -17,6 +17,7 @@ from typing import Any
 
 import bson
 import pytest
+from pymongo.errors import OperationFailure
 
 from durable_adapter.exceptions import ConfigurationError, StoreError
 from durable_adapter.migrate import migrate
@@ -144,6 +145,15 @@ def test_pending_is_bounded() -> None:
     for seq in range(2, follow.MAX_PENDING + 10):
         order.offer(doc(seq), now=0)
     assert len(order.pending) == follow.MAX_PENDING
+
+
+def test_only_a_lost_history_drops_the_resume_token() -> None:
+    lost = OperationFailure("Resume of change stream was not possible", code=286,
+                            details={"codeName": "ChangeStreamHistoryLost"})
+    fatal = OperationFailure("cannot resume", code=280)
+    other = OperationFailure("not authorized", code=13, details={"codeName": "Unauthorized"})
+    assert follow.cannot_resume(lost) and follow.cannot_resume(fatal)
+    assert not follow.cannot_resume(other)
 
 
 # -- deployment checks -----------------------------------------------------------------
@@ -279,6 +289,8 @@ async def test_an_unreachable_server_fails_open_quickly_and_cleanly() -> None:
     assert error.value.__cause__ is not None
     with pytest.raises(StoreError, match="not open"):
         _ = store.epoch
+    with pytest.raises(StoreError, match="cannot reach"):  # a failed open left nothing open
+        await asyncio.wait_for(store.open(), 10)
     await store.close()  # nothing to release, and no error
     await settle_driver_sockets()
     assert {t for t in asyncio.all_tasks() - before if not t.done()} == set()

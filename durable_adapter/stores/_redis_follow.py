@@ -112,8 +112,8 @@ class RedisFollower:
                 continue
             if seq <= self.cursor:
                 continue
-            if seq > self.cursor + 1:
-                logger.warning(
+            if seq > self.cursor + 1:  # this node fell more than MAXLEN behind
+                logger.error(
                     "seqs %d..%d were trimmed before this node delivered them",
                     self.cursor + 1, seq - 1, extra={"action": "follow_gap"},
                 )

@@ -1,4 +1,4 @@
-"""Key layout and Lua scripts of the Redis store; each script runs atomically in Redis.
+"""Key layout, URL options and Lua scripts of the Redis store (each script runs atomically).
 
 Every key of one store starts with ``{prefix}``: the braces are a Redis Cluster hash tag,
 so all of them live on one shard and a script may touch several (one counter per store
@@ -9,11 +9,39 @@ formatting, so the scripts format seqs with ``%.0f`` (exact below 2^53).
 from __future__ import annotations
 
 import re
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..exceptions import ConfigurationError
 
 KEY_VERSION = "v1"  # part of every key name: a new layout gets new keys, old nodes keep theirs
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+
+
+_URL_OPTIONS = {"prefix": str, "maxlen": int, "block_ms": int}
+
+
+def parse_url(url: str) -> tuple[str, dict[str, Any]]:
+    """Split our options (``prefix``, ``maxlen``, ``block_ms``) off
+    the query of a ``redis://`` / ``rediss://`` URL; the rest goes to redis-py.
+
+    >>> parse_url("redis://h:6379/2?prefix=app&maxlen=5000&socket_timeout=3")
+    ('redis://h:6379/2?socket_timeout=3', {'prefix': 'app', 'maxlen': 5000})
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigurationError(f"a Redis store URL starts with redis:// or rediss://: {url!r}")
+    options: dict[str, Any] = {}
+    rest = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in _URL_OPTIONS:
+            try:
+                options[name] = _URL_OPTIONS[name](value)
+            except ValueError:
+                raise ConfigurationError(f"{name} in the store URL must be a number") from None
+        else:
+            rest.append((name, value))
+    return urlunsplit(parts._replace(query=urlencode(rest))), options
 
 
 class Keys:

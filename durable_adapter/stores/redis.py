@@ -40,7 +40,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -52,6 +52,7 @@ from .._codec import check_session_data, decode_value, encode_value
 from ..exceptions import ConfigurationError, StoreError
 from . import _redis_scripts as scripts
 from ._redis_follow import Entry, RedisFollower, entry_seq, split_id
+from ._redis_scripts import parse_url
 from ._sql_writer import BatchWriter
 from .base import (
     ControlMessage,
@@ -76,37 +77,14 @@ SESSION_INDEX_GRACE = 3_600.0  # seconds an expired session stays in the purge i
 STOP_TIMEOUT = 5.0  # seconds close() waits for the follower
 
 _NO_RETRY = Retry(NoBackoff(), 0)  # an append retried after a lost reply would duplicate
-_URL_OPTIONS = {"prefix": str, "maxlen": int, "block_ms": int}
-
-
-def parse_url(url: str) -> tuple[str, dict[str, Any]]:
-    """Split our options (``prefix``, ``maxlen``, ``block_ms``) off
-    the query of a ``redis://`` / ``rediss://`` URL; the rest goes to redis-py.
-
-    >>> parse_url("redis://h:6379/2?prefix=app&maxlen=5000&socket_timeout=3")
-    ('redis://h:6379/2?socket_timeout=3', {'prefix': 'app', 'maxlen': 5000})
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ConfigurationError(f"a Redis store URL starts with redis:// or rediss://: {url!r}")
-    options: dict[str, Any] = {}
-    rest = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in _URL_OPTIONS:
-            try:
-                options[name] = _URL_OPTIONS[name](value)
-            except ValueError:
-                raise ConfigurationError(f"{name} in the store URL must be a number") from None
-        else:
-            rest.append((name, value))
-    return urlunsplit(parts._replace(query=urlencode(rest))), options
 
 
 class RedisStore(Store):
     """Packets in a Redis stream, sessions in keys with a TTL; shared by every node.
 
     :param url: ``redis://[user:password@]host[:port][/db][?options]`` (or ``rediss://``),
-                or a ready :class:`redis.asyncio.Redis` (``decode_responses=False``),
+                or a ready :class:`redis.asyncio.Redis` (``decode_responses=False``, and
+                best without retries: a retried append can store a packet twice),
                 which the store never closes. URL options ``prefix``, ``maxlen`` and
                 ``block_ms`` set the parameters below.
     :param prefix: start of every key name (``{prefix}:v1:...``); one store per prefix.
@@ -202,7 +180,10 @@ class RedisStore(Store):
         try:
             async with self._errors(f"cannot reach the store at {self._where()}"):
                 await client.ping()
-            await self._bounds(use_time=False)  # a first history starts at seq 0
+            # a first history starts at seq 0. Were this the first node back after a
+            # FLUSHALL, nodes still running would hold cursors above the new seqs: the
+            # nodes that notice a lost history themselves start the new one above them
+            await self._bounds(use_time=False)
         except BaseException:
             self._redis = None
             if self._given_client is None:

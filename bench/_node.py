@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import resource
 import signal
 import time
@@ -111,7 +112,12 @@ async def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--reuse-port", action="store_true")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=os.environ.get("BENCH_NODE_LOG", "WARNING"))
+    refusals = logging.getLogger("durable_adapter.server")
+    if refusals.getEffectiveLevel() > logging.INFO:  # show refused recoveries, not the rest
+        refusals.setLevel(logging.INFO)
+        refusals.addFilter(lambda record: record.getMessage().startswith("recovery refused")
+                           or record.levelno >= logging.WARNING)
     store = make_store(args.store, args.schema, args.poll_interval)
     app, sio = build(args.kind, store, args.name)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)

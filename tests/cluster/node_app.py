@@ -19,6 +19,8 @@ from aiohttp import web
 
 import durable_adapter
 
+SHUTDOWN_TIMEOUT = 2.0  # seconds the web server waits for open connections at exit
+
 
 def build(store: Any, name: str) -> tuple[web.Application, durable_adapter.AsyncServer]:
     sio = durable_adapter.AsyncServer(
@@ -104,7 +106,9 @@ async def main() -> None:
                         help="seconds between the store's top checks")
     args = parser.parse_args()
     app, sio = build(make_store(args.store, args.schema, args.poll_interval), args.name)
-    runner = web.AppRunner(app, handle_signals=False)
+    # sio.shutdown() has saved the sessions by the time the runner stops; its open
+    # websockets would otherwise hold the exit for aiohttp's default 60 s
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", args.port)
     await site.start()

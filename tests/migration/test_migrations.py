@@ -17,12 +17,14 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import Connection, create_engine, inspect
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from durable_adapter.exceptions import ConfigurationError
 from durable_adapter.migrate import head_revisions, migrate
 from durable_adapter.stores._sql_schema import VERSION_TABLE, metadata
 from durable_adapter.stores.sql import SQLStore
+from tests._postgres import POSTGRES_URL, postgres_schema
 
 REPO = Path(__file__).resolve().parents[2]
 ALEMBIC = Path(sys.executable).with_name("alembic")
@@ -131,3 +133,27 @@ def test_two_processes_migrating_at_once_both_succeed(tmp_path: Path) -> None:
 async def test_sqlite_refuses_a_schema(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="schema"):
         await migrate(f"sqlite+aiosqlite:///{tmp_path / 's.db'}", schema="tenant")
+
+
+def _pg_diff(connection: Connection, schema: str) -> list[Any]:
+    # tables carry no schema in the MetaData: compare against the search path's first
+    connection.exec_driver_sql(f'SET search_path TO "{schema}"')
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "version_table": VERSION_TABLE}
+    )
+    return list(compare_metadata(context, metadata))
+
+
+async def test_postgres_migrations_match_the_metadata_in_a_schema() -> None:
+    async with postgres_schema(migrated=False) as schema:
+        await asyncio.wait_for(migrate(POSTGRES_URL, schema=schema), WAIT)
+        await asyncio.wait_for(migrate(POSTGRES_URL, schema=schema), WAIT)  # a no-op
+        engine = create_async_engine(POSTGRES_URL)
+        try:
+            async with engine.connect() as connection:
+                assert await connection.run_sync(_pg_diff, schema) == []
+                versions = await connection.exec_driver_sql(
+                    f'SELECT version_num FROM "{schema}".{VERSION_TABLE}')
+                assert [row[0] for row in versions] == list(head_revisions())
+        finally:
+            await engine.dispose()

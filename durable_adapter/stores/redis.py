@@ -313,8 +313,11 @@ class RedisStore(Store):
             self._adopt(epoch)
         if value is None:
             return None
-        fields = decode_value(value)
-        session = Session(**{**fields, "rooms": tuple(fields["rooms"])})
+        try:
+            fields = decode_value(value)
+            session = Session(**{**fields, "rooms": tuple(fields["rooms"])})
+        except Exception as exc:  # claimed (so deleted) but unreadable: a refusal
+            raise StoreError(f"the session of {pid_hash[:8]}... cannot be decoded") from exc
         return session if session.expires_at > now else None
 
     async def delete_sessions(self, namespace: str, sid: str) -> None:

@@ -6,7 +6,9 @@ database write lock) makes seqs dense and in commit order. One writer task per s
 batches the concurrent appends of this process into that transaction.
 
 Followers read ``seq > cursor`` from the table. This process's appends wake them at once;
-other processes' are found by polling a cheap change marker (:meth:`SQLStore._change_marker`).
+other processes' are found by polling a cheap change marker (:meth:`SQLStore._change_marker`)
+or, on PostgreSQL, rung in by NOTIFY (:mod:`.postgres`). Control messages between nodes
+are rows the same writer puts in the same transactions (:mod:`._sql_control`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -31,6 +33,7 @@ from ..exceptions import ConfigurationError, StoreError
 from . import _sql_control as controls
 from . import _sql_dialect as dialect
 from ._sql_follow import SQLFollower
+from ._sql_retention import purge_packets, purge_sessions
 from ._sql_schema import (
     SINGLETON_ID,
     control,
@@ -381,38 +384,13 @@ class SQLStore(controls.SQLControl, Store):
 
     @_shielded
     async def _purge_sessions(self, now: float, batch_size: int) -> int:
-        key = tuple_(sessions.c.namespace, sessions.c.pid_hash)
-        expired = select(sessions.c.namespace, sessions.c.pid_hash).where(
-            sessions.c.expires_at <= now
-        )
         async with self._write() as connection:
-            result = await connection.execute(
-                delete(sessions).where(key.in_(expired.limit(batch_size)))
-            )
-        return result.rowcount
+            return await purge_sessions(connection, now, batch_size)
 
     @_shielded
     async def _purge_packets(self, cutoff: float, batch_size: int) -> int:
-        """Delete one batch: a prefix of the history, so no hole opens above purged_through.
-
-        Clocks of different nodes may disagree a little, so created_at is not strictly
-        ordered by seq; taking "everything up to the newest old packet of the next batch"
-        keeps ``purged_through < seq <= top`` complete at the cost of a few early deletes.
-        """
-        head = select(packets.c.seq, packets.c.created_at).order_by(packets.c.seq)
-        head_sub = head.limit(batch_size).subquery()
-        last_old = select(func.max(head_sub.c.seq)).where(head_sub.c.created_at < cutoff)
         async with self._write() as connection:
-            through = (await connection.execute(last_old)).scalar()
-            if through is None:
-                return 0
-            result = await connection.execute(delete(packets).where(packets.c.seq <= through))
-            await connection.execute(
-                update(counter)
-                .where(counter.c.id == SINGLETON_ID, counter.c.purged_through < through)
-                .values(purged_through=through)
-            )
-        return result.rowcount
+            return await purge_packets(connection, cutoff, batch_size)
 
     # -- following --------------------------------------------------------------
 

@@ -1,0 +1,43 @@
+"""The SQL store's deletes of expired sessions and old packets, one bounded batch each.
+
+Batches keep every delete transaction short: appends wait on the same locks.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ._sql_schema import SINGLETON_ID, counter, packets, sessions
+
+
+async def purge_sessions(connection: AsyncConnection, now: float, batch_size: int) -> int:
+    """Delete up to ``batch_size`` sessions expired at ``now``."""
+    key = tuple_(sessions.c.namespace, sessions.c.pid_hash)
+    expired = select(sessions.c.namespace, sessions.c.pid_hash).where(
+        sessions.c.expires_at <= now
+    )
+    result = await connection.execute(delete(sessions).where(key.in_(expired.limit(batch_size))))
+    return result.rowcount
+
+
+async def purge_packets(connection: AsyncConnection, cutoff: float, batch_size: int) -> int:
+    """Delete one batch: a prefix of the history, so no hole opens above purged_through.
+
+    Clocks of different nodes may disagree a little, so created_at is not strictly
+    ordered by seq; taking "everything up to the newest old packet of the next batch"
+    keeps ``purged_through < seq <= top`` complete at the cost of a few early deletes.
+    """
+    head = select(packets.c.seq, packets.c.created_at).order_by(packets.c.seq)
+    head_sub = head.limit(batch_size).subquery()
+    last_old = select(func.max(head_sub.c.seq)).where(head_sub.c.created_at < cutoff)
+    through = (await connection.execute(last_old)).scalar()
+    if through is None:
+        return 0
+    result = await connection.execute(delete(packets).where(packets.c.seq <= through))
+    await connection.execute(
+        update(counter)
+        .where(counter.c.id == SINGLETON_ID, counter.c.purged_through < through)
+        .values(purged_through=through)
+    )
+    return result.rowcount

@@ -240,6 +240,7 @@ KINDS: dict[str, Any] = {"raw": RawMember, "sio": Member}
 class Clients:
     def __init__(self) -> None:
         self.members: list[Any] = []
+        self.refused: list[Any] = []
         self.room: str | None = None
         self.kind: Any = RawMember
 
@@ -297,6 +298,7 @@ class Clients:
         # all at once, as after a network outage
         await asyncio.gather(*(m.connect(url, self.room) for m in self.members))
         # a refused one got a fresh session and nothing to replay: leave it out of waits
+        self.refused.extend(m for m in self.members if not m.is_recovered())
         self.members = [m for m in self.members if m.is_recovered()]
         return {"recovered": len(self.members)}
 
@@ -308,7 +310,7 @@ class Clients:
         return {"delays": delays}
 
     async def close(self) -> None:
-        await asyncio.gather(*(m.disconnect() for m in self.members),
+        await asyncio.gather(*(m.disconnect() for m in self.members + self.refused),
                              return_exceptions=True)
 
 

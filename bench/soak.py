@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class Stats:
     abandoned: int = 0
     recovered: int = 0
     fresh: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
     rows: list[tuple[float, int, int, int, int]] = field(default_factory=list)
 
 
@@ -87,10 +89,16 @@ async def serve(sio: durable_adapter.AsyncServer) -> tuple[web.AppRunner, str]:
     return runner, f"http://{HOST}:{runner.addresses[0][1]}"
 
 
-def make_server(store: str, window: float) -> durable_adapter.AsyncServer:
+def make_server(store: str, window: float, stats: Stats) -> durable_adapter.AsyncServer:
     sio = durable_adapter.AsyncServer(
         store=store, async_mode="aiohttp",
         connection_state_recovery={"max_disconnection_duration": window})
+
+    @sio.event
+    async def connect(sid: str, environ: object, auth: object) -> None:
+        failure = sio.recovery_failure(sid)
+        if failure is not None:
+            stats.refused[failure.value] += 1
 
     @sio.event
     async def chat(sid: str, text: str) -> None:
@@ -170,7 +178,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> Stats:
     store = args.store or f"sqlite+aiosqlite:///{workdir / 'soak.db'}"
     await migrate(store)
     stats = Stats()
-    sio = make_server(store, args.max_disconnection_duration)
+    sio = make_server(store, args.max_disconnection_duration, stats)
     runner, url = await serve(sio)
     cleanup_log = workdir / "cleanup.log"
     worker = start_cleanup(store, args, cleanup_log)
@@ -223,7 +231,9 @@ def summarize(stats: Stats) -> None:
     top = stats.rows[-1][3]
     print(f"packets stored: max {first} in the first half, {second} in the second half, "
           f"{top} appended in total; sessions max {max(r[1] for r in stats.rows)}; "
-          f"reconnects recovered {stats.recovered} of {stats.drops} drops", flush=True)
+          f"reconnects recovered {stats.recovered} of {stats.drops} drops; "
+          f"refused recoveries: {dict(stats.refused)}",
+          flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

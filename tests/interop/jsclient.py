@@ -182,7 +182,10 @@ async def js_client(url: str, *, namespaces: tuple[str, ...] = ("/",),
         env={**os.environ, "NODE_NO_WARNINGS": "1"})
     client = JsClient(process)
     try:
-        await client.wait_line("ready")
+        ready = await client.wait_line("ready")
+        # the Manager really got it: an ignored reconnection=False lets it reconnect by
+        # itself, racing the test's own `connect` into a duplicate CONNECT
+        assert ready.get("reconnection") == options.get("reconnection", True), ready
         yield client
     finally:
         await client.stop()

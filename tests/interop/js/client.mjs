@@ -5,8 +5,11 @@
 //    "transports": ["websocket"], "auth": {"token": "t"}, "ackReply": "ok"}
 // `auth` may also be {"/chat": {...}} keyed by namespace when `authPerNamespace` is true.
 //
+// `reconnection` (default true) is the Manager's: false means nothing reconnects until a
+// `connect` command.
+//
 // Output: one JSON object per line on stdout, per happening:
-//   {"ev":"ready"}
+//   {"ev":"ready","reconnection":false}                (the Manager's effective setting)
 //   {"ev":"connect","ns":"/","id":"...","recovered":true}
 //   {"ev":"event","ns":"/","name":"tick","args":[1,"<offset>"],"ack":false}
 //   {"ev":"disconnect","ns":"/","reason":"transport close"}
@@ -23,6 +26,10 @@
 //   {"cmd":"emit_ack","ns":"/","event":"x","args":[...],"ref":"r1"}
 //   {"cmd":"disconnect","ns":"/"}                socket.disconnect(): a deliberate leave
 //   {"cmd":"connect","ns":"/"}                   socket.connect() again (same Socket object)
+//      After close_engine the Sockets stay active: the first `connect` reopens the Manager
+//      and every active Socket sends its CONNECT when it opens. A `connect` for another
+//      namespace while that CONNECT is pending sends a second one on the same connection,
+//      which python-socketio refuses (CONNECT_ERROR): connect one namespace only.
 //   {"cmd":"exit"}
 // End of stdin also exits, so the process never outlives the test.
 
@@ -54,6 +61,7 @@ function out(obj) {
 
 const manager = new Manager(config.url, {
   transports: config.transports ?? ["websocket"],
+  reconnection: config.reconnection ?? true,
   reconnectionDelay: config.reconnectionDelay ?? 100,
   reconnectionDelayMax: config.reconnectionDelayMax ?? 200,
   randomizationFactor: 0,
@@ -136,4 +144,4 @@ input.on("close", () => shutdown(0));
 process.on("SIGTERM", () => shutdown(0));
 process.on("SIGINT", () => shutdown(0));
 
-out({ ev: "ready" });
+out({ ev: "ready", reconnection: manager.reconnection() });

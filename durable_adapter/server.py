@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import time
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_STORE_URL = "sqlite+aiosqlite:///durable_adapter.sqlite3"
 _DEFAULTS: Mapping[str, Any] = {}  # recovery on, every option at its default
-EVICTION_GRACE = 1.0  # seconds a socket keeps its pid before a reconnect may evict it
+SID_RELEASE_WAIT = 5.0  # seconds a restore waits for the old socket of its sid to go
 
 #: set while Engine.IO closes a whole connection: a 'client disconnect' seen then is an
 #: Engine.IO CLOSE (the JS client's abrupt close over polling), not a namespace leave
@@ -81,7 +82,8 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                 self.store, recovery_namespaces=self.recovery.namespaces)
         super().__init__(*args, **kwargs)
         self._pids: dict[tuple[str, str], str] = {}
-        self._live_pids: dict[tuple[str, str], tuple[str, float]] = {}
+        #: (namespace, pid hash) -> sid of the live socket holding that pid
+        self._live_pids: dict[tuple[str, str], str] = {}
         self._start_seq: dict[tuple[str, str], int] = {}
         self._recovered: set[tuple[str, str]] = set()
         self._failures: dict[tuple[str, str], RecoveryFailure] = {}
@@ -201,15 +203,17 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         assert isinstance(pid, str)
         pid_hash = hash_pid(pid)
         try:
-            await self._evict_live_socket(namespace, pid_hash)
+            await self._evict_live_socket(namespace, pid_hash, eio_sid)
             session = await self.store.claim_session(namespace, pid_hash, time.time())
         except Exception:
             logger.exception("claiming a session failed")
             return self._refuse(RecoveryFailure.STORE_UNAVAILABLE)
         if session is None:
             return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
-        if self.manager.eio_sid_from_sid(session.sid, namespace) is not None:
-            # its sid is live here under another connection: never two sockets, one sid
+        if not await self._sid_released(session.sid, namespace):
+            # its sid is still live here: never two sockets with one sid; keep the
+            # session for a later try
+            await self.store.save_session(session)
             return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
         start, failure = replay_start(session, offset, self.store.epoch)
         if start is None:
@@ -235,6 +239,19 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             return self._refuse(failure)
         return Attempt(restore=restore)
 
+    async def _sid_released(self, sid: str, namespace: str) -> bool:
+        """Wait (briefly) for the old connection of ``sid`` to finish disconnecting.
+
+        Its session is saved before the application's disconnect handler runs, so a fast
+        reconnect can claim it while the old socket is still registered.
+        """
+        deadline = time.monotonic() + SID_RELEASE_WAIT
+        while self.manager.eio_sid_from_sid(sid, namespace) is not None:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
     async def _read_replay(self, namespace: str, session: Session, start: int, upto: int
                            ) -> list[StoredPacket]:
         rooms = frozenset(session.rooms)
@@ -254,19 +271,18 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         logger.info("recovery refused: %s", failure.value, extra={"action": "recovery_refused"})
         return Attempt(failure=failure)
 
-    async def _evict_live_socket(self, namespace: str, pid_hash: str) -> None:
+    async def _evict_live_socket(self, namespace: str, pid_hash: str, eio_sid: str) -> None:
         """A reconnect can beat the detection of its dead transport: close that one first,
         saving its session, so the new connection recovers (socket.io #4880).
 
-        A socket that got this pid less than ``EVICTION_GRACE`` ago is left alone: two
-        connections racing with one pid (a cloned client) must not take turns evicting
-        each other; the later one is refused instead.
+        Of two connections presenting one pid, the later takes over: exactly one socket
+        holds the session at any time, and the earlier one's client sees a disconnect.
         """
-        live = self._live_pids.get((namespace, pid_hash))
-        if live is None or time.monotonic() - live[1] < EVICTION_GRACE:
+        sid = self._live_pids.get((namespace, pid_hash))
+        if sid is None:
             return
-        old_eio = self.manager.eio_sid_from_sid(live[0], namespace)
-        if not old_eio:
+        old_eio = self.manager.eio_sid_from_sid(sid, namespace)
+        if not old_eio or old_eio == eio_sid:  # a repeated CONNECT on the same connection
             return
         self._evicting.add(old_eio)
         try:
@@ -308,7 +324,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         else:
             pid, start_seq = new_pid(), self.durable_manager.delivered
         self._pids[(namespace, sid)] = pid
-        self._live_pids[(namespace, hash_pid(pid))] = (sid, time.monotonic())
+        self._live_pids[(namespace, hash_pid(pid))] = sid
         self._start_seq[(namespace, sid)] = start_seq
         pkt.data = {**pkt.data, "pid": pid}
         await super()._send_packet(eio_sid, pkt)

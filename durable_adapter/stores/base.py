@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..exceptions import StoreError
+
 
 @dataclass(frozen=True, kw_only=True)
 class NewPacket:
@@ -124,10 +126,15 @@ class Store(abc.ABC):
     #: URL schemes this store accepts, e.g. ``("memory",)``.
     schemes: tuple[str, ...] = ()
 
+    #: set by :meth:`open` (or earlier): the id of this store's history
+    _epoch: str | None = None
+
     @property
-    @abc.abstractmethod
     def epoch(self) -> str:
         """The id of this history; valid after :meth:`open`."""
+        if self._epoch is None:
+            raise StoreError("the store is not open")
+        return self._epoch
 
     @abc.abstractmethod
     async def open(self) -> None:

@@ -41,10 +41,6 @@ class MemoryStore(Store):
         # appends that arrived while the listener was busy, delivered in order
         self._delivery_lock = asyncio.Lock()
 
-    @property
-    def epoch(self) -> str:
-        return self._epoch
-
     async def open(self) -> None:
         return None
 
@@ -98,7 +94,7 @@ class MemoryStore(Store):
         return out
 
     async def bounds(self) -> HistoryBounds:
-        return HistoryBounds(epoch=self._epoch, top=self._top, purged_through=self._purged_through)
+        return HistoryBounds(epoch=self.epoch, top=self._top, purged_through=self._purged_through)
 
     async def save_session(self, session: Session) -> None:
         check_session_data(session.data)

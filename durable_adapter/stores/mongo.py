@@ -133,12 +133,6 @@ class MongoStore(Store):
 
     # -- lifecycle ---------------------------------------------------------------
 
-    @property
-    def epoch(self) -> str:
-        if self._epoch is None:
-            raise StoreError("the store is not open")
-        return self._epoch
-
     def _where(self) -> str:
         return schema.redact(self._url) if self._url else "the given AsyncMongoClient"
 

@@ -149,12 +149,6 @@ class RedisStore(Store):
     # -- lifecycle ---------------------------------------------------------------
 
     @property
-    def epoch(self) -> str:
-        if self._epoch is None:
-            raise StoreError("the store is not open")
-        return self._epoch
-
-    @property
     def redis(self) -> Redis:
         if self._redis is None:
             raise StoreError("the store is not open")

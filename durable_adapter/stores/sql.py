@@ -152,12 +152,6 @@ class SQLStore(controls.SQLControl, Store):
     # -- lifecycle ---------------------------------------------------------------
 
     @property
-    def epoch(self) -> str:
-        if self._epoch is None:
-            raise StoreError("the store is not open")
-        return self._epoch
-
-    @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
             raise StoreError("the store is not open")

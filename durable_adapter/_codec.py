@@ -31,7 +31,8 @@ def _lift_binary(value: Any, parts: list[bytes]) -> Any:
 def _restore_binary(value: Any, parts: list[bytes]) -> Any:
     if isinstance(value, dict):
         num = value.get("num")
-        if value.get(_PLACEHOLDER) is True and isinstance(num, int) and len(value) == 2:
+        if value.get(_PLACEHOLDER) is True and isinstance(num, int) and len(value) == 2 \
+                and 0 <= num < len(parts):
             return parts[num]
         return {key: _restore_binary(item, parts) for key, item in value.items()}
     if isinstance(value, list):
@@ -42,7 +43,10 @@ def _restore_binary(value: Any, parts: list[bytes]) -> Any:
 def encode_value(value: Any) -> bytes:
     """``value`` (JSON types plus bytes anywhere) as bytes: JSON, then the binary parts."""
     parts: list[bytes] = []
-    head = json.dumps(_lift_binary(value, parts), separators=(",", ":")).encode()
+    try:  # the common case has no bytes: skip the walk (json refuses bytes)
+        head = json.dumps(value, separators=(",", ":")).encode()
+    except TypeError:
+        head = json.dumps(_lift_binary(value, parts), separators=(",", ":")).encode()
     chunks = [_LENGTH.pack(len(parts)), _LENGTH.pack(len(head)), head]
     for part in parts:
         chunks += [_LENGTH.pack(len(part)), part]
@@ -56,6 +60,8 @@ def decode_value(blob: bytes) -> Any:
     (head_len,) = _LENGTH.unpack_from(view, 4)
     pos = 8
     head = json.loads(bytes(view[pos : pos + head_len]))
+    if count == 0:
+        return head
     pos += head_len
     parts: list[bytes] = []
     for _ in range(count):

@@ -23,8 +23,11 @@ SHUTDOWN_TIMEOUT = 2.0  # seconds the web server waits for open connections at e
 
 
 def build(store: Any, name: str) -> tuple[web.Application, durable_adapter.AsyncServer]:
+    # pings every 5 s: python-engineio's client gives up on a connection that sends
+    # nothing for max(ping_interval, ping_timeout) + 5 s, and a loaded test machine can
+    # delay a 25 s ping past that
     sio = durable_adapter.AsyncServer(
-        store=store, async_mode="aiohttp", namespaces="*",
+        store=store, async_mode="aiohttp", namespaces="*", ping_interval=5,
         connection_state_recovery={"max_disconnection_duration": 60})
 
     @sio.on("connect")

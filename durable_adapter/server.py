@@ -205,6 +205,12 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         try:
             await self._evict_live_socket(namespace, pid_hash, eio_sid)
             session = await self.store.claim_session(namespace, pid_hash, time.time())
+            old_sid = self._live_pids.get((namespace, pid_hash))
+            if session is None and old_sid is not None \
+                    and self.manager.eio_sid_from_sid(old_sid, namespace) != eio_sid \
+                    and await self._sid_released(old_sid, namespace):
+                # its old socket was still saving the session as we looked: look again
+                session = await self.store.claim_session(namespace, pid_hash, time.time())
         except Exception:
             logger.exception("claiming a session failed")
             return self._refuse(RecoveryFailure.STORE_UNAVAILABLE)

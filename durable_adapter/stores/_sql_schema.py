@@ -114,9 +114,14 @@ def packet_values(packet: NewPacket) -> dict[str, Any]:
     return {
         "namespace": packet.namespace,
         "payload": encode_value(list(packet.data)),
-        "rooms": json.dumps(list(packet.rooms)),
-        "except_rooms": json.dumps(list(packet.except_rooms)),
+        "rooms": _json_rooms(packet.rooms),
+        "except_rooms": _json_rooms(packet.except_rooms),
     }
+
+
+def _json_rooms(rooms: tuple[str, ...]) -> str:
+    # most packets go to the whole namespace or skip nobody: no encoder call then
+    return json.dumps(list(rooms)) if rooms else "[]"
 
 
 def session_values(session: Session) -> dict[str, Any]:

@@ -8,12 +8,12 @@ transactions per second times ``batch_max`` rather than by one commit per emit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .._tasks import finish_or_cancel
 from ..exceptions import StoreError
 
 logger = logging.getLogger(__name__)
@@ -59,12 +59,7 @@ class BatchWriter:
         """Write what is queued (within :data:`STOP_TIMEOUT`), then stop."""
         self._closing = True
         self._queued.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT)
-        except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await finish_or_cancel(self._task, STOP_TIMEOUT)
         while self._queue:
             _, future = self._queue.popleft()
             if not future.done():

@@ -48,6 +48,7 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from .._codec import check_session_data
+from .._tasks import finish_or_cancel
 from ..exceptions import ConfigurationError, StoreError
 from . import _mongo_schema as schema
 from . import _mongo_setup as setup
@@ -382,11 +383,7 @@ class MongoStore(Store):
         follower, task = entry
         follower.stop()
         try:
-            await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await finish_or_cancel(task, STOP_TIMEOUT)
         except Exception:
             logger.exception("the %s follower failed", name)
 

@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .._tasks import finish_or_cancel
 from ..exceptions import ConfigurationError
 from . import _sql_dialect as dialect
 from .sql import BATCH_MAX, STOP_TIMEOUT, SQLStore
@@ -126,12 +127,7 @@ class PostgresStore(SQLStore):
         if task is not None:
             self._listen_stop.set()
             self._listen_lost.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT)
-            except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await finish_or_cancel(task, STOP_TIMEOUT)
         await super().close()
 
     # -- the doorbell ---------------------------------------------------------------

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .. import migrate as _migrate
 from .._codec import check_session_data
+from .._tasks import finish_or_cancel
 from ..exceptions import ConfigurationError, StoreError
 from . import _sql_control as controls
 from . import _sql_dialect as dialect
@@ -416,12 +417,7 @@ class SQLStore(controls.SQLControl, Store):
             self._follower.stop()
             self._follower = None
         if task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT)
-            except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await finish_or_cancel(task, STOP_TIMEOUT)
         self.following.clear()
 
     async def _change_marker(self, connection: AsyncConnection) -> object:

@@ -76,7 +76,7 @@ class StoreSpec:
     def open_store(self, **kwargs: Any) -> Any:
         """A store object for this spec, in this process (not opened yet)."""
         if self.url.startswith("postgresql"):
-            from durable_adapter.stores.postgres import PostgresStore
+            from durable_adapter.stores.sql.postgres import PostgresStore
 
             return PostgresStore(self.url, schema=self.schema, **kwargs)
         if self.url.startswith("sqlite"):

@@ -43,7 +43,7 @@ def make_store(url: str, schema: str | None, poll_interval: float | None) -> Any
     if poll_interval:
         kwargs["poll_interval"] = poll_interval
     if url.startswith("postgresql+asyncpg"):
-        from durable_adapter.stores.postgres import PostgresStore
+        from durable_adapter.stores.sql.postgres import PostgresStore
 
         return PostgresStore(url, **kwargs)
     if url.startswith("sqlite+aiosqlite"):

@@ -31,8 +31,8 @@ from typing import Any
 
 from _common import StoreSpec, _pg_dsn, drop_store, make_store, median, scratch_dir, table
 
-from durable_adapter.stores._sql_schema import PREFIX, packet_values
 from durable_adapter.stores.base import NewPacket
+from durable_adapter.stores.sql.schema import PREFIX, packet_values
 
 BATCH = 500  # rows per transaction, the store's default batch_max
 COLUMNS = "(seq, namespace, payload, rooms, except_rooms, created_at)"
@@ -84,7 +84,7 @@ async def raw_rate(spec: StoreSpec, rows: int, size: int, encode: bool = False) 
 
         path = Path(spec.url.split("///", 1)[1])
         async with aiosqlite.connect(path, isolation_level=None) as db:
-            # the store's settings (durable_adapter/stores/_sql_dialect.py)
+            # the store's settings (durable_adapter/stores/sql/dialect.py)
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")
             sql = f"INSERT INTO {PREFIX}packets {COLUMNS} VALUES (?, ?, ?, ?, ?, ?)"

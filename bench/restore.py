@@ -38,7 +38,7 @@ from _common import (
 )
 
 from durable_adapter._codec import encode_value
-from durable_adapter.stores._sql_schema import PREFIX
+from durable_adapter.stores.sql.schema import PREFIX
 
 LIMIT = 60.0
 

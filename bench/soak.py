@@ -38,7 +38,7 @@ from sqlalchemy.pool import NullPool
 
 import durable_adapter
 from durable_adapter.migrate import migrate
-from durable_adapter.stores._sql_schema import counter, packets, sessions
+from durable_adapter.stores.sql.schema import counter, packets, sessions
 
 HOST = "127.0.0.1"  # the soak never listens anywhere else
 MAX_MINUTES = 60.0

@@ -130,8 +130,8 @@ def open_target(store_url: str, schema: str | None = None) -> tuple[Store, Worke
                                  "worker needs a shared store (SQL, MongoDB, Redis)")
     if scheme not in SQL_SCHEMES:
         return store_from_url(store_url), lock_for(None)
-    from .stores._sql_dialect import parse_url
     from .stores.sql import SQLStore
+    from .stores.sql.dialect import parse_url
 
     url = parse_url(store_url)
     _check_sqlite_file(url)

@@ -32,8 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import CreateSchema
 
 from .exceptions import StoreError
-from .stores._sql_dialect import WRITE_OPTION, create_engine, parse_url
-from .stores._sql_schema import VERSION_TABLE
+from .stores.sql.dialect import WRITE_OPTION, create_engine, parse_url
+from .stores.sql.schema import VERSION_TABLE
 
 #: Key of the PostgreSQL advisory lock serialising upgrades ("durable" in ASCII).
 MIGRATION_LOCK_KEY = 0x64757261626C65

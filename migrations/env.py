@@ -16,7 +16,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from durable_adapter.migrate import run_with_lock
-from durable_adapter.stores._sql_schema import VERSION_TABLE, metadata
+from durable_adapter.stores.sql.schema import VERSION_TABLE, metadata
 
 config = context.config
 x_args = context.get_x_argument(as_dictionary=True)

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from durable_adapter.stores._mongo_schema import with_database
 from durable_adapter.stores.base import Store
+from durable_adapter.stores.mongo.schema import with_database
 
 ENV = "DURABLE_ADAPTER_MONGO_URL"
 SKIP_REASON = "DURABLE_ADAPTER_MONGO_URL is not set (needs a replica set)"

@@ -11,7 +11,7 @@ from .base import Store
 _STORES: dict[str, tuple[str, str, str | None]] = {
     "memory": ("memory", "MemoryStore", None),
     "sqlite+aiosqlite": ("sql", "SQLStore", "sqlite"),
-    "postgresql+asyncpg": ("postgres", "PostgresStore", "postgres"),
+    "postgresql+asyncpg": ("sql.postgres", "PostgresStore", "postgres"),
     "mongodb": ("mongo", "MongoStore", "mongo"),
     "mongodb+srv": ("mongo", "MongoStore", "mongo"),
     "redis": ("redis", "RedisStore", "redis"),

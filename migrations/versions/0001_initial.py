@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-25
 
-Written out in full rather than imported from ``_sql_schema``: a migration is a frozen
+Written out in full rather than imported from the store's schema module: a migration is a frozen
 snapshot, and the migration tests check the two still agree.
 """
 

@@ -91,7 +91,7 @@ def make_store(url: str, schema: str | None, poll_interval: float | None) -> Any
     if poll_interval is not None:
         options["poll_interval"] = poll_interval
     if url.startswith("postgresql"):
-        from durable_adapter.stores.postgres import PostgresStore
+        from durable_adapter.stores.sql.postgres import PostgresStore
 
         return PostgresStore(url, **options)
     from durable_adapter.stores.sql import SQLStore

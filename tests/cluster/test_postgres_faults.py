@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from durable_adapter.stores.postgres import LISTEN_APPLICATION_NAME, channel_name
+from durable_adapter.stores.sql.postgres import LISTEN_APPLICATION_NAME, channel_name
 from tests._postgres import POSTGRES_URL, execute, pg_ctl, wait_ready
 from tests.cluster.conftest import ClusterStore
 from tests.cluster.harness import Listener, cluster, offset_seq

@@ -50,7 +50,7 @@ def make_store(spec: StoreSpec) -> str | Store:
 
 
 def _postgres(_: Path) -> StoreMaker:
-    from durable_adapter.stores.postgres import PostgresStore
+    from durable_adapter.stores.sql.postgres import PostgresStore
 
     schema = run_sync(create_schema())  # migrated: PostgresStore never migrates itself
     return StoreMaker(functools.partial(PostgresStore, POSTGRES_URL, schema=schema),

@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from durable_adapter.exceptions import ConfigurationError
 from durable_adapter.migrate import head_revisions, migrate
-from durable_adapter.stores._sql_schema import VERSION_TABLE, metadata
 from durable_adapter.stores.sql import SQLStore
+from durable_adapter.stores.sql.schema import VERSION_TABLE, metadata
 from tests._postgres import POSTGRES_URL, postgres_schema
 
 REPO = Path(__file__).resolve().parents[2]

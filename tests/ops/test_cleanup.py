@@ -14,10 +14,10 @@ from sqlalchemy import func, select, update
 from durable_adapter import cleanup
 from durable_adapter._cleanup_lock import NoLock
 from durable_adapter.exceptions import ConfigurationError, StoreError
-from durable_adapter.stores._sql_schema import packets, sessions
 from durable_adapter.stores.base import NewPacket, PurgeResult, Session
 from durable_adapter.stores.memory import MemoryStore
 from durable_adapter.stores.sql import SQLStore
+from durable_adapter.stores.sql.schema import packets, sessions
 
 from .conftest import WAIT, Target
 

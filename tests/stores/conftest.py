@@ -17,8 +17,8 @@ import pytest
 
 from durable_adapter.stores.base import Store
 from durable_adapter.stores.memory import MemoryStore
-from durable_adapter.stores.postgres import PostgresStore
 from durable_adapter.stores.sql import SQLStore
+from durable_adapter.stores.sql.postgres import PostgresStore
 from tests._mongo import mongo_store
 from tests._postgres import POSTGRES_URL, postgres_schema
 from tests._redis import redis_store

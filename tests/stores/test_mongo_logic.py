@@ -21,11 +21,11 @@ from pymongo.errors import OperationFailure
 
 from durable_adapter.exceptions import ConfigurationError, StoreError
 from durable_adapter.migrate import migrate
-from durable_adapter.stores import _mongo_follow as follow
-from durable_adapter.stores import _mongo_schema as schema
 from durable_adapter.stores import store_from_url
 from durable_adapter.stores.base import ControlMessage, NewPacket, Session
 from durable_adapter.stores.mongo import MongoStore
+from durable_adapter.stores.mongo import follow as follow
+from durable_adapter.stores.mongo import schema as schema
 
 UNREACHABLE = "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300"
 

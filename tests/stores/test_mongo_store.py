@@ -17,9 +17,9 @@ from pymongo.errors import DuplicateKeyError
 
 from durable_adapter.exceptions import ConfigurationError
 from durable_adapter.migrate import migrate
-from durable_adapter.stores import _mongo_schema as schema
 from durable_adapter.stores.base import ControlMessage, NewPacket
 from durable_adapter.stores.mongo import MongoStore
+from durable_adapter.stores.mongo import schema as schema
 from tests._mongo import mongo_database
 
 from .test_store_contract import Collector, bounded, packet

@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import func, select
 
 from durable_adapter.exceptions import ConfigurationError, StoreError
-from durable_adapter.stores._sql_control import place_rows
-from durable_adapter.stores._sql_schema import control
 from durable_adapter.stores.base import ControlMessage, StoredPacket
-from durable_adapter.stores.postgres import CHANNEL_PREFIX, PostgresStore, channel_name
 from durable_adapter.stores.sql import SQLStore
+from durable_adapter.stores.sql.control import place_rows
+from durable_adapter.stores.sql.postgres import CHANNEL_PREFIX, PostgresStore, channel_name
+from durable_adapter.stores.sql.schema import control
 from tests._postgres import POSTGRES_URL, postgres_schema
 
 from .conftest import WAIT, sqlite_url

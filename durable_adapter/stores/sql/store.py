@@ -8,7 +8,7 @@ batches the concurrent appends of this process into that transaction.
 Followers read ``seq > cursor`` from the table. This process's appends wake them at once;
 other processes' are found by polling a cheap change marker (:meth:`SQLStore._change_marker`)
 or, on PostgreSQL, rung in by NOTIFY (:mod:`.postgres`). Control messages between nodes
-are rows the same writer puts in the same transactions (:mod:`._sql_control`).
+are rows the same writer puts in the same transactions (:mod:`.control`).
 """
 
 from __future__ import annotations
@@ -27,15 +27,25 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .. import migrate as _migrate
-from .._codec import check_session_data
-from .._tasks import finish_or_cancel
-from ..exceptions import ConfigurationError, StoreError
-from . import _sql_control as controls
-from . import _sql_dialect as dialect
-from ._sql_follow import SQLFollower
-from ._sql_retention import purge_packets, purge_sessions
-from ._sql_schema import (
+from ... import migrate as _migrate
+from ..._codec import check_session_data
+from ..._tasks import finish_or_cancel
+from ...exceptions import ConfigurationError, StoreError
+from ..base import (
+    HistoryBounds,
+    NewPacket,
+    PacketListener,
+    PurgeResult,
+    Session,
+    Store,
+    StoredPacket,
+)
+from ..batch_writer import BatchWriter
+from . import control as controls
+from . import dialect
+from .follow import SQLFollower
+from .retention import purge_packets, purge_sessions
+from .schema import (
     SINGLETON_ID,
     control,
     counter,
@@ -46,16 +56,6 @@ from ._sql_schema import (
     session_from_row,
     session_values,
     sessions,
-)
-from ._sql_writer import BatchWriter
-from .base import (
-    HistoryBounds,
-    NewPacket,
-    PacketListener,
-    PurgeResult,
-    Session,
-    Store,
-    StoredPacket,
 )
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class SQLStore(controls.SQLControl, Store):
         return self.url.render_as_string(hide_password=True)
 
     def _create_engine(self) -> AsyncEngine:
-        """The engine for :attr:`url`; dialect set-up lives in :mod:`._sql_dialect`."""
+        """The engine for :attr:`url`; dialect set-up lives in :mod:`.dialect`."""
         return dialect.create_engine(self.url, schema=self.schema)
 
     async def open(self) -> None:

@@ -25,8 +25,8 @@ from sqlalchemy import (
     Text,
 )
 
-from .._codec import decode_value, encode_value
-from .base import NewPacket, Session, StoredPacket
+from ..._codec import decode_value, encode_value
+from ..base import NewPacket, Session, StoredPacket
 
 PREFIX = "durable_adapter_"
 

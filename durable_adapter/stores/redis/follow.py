@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
-from .base import ControlMessage, PacketListener, StoredPacket
+from ..base import ControlMessage, PacketListener, StoredPacket
 
 logger = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from typing import Any
 
 from bson.binary import Binary
 
-from .._codec import decode_value, encode_value
-from ..exceptions import ConfigurationError
-from .base import ControlMessage, NewPacket, Session, StoredPacket
+from ..._codec import decode_value, encode_value
+from ...exceptions import ConfigurationError
+from ..base import ControlMessage, NewPacket, Session, StoredPacket
 
 HISTORY_ID = "history"
 SCHEMES = ("mongodb", "mongodb+srv")

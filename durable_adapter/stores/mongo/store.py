@@ -47,13 +47,10 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from .._codec import check_session_data
-from .._tasks import finish_or_cancel
-from ..exceptions import ConfigurationError, StoreError
-from . import _mongo_schema as schema
-from . import _mongo_setup as setup
-from ._mongo_follow import ControlFollower, PacketFollower
-from .base import (
+from ..._codec import check_session_data
+from ..._tasks import finish_or_cancel
+from ...exceptions import ConfigurationError, StoreError
+from ..base import (
     ControlMessage,
     HistoryBounds,
     NewPacket,
@@ -63,6 +60,8 @@ from .base import (
     Store,
     StoredPacket,
 )
+from . import schema, setup
+from .follow import ControlFollower, PacketFollower
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
 
-from ..exceptions import ConfigurationError
-from ._mongo_schema import HISTORY_ID
+from ...exceptions import ConfigurationError
+from .schema import HISTORY_ID
 
 NAMESPACE_EXISTS = 48  # server error code of a create that lost a race
 

@@ -27,10 +27,10 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .._tasks import finish_or_cancel
-from ..exceptions import ConfigurationError
-from . import _sql_dialect as dialect
-from .sql import BATCH_MAX, STOP_TIMEOUT, SQLStore
+from ..._tasks import finish_or_cancel
+from ...exceptions import ConfigurationError
+from . import dialect
+from .store import BATCH_MAX, STOP_TIMEOUT, SQLStore
 
 logger = logging.getLogger(__name__)
 

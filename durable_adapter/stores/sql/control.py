@@ -19,10 +19,10 @@ from typing import Any
 from sqlalchemy import Select, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..exceptions import StoreError
-from ._sql_schema import control
-from ._sql_writer import BatchWriter
-from .base import ControlListener, ControlMessage
+from ...exceptions import StoreError
+from ..base import ControlListener, ControlMessage
+from ..batch_writer import BatchWriter
+from .schema import control
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ follower polls a cheap change marker every ``poll_interval`` seconds. The table 
 truth: after every wake-up, reconnect or failure it reads from its cursor again.
 
 Control messages are read in the same pass (``id > control cursor``) and each is handed
-over right after the packet it followed (:mod:`._sql_control`).
+over right after the packet it followed (:mod:`.control`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ._sql_control import ControlRecord
-from .base import ControlMessage, PacketListener, StoredPacket
+from ..base import ControlMessage, PacketListener, StoredPacket
+from .control import ControlRecord
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ._sql_schema import SINGLETON_ID, counter, packets, sessions
+from .schema import SINGLETON_ID, counter, packets, sessions
 
 
 async def purge_sessions(connection: AsyncConnection, now: float, batch_size: int) -> int:

@@ -15,8 +15,8 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ..exceptions import ConfigurationError
-from ._sql_schema import SINGLETON_ID, control, counter
+from ...exceptions import ConfigurationError
+from .schema import SINGLETON_ID, control, counter
 
 #: Execution option marking a connection whose next transaction writes. On SQLite it
 #: begins with ``BEGIN IMMEDIATE``: the write lock is taken up front, so offsets are

@@ -12,7 +12,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..exceptions import ConfigurationError
+from ...exceptions import ConfigurationError
 
 KEY_VERSION = "v1"  # part of every key name: a new layout gets new keys, old nodes keep theirs
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,100}")

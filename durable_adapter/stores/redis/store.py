@@ -48,13 +48,9 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from .._codec import check_session_data, decode_value, encode_value
-from ..exceptions import ConfigurationError, StoreError
-from . import _redis_scripts as scripts
-from ._redis_follow import Entry, RedisFollower, entry_seq, split_id
-from ._redis_scripts import parse_url
-from ._sql_writer import BatchWriter
-from .base import (
+from ..._codec import check_session_data, decode_value, encode_value
+from ...exceptions import ConfigurationError, StoreError
+from ..base import (
     ControlMessage,
     HistoryBounds,
     NewPacket,
@@ -64,6 +60,10 @@ from .base import (
     Store,
     StoredPacket,
 )
+from ..batch_writer import BatchWriter
+from . import scripts
+from .follow import Entry, RedisFollower, entry_seq, split_id
+from .scripts import parse_url
 
 logger = logging.getLogger(__name__)
 

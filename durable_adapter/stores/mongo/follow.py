@@ -30,14 +30,14 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
-from ._mongo_schema import (
+from ..base import ControlMessage, PacketListener
+from .schema import (
     HISTORY_ID,
     control_from_document,
     is_tombstone,
     packet_from_document,
     tombstone_document,
 )
-from .base import ControlMessage, PacketListener
 
 logger = logging.getLogger(__name__)
 

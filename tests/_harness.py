@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import engineio.async_client
 from aiohttp import web
 
 import durable_adapter
@@ -39,6 +41,34 @@ async def drop_transport(client: Any) -> None:
     else:
         # long-polling: make the next request fail by closing the HTTP session
         await eio.http.close()
+
+
+async def until(condition: Callable[[], bool], what: str | Callable[[], str],
+                within: float = WAIT) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` (or what it returns at that
+    moment) after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"timed out after {within}s waiting for {what() if callable(what) else what}")
+        await asyncio.sleep(0.02)
+
+
+async def settle_handlers(client: Any) -> None:
+    """Once ``client``'s transport is down: wait for the handlers of what it already read.
+
+    python-engineio runs each received message in a task of its own (kept in its module's
+    ``task_reference_holder``), so events that arrived just before a drop are still being
+    handled, each moving the client's offset. The read loop has ended, so no new task of
+    this client can appear: waiting for the tasks pending now is enough.
+    """
+    await asyncio.wait_for(client.eio.wait(), WAIT)
+    pending = [task for task in engineio.async_client.task_reference_holder
+               if not task.done() and task is not asyncio.current_task()]
+    if pending:
+        _, late = await asyncio.wait(pending, timeout=WAIT)
+        assert not late, f"{len(late)} event handlers still running after {WAIT}s"
 
 
 class Inbox:

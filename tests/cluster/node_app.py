@@ -4,7 +4,9 @@
 (PostgreSQL: the tables in schema S) prints ``{"port": P}`` once
 it listens on 127.0.0.1, then serves Socket.IO plus a small HTTP control surface the test
 drives: ``POST /emit`` (emit a run of numbered events), ``POST /op`` (cross-node
-operations), ``GET /rooms/<sid>``. SIGTERM saves live sessions and exits.
+operations), ``GET /rooms/<sid>``, ``GET /sockets/<sid>`` (whether this node still holds
+the socket: once it does not, a dropped socket's session is stored). SIGTERM saves live
+sessions and exits.
 """
 
 from __future__ import annotations
@@ -75,11 +77,18 @@ def build(store: Any, name: str) -> tuple[web.Application, durable_adapter.Async
         sid = request.match_info["sid"]
         return web.json_response({"rooms": sorted(sio.rooms(sid))})
 
+    async def socket(request: web.Request) -> web.Response:
+        # test-only: the session of a dropped socket is saved before it stops counting
+        # as connected, so "not held" means "recoverable from any node"
+        sid = request.match_info["sid"]
+        return web.json_response({"held": sio.manager.is_connected(sid, "/")})
+
     app = web.Application()
     sio.attach(app)
     app.router.add_post("/emit", emit)
     app.router.add_post("/op", op)
     app.router.add_get("/rooms/{sid}", rooms)
+    app.router.add_get("/sockets/{sid}", socket)
     return app, sio
 
 

@@ -6,8 +6,7 @@ import asyncio
 import os
 import random
 
-import pytest
-
+from tests._harness import until
 from tests.cluster.conftest import ClusterStore
 from tests.cluster.harness import Listener, cluster, offset_seq
 
@@ -27,7 +26,8 @@ async def test_hopping_clients_see_every_event_once_in_one_order(
             node = nodes[node_index]
             for start in range(0, EMITS_PER_NODE, CHUNK):
                 await node.post("/emit", {"tag": node.name, "start": start, "count": CHUNK})
-                await asyncio.sleep(0.05)  # spread the traffic over the hops
+                # pacing, not synchronisation: spread the traffic over the hops
+                await asyncio.sleep(0.05)
 
         async def chaos() -> None:
             rng = random.Random(7)
@@ -41,16 +41,19 @@ async def test_hopping_clients_see_every_event_once_in_one_order(
             asyncio.gather(chaos(), *(emitter(i) for i in range(3))), 300)
         total = 3 * EMITS_PER_NODE
 
-        async def settled() -> None:
-            while any(len(lis.received) < total for lis in listeners):  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-
-        try:
-            await asyncio.wait_for(settled(), 60)
-        except TimeoutError:
-            pytest.fail("not everything arrived: " + ", ".join(
-                f"{lis.name}={len(lis.received)}" for lis in listeners) + f" of {total}")
-        await asyncio.sleep(0.3)  # anything extra (a duplicate) would arrive by now
+        await until(lambda: all(len(lis.received) >= total for lis in listeners),
+                    lambda: "every event: " + ", ".join(
+                        f"{lis.name}={len(lis.received)}" for lis in listeners) + f" of {total}",
+                    within=60)
+        # one event more, after all others: whatever came before it (a duplicate
+        # included) has reached a client when it arrives there
+        await nodes[0].post("/emit", {"tag": "end", "start": 0, "count": 1})
+        await until(lambda: all(("end", 0) in {(t, i) for t, i, _ in lis.received[total:]}
+                                for lis in listeners), "the end marker")
+        for listener in listeners:
+            tags = [tag for tag, _, _ in listener.received]
+            assert tags.count("end") == 1 and tags[-1] == "end", f"{listener.name}: {tags[-3:]}"
+            del listener.received[-1]
 
         order = None
         for listener in listeners:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from pathlib import Path
 
+from tests._harness import until
 from tests.cluster.harness import Listener, NodeProcess, cluster
 
 
 async def _wait_received(listener: Listener, count: int) -> None:
-    async def until() -> None:
-        while len(listener.received) < count:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(until(), 30)
+    await until(lambda: len(listener.received) >= count,
+                lambda: f"{count} events on {listener.name}, got {len(listener.received)}",
+                within=30)
 
 
 async def _restart(node: NodeProcess, sig: int) -> None:

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import sqlalchemy as sa
 
 import durable_adapter
-from tests._harness import WAIT, Inbox, drop_transport
+from durable_adapter.stores.sql.schema import sessions
+from tests._harness import WAIT, Inbox, drop_transport, until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,8 +28,19 @@ async def _say(base: str, text: str) -> None:
         assert response.status == 200, await response.text()
 
 
+def _stored_sids(database: Path) -> set[str]:
+    """The sids whose session is in the store (what a dropped socket's worker writes)."""
+    engine = sa.create_engine(f"sqlite:///{database}")
+    try:
+        with engine.connect() as connection:
+            return set(connection.scalars(sa.select(sessions.c.sid)))
+    finally:
+        engine.dispose()
+
+
 async def test_clients_recover_on_whichever_worker_they_land(tmp_path: Path) -> None:
-    store = f"sqlite+aiosqlite:///{tmp_path / 'workers.db'}"
+    database = tmp_path / "workers.db"
+    store = f"sqlite+aiosqlite:///{database}"
     demo = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "durable_adapter", "demo", "--workers", "2", "--port", "0",
         "--store", store, cwd=REPO, stdout=asyncio.subprocess.PIPE,
@@ -57,7 +70,9 @@ async def test_clients_recover_on_whichever_worker_they_land(tmp_path: Path) -> 
             await drop_transport(client)
             await asyncio.wait_for(client.eio.disconnect(abort=True), WAIT)
             states.append(client.recovery_state())
-        await asyncio.sleep(0.5)  # both workers notice the drops and save the sessions
+        # both workers notice the drops and save the sessions (written only then: a
+        # recovery claims and removes them)
+        await until(lambda: set(sids) <= _stored_sids(database), "the six sessions stored")
         await _say(base, "while away")
 
         for (_, inbox), state, sid in zip(clients, states, sids, strict=True):

@@ -26,8 +26,10 @@ Manager (``socketio.AsyncManager``), overridden or called:
   ``emit``                                        replaced for recovering namespaces
   ``pre_connect(eio_sid, namespace)`` (5.18+) or ``connect(eio_sid, namespace)`` (<5.18)
                                                   wrapped: the call that mints the sid
-  ``basic_disconnect``, ``basic_enter_room``, ``get_participants``, ``get_rooms``,
-  ``is_connected``, ``sid_from_eio_sid``, ``eio_sid_from_sid``, ``_generate_ack_id``, ``rooms``
+  ``basic_enter_room``, ``basic_leave_room``      wrapped: room stays for the replay
+                                                  (close_room and disconnects leave through it)
+  ``basic_disconnect``, ``get_participants``, ``get_rooms``, ``is_connected``,
+  ``sid_from_eio_sid``, ``eio_sid_from_sid``, ``_generate_ack_id``, ``rooms``
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ SERVER_NAMES = (
     "_send_eio_packet", "_trigger_event",
 )
 MANAGER_NAMES = (
-    "basic_disconnect", "basic_enter_room", "get_participants", "get_rooms", "is_connected",
-    "sid_from_eio_sid", "eio_sid_from_sid", "_generate_ack_id", "connect",
+    "basic_disconnect", "basic_enter_room", "basic_leave_room", "get_participants", "get_rooms",
+    "is_connected", "sid_from_eio_sid", "eio_sid_from_sid", "_generate_ack_id", "connect",
 )
 
 

@@ -19,6 +19,7 @@ from socketio import packet as sio_packet
 
 from . import _socketio
 from ._cluster import ClusterOps, in_control_handler
+from ._membership import MembershipLog, membership_of
 from ._offsets import format_offset
 from ._recovery import Hold, current_attempt
 from .stores.base import NewPacket, Store, StoredPacket
@@ -54,6 +55,8 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         self.delivered = 0
         self.holds: dict[str, dict[str, Hold]] = {}
         self.last_sent: dict[tuple[str, str], int] = {}
+        #: (namespace, sid) -> room stays of a live socket, saved with its session
+        self.memberships: dict[tuple[str, str], MembershipLog] = {}
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -184,7 +187,8 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
             for stored in packets:
                 if stored.seq <= self.delivered:
                     continue
-                # advance first: a socket saved mid-packet records this packet as seen
+                # advance first: a socket saved mid-packet records this packet as seen,
+                # and a room joined or left from here on counts after it (_membership)
                 self.delivered = stored.seq
                 if (self.recovers(stored.namespace) and stored.namespace in self.rooms) \
                         or self.holds.get(stored.namespace):
@@ -240,7 +244,10 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
                     await self.server._send_eio_packet(hold.eio_sid, part)
         self.close_hold(namespace, hold.sid)
 
-    def restore_rooms(self, sid: str, namespace: str, rooms: Iterable[str]) -> None:
+    def restore_rooms(self, sid: str, namespace: str, rooms: Iterable[str],
+                      membership: MembershipLog | None = None) -> None:
+        if membership is not None:  # the stays go on: re-entering its rooms is no new join
+            self.memberships[(namespace, sid)] = membership.copy()
         for room in rooms:
             if room == sid:
                 continue
@@ -248,6 +255,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
                 self.basic_enter_room(sid, namespace, room)
             except ValueError:  # 5.17+: a stored room that is now another live sid's room
                 logger.warning("not restoring room %r of %s: it is a sid room", room, sid)
+                self.basic_leave_room(sid, namespace, room)
 
     # -- the sid of a restored socket -----------------------------------------
 
@@ -256,7 +264,8 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         attempt = current_attempt.get()
         restore = attempt.restore if attempt else None
         if restore is not None and restore.session.sid == sid:
-            self.restore_rooms(sid, namespace, restore.session.rooms)
+            self.restore_rooms(sid, namespace, restore.session.rooms,
+                               membership_of(restore.session))
             restore.hold.registered = True
 
     if _socketio.HAS_PRE_CONNECT:
@@ -277,6 +286,25 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
     def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
         self.last_sent.pop((namespace, sid), None)
         super().basic_disconnect(sid, namespace, **kwargs)
+        self.memberships.pop((namespace, sid), None)
+
+    def basic_enter_room(self, sid: str, namespace: str, room: str | None,
+                         eio_sid: str | None = None) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if room is not None and room != sid and self.recovers(namespace):
+            log = self.memberships.setdefault((namespace, sid), MembershipLog())
+            log.join(room, self.delivered)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
+        super().basic_leave_room(sid, namespace, room)
+        log = self.memberships.get((namespace, sid))
+        if log is not None and room is not None:
+            log.leave(room, self.delivered)
+
+    def membership(self, sid: str, namespace: str) -> MembershipLog:
+        """A copy of ``sid``'s room stays, to save with its session."""
+        log = self.memberships.get((namespace, sid))
+        return MembershipLog() if log is None else log.copy()
 
 
 _socketio.check_manager_surface(DurableManager)

@@ -13,6 +13,7 @@ import socketio
 from socketio import packet as sio_packet
 
 from . import _socketio
+from ._membership import membership_of
 from ._offsets import format_offset, hash_pid, is_valid_pid, new_pid
 from ._recovery import (
     REPLAY_PAGE,
@@ -224,6 +225,8 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         start, failure = replay_start(session, offset, self.store.epoch)
         if start is None:
             return self._refuse(failure or RecoveryFailure.MALFORMED)
+        if start < membership_of(session).since:  # which rooms it was in is forgotten
+            return self._refuse(RecoveryFailure.NOT_RETAINED)
         manager = self.durable_manager
         hold = manager.open_hold(namespace, session.sid, eio_sid, session.rooms)
         # this node may lag behind the one the client left: what the client already
@@ -260,7 +263,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _read_replay(self, namespace: str, session: Session, start: int, upto: int
                            ) -> list[StoredPacket]:
-        rooms = frozenset(session.rooms)
+        membership = membership_of(session)
         replay: list[StoredPacket] = []
         after = start
         while after < upto:
@@ -268,7 +271,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                                          namespace=namespace)
             if not page:
                 break
-            replay.extend(p for p in page if p.is_for(rooms))
+            replay.extend(p for p in page if membership.was_for(p, session.sid))
             after = page[-1].seq
         return replay
 
@@ -400,6 +403,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                 position=manager.delivered,
                 last_sent_seq=manager.last_sent.get((namespace, sid)),
                 disconnected_at=now, expires_at=now + duration,
+                membership=manager.membership(sid, namespace),
             )
             await self.store.save_session(session)
         except Exception:  # the disconnect goes on; only the recovery is lost

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .._membership import MembershipLog
 from ..exceptions import StoreError
 
 
@@ -59,6 +60,9 @@ class Session:
     :param start_seq: the store's top when the socket first connected.
     :param position: the last seq this node had delivered when the socket went away.
     :param last_sent_seq: the last stored packet actually sent to this socket, if any.
+    :param membership: when the socket was in which of its rooms (a replay sends a
+        packet only to a member at its seq); None in sessions saved before the log
+        existed, whose ``rooms`` then count since ``start_seq``.
     """
 
     pid_hash: str
@@ -72,6 +76,7 @@ class Session:
     last_sent_seq: int | None
     disconnected_at: float
     expires_at: float
+    membership: MembershipLog | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import pytest
 
+from durable_adapter._membership import MembershipLog
 from durable_adapter.exceptions import ConfigurationError, SessionDataError, StoreError
 from durable_adapter.stores.base import NewPacket, Session, Store, StoredPacket
 from durable_adapter.stores.sql import SQLStore
@@ -129,6 +130,16 @@ async def test_claim_returns_the_saved_session_once(store: Store) -> None:
     claimed = await bounded(store.claim_session("/", PID, time.time()))
     assert claimed == newer
     assert await bounded(store.claim_session("/", PID, time.time())) is None
+
+
+async def test_session_keeps_its_room_stays(store: Store) -> None:
+    log = MembershipLog(since=2, rooms={"room1": [(3, 5), (8, None)], "a.b$": [(4, 9)]})
+    await bounded(store.save_session(Session(**{**session().__dict__, "membership": log})))
+    claimed = await bounded(store.claim_session("/", PID, time.time()))
+    assert claimed is not None and claimed.membership == log
+    await bounded(store.save_session(session(pid_hash="b" * 64)))  # no log: as before it
+    claimed = await bounded(store.claim_session("/", "b" * 64, time.time()))
+    assert claimed is not None and claimed.membership is None
 
 
 async def test_claim_is_bound_to_its_namespace(store: Store) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 from bson.binary import Binary
 
 from ..._codec import decode_value, encode_value
+from ..._membership import MembershipLog
 from ...exceptions import ConfigurationError
 from ..base import ControlMessage, NewPacket, Session, StoredPacket
 
@@ -183,11 +184,13 @@ def session_document(session: Session) -> dict[str, Any]:
         "disconnected_at": session.disconnected_at,
         "expires_ts": session.expires_at,  # exact: every claim compares against it
         "expires_at": as_date(session.expires_at),  # a BSON date, for the TTL index
+        "membership": None if session.membership is None else session.membership.to_value(),
     }
 
 
 def session_from_document(document: Mapping[str, Any]) -> Session:
     last_sent = document["last_sent_seq"]
+    membership = document.get("membership")
     return Session(
         pid_hash=document["pid_hash"],
         namespace=document["ns"],
@@ -200,6 +203,8 @@ def session_from_document(document: Mapping[str, Any]) -> Session:
         last_sent_seq=None if last_sent is None else int(last_sent),
         disconnected_at=float(document["disconnected_at"]),
         expires_at=float(document["expires_ts"]),
+        # absent in documents saved by an older version
+        membership=None if membership is None else MembershipLog.from_value(membership),
     )
 
 

@@ -49,6 +49,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from ..._codec import check_session_data, decode_value, encode_value
+from ..._membership import MembershipLog
 from ...exceptions import ConfigurationError, StoreError
 from ..base import (
     ControlMessage,
@@ -291,7 +292,9 @@ class RedisStore(Store):
         check_session_data(session.data)
         now = time.time()
         ttl_ms = max(1, int((session.expires_at - now) * 1000))
-        blob = encode_value({**session.__dict__, "rooms": list(session.rooms)})
+        membership = None if session.membership is None else session.membership.to_value()
+        blob = encode_value({**session.__dict__, "rooms": list(session.rooms),
+                             "membership": membership})
         keys = [self.keys.session(session.namespace, session.pid_hash),
                 self.keys.sid_index(session.namespace, session.sid), self.keys.expiry]
         args = [session.sid, blob, ttl_ms, repr(session.expires_at), session.pid_hash,
@@ -309,6 +312,9 @@ class RedisStore(Store):
             return None
         try:
             fields = decode_value(value)
+            membership = fields.pop("membership", None)  # absent: saved by an older version
+            if membership is not None:
+                fields["membership"] = MembershipLog.from_value(membership)
             session = Session(**{**fields, "rooms": tuple(fields["rooms"])})
         except Exception as exc:  # claimed (so deleted) but unreadable: a refusal
             raise StoreError(f"the session of {pid_hash[:8]}... cannot be decoded") from exc

@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 
 from ..._codec import decode_value, encode_value
+from ..._membership import MembershipLog
 from ..base import NewPacket, Session, StoredPacket
 
 PREFIX = "durable_adapter_"
@@ -83,6 +84,8 @@ sessions = Table(
     Column("last_sent_seq", BigInteger, nullable=True),
     Column("disconnected_at", Double, nullable=False),
     Column("expires_at", Double, nullable=False),
+    # JSON room stays (MembershipLog); NULL in rows written before revision 0003
+    Column("membership", Text, nullable=True),
     Index(f"ix_{PREFIX}sessions_expires_at", "expires_at"),
     Index(f"ix_{PREFIX}sessions_namespace_sid", "namespace", "sid"),
 )
@@ -137,6 +140,8 @@ def session_values(session: Session) -> dict[str, Any]:
         "last_sent_seq": session.last_sent_seq,
         "disconnected_at": session.disconnected_at,
         "expires_at": session.expires_at,
+        "membership": None if session.membership is None
+        else json.dumps(session.membership.to_value()),
     }
 
 
@@ -164,4 +169,6 @@ def session_from_row(row: Row[Any]) -> Session:
         last_sent_seq=row.last_sent_seq,
         disconnected_at=row.disconnected_at,
         expires_at=row.expires_at,
+        membership=None if row.membership is None
+        else MembershipLog.from_value(json.loads(row.membership)),
     )

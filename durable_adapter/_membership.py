@@ -1,0 +1,130 @@
+"""When a socket was in which room, in seq positions, so a replay sends what live sent.
+
+A node delivers packets in seq order; a socket that joins a room while the node has
+delivered up to ``p`` receives that room's packets with ``seq > p``, and one that leaves
+at ``p`` received them up to ``p``. Each (room, stay) is kept as an interval
+``(joined_after, left_after)`` (``left_after`` None while the socket is still in it),
+and a replay sends a packet only if the socket was in its room at its seq: a newcomer
+never gets a room's history from before it joined or from while it was away.
+
+The log is bounded: beyond :data:`MAX_CLOSED` finished stays the oldest are dropped and
+``since`` moves up to where they ended; a replay starting before ``since`` cannot be
+told apart and is refused (a fresh session) rather than guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .stores.base import Session, StoredPacket
+
+MAX_CLOSED = 100  # finished stays kept per socket
+
+Interval = tuple[int, int | None]  # (joined_after, left_after or None: still a member)
+
+
+@dataclass(kw_only=True)
+class MembershipLog:
+    """Room stays of one socket; its own sid room is implied and never listed."""
+
+    #: stays that ended at or before this seq were dropped: the log is exact above it
+    since: int = 0
+    rooms: dict[str, list[Interval]] = field(default_factory=dict)
+
+    @classmethod
+    def since_start(cls, rooms: Iterable[str], start_seq: int, sid: str) -> MembershipLog:
+        """What a session saved without a log is taken to mean: its rooms all along."""
+        return cls(rooms={room: [(start_seq, None)] for room in rooms if room != sid})
+
+    def join(self, room: str, at: int) -> None:
+        stays = self.rooms.setdefault(room, [])
+        if stays and stays[-1][1] is None:
+            return  # already in it
+        if stays and stays[-1][1] == at:  # left and came back with nothing in between
+            stays[-1] = (stays[-1][0], None)
+            return
+        stays.append((at, None))
+
+    def leave(self, room: str, at: int) -> None:
+        stays = self.rooms.get(room)
+        if not stays or stays[-1][1] is not None:
+            return
+        joined = stays[-1][0]
+        if joined >= at:  # no packet was delivered while it was in: no stay at all
+            stays.pop()
+            if not stays:
+                del self.rooms[room]
+        else:
+            stays[-1] = (joined, at)
+            self._bound()
+
+    def _bound(self) -> None:
+        ends = sorted(left for stays in self.rooms.values() for _, left in stays
+                      if left is not None)
+        if len(ends) > MAX_CLOSED:
+            self.forget_through(ends[len(ends) - MAX_CLOSED - 1])
+
+    def forget_through(self, seq: int) -> None:
+        """Drop the stays that ended at or before ``seq``."""
+        self.since = max(self.since, seq)
+        for room in list(self.rooms):
+            kept = [(a, b) for a, b in self.rooms[room] if b is None or b > seq]
+            if kept:
+                self.rooms[room] = kept
+            else:
+                del self.rooms[room]
+
+    def was_in(self, room: str, seq: int) -> bool:
+        return any(joined < seq and (left is None or seq <= left)
+                   for joined, left in self.rooms.get(room, ()))
+
+    def was_for(self, packet: StoredPacket, sid: str) -> bool:
+        """True when socket ``sid`` was a recipient of ``packet`` at its seq."""
+        def member(room: str) -> bool:
+            return room == sid or self.was_in(room, packet.seq)
+
+        if any(member(room) for room in packet.except_rooms):
+            return False
+        return not packet.rooms or any(member(room) for room in packet.rooms)
+
+    def copy(self) -> MembershipLog:
+        return MembershipLog(since=self.since,
+                             rooms={room: list(stays) for room, stays in self.rooms.items()})
+
+    # -- stored form: JSON types only, room names never used as keys (MongoDB) --------
+
+    def to_value(self) -> dict[str, Any]:
+        return {"since": self.since,
+                "rooms": [[room, [list(stay) for stay in stays]]
+                          for room, stays in self.rooms.items()]}
+
+    @classmethod
+    def from_value(cls, value: Any) -> MembershipLog:
+        """The inverse of :meth:`to_value`; anything else raises ValueError."""
+        try:
+            since = value["since"]
+            rooms: dict[str, list[Interval]] = {}
+            for room, stays in value["rooms"]:
+                if not isinstance(room, str):
+                    raise ValueError("room name")
+                rooms[room] = [(_seq(joined), None if left is None else _seq(left))
+                               for joined, left in stays]
+            return cls(since=_seq(since), rooms=rooms)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a membership log: {exc}") from exc
+
+
+def _seq(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("seq")
+    return value
+
+
+def membership_of(session: Session) -> MembershipLog:
+    """The session's log, or for a session saved before logs existed its rooms all along."""
+    if session.membership is not None:
+        return session.membership
+    return MembershipLog.since_start(session.rooms, session.start_seq, session.sid)

@@ -12,6 +12,8 @@ import engineio.payload
 import socketio
 from socketio import packet as sio_packet
 
+from ._redact import redact_pids
+
 logger = logging.getLogger(__name__)
 
 #: events buffered for a namespace whose CONNECT reply has not arrived yet
@@ -47,6 +49,8 @@ class AsyncClient(socketio.AsyncClient):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        redact_pids(self.logger)  # its CONNECT packets carry the pid: never log it whole
+        redact_pids(self.eio.logger)
         if engineio.payload.Payload.max_decode_packets < MAX_PACKETS_PER_POLL:
             engineio.payload.Payload.max_decode_packets = MAX_PACKETS_PER_POLL
         self._recovery: dict[str, _Recovery] = {}

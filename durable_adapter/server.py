@@ -26,6 +26,7 @@ from ._recovery import (
     replay_start,
     split_auth,
 )
+from ._redact import redact_pids
 from .exceptions import ConfigurationError, DurableAdapterError
 from .manager import DurableManager
 from .stores import Store, store_from_url
@@ -91,6 +92,8 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         self._evicting: set[str] = set()
         if self.recovery is not None:
             self._wrap_generate_id()
+            redact_pids(self.logger)  # CONNECT packets carry pids: never log them whole
+            redact_pids(self.eio.logger)
 
     # -- public API ------------------------------------------------------------
 

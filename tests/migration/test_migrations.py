@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
+import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from durable_adapter._codec import encode_value
 from durable_adapter.exceptions import ConfigurationError
 from durable_adapter.migrate import head_revisions, migrate
 from durable_adapter.stores.sql import SQLStore
@@ -90,6 +94,26 @@ def test_alembic_downgrade_removes_every_table(tmp_path: Path) -> None:
         assert set(inspect(engine).get_table_names()) == {VERSION_TABLE}
     finally:
         engine.dispose()
+
+
+async def test_sessions_saved_before_0003_survive_it_without_a_membership_log(
+        tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    assert _alembic("-x", f"url={url}", "upgrade", "0002").returncode == 0
+    expires = time.time() + 60
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "INSERT INTO durable_adapter_sessions (namespace, pid_hash, sid, rooms, data, "
+            "epoch, start_seq, position, last_sent_seq, disconnected_at, expires_at) "
+            "VALUES ('/', ?, 'sid1', '[\"sid1\", \"lobby\"]', ?, 'e', 2, 5, NULL, 0, ?)",
+            ("a" * 64, encode_value({"user": "ada"}), expires))
+    await asyncio.wait_for(migrate(url), WAIT)
+    async with SQLStore(url, auto_migrate=False) as store:
+        session = await store.claim_session("/", "a" * 64, time.time())
+    assert session is not None and session.membership is None
+    assert (session.rooms, session.data, session.start_seq) == (("sid1", "lobby"),
+                                                                {"user": "ada"}, 2)
 
 
 async def test_migrate_twice_is_a_no_op(tmp_path: Path) -> None:

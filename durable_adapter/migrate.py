@@ -15,7 +15,6 @@ tables at head.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.resources
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -138,8 +137,3 @@ async def migrate(url: str, *, schema: str | None = None) -> None:
         raise StoreError(f"migrating the store at {where} failed: {exc}") from exc
     finally:
         await engine.dispose()
-
-
-def migrate_sync(url: str, *, schema: str | None = None) -> None:
-    """:func:`migrate` for callers without an event loop (the CLI)."""
-    asyncio.run(migrate(url, schema=schema))

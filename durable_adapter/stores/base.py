@@ -109,6 +109,26 @@ class ControlMessage:
     target: str | None = None
 
 
+def check_namespace(namespace: str) -> None:
+    """Refuse (:class:`StoreError`) a namespace not every store can keep: text with NUL
+    (PostgreSQL's text refuses it) or a lone surrogate (not UTF-8). Checked before the
+    packet joins a batch, so it fails its own emit only."""
+    if "\x00" in namespace:
+        raise StoreError(f"namespace {namespace!r} cannot be stored: it contains NUL")
+    try:
+        namespace.encode()
+    except UnicodeEncodeError as exc:
+        raise StoreError(f"namespace {namespace!r} cannot be stored: {exc}") from None
+
+
+def check_purge_args(retention: float, batch_size: int) -> None:
+    """The argument checks every :meth:`Store.purge` starts with."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    if retention < 0:
+        raise ValueError(f"retention must be >= 0, got {retention!r}")
+
+
 class PacketListener(Protocol):
     """Receives committed packets, in seq order, each exactly once per node."""
 
@@ -127,9 +147,6 @@ class Store(abc.ABC):
         async with store:
             seq = await store.append(NewPacket(namespace="/", data=["hi"]))
     """
-
-    #: URL schemes this store accepts, e.g. ``("memory",)``.
-    schemes: tuple[str, ...] = ()
 
     #: set by :meth:`open` (or earlier): the id of this store's history
     _epoch: str | None = None

@@ -18,6 +18,7 @@ from .base import (
     Session,
     Store,
     StoredPacket,
+    check_purge_args,
 )
 
 
@@ -27,8 +28,6 @@ class MemoryStore(Store):
     Appends are delivered to the follower synchronously, in seq order, before
     :meth:`append` returns, so the single node sees its own emits in commit order.
     """
-
-    schemes = ("memory",)
 
     def __init__(self, url: str = "memory://") -> None:
         self._epoch = secrets.token_hex(4)
@@ -112,6 +111,7 @@ class MemoryStore(Store):
                 del self._sessions[key]
 
     async def purge(self, *, now: float, retention: float, batch_size: int = 1000) -> PurgeResult:
+        check_purge_args(retention, batch_size)
         expired = [key for key, s in self._sessions.items() if s.expires_at <= now]
         for key in expired:
             del self._sessions[key]

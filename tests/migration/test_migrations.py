@@ -139,7 +139,8 @@ async def test_two_migrations_at_once_both_succeed(tmp_path: Path) -> None:
 
 def test_two_processes_migrating_at_once_both_succeed(tmp_path: Path) -> None:
     path = tmp_path / "processes.db"
-    code = "import sys; from durable_adapter.migrate import migrate_sync; migrate_sync(sys.argv[1])"
+    code = ("import asyncio, sys; from durable_adapter.migrate import migrate; "
+            "asyncio.run(migrate(sys.argv[1]))")
     url = f"sqlite+aiosqlite:///{path}"
     runs = [
         subprocess.Popen(

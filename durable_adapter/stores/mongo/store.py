@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
@@ -48,7 +47,7 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from ..._codec import check_session_data
-from ..._tasks import finish_or_cancel
+from ..._tasks import STOP_TIMEOUT, finish_or_cancel
 from ...exceptions import ConfigurationError, StoreError
 from ..base import (
     ControlMessage,
@@ -59,7 +58,9 @@ from ..base import (
     Session,
     Store,
     StoredPacket,
+    check_purge_args,
 )
+from ..errors import driver_errors
 from . import schema, setup
 from .follow import ControlFollower, PacketFollower
 
@@ -69,7 +70,6 @@ CAPPED_SIZE = 256 * 1024 * 1024  # bytes of packet history kept by default
 CONTROL_SIZE = 4 * 1024 * 1024  # bytes of the control collection
 GAP_TIMEOUT = 10.0  # seconds a taken seq may stay unwritten before it is tombstoned
 POLL_INTERVAL = 1.0  # seconds between the follower's reads of the collection
-STOP_TIMEOUT = 5.0  # seconds close() waits for a follower before cancelling it
 
 
 class MongoStore(Store):
@@ -91,8 +91,6 @@ class MongoStore(Store):
         async with MongoStore("mongodb://db1,db2/app?replicaSet=rs0") as store:
             seq = await store.append(NewPacket(namespace="/", data=["hi"]))
     """
-
-    schemes = schema.SCHEMES
 
     def __init__(
         self,
@@ -169,7 +167,7 @@ class MongoStore(Store):
         except MongoConfigurationError as exc:
             raise ConfigurationError(f"bad MongoDB URL {self._where()}: {exc}") from exc
         try:
-            async with self._errors(f"cannot reach the store at {self._where()}"):
+            with self._errors(f"cannot reach the store at {self._where()}"):
                 schema.check_replica_set(await client.admin.command("hello"))
             name = self.database_name or client.get_default_database(
                 schema.DEFAULT_DATABASE
@@ -191,7 +189,7 @@ class MongoStore(Store):
     async def ensure_schema(self) -> None:
         """Create the collections and indexes if missing; safe to run again, concurrently."""
         assert self._db is not None
-        async with self._errors(f"cannot create the collections at {self._where()}"):
+        with self._errors(f"cannot create the collections at {self._where()}"):
             await setup.create_schema(
                 self._db, self._packets, self._control, self._sessions,
                 packets_size=self.capped_size_bytes, control_size=self.control_size_bytes,
@@ -199,7 +197,7 @@ class MongoStore(Store):
 
     async def _check_schema(self) -> None:
         assert self._db is not None
-        async with self._errors(f"cannot read the collections at {self._where()}"):
+        with self._errors(f"cannot read the collections at {self._where()}"):
             missing = await setup.missing_collections(
                 self._db, [self._packets, self._control, self._sessions]
             )
@@ -210,7 +208,7 @@ class MongoStore(Store):
             )
 
     async def _init_history(self) -> str:
-        async with self._errors(f"cannot initialise the store at {self._where()}"):
+        with self._errors(f"cannot initialise the store at {self._where()}"):
             epoch = await setup.init_history(self._meta, self._packets)
         if epoch is None:
             raise StoreError(f"the history document vanished at {self._where()}")
@@ -231,13 +229,9 @@ class MongoStore(Store):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._where()} prefix={self.prefix!r}>"
 
-    @contextlib.asynccontextmanager
-    async def _errors(self, message: str) -> AsyncIterator[None]:
+    def _errors(self, message: str) -> contextlib.AbstractContextManager[None]:
         """Driver errors become :class:`StoreError`, keeping the cause."""
-        try:
-            yield
-        except PyMongoError as exc:
-            raise StoreError(f"{message}: {exc}") from exc
+        return driver_errors(message, PyMongoError)
 
     # -- packets ----------------------------------------------------------------
 
@@ -245,7 +239,7 @@ class MongoStore(Store):
         if not isinstance(packet, NewPacket):
             raise TypeError(f"append() takes a NewPacket, got {type(packet).__name__}")
         fields = schema.packet_fields(packet)  # a payload that cannot be stored fails here
-        async with self._errors(f"writing to the store at {self._where()} failed"):
+        with self._errors(f"writing to the store at {self._where()} failed"):
             counter = await self._meta.find_one_and_update(
                 {"_id": schema.HISTORY_ID},
                 {"$inc": {"top": 1}},
@@ -269,7 +263,7 @@ class MongoStore(Store):
     ) -> list[StoredPacket]:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit!r}")
-        async with self._errors(f"reading the store at {self._where()} failed"):
+        with self._errors(f"reading the store at {self._where()} failed"):
             documents = await self._packets.find(
                 schema.read_filter(after, until, namespace),
                 sort=[("_id", ASCENDING)],
@@ -279,7 +273,7 @@ class MongoStore(Store):
         return [schema.packet_from_document(document) for document in documents]
 
     async def bounds(self) -> HistoryBounds:
-        async with self._errors(f"reading the store at {self._where()} failed"):
+        with self._errors(f"reading the store at {self._where()} failed"):
             meta = await self._meta.find_one({"_id": schema.HISTORY_ID})
             oldest = await self._packets.find_one(
                 {}, projection={"_id": True}, sort=[("_id", ASCENDING)], hint=[("_id", 1)]
@@ -297,31 +291,28 @@ class MongoStore(Store):
     async def save_session(self, session: Session) -> None:
         check_session_data(session.data)
         document = schema.session_document(session)
-        async with self._errors(f"writing to the store at {self._where()} failed"):
+        with self._errors(f"writing to the store at {self._where()} failed"):
             await self._sessions.replace_one({"_id": document["_id"]}, document, upsert=True)
 
     async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
         # one findAndModify: of two concurrent claims only one gets the document
-        async with self._errors(f"writing to the store at {self._where()} failed"):
+        with self._errors(f"writing to the store at {self._where()} failed"):
             document = await self._sessions.find_one_and_delete(
                 {"_id": schema.session_key(namespace, pid_hash), "expires_ts": {"$gt": now}}
             )
         return None if document is None else schema.session_from_document(document)
 
     async def delete_sessions(self, namespace: str, sid: str) -> None:
-        async with self._errors(f"writing to the store at {self._where()} failed"):
+        with self._errors(f"writing to the store at {self._where()} failed"):
             await self._sessions.delete_many({"ns": namespace, "sid": sid}, hint="ns_sid")
 
     # -- retention --------------------------------------------------------------
 
     async def purge(self, *, now: float, retention: float, batch_size: int = 1000) -> PurgeResult:
         """Delete expired sessions (the TTL index does too) and a prefix of old packets."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-        if retention < 0:
-            raise ValueError(f"retention must be >= 0, got {retention!r}")
+        check_purge_args(retention, batch_size)
         removed_sessions = removed_packets = 0
-        async with self._errors(f"purging the store at {self._where()} failed"):
+        with self._errors(f"purging the store at {self._where()} failed"):
             expired = {"expires_ts": {"$lte": now}}
             while ids := [d["_id"] for d in await self._sessions.find(
                     expired, projection={"_id": True}, limit=batch_size).to_list()]:
@@ -364,7 +355,7 @@ class MongoStore(Store):
 
     async def publish_control(self, message: ControlMessage) -> None:
         document = schema.control_document(message, time.time())
-        async with self._errors(f"writing to the store at {self._where()} failed"):
+        with self._errors(f"writing to the store at {self._where()} failed"):
             await self._control.insert_one(document)
 
     def _control_receiver(self) -> Any:

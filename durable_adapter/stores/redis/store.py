@@ -38,7 +38,6 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -50,6 +49,7 @@ from redis.exceptions import RedisError
 
 from ..._codec import check_session_data, decode_value, encode_value
 from ..._membership import MembershipLog
+from ..._tasks import STOP_TIMEOUT
 from ...exceptions import ConfigurationError, StoreError
 from ..base import (
     ControlMessage,
@@ -60,8 +60,10 @@ from ..base import (
     Session,
     Store,
     StoredPacket,
+    check_purge_args,
 )
 from ..batch_writer import BatchWriter
+from ..errors import driver_errors
 from . import scripts
 from .follow import Entry, RedisFollower, entry_seq, split_id
 from .scripts import parse_url
@@ -75,7 +77,6 @@ BATCH_MAX = 500  # packets per append script call
 READ_PAGE = 1_000  # most entries one XRANGE returns
 SOCKET_SLACK = 5.0  # seconds the follower's socket waits beyond BLOCK_MS before failing
 SESSION_INDEX_GRACE = 3_600.0  # seconds an expired session stays in the purge index
-STOP_TIMEOUT = 5.0  # seconds close() waits for the follower
 
 _NO_RETRY = Retry(NoBackoff(), 0)  # an append retried after a lost reply would duplicate
 
@@ -102,8 +103,6 @@ class RedisStore(Store):
     :attr:`following` is set while the follower is connected; :attr:`follower_name` is
     the ``CLIENT SETNAME`` of its connection.
     """
-
-    schemes = ("redis", "rediss")
 
     def __init__(
         self,
@@ -173,7 +172,7 @@ class RedisStore(Store):
             "APPEND", "BOUNDS", "CONTROL", "SAVE_SESSION", "CLAIM_SESSION", "DELETE_SESSIONS",
             "PURGE_SESSIONS")}
         try:
-            async with self._errors(f"cannot reach the store at {self._where()}"):
+            with self._errors(f"cannot reach the store at {self._where()}"):
                 await client.ping()
             # a first history starts at seq 0. Were this the first node back after a
             # FLUSHALL, nodes still running would hold cursors above the new seqs: the
@@ -196,16 +195,12 @@ class RedisStore(Store):
         if client is not None and self._given_client is None:
             await client.aclose()
 
-    @contextlib.asynccontextmanager
-    async def _errors(self, message: str) -> AsyncIterator[None]:
+    def _errors(self, message: str) -> contextlib.AbstractContextManager[None]:
         """Driver errors become :class:`StoreError`, keeping the cause."""
-        try:
-            yield
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"{message}: {exc}") from exc
+        return driver_errors(message, RedisError, OSError)
 
     async def _run(self, script: str, keys: list[str], args: list[Any], what: str) -> Any:
-        async with self._errors(f"{what} at {self._where()} failed"):
+        with self._errors(f"{what} at {self._where()} failed"):
             return await self._scripts[script](keys=keys, args=args, client=self.redis)
 
     def _adopt(self, epoch: bytes | str) -> str:
@@ -258,7 +253,7 @@ class RedisStore(Store):
         start = after + 1
         epoch = self.epoch.encode()
         while len(out) < limit:
-            async with self._errors(f"reading the store at {self._where()} failed"):
+            with self._errors(f"reading the store at {self._where()} failed"):
                 entries = await self.redis.xrange(self.keys.packets, f"{start}-0", end, page)
             for entry in entries:
                 if entry[1].get(b"e") != epoch:
@@ -333,17 +328,14 @@ class RedisStore(Store):
         Packets are trimmed from the head of the stream only (``XTRIM MINID``), so no
         hole opens above ``purged_through``. Their age is Redis' clock at append.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-        if retention < 0:
-            raise ValueError(f"retention must be >= 0, got {retention!r}")
+        check_purge_args(retention, batch_size)
         sessions = 0
         while count := await self._run("PURGE_SESSIONS", [self.keys.expiry],
                                        [repr(now), batch_size], "purging sessions"):
             sessions += count
         packets, cutoff = 0, now - retention
         while True:
-            async with self._errors(f"purging packets at {self._where()} failed"):
+            with self._errors(f"purging packets at {self._where()} failed"):
                 head = await self.redis.xrange(self.keys.packets, "-", "+", batch_size)
                 old = [split_id(i) for i, fields in head if float(fields[b"t"]) < cutoff]
                 if not old:
@@ -375,7 +367,7 @@ class RedisStore(Store):
         if self._redis is None:
             raise StoreError("the store is not open")
         await self._stop_follower()  # one follower per store: the new one replaces it
-        async with self._errors(f"following {self._where()} failed"):
+        with self._errors(f"following {self._where()} failed"):
             tip = await self.redis.xrevrange(self.keys.packets, "+", "-", 1)
         # control messages are live only: those sent before now are not for this node
         control_floor = split_id(tip[0][0]) if tip else (0, 0)

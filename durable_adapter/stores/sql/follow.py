@@ -18,7 +18,9 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ..._tasks import Backoff
 from ..base import ControlMessage, PacketListener, StoredPacket
+from ..delivery import hand_over
 from .control import ControlRecord
 
 logger = logging.getLogger(__name__)
@@ -28,7 +30,9 @@ RETRY_MIN, RETRY_MAX = 1.0, 60.0  # seconds of back-off after a failed read, dou
 
 
 class _Reader(Protocol):
-    async def __call__(self, *, after: int, limit: int) -> list[StoredPacket]: ...
+    """A page after ``after``: the packets that decode, and the last seq read."""
+
+    async def __call__(self, *, after: int, limit: int) -> tuple[list[StoredPacket], int]: ...
 
 
 class _ControlReader(Protocol):
@@ -73,7 +77,7 @@ class SQLFollower:
         # kept on self: a read failing after some pages were handed over must not
         # hand them over again
         self._cursor = cursor
-        delay = RETRY_MIN
+        backoff = Backoff(RETRY_MIN, RETRY_MAX)
         # a dedicated connection for the change marker (SQLite's data_version is per
         # connection); the pages are read through the pool
         marker_connection: AsyncConnection | None = None
@@ -87,14 +91,14 @@ class SQLFollower:
                     self._wakeup.clear()
                     marker = await self._change_marker(marker_connection)
                     await self._deliver(listener)
-                    delay = RETRY_MIN
+                    backoff.reset()
                     while not self._stopping:
                         if await self._wait_for_change(marker_connection, marker):
                             break
                 except Exception as exc:  # survive any failed read; CancelledError passes
                     logger.warning(
                         "following the store failed, retrying in %.0f s: %s",
-                        delay,
+                        backoff.delay,
                         exc,
                         extra={"action": "follow_retry"},
                     )
@@ -102,9 +106,7 @@ class SQLFollower:
                         with contextlib.suppress(Exception):
                             await marker_connection.close()
                         marker_connection = None
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), delay)  # or stop()
-                    delay = min(delay * 2, RETRY_MAX)
+                    await backoff.wait(self._wakeup)  # or stop()
         finally:
             self._following.clear()
             if marker_connection is not None:
@@ -123,13 +125,13 @@ class SQLFollower:
         """
         waited = False
         while not self._stopping:
-            batch = await self._read(after=self._cursor, limit=FOLLOW_PAGE)
+            batch, through = await self._read(after=self._cursor, limit=FOLLOW_PAGE)
             records = await self._read_control(after=self._control_cursor, limit=FOLLOW_PAGE)
-            if not batch and not records:
+            if through == self._cursor and not records:
                 return
             # a message still waiting after a fresh empty page follows packets that
             # are gone (purged or a reset history): nothing left to order it against
-            reach = batch[-1].seq if batch else (None if waited else self._cursor)
+            reach = through if through > self._cursor else (None if waited else self._cursor)
             done = 0
             waited = False
             for record in records:
@@ -141,21 +143,14 @@ class SQLFollower:
                     await self._hand(listener, before)
                     done += len(before)
                 await self._hand_control(record)
-            if done < len(batch):
-                await self._hand(listener, batch[done:])
+            await self._hand(listener, batch[done:])
+            # past the rows that could not be decoded too: they are never read again
+            self._cursor = max(self._cursor, through)
 
     async def _hand(self, listener: PacketListener, batch: list[StoredPacket]) -> None:
-        # the packets count as delivered even if the listener fails: again would duplicate
-        self._cursor = batch[-1].seq
-        try:
-            await listener(batch)
-        except Exception:
-            logger.exception(
-                "the packet listener failed on seqs %d..%d",
-                batch[0].seq,
-                batch[-1].seq,
-                extra={"action": "listener_failed"},
-            )
+        if batch:  # counted as delivered even if the listener fails: again would duplicate
+            self._cursor = batch[-1].seq
+            await hand_over(listener, batch)
 
     async def _hand_control(self, record: ControlRecord) -> None:
         self._control_cursor = record.id

@@ -27,10 +27,10 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..._tasks import finish_or_cancel
+from ..._tasks import STOP_TIMEOUT, finish_or_cancel
 from ...exceptions import ConfigurationError
 from . import dialect
-from .store import BATCH_MAX, STOP_TIMEOUT, SQLStore
+from .store import BATCH_MAX, SQLStore
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +80,6 @@ class PostgresStore(SQLStore):
 
     :attr:`listening` is set while the LISTEN connection is up.
     """
-
-    schemes = ("postgresql+asyncpg",)
 
     def __init__(
         self,

@@ -24,12 +24,12 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ... import migrate as _migrate
 from ..._codec import check_session_data
-from ..._tasks import finish_or_cancel
+from ..._tasks import STOP_TIMEOUT, finish_or_cancel
 from ...exceptions import ConfigurationError, StoreError
 from ..base import (
     HistoryBounds,
@@ -39,8 +39,12 @@ from ..base import (
     Session,
     Store,
     StoredPacket,
+    check_namespace,
+    check_purge_args,
 )
 from ..batch_writer import BatchWriter
+from ..delivery import decode_each, decode_or_refuse
+from ..errors import driver_errors
 from . import control as controls
 from . import dialect
 from .follow import SQLFollower
@@ -62,7 +66,6 @@ logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-STOP_TIMEOUT = 5.0  # seconds close() waits for the follower and running queries
 POLL_INTERVAL = 0.05  # seconds between change checks when nothing woke the follower
 BATCH_MAX = 500  # packets per append transaction
 
@@ -84,6 +87,15 @@ def _shielded(
         return await asyncio.shield(task)
 
     return run
+
+
+def _may_be_one_row(error: Exception) -> bool:
+    """True when a failed append may come from one row's content rather than from the
+    connection (then each row is written alone, so only the bad one fails)."""
+    cause = error.__cause__ if isinstance(error, StoreError) else error
+    if isinstance(cause, OperationalError | InterfaceError | OSError | TimeoutError):
+        return False  # a lost connection or a lock: writing again would not help
+    return not (isinstance(cause, DBAPIError) and cause.connection_invalidated)
 
 
 def _forget(inflight: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
@@ -113,8 +125,6 @@ class SQLStore(controls.SQLControl, Store):
 
     :attr:`following` is set once the follower task runs.
     """
-
-    schemes = ("sqlite+aiosqlite",)
 
     def __init__(
         self,
@@ -170,10 +180,10 @@ class SQLStore(controls.SQLControl, Store):
             return
         engine = self._given_engine or self._create_engine()
         try:
-            async with self._errors(f"cannot reach the store at {self._where()}"):
+            with self._errors(f"cannot reach the store at {self._where()}"):
                 async with engine.connect() as connection:
                     await connection.exec_driver_sql("SELECT 1")
-            async with self._errors(f"cannot migrate the store at {self._where()}"):
+            with self._errors(f"cannot migrate the store at {self._where()}"):
                 if not await _migrate.is_current(engine, self.schema):
                     if not self.auto_migrate:
                         raise ConfigurationError(
@@ -195,6 +205,7 @@ class SQLStore(controls.SQLControl, Store):
             batch_max=self.batch_max,
             on_commit=self._wakeup.set,
             name=f"{self!r} writer",
+            retry_alone=_may_be_one_row,
         )
 
     async def _init_history(self) -> str:
@@ -233,24 +244,20 @@ class SQLStore(controls.SQLControl, Store):
 
     # -- connections and errors -------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _errors(self, message: str) -> AsyncIterator[None]:
+    def _errors(self, message: str) -> contextlib.AbstractContextManager[None]:
         """Driver errors become :class:`StoreError`, keeping the cause."""
-        try:
-            yield
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"{message}: {exc}") from exc
+        return driver_errors(message, SQLAlchemyError, OSError)
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._errors(f"reading the store at {self._where()} failed"):
+        with self._errors(f"reading the store at {self._where()} failed"):
             async with self.engine.connect() as connection:
                 yield connection
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
         """One write transaction (on SQLite it holds the write lock from its BEGIN)."""
-        async with self._errors(f"writing to the store at {self._where()} failed"):
+        with self._errors(f"writing to the store at {self._where()} failed"):
             async with self.engine.connect() as connection:
                 await connection.execution_options(**{dialect.WRITE_OPTION: True})
                 async with connection.begin():
@@ -263,7 +270,9 @@ class SQLStore(controls.SQLControl, Store):
             raise TypeError(f"append() takes a NewPacket, got {type(packet).__name__}")
         if self._writer is None:
             raise StoreError("the store is not open")
-        # encoded here, so a payload that cannot be stored fails its own caller only
+        # checked and encoded here, so a packet that cannot be stored fails its own
+        # caller only, not the batch it would join
+        check_namespace(packet.namespace)
         return await self._writer.submit(packet_values(packet))
 
     async def _insert_batch(self, rows: list[dict[str, Any]]) -> list[int]:
@@ -305,7 +314,18 @@ class SQLStore(controls.SQLControl, Store):
             query = query.where(packets.c.namespace == namespace)
         async with self._read() as connection:
             rows = (await connection.execute(query)).all()
-        return [packet_from_row(row) for row in rows]
+        # a replay refuses rather than leave a silent hole
+        return [decode_or_refuse(packet_from_row, row, row.seq) for row in rows]
+
+    @_shielded
+    async def _follow_page(self, *, after: int, limit: int) -> tuple[list[StoredPacket], int]:
+        """The follower's read: the packets after ``after`` that decode (a row that
+        cannot is logged and skipped, never read again), and the last seq read."""
+        query = select(packets).where(packets.c.seq > after).order_by(packets.c.seq).limit(limit)
+        async with self._read() as connection:
+            rows = (await connection.execute(query)).all()
+        return decode_each(packet_from_row, rows, lambda row: row.seq), \
+            rows[-1].seq if rows else after
 
     @_shielded
     async def bounds(self) -> HistoryBounds:
@@ -358,10 +378,7 @@ class SQLStore(controls.SQLControl, Store):
     # -- retention --------------------------------------------------------------
 
     async def purge(self, *, now: float, retention: float, batch_size: int = 1000) -> PurgeResult:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-        if retention < 0:
-            raise ValueError(f"retention must be >= 0, got {retention!r}")
+        check_purge_args(retention, batch_size)
         removed_sessions = 0
         while (count := await self._purge_sessions(now, batch_size)) > 0:
             removed_sessions += count
@@ -396,7 +413,7 @@ class SQLStore(controls.SQLControl, Store):
         control_cursor = await self._control_top()  # control messages are live only
         follower = self._follower = SQLFollower(
             engine=self.engine,
-            read=self.read,
+            read=self._follow_page,
             change_marker=self._change_marker,
             wakeup=self._wakeup,
             following=self.following,

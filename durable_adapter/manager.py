@@ -75,6 +75,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
             await self.store.open()
             try:
                 self.delivered = (await self.store.bounds()).top
+                self.store.on_history_reset(self._history_reset)
                 await self.store.follow(self._deliver, after=self.delivered)
             except BaseException:
                 await self.store.close()
@@ -211,6 +212,17 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
                 continue
             for part in parts:
                 await self.server._send_eio_packet(eio_sid, part)
+
+    async def _history_reset(self, after: int) -> None:
+        """The store's history was replaced (a Redis that lost its data): the packets after
+        ``after`` of the new epoch come next; nothing of the old one is still to come."""
+        async with self._deliver_lock:
+            self.delivered = after
+            self.last_sent.clear()
+            for waiter in self._waiters.values():  # their packets were lost with it
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._waiters.clear()
 
     def _release_waiters(self) -> None:
         for seq in [s for s in self._waiters if s <= self.delivered]:

@@ -137,6 +137,10 @@ class PacketListener(Protocol):
 
 ControlListener = Callable[[ControlMessage], Awaitable[None]]
 
+#: Told, in order with the packets, that the history was replaced while following it:
+#: the packets after the given seq, of the new epoch, come next.
+HistoryResetListener = Callable[[int], Awaitable[None]]
+
 
 class Store(abc.ABC):
     """A durable history of packets plus the sessions of disconnected sockets.
@@ -210,6 +214,11 @@ class Store(abc.ABC):
     def on_control(self, listener: ControlListener) -> None:
         """Register the receiver of other nodes' control messages."""
         self._control_listener = listener
+
+    def on_history_reset(self, listener: HistoryResetListener) -> None:
+        """Register who is told when the follower starts over on a replaced history
+        (only a store whose history can vanish under running nodes does: Redis)."""
+        self._reset_listener = listener
 
     async def __aenter__(self) -> Store:
         await self.open()

@@ -72,3 +72,25 @@ async def test_an_offset_older_than_the_first_entry_is_not_retained(prefix: str)
         assert node.last["failure"] is RecoveryFailure.NOT_RETAINED
         assert again.received() == []
         await again.client.disconnect()
+
+
+async def test_a_node_started_on_a_wiped_redis_reaches_the_clients_of_running_nodes(
+        prefix: str) -> None:
+    """The new node starts the new history at seq 0, below the running node's position:
+    the running node must start over with it and deliver its emits, not drop them."""
+    url = store_url(prefix, block_ms=200)
+    async with running(url) as first:
+        peer = Peer()
+        await peer.connect(first.url)
+        for i in range(5):
+            await first.sio.emit("tick", i)
+        await peer.inbox["/"].wait_for(5)
+        delete_prefix(prefix)  # FLUSHALL, or a restart without persistence
+        async with running(url) as second:
+            for i in range(3):
+                await second.sio.emit("tick", f"new {i}")
+            await peer.inbox["/"].wait_for(8)
+        assert peer.received() == [0, 1, 2, 3, 4, "new 0", "new 1", "new 2"]
+        await first.sio.emit("tick", "from the running node")
+        await peer.inbox["/"].wait_for(9)
+        await peer.client.disconnect()

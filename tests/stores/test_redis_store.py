@@ -126,6 +126,63 @@ async def test_a_lost_history_gets_a_new_epoch_above_old_cursors(
     assert await bounded(store.claim_session("/", session().pid_hash, time.time())) is None
 
 
+async def test_running_nodes_follow_a_new_history_started_below_their_cursors(
+        prefix: str, store: RedisStore) -> None:
+    """A node opened on a wiped Redis starts the new history at seq 0; the running nodes'
+    cursors are above it: they must notice the new epoch and start over, not wait
+    silently until the counter passes their old position."""
+    seen, resets = Collector(), []
+
+    async def on_reset(after: int) -> None:
+        resets.append((after, len(seen.packets)))
+
+    store.on_history_reset(on_reset)
+    await bounded(store.follow(seen, after=0))
+    for i in range(5):
+        await bounded(store.append(packet(i)))
+    await seen.wait_for(5)
+    old_epoch = store.epoch
+    assert delete_prefix(prefix) > 0  # FLUSHALL, a restart without persistence
+    async with RedisStore(store_url(prefix), block_ms=200) as fresh:
+        assert fresh.epoch != old_epoch
+        assert [await bounded(fresh.append(packet(f"new {i}"))) for i in range(8)] == list(
+            range(1, 9))
+        await seen.wait_for(13)
+    assert seen.seqs == [1, 2, 3, 4, 5, *range(1, 9)]
+    assert [p.data[1] for p in seen.packets[5:]] == [f"new {i}" for i in range(8)]
+    assert resets == [(0, 5)]  # told once, before the first packet of the new history
+    assert store.epoch == fresh.epoch
+
+
+async def test_an_entry_whose_history_check_failed_is_read_again(
+        prefix: str, store: RedisStore, caplog: pytest.LogCaptureFixture) -> None:
+    """The follower checks an entry of another epoch against the store; when that check
+    fails (here: a key of the wrong type makes the script fail), the entry must be read
+    again after the retry, not skipped."""
+    seen = Collector()
+    await bounded(store.follow(seen, after=0))
+    await bounded(store.following.wait())
+    async with RedisStore(store_url(prefix), block_ms=200) as other:
+        delete_prefix(prefix)
+        await bounded(other.bounds())  # a running node notices: a new history
+        async with client_async() as admin:
+            floor = await admin.get(store.keys.floor)
+            await admin.delete(store.keys.floor)
+            await admin.hset(store.keys.floor, "broken", "1")  # BOUNDS now fails
+            try:
+                seq = await bounded(other.append(packet("after the reset")))
+                deadline = time.monotonic() + WAIT
+                while not any(getattr(r, "action", "") == "follow_retry"
+                              for r in caplog.records):
+                    assert time.monotonic() < deadline, "the check never failed"
+                    await asyncio.sleep(0.01)
+            finally:
+                await admin.delete(store.keys.floor)
+                await admin.set(store.keys.floor, floor)
+    await seen.wait_for(1)
+    assert seen.seqs == [seq]
+
+
 async def test_deleting_stream_and_epoch_starts_a_new_history(
         prefix: str, store: RedisStore) -> None:
     for i in range(5):

@@ -14,7 +14,15 @@ from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
-from ..base import ControlMessage, PacketListener, StoredPacket
+from ..._tasks import Backoff
+from ..base import (
+    ControlMessage,
+    HistoryBounds,
+    HistoryResetListener,
+    PacketListener,
+    StoredPacket,
+)
+from ..delivery import decode_or_skip, hand_over
 
 logger = logging.getLogger(__name__)
 
@@ -39,38 +47,50 @@ def entry_seq(entry_id: bytes | str) -> int:
 class RedisFollower:
     """Hands packets after ``cursor`` to the listener in seq order, and control messages
     sent after ``control_floor`` to the control listener, each in its place between
-    them; :meth:`run` is the body of the store's follower task."""
+    them; :meth:`run` is the body of the store's follower task.
+
+    It follows one history (``epoch``). When the store's history is replaced (FLUSHALL,
+    a restart without persistence, a node opening an empty Redis), the new one may start
+    below this follower's cursor, where XREAD never looks: so an entry of another epoch,
+    and every XREAD that times out, is checked against the store's current history
+    (``history()``), and on a new one the follower starts over at its beginning and tells
+    ``reset_listener`` first.
+    """
 
     def __init__(
         self,
         *,
         client: Redis,
         stream: str,
+        epoch: str,
         cursor: int,
         control_floor: tuple[int, int],
         block_ms: int,
         listener: PacketListener,
         control_listener: Callable[[], Callable[[ControlMessage], Awaitable[None]] | None],
+        reset_listener: Callable[[], HistoryResetListener | None],
         decode_packet: Callable[[Entry], StoredPacket],
         decode_control: Callable[[Entry], ControlMessage],
-        check_epoch: Callable[[bytes], Awaitable[bool]],
+        history: Callable[[], Awaitable[HistoryBounds]],
         following: asyncio.Event,
     ) -> None:
         self._client = client
         self._stream = stream
-        self.cursor = cursor  # the last packet seq delivered
-        self._position = f"{cursor}-0"  # the last entry id read
+        self.epoch = epoch  # the history followed
+        self.cursor = cursor  # the last packet seq delivered (or skipped)
+        self._position = f"{cursor}-0"  # the last entry id handled
         self._control_floor = control_floor
         self._block_ms = block_ms
         self._listener = listener
         self._control_listener = control_listener
+        self._reset_listener = reset_listener
         self._decode_packet = decode_packet
         self._decode_control = decode_control
-        self._check_epoch = check_epoch
+        self._history = history
         self._following = following
 
     async def run(self) -> None:
-        delay = RETRY_MIN
+        backoff = Backoff(RETRY_MIN, RETRY_MAX)
         try:
             while True:
                 try:
@@ -80,62 +100,83 @@ class RedisFollower:
                         reply = await self._client.xread(
                             {self._stream: self._position}, count=FOLLOW_PAGE,
                             block=self._block_ms)
-                        delay = RETRY_MIN
+                        backoff.reset()
+                        if not reply:  # a quiet stream, or a new history below the cursor
+                            await self._check_history()
                         for _, entries in reply or []:
                             await self._handle(entries)
                 except Exception as exc:  # survive a lost connection; CancelledError passes
                     logger.warning(
                         "following the Redis store failed, reading again after seq %d in "
-                        "%.0f s: %s", self.cursor, delay, exc,
+                        "%.0f s: %s", self.cursor, backoff.delay, exc,
                         extra={"action": "follow_retry"},
                     )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX)
+                    await backoff.wait()
         finally:
             self._following.clear()
 
     async def _handle(self, entries: list[Entry]) -> None:
+        """Deliver ``entries``; the position moves past an entry only once it is handled,
+        so an entry whose check failed is read again after the retry."""
         batch: list[StoredPacket] = []
+        read_to, cursor = self._position, self.cursor
         for entry in entries:
             entry_id, fields = entry
             seq, n = split_id(entry_id)
-            self._position = entry_id.decode()
-            if not await self._check_epoch(fields.get(b"e", b"")):
-                logger.warning("skipping entry %s of a replaced history", self._position,
+            if fields.get(b"e") != self.epoch.encode():
+                await self._deliver(batch, read_to, cursor)
+                batch = []
+                if await self._check_history():  # started over: read from there
+                    return
+                logger.warning("skipping entry %s of a replaced history", entry_id,
                                extra={"action": "follow_skip"})
+                self._position = read_to = entry_id.decode()
                 continue
             if n:
-                await self._deliver(batch)  # the packets before it go first
+                await self._deliver(batch, read_to, cursor)  # the packets before it go first
                 batch = []
                 if (seq, n) > self._control_floor:
                     await self._control(entry)
+                self._position = read_to = entry_id.decode()
                 continue
-            if seq <= self.cursor:
+            read_to = entry_id.decode()
+            if seq <= cursor:
                 continue
-            if seq > self.cursor + 1:  # this node fell more than MAXLEN behind
+            if seq > cursor + 1:  # this node fell more than MAXLEN behind
                 logger.error(
                     "seqs %d..%d were trimmed before this node delivered them",
-                    self.cursor + 1, seq - 1, extra={"action": "follow_gap"},
+                    cursor + 1, seq - 1, extra={"action": "follow_gap"},
                 )
-            self.cursor = seq
-            try:
-                batch.append(self._decode_packet(entry))
-            except Exception:
-                logger.exception("skipping the undecodable packet entry %d", seq,
-                                 extra={"action": "follow_bad_entry"})
-        await self._deliver(batch)
+            cursor = seq
+            packet = decode_or_skip(self._decode_packet, entry, seq)
+            if packet is not None:
+                batch.append(packet)
+        await self._deliver(batch, read_to, cursor)
 
-    async def _deliver(self, batch: list[StoredPacket]) -> None:
-        if not batch:
-            return
-        try:
-            await self._listener(batch)
-        except Exception:
-            # the packets count as delivered: delivering them again would duplicate
-            logger.exception(
-                "the packet listener failed on seqs %d..%d", batch[0].seq, batch[-1].seq,
-                extra={"action": "listener_failed"},
-            )
+    async def _deliver(self, batch: list[StoredPacket], read_to: str, cursor: int) -> None:
+        self._position, self.cursor = read_to, cursor
+        await hand_over(self._listener, batch)
+
+    async def _check_history(self) -> bool:
+        """Start over if the store's history is no longer the one followed; True if so."""
+        bounds = await self._history()
+        if bounds.epoch == self.epoch:
+            return False
+        logger.warning(
+            "the Redis history was replaced (epoch %s -> %s): following the new one from "
+            "seq %d", self.epoch, bounds.epoch, bounds.purged_through,
+            extra={"action": "follow_history_reset"})
+        self.epoch, self.cursor = bounds.epoch, bounds.purged_through
+        self._position = f"{bounds.purged_through}-0"
+        self._control_floor = (bounds.purged_through, 0)
+        listener = self._reset_listener()
+        if listener is not None:
+            try:
+                await listener(bounds.purged_through)
+            except Exception:
+                logger.exception("the history reset listener failed",
+                                 extra={"action": "listener_failed"})
+        return True
 
     async def _control(self, entry: Entry) -> None:
         listener = self._control_listener()
@@ -144,5 +185,5 @@ class RedisFollower:
         try:
             await listener(self._decode_control(entry))
         except Exception:
-            logger.exception("the control message %s failed", self._position,
+            logger.exception("the control message %s failed", entry[0],
                              extra={"action": "control_failed"})

@@ -60,9 +60,11 @@ from ..base import (
     Session,
     Store,
     StoredPacket,
+    check_namespace,
     check_purge_args,
 )
 from ..batch_writer import BatchWriter
+from ..delivery import decode_or_refuse
 from ..errors import driver_errors
 from . import scripts
 from .follow import Entry, RedisFollower, entry_seq, split_id
@@ -175,8 +177,8 @@ class RedisStore(Store):
             with self._errors(f"cannot reach the store at {self._where()}"):
                 await client.ping()
             # a first history starts at seq 0. Were this the first node back after a
-            # FLUSHALL, nodes still running would hold cursors above the new seqs: the
-            # nodes that notice a lost history themselves start the new one above them
+            # FLUSHALL, nodes still running would hold cursors above the new seqs: their
+            # followers notice the new epoch and start over at its beginning
             await self._bounds(use_time=False)
         except BaseException:
             self._redis = None
@@ -219,6 +221,7 @@ class RedisStore(Store):
             raise TypeError(f"append() takes a NewPacket, got {type(packet).__name__}")
         if self._writer is None:
             raise StoreError("the store is not open")
+        check_namespace(packet.namespace)  # fails this emit only, not its batch
         payload = encode_value({"d": list(packet.data), "r": list(packet.rooms),
                                 "x": list(packet.except_rooms)})
         return await self._writer.submit({"n": packet.namespace, "p": payload})
@@ -261,10 +264,8 @@ class RedisStore(Store):
                 if split_id(entry[0])[1]:  # a control message
                     continue
                 if wanted is None or entry[1].get(b"n") == wanted:
-                    try:
-                        out.append(self._decode_packet(entry))
-                    except Exception as exc:  # never a replay with a silent hole
-                        raise StoreError(f"packet {entry[0]!r} cannot be decoded") from exc
+                    # a replay refuses rather than leave a silent hole
+                    out.append(decode_or_refuse(self._decode_packet, entry, entry_seq(entry[0])))
                     if len(out) == limit:
                         break
             if len(entries) < page:
@@ -373,11 +374,12 @@ class RedisStore(Store):
         control_floor = split_id(tip[0][0]) if tip else (0, 0)
         client = self._follower_client = self._dedicated_client()
         follower = RedisFollower(
-            client=client, stream=self.keys.packets, cursor=after,
-            control_floor=control_floor, block_ms=self.block_ms,
-            listener=listener, control_listener=lambda: getattr(self, "_control_listener", None),
+            client=client, stream=self.keys.packets, epoch=self.epoch, cursor=after,
+            control_floor=control_floor, block_ms=self.block_ms, listener=listener,
+            control_listener=lambda: getattr(self, "_control_listener", None),
+            reset_listener=lambda: getattr(self, "_reset_listener", None),
             decode_packet=self._decode_packet, decode_control=self._decode_control,
-            check_epoch=self._entry_epoch_ok, following=self.following)
+            history=self._bounds, following=self.following)
         self._follower_task = asyncio.create_task(follower.run(), name=f"{self!r} follower")
 
     def _dedicated_client(self) -> Redis:
@@ -387,13 +389,6 @@ class RedisStore(Store):
                   "socket_timeout": self.block_ms / 1000 + SOCKET_SLACK, "retry": _NO_RETRY}
         return Redis(connection_pool=ConnectionPool(
             connection_class=pool.connection_class, max_connections=2, **kwargs))
-
-    async def _entry_epoch_ok(self, epoch: bytes) -> bool:
-        """True when an entry belongs to the current history (adopting a new one)."""
-        if epoch == self.epoch.encode():
-            return True
-        await self._bounds()  # the authoritative epoch: a reset, or a stale entry
-        return epoch == self.epoch.encode()
 
     async def _stop_follower(self) -> None:
         task, self._follower_task = self._follower_task, None

@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..._tasks import STOP_TIMEOUT, finish_or_cancel
+from ..._tasks import Backoff, finish_or_cancel
 from ...exceptions import ConfigurationError
 from . import dialect
 from .store import BATCH_MAX, SQLStore
@@ -125,7 +125,7 @@ class PostgresStore(SQLStore):
         if task is not None:
             self._listen_stop.set()
             self._listen_lost.set()
-            await finish_or_cancel(task, STOP_TIMEOUT)
+            await finish_or_cancel(task)
         await super().close()
 
     # -- the doorbell ---------------------------------------------------------------
@@ -139,21 +139,19 @@ class PostgresStore(SQLStore):
 
     async def _listen(self) -> None:
         """LISTEN until :meth:`close`, reconnecting with back-off after any loss."""
-        delay = LISTEN_RETRY_MIN
+        backoff = Backoff(LISTEN_RETRY_MIN, LISTEN_RETRY_MAX)
         while not self._listen_stop.is_set():
             try:
                 await self._listen_once()
             except Exception as exc:  # any failure: reconnect; CancelledError passes
                 if self.listening.is_set():  # it was up: a new loss starts over at 1 s
-                    delay = LISTEN_RETRY_MIN
+                    backoff.reset()
                 logger.warning(
-                    "LISTEN on %s failed, retrying in %.0f s: %s", self.channel, delay, exc,
-                    extra={"action": "listen_retry"})
+                    "LISTEN on %s failed, retrying in %.0f s: %s", self.channel,
+                    backoff.delay, exc, extra={"action": "listen_retry"})
             finally:
                 self.listening.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._listen_stop.wait(), delay)
-            delay = min(delay * 2, LISTEN_RETRY_MAX)
+            await backoff.wait(self._listen_stop)
 
     async def _listen_once(self) -> None:
         """One LISTEN connection's life: returns when it is lost or the store closes."""

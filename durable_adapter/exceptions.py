@@ -15,3 +15,7 @@ class StoreError(DurableAdapterError):
 
 class SessionDataError(DurableAdapterError, TypeError):
     """A socket's session holds values that cannot be stored (JSON values and bytes only)."""
+
+
+class ExperimentalWarning(UserWarning):
+    """A store whose test suite has not yet run against its real backend (MongoDB)."""

@@ -20,7 +20,7 @@ import pytest
 from pymongo.errors import OperationFailure
 
 from durable_adapter._membership import MembershipLog
-from durable_adapter.exceptions import ConfigurationError, StoreError
+from durable_adapter.exceptions import ConfigurationError, ExperimentalWarning, StoreError
 from durable_adapter.migrate import migrate
 from durable_adapter.stores import store_from_url
 from durable_adapter.stores.base import ControlMessage, NewPacket, Session
@@ -307,3 +307,142 @@ async def test_migrate_sends_mongodb_urls_to_the_mongo_store() -> None:
     with pytest.raises(StoreError, match="cannot reach"):
         await asyncio.wait_for(migrate(UNREACHABLE), 10)
     await settle_driver_sockets()
+
+
+# -- eviction in insertion order -------------------------------------------------------
+
+
+def test_a_seq_evicted_before_a_lower_one_is_reported_gone() -> None:
+    """Seq 10 was inserted before 9 (two writers); the capped collection evicts in
+    insertion order, so 10 is gone while 9 stays: "everything after 8" is incomplete."""
+    retained = [(9, 100.0), *((seq, 100.0) for seq in range(11, 21))]
+    oldest_inserts = [9, *range(11, 21)]
+    gone = schema.evicted_through(retained, max(oldest_inserts), settled_before=200.0)
+    assert gone == 10
+    assert retained[0][0] - 1 == 8  # what bounds() reported from the oldest _id alone
+
+
+def test_a_seq_still_in_flight_is_not_reported_gone() -> None:
+    # 3 and 5 taken, still being inserted: the seqs above them were written just now
+    young = [(1, 99.0), (2, 99.0), (4, 99.5), (6, 99.9)]
+    assert schema.evicted_through(young, horizon=6, settled_before=90.0) == 0
+    # far above the oldest insertions: a writer at the top of the history
+    top = [(seq, 10.0) for seq in range(1, 501) if seq != 450]
+    assert schema.evicted_through(top, horizon=100, settled_before=90.0) == 0
+    assert schema.evicted_through([], horizon=0, settled_before=0.0) == -1
+
+
+def test_random_writers_and_eviction_never_report_a_lost_seq_as_retained() -> None:
+    """Seq s is taken at time s and inserted up to 30 later, so inserts land out of
+    order; a capped collection of 300 documents evicts in insertion order; no writer
+    holds a seq longer than gap_timeout (40). After every insert, every evicted seq must
+    be at or below what bounds() reports as purged, and no seq still in flight is."""
+    rng = random.Random(7)
+    capacity, top, gap_timeout = 300, 5000, 40.0
+    inserts = sorted((seq + rng.uniform(0, 30), seq) for seq in range(1, top + 1))
+    collection: list[tuple[int, float]] = []  # (seq, at) in insertion order
+    last_evicted = 0  # the highest evicted seq
+    naive_misses = 0
+    for now, seq in inserts:
+        collection.append((seq, now))
+        if len(collection) > capacity:
+            last_evicted = max(last_evicted, collection.pop(0)[0])
+        retained = sorted(collection)
+        horizon = max(s for s, _ in collection[:follow.OLDEST_INSERTS])
+        gone = schema.evicted_through(retained, horizon, now - gap_timeout)
+        assert last_evicted <= gone
+        assert gone <= max(last_evicted, retained[0][0] - 1)
+        naive_misses += last_evicted > retained[0][0] - 1
+    assert naive_misses > 0  # the oldest _id alone would have reported holes as retained
+
+
+# -- the follower never dies -----------------------------------------------------------
+
+
+async def test_an_undecodable_packet_is_skipped_and_the_rest_delivered() -> None:
+    order = follow.Reassembler(cursor=0)
+    bad = {**doc(2), "payload": b"junk"}
+    for document in (doc(1), bad, doc(3), schema.tombstone_document(4, at=1.0), doc(5)):
+        order.offer(document, now=0)
+    got: list[int] = []
+
+    async def listener(batch: Any) -> None:
+        got.extend(p.seq for p in batch)
+
+    await follow.PacketFollower._deliver(order, listener)
+    assert got == [1, 3, 5] and order.cursor == 5
+
+
+def test_a_document_that_is_not_a_packet_is_ignored() -> None:
+    order = follow.Reassembler(cursor=0)
+    order.offer({"_id": "not a seq"}, now=0)
+    order.offer(doc(1), now=0)
+    assert seqs(order.take(now=0)) == [1]
+
+
+class FailingOnce(follow.PacketFollower):
+    """The follower's loop around a stream that fails once with a non-driver error."""
+
+    calls = 0
+
+    async def _follow_stream(self, order: Any, listener: Any, token: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            raise ValueError("a bug, a bad document")
+        self.stop()
+        return token
+
+
+async def test_the_packet_follower_survives_an_error_that_is_not_pymongo_s() -> None:
+    follower = FailingOnce(packets=None, meta=None, following=asyncio.Event(),  # type: ignore[arg-type]
+                           gap_timeout=1.0, poll_interval=1.0)
+
+    async def listener(batch: Any) -> None:
+        pass
+
+    await asyncio.wait_for(follower.run(listener, 0), 5)  # retried, did not raise
+    assert follower.calls == 2
+
+
+# -- the control stream is open before open() returns ----------------------------------
+
+
+async def test_wait_ready_returns_once_the_stream_is_open() -> None:
+    ready = asyncio.Event()
+
+    async def run() -> None:
+        await asyncio.sleep(0.01)
+        ready.set()
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(run())
+    await asyncio.wait_for(follow.wait_ready(ready, task, within=5), 5)
+    task.cancel()
+
+
+async def test_wait_ready_fails_when_the_follower_ends_or_never_opens() -> None:
+    async def broken() -> None:
+        raise RuntimeError("cannot watch")
+
+    task = asyncio.create_task(broken())
+    with pytest.raises(StoreError, match="did not open") as error:
+        await follow.wait_ready(asyncio.Event(), task, within=5)
+    assert isinstance(error.value.__cause__, RuntimeError)
+    stuck = asyncio.create_task(asyncio.sleep(10))
+    with pytest.raises(StoreError, match="within 0 s"):
+        await follow.wait_ready(asyncio.Event(), stuck, within=0.05)
+    stuck.cancel()
+
+
+# -- experimental ----------------------------------------------------------------------
+
+
+async def test_open_warns_once_that_the_store_is_experimental() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(StoreError, match="cannot reach"):
+            await asyncio.wait_for(MongoStore(UNREACHABLE).open(), 10)
+    await settle_driver_sockets()
+    experimental = [w for w in caught if issubclass(w.category, ExperimentalWarning)]
+    assert len(experimental) == 1
+    assert "experimental" in str(experimental[0].message)

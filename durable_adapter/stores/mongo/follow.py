@@ -21,19 +21,22 @@ skips on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
+from ..._tasks import Backoff
+from ...exceptions import StoreError
 from ..base import ControlMessage, PacketListener
+from ..delivery import decode_each, hand_over
 from .schema import (
     HISTORY_ID,
     control_from_document,
+    evicted_through,
     is_tombstone,
     packet_from_document,
     tombstone_document,
@@ -48,6 +51,40 @@ AWAIT_MS = 250  # longest wait of one getMore on a change stream
 RETRY_MIN, RETRY_MAX = 0.5, 30.0  # seconds of back-off after a failure, doubling
 INSERTS = [{"$match": {"operationType": "insert"}}]
 CANNOT_RESUME = (280, 286)  # ChangeStreamFatalError, ChangeStreamHistoryLost
+OLDEST_INSERTS = 100  # oldest insertions whose seqs bound where eviction made holes
+HEAD_SCAN = 2_000  # most retained seqs read to find those holes
+READY_TIMEOUT = 10.0  # seconds open() waits for the control stream
+
+
+async def read_evicted_through(packets: AsyncCollection[Any], gap_timeout: float) -> int:
+    """:func:`~.schema.evicted_through` of the collection (-1 when it is empty)."""
+    oldest = await packets.find(
+        {}, projection={"_id": True}, sort=[("$natural", 1)], limit=OLDEST_INSERTS
+    ).to_list()
+    if not oldest:
+        return -1
+    horizon = max(int(d["_id"]) for d in oldest)
+    head = await packets.find(
+        {"_id": {"$lte": horizon}}, projection={"_id": True, "at": True}, sort=[("_id", 1)],
+        limit=HEAD_SCAN, hint=[("_id", 1)],
+    ).to_list()
+    return evicted_through([(int(d["_id"]), float(d["at"])) for d in head], horizon,
+                           time.time() - gap_timeout)
+
+
+async def wait_ready(ready: asyncio.Event, task: asyncio.Task[None], within: float) -> None:
+    """Return once ``ready`` is set; :class:`StoreError` if ``task`` ends first or
+    ``within`` seconds pass (messages sent meanwhile would be missed)."""
+    waiting = asyncio.ensure_future(ready.wait())
+    try:
+        await asyncio.wait({waiting, task}, timeout=within,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+    if not ready.is_set():
+        cause = task.exception() if task.done() and not task.cancelled() else None
+        raise StoreError("the control message stream did not open within "
+                         f"{within:.0f} s") from cause
 
 
 def cannot_resume(exc: OperationFailure) -> bool:
@@ -71,7 +108,10 @@ class Reassembler:
         self._gap_since: float | None = None
 
     def offer(self, document: Document, now: float) -> None:
-        seq = int(document["_id"])
+        seq = document.get("_id")
+        if not isinstance(seq, int) or isinstance(seq, bool):  # not a packet of ours
+            logger.warning("ignoring a document with _id %r in the packets collection", seq)
+            return
         if seq <= self.cursor or seq in self.pending or len(self.pending) >= MAX_PENDING:
             return
         self.pending[seq] = document
@@ -141,13 +181,13 @@ class PacketFollower:
     async def run(self, listener: PacketListener, cursor: int) -> None:
         order = Reassembler(cursor)
         token: Mapping[str, Any] | None = None
-        delay = RETRY_MIN
+        backoff = Backoff(RETRY_MIN, RETRY_MAX)
         self._following.set()
         try:
             while not self._stopping:
                 try:
                     token = await self._follow_stream(order, listener, token)
-                    delay = RETRY_MIN
+                    backoff.reset()
                 except OperationFailure as exc:
                     if token is not None and cannot_resume(exc):  # reopen from now
                         logger.warning(
@@ -157,20 +197,18 @@ class PacketFollower:
                         )
                         token = None
                         continue
-                    delay = await self._back_off(exc, delay)
-                except PyMongoError as exc:  # network, failover: resume from the token
-                    delay = await self._back_off(exc, delay)
+                    await self._back_off(exc, backoff)
+                except Exception as exc:  # network, failover, anything: never die
+                    await self._back_off(exc, backoff)
         finally:
             self._following.clear()
 
-    async def _back_off(self, exc: Exception, delay: float) -> float:
+    async def _back_off(self, exc: Exception, backoff: Backoff) -> None:
         logger.warning(
-            "following the store failed, retrying in %.1f s: %s", delay, exc,
+            "following the store failed, retrying in %.1f s: %s", backoff.delay, exc,
             extra={"action": "follow_retry"},
         )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)  # or stop()
-        return min(delay * 2, RETRY_MAX)
+        await backoff.wait(self._wake)  # or stop()
 
     async def _follow_stream(
         self, order: Reassembler, listener: PacketListener, token: Mapping[str, Any] | None
@@ -224,24 +262,29 @@ class PacketFollower:
     async def _fill_gap(self, order: Reassembler, seq: int) -> None:
         """``seq`` is overdue: tombstone it, or, below the oldest retained packet, skip it.
 
-        A seq older than every retained packet may have been overwritten by the capped
-        collection: its packet can no longer be delivered or replayed, so the stored
-        ``purged_through`` is raised over it (recoveries from before it are refused) and
-        the follower skips on. This is cautious: a writer that died holding the oldest
-        seq looks the same, and costs only refused recoveries from before that seq.
-        No tombstone there: in a full capped collection it would overwrite one more packet.
+        A seq the capped collection may have evicted (:func:`read_evicted_through`: eviction
+        follows insertion order, so also a hole above the oldest retained seq) can no
+        longer be delivered or replayed, so the stored ``purged_through`` is raised over
+        it first (recoveries from before it are refused). Below the oldest retained seq
+        the follower then skips on, with no tombstone: in a full capped collection it
+        would overwrite one more packet. A hole among retained seqs is still tombstoned,
+        so a writer that was only slow cannot land it late. This is cautious: a writer
+        that died holding such a seq looks the same, and costs only refused recoveries.
         """
-        oldest = await self._packets.find_one(
-            {}, projection={"_id": True}, sort=[("_id", 1)], hint=[("_id", 1)]
-        )
-        if oldest is not None and int(oldest["_id"]) > seq:
-            through = int(oldest["_id"]) - 1
+        through = await read_evicted_through(self._packets, self._gap_timeout)
+        if through >= seq:
+            # raised first: a recovery from before it is refused, never silently short
             await self._meta.update_one(
                 {"_id": HISTORY_ID}, {"$max": {"purged_through": through}}
             )
-            self._skipped(seq, through)
-            order.skip_to(through, time.monotonic())
-            return
+            oldest = await self._packets.find_one(
+                {}, projection={"_id": True}, sort=[("_id", 1)], hint=[("_id", 1)]
+            )
+            if oldest is None or int(oldest["_id"]) > seq:
+                self._skipped(seq, through)
+                order.skip_to(through, time.monotonic())
+                return
+            # a hole among retained seqs: fenced below, so a slow writer cannot land late
         try:
             # fences the seq: a writer still holding it now fails instead of landing late
             await self._packets.insert_one(tombstone_document(seq, time.time()))
@@ -267,18 +310,9 @@ class PacketFollower:
 
     @staticmethod
     async def _deliver(order: Reassembler, listener: PacketListener) -> None:
-        run = order.take(time.monotonic())
-        batch = [packet_from_document(doc) for doc in run if not is_tombstone(doc)]
-        if not batch:
-            return
-        try:
-            await listener(batch)
-        except Exception:
-            # the packets count as delivered: delivering them again would duplicate
-            logger.exception(
-                "the packet listener failed on seqs %d..%d", batch[0].seq, batch[-1].seq,
-                extra={"action": "listener_failed"},
-            )
+        run = [doc for doc in order.take(time.monotonic()) if not is_tombstone(doc)]
+        await hand_over(listener, decode_each(packet_from_document, run,
+                                              lambda doc: doc.get("_id")))
 
 
 class ControlFollower:
@@ -302,7 +336,7 @@ class ControlFollower:
 
     async def run(self) -> None:
         token: Mapping[str, Any] | None = None
-        delay = RETRY_MIN
+        backoff = Backoff(RETRY_MIN, RETRY_MAX)
         while not self._stopping:
             try:
                 stream = await self._control.watch(
@@ -310,7 +344,7 @@ class ControlFollower:
                 )
                 async with stream:
                     self.ready.set()
-                    delay = RETRY_MIN
+                    backoff.reset()
                     while not self._stopping and stream.alive:
                         change = await stream.try_next()
                         token = stream.resume_token or token
@@ -318,17 +352,15 @@ class ControlFollower:
                             await self._dispatch(change["fullDocument"])
                     if not stream.alive:
                         token = None
-            except PyMongoError as exc:
+            except Exception as exc:  # network, failover, anything: never die
                 if isinstance(exc, OperationFailure) and token is not None and cannot_resume(exc):
                     token = None  # live only: go on from now
                     continue
                 logger.warning(
-                    "following control messages failed, retrying in %.1f s: %s", delay, exc,
-                    extra={"action": "control_retry"},
+                    "following control messages failed, retrying in %.1f s: %s",
+                    backoff.delay, exc, extra={"action": "control_retry"},
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                delay = min(delay * 2, RETRY_MAX)
+                await backoff.wait(self._wake)
 
     async def _dispatch(self, document: Document) -> None:
         listener = self._listener()

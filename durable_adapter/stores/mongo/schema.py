@@ -18,8 +18,9 @@ Collections (``<prefix>_<name>`` in one database):
 from __future__ import annotations
 
 import datetime
+import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bson.binary import Binary
@@ -144,6 +145,32 @@ def packet_from_document(document: Mapping[str, Any]) -> StoredPacket:
         seq=int(document["_id"]),
         created_at=float(document["at"]),
     )
+
+
+def evicted_through(head: Sequence[tuple[int, float]], horizon: int,
+                    settled_before: float) -> int:
+    """The highest seq at the head of the history that may be gone for good (-1: none).
+
+    A capped collection evicts in *insertion* order, and inserts land out of seq order,
+    so the oldest retained seq is not enough: a seq above it may have been evicted while
+    the one below it stayed. Such holes lie among the seqs of the oldest insertions, so
+    a hole counts as gone when it is below ``horizon`` (the highest seq of the oldest
+    insertions still retained, ``$natural`` order) and the retained seq above it was
+    written before ``settled_before`` (now - gap_timeout): a writer still inserting it
+    would hold its seq longer than the followers let it (they fence it with a tombstone).
+    A writer that died looks the same until it is tombstoned: reporting it gone meanwhile
+    only refuses recoveries from before it, never misses a packet.
+
+    :param head: ``(seq, at)`` of the retained documents from the lowest seq on, in seq
+                 order (tombstones included).
+    """
+    if not head:
+        return -1
+    gone = head[0][0] - 1  # everything below the oldest retained seq
+    for (before, _), (after, at) in itertools.pairwise(head):
+        if after > before + 1 and after <= horizon and at <= settled_before:
+            gone = after - 1
+    return gone
 
 
 def read_filter(after: int, until: int | None, namespace: str | None) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """The MongoDB store: PyMongo's async API, a capped packets collection, change streams.
 
+**Experimental** until its suite has run against a real replica set: :meth:`MongoStore.open`
+warns (:class:`~durable_adapter.exceptions.ExperimentalWarning`).
+
 **Offsets.** One counter document per store: ``find_one_and_update({$inc: {top: 1}})``
 (``w: "majority"``) hands out the seq, then the packet is inserted into the capped
 collection with ``_id: seq``. The two writes are not atomic (capped collections cannot
@@ -22,8 +25,10 @@ a collection scan. Tombstones are skipped.
 (re)start the follower reads ``_id > cursor``. A stream that cannot resume (its token left
 the oplog) is reopened and the read fills the gap. If the capped collection overwrote
 packets a node had not delivered, ``purged_through`` is raised over them, so recoveries
-that could be incomplete are refused; :meth:`bounds` also derives it from the oldest
-retained seq. The epoch lives in the counter document: a new database is a new epoch.
+that could be incomplete are refused; :meth:`bounds` also derives it from the head of
+the collection, read in insertion order too: eviction follows insertion order, not seq
+order (:func:`.schema.evicted_through`). The epoch lives in the counter document: a new
+database is a new epoch.
 
 **Requirements.** A replica set (or sharded cluster) for change streams: a standalone
 server is refused at :meth:`MongoStore.open` with the fix. Deleting old packets
@@ -36,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import warnings
 from typing import Any
 
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
@@ -48,7 +54,7 @@ from pymongo.write_concern import WriteConcern
 
 from ..._codec import check_session_data
 from ..._tasks import STOP_TIMEOUT, finish_or_cancel
-from ...exceptions import ConfigurationError, StoreError
+from ...exceptions import ConfigurationError, ExperimentalWarning, StoreError
 from ..base import (
     ControlMessage,
     HistoryBounds,
@@ -62,9 +68,20 @@ from ..base import (
 )
 from ..errors import driver_errors
 from . import schema, setup
-from .follow import ControlFollower, PacketFollower
+from .follow import (
+    READY_TIMEOUT,
+    ControlFollower,
+    PacketFollower,
+    read_evicted_through,
+    wait_ready,
+)
 
 logger = logging.getLogger(__name__)
+
+EXPERIMENTAL = (
+    "the MongoDB store is experimental: its test suite has not yet run against a real "
+    "replica set"
+)
 
 CAPPED_SIZE = 256 * 1024 * 1024  # bytes of packet history kept by default
 CONTROL_SIZE = 4 * 1024 * 1024  # bytes of the control collection
@@ -162,6 +179,7 @@ class MongoStore(Store):
     async def open(self) -> None:
         if self._client is not None:
             return
+        warnings.warn(EXPERIMENTAL, ExperimentalWarning, stacklevel=2)
         try:
             client = self._given_client or AsyncMongoClient(self._url)
         except MongoConfigurationError as exc:
@@ -178,7 +196,10 @@ class MongoStore(Store):
             else:
                 await self._check_schema()
             self._epoch = await self._init_history()
-            self._start("control", ControlFollower(self._control, self._control_receiver))
+            control = ControlFollower(self._control, self._control_receiver)
+            task = self._start("control", control)
+            # messages published once open() returned must reach this node
+            await wait_ready(control.ready, task, READY_TIMEOUT)
         except BaseException:
             for task_name in list(self._tasks):
                 await self._stop(task_name)
@@ -275,14 +296,11 @@ class MongoStore(Store):
     async def bounds(self) -> HistoryBounds:
         with self._errors(f"reading the store at {self._where()} failed"):
             meta = await self._meta.find_one({"_id": schema.HISTORY_ID})
-            oldest = await self._packets.find_one(
-                {}, projection={"_id": True}, sort=[("_id", ASCENDING)], hint=[("_id", 1)]
-            )
-        if meta is None:
-            raise StoreError(f"the history document is missing at {self._where()}")
-        purged = int(meta["purged_through"])
-        if oldest is not None:  # the capped collection overwrote everything below it
-            purged = max(purged, int(oldest["_id"]) - 1)
+            if meta is None:
+                raise StoreError(f"the history document is missing at {self._where()}")
+            purged = int(meta["purged_through"])
+            # what the capped collection evicted (in insertion order) is gone too
+            purged = max(purged, await read_evicted_through(self._packets, self.gap_timeout))
         return HistoryBounds(epoch=str(meta["epoch"]), top=int(meta["top"]),
                              purged_through=purged)
 
@@ -361,9 +379,11 @@ class MongoStore(Store):
     def _control_receiver(self) -> Any:
         return getattr(self, "_control_listener", None)
 
-    def _start(self, name: str, follower: PacketFollower | ControlFollower, *args: Any) -> None:
+    def _start(self, name: str, follower: PacketFollower | ControlFollower, *args: Any
+               ) -> asyncio.Task[None]:
         task = asyncio.create_task(follower.run(*args), name=f"{self!r} {name} follower")
         self._tasks[name] = (follower, task)
+        return task
 
     async def _stop(self, name: str) -> None:
         # ask first (a getMore returns within AWAIT_MS), cancel only after STOP_TIMEOUT

@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import CreateSchema
 
-from .exceptions import StoreError
+from .stores.errors import driver_errors
 from .stores.sql.dialect import WRITE_OPTION, create_engine, parse_url
 from .stores.sql.schema import VERSION_TABLE
 
@@ -130,10 +130,9 @@ async def migrate(url: str, *, schema: str | None = None) -> None:
         return
     sa_url = parse_url(url)
     engine = create_engine(sa_url, schema=schema)
+    where = sa_url.render_as_string(hide_password=True)
     try:
-        await upgrade_engine(engine, schema)
-    except (SQLAlchemyError, OSError) as exc:
-        where = sa_url.render_as_string(hide_password=True)
-        raise StoreError(f"migrating the store at {where} failed: {exc}") from exc
+        with driver_errors(f"migrating the store at {where} failed", SQLAlchemyError, OSError):
+            await upgrade_engine(engine, schema)
     finally:
         await engine.dispose()

@@ -109,10 +109,14 @@ class ControlMessage:
     target: str | None = None
 
 
-def check_namespace(namespace: str) -> None:
-    """Refuse (:class:`StoreError`) a namespace not every store can keep: text with NUL
-    (PostgreSQL's text refuses it) or a lone surrogate (not UTF-8). Checked before the
-    packet joins a batch, so it fails its own emit only."""
+def check_new_packet(packet: NewPacket) -> None:
+    """What every store's :meth:`Store.append` checks first: a :class:`NewPacket` whose
+    namespace every store can keep (no NUL, which PostgreSQL's text refuses, and valid
+    UTF-8), else :class:`StoreError`. Checked before the packet joins a batch, so it
+    fails its own emit only."""
+    if not isinstance(packet, NewPacket):
+        raise TypeError(f"append() takes a NewPacket, got {type(packet).__name__}")
+    namespace = packet.namespace
     if "\x00" in namespace:
         raise StoreError(f"namespace {namespace!r} cannot be stored: it contains NUL")
     try:

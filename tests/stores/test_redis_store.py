@@ -183,6 +183,17 @@ async def test_an_entry_whose_history_check_failed_is_read_again(
     assert seen.seqs == [seq]
 
 
+@pytest.mark.parametrize("namespace", ["/lone \ud800", "/nul \x00"])
+async def test_a_namespace_that_cannot_be_stored_fails_only_its_own_emit(
+        store: RedisStore, namespace: str) -> None:
+    batch = [packet(i) for i in range(10)]
+    batch.insert(5, packet("bad", namespace=namespace))
+    results = await bounded(asyncio.gather(*(store.append(p) for p in batch),
+                                           return_exceptions=True))
+    assert isinstance(results.pop(5), StoreError)
+    assert sorted(results) == list(range(1, 11))
+
+
 async def test_deleting_stream_and_epoch_starts_a_new_history(
         prefix: str, store: RedisStore) -> None:
     for i in range(5):

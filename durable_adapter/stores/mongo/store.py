@@ -64,6 +64,7 @@ from ..base import (
     Session,
     Store,
     StoredPacket,
+    check_new_packet,
     check_purge_args,
 )
 from ..errors import driver_errors
@@ -257,8 +258,7 @@ class MongoStore(Store):
     # -- packets ----------------------------------------------------------------
 
     async def append(self, packet: NewPacket) -> int:
-        if not isinstance(packet, NewPacket):
-            raise TypeError(f"append() takes a NewPacket, got {type(packet).__name__}")
+        check_new_packet(packet)
         fields = schema.packet_fields(packet)  # a payload that cannot be stored fails here
         with self._errors(f"writing to the store at {self._where()} failed"):
             counter = await self._meta.find_one_and_update(

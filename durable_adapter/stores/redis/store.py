@@ -60,7 +60,7 @@ from ..base import (
     Session,
     Store,
     StoredPacket,
-    check_namespace,
+    check_new_packet,
     check_purge_args,
 )
 from ..batch_writer import BatchWriter
@@ -217,11 +217,9 @@ class RedisStore(Store):
     # -- packets ----------------------------------------------------------------
 
     async def append(self, packet: NewPacket) -> int:
-        if not isinstance(packet, NewPacket):
-            raise TypeError(f"append() takes a NewPacket, got {type(packet).__name__}")
+        check_new_packet(packet)
         if self._writer is None:
             raise StoreError("the store is not open")
-        check_namespace(packet.namespace)  # fails this emit only, not its batch
         payload = encode_value({"d": list(packet.data), "r": list(packet.rooms),
                                 "x": list(packet.except_rooms)})
         return await self._writer.submit({"n": packet.namespace, "p": payload})

@@ -39,7 +39,7 @@ from ..base import (
     Session,
     Store,
     StoredPacket,
-    check_namespace,
+    check_new_packet,
     check_purge_args,
 )
 from ..batch_writer import BatchWriter
@@ -266,13 +266,10 @@ class SQLStore(controls.SQLControl, Store):
     # -- packets ----------------------------------------------------------------
 
     async def append(self, packet: NewPacket) -> int:
-        if not isinstance(packet, NewPacket):
-            raise TypeError(f"append() takes a NewPacket, got {type(packet).__name__}")
+        check_new_packet(packet)
         if self._writer is None:
             raise StoreError("the store is not open")
-        # checked and encoded here, so a packet that cannot be stored fails its own
-        # caller only, not the batch it would join
-        check_namespace(packet.namespace)
+        # encoded here, so a payload that cannot be stored fails its own caller only
         return await self._writer.submit(packet_values(packet))
 
     async def _insert_batch(self, rows: list[dict[str, Any]]) -> list[int]:

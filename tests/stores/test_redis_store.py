@@ -154,6 +154,32 @@ async def test_running_nodes_follow_a_new_history_started_below_their_cursors(
     assert store.epoch == fresh.epoch
 
 
+async def test_history_resets_under_concurrent_appends_stress(
+        prefix: str, store: RedisStore) -> None:
+    """Five times: the keys are wiped, a new node opens, and both nodes append at once.
+    The running node's follower delivers each new history whole, in order, once."""
+    seen, resets = Collector(), []
+
+    async def on_reset(after: int) -> None:
+        resets.append(after)
+
+    store.on_history_reset(on_reset)
+    await bounded(store.follow(seen, after=0))
+    for round_ in range(5):
+        delete_prefix(prefix)
+        async with RedisStore(store_url(prefix), block_ms=200) as fresh:
+            before = len(seen.packets)
+            seqs = await bounded(asyncio.gather(*(
+                node.append(packet(f"{round_}-{i}")) for i in range(20)
+                for node in (store, fresh))))
+            await seen.wait_for(before + 40)
+            await asyncio.sleep(0.3)  # anything delivered twice would show up now
+            new = seen.packets[before:]
+            assert [p.seq for p in new] == sorted(seqs)
+            assert len(new) == 40 and store.epoch == fresh.epoch
+            assert len(resets) == round_ + 1  # told once per new history
+
+
 async def test_an_entry_whose_history_check_failed_is_read_again(
         prefix: str, store: RedisStore, caplog: pytest.LogCaptureFixture) -> None:
     """The follower checks an entry of another epoch against the store; when that check

@@ -368,7 +368,7 @@ class ControlFollower:
             return
         try:
             message = control_from_document(document)
-        except (KeyError, TypeError, ValueError):
+        except Exception:  # any malformed document: skip it, never the stream
             logger.warning("ignoring a malformed control message %r", document.get("_id"))
             return
         try:

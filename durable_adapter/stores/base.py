@@ -9,7 +9,9 @@ store amortises by batching the appends of one node into one transaction.
 
 A store also has an ``epoch``: a random id of its history. A new database, a wiped
 memory store or a Redis that lost its data gets a new epoch, and offsets carrying an old
-epoch are refused instead of misread.
+epoch are refused instead of misread. A follower that finds its history replaced while
+it runs (Redis) starts over at the new one's beginning, and first tells the listener
+registered with :meth:`Store.on_history_reset`: seqs then start again.
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ a namespace's replay filters while paging (``XRANGE`` with ``COUNT``).
 Epoch: a random id set once with the history. When the counter or the epoch vanish
 (FLUSHALL, a Redis restart without persistence) the next script starts a new history
 with a new epoch, and offsets of the old one are refused (history reset), never misread.
-Each entry carries its epoch, so a reader also notices a reset between two calls.
+Each entry carries its epoch, so a reader also notices a reset between two calls, and
+a follower starts over with a new history even when it began below its cursor
+(:class:`.follow.RedisFollower`).
 
 Retention is bounded by an approximate ``MAXLEN`` (memory) and :meth:`RedisStore.purge`
 (age). ``bounds().purged_through`` is the first retained seq - 1, so a replay from an

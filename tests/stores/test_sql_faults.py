@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import update
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from durable_adapter.exceptions import StoreError
 from durable_adapter.stores.sql import SQLStore
 from durable_adapter.stores.sql.schema import SINGLETON_ID, counter, packets
+from durable_adapter.stores.sql.store import _may_be_one_row
 
 from .conftest import postgres_store, sqlite_store
 from .test_store_contract import Collector, bounded, packet
@@ -74,3 +76,18 @@ async def test_a_namespace_that_cannot_be_stored_fails_only_its_own_emit(
     assert sorted(stored) == list(range(1, 21))  # type: ignore[type-var]
     read = await bounded(store.read(after=0, limit=50))
     assert sorted(p.data[1] for p in read) == list(range(20))
+
+
+def test_only_an_error_of_the_rows_content_writes_them_one_by_one() -> None:
+    def wrapped(cause: Exception) -> StoreError:
+        error = StoreError("writing failed")
+        error.__cause__ = cause
+        return error
+
+    data = DataError("INSERT", {}, Exception('invalid byte sequence for encoding "UTF8"'))
+    lost = OperationalError("INSERT", {}, Exception("server closed the connection"))
+    invalidated = DBAPIError("INSERT", {}, Exception("gone"), connection_invalidated=True)
+    assert _may_be_one_row(wrapped(data))
+    assert not _may_be_one_row(wrapped(lost))  # writing again would not help
+    assert not _may_be_one_row(wrapped(invalidated))
+    assert not _may_be_one_row(wrapped(ConnectionResetError()))

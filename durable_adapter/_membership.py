@@ -90,6 +90,12 @@ class MembershipLog:
             return False
         return not packet.rooms or any(member(room) for room in packet.rooms)
 
+    def restarted(self, at: int) -> MembershipLog:
+        """The rooms it is in now, as stays from ``at`` on: for a new history whose seqs
+        start after ``at`` (the old history's seqs mean nothing there)."""
+        return MembershipLog(since=at, rooms={room: [(at, None)] for room, stays
+                                              in self.rooms.items() if stays[-1][1] is None})
+
     def copy(self) -> MembershipLog:
         return MembershipLog(since=self.since,
                              rooms={room: list(stays) for room, stays in self.rooms.items()})

@@ -219,6 +219,8 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         async with self._deliver_lock:
             self.delivered = after
             self.last_sent.clear()
+            for key, log in self.memberships.items():
+                self.memberships[key] = log.restarted(after)
             for waiter in self._waiters.values():  # their packets were lost with it
                 if not waiter.done():
                     waiter.set_result(None)

@@ -94,3 +94,29 @@ async def test_a_node_started_on_a_wiped_redis_reaches_the_clients_of_running_no
         await first.sio.emit("tick", "from the running node")
         await peer.inbox["/"].wait_for(9)
         await peer.client.disconnect()
+
+
+async def test_rooms_joined_before_a_redis_history_reset_count_in_the_new_one(
+        prefix: str) -> None:
+    """A replay sends a room's packets only to sockets that were in the room at their
+    seq; a socket that joined before the reset is in it throughout the new history."""
+    url = store_url(prefix, block_ms=200)
+    async with running(url) as first:
+        peer = Peer()
+        await peer.connect(first.url)
+        for i in range(5):
+            await first.sio.emit("tick", i)
+        await peer.inbox["/"].wait_for(5)
+        await first.sio.enter_room(peer.sid(), "lobby")  # joined after old seq 5
+        delete_prefix(prefix)
+        async with running(url) as second:
+            await second.sio.emit("tick", "new 0", to="lobby")
+            await peer.inbox["/"].wait_for(6)
+            state = await peer.drop(first)
+            for i in (1, 2):
+                await second.sio.emit("tick", f"new {i}", to="lobby")
+            again = Peer()
+            await again.connect(first.url, state)
+            assert again.client.is_recovered()
+            assert await again.inbox["/"].wait_for(2) == ["new 1", "new 2"]
+            await again.client.disconnect()

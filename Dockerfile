@@ -8,7 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY durable_adapter ./durable_adapter
 COPY migrations ./migrations
 RUN pip install ".[postgres]" && useradd --system --no-create-home durable

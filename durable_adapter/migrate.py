@@ -1,7 +1,9 @@
 """Bring a SQL store's tables to the current version with the bundled Alembic migrations.
 
-The migrations live in the top-level ``migrations`` package (shipped inside the wheel);
-they are found through :mod:`importlib.resources`, so no ``alembic.ini`` is needed.
+The Alembic environment ships as ``durable_adapter._migrations`` (``migrations/`` in a
+checkout, mapped by setup.py); it is found through :mod:`importlib.resources` by that name,
+never by the top-level name ``migrations`` (an application's own package may have it), so
+no ``alembic.ini`` is needed.
 
 Usage::
 
@@ -38,9 +40,13 @@ from .stores.sql.schema import VERSION_TABLE
 MIGRATION_LOCK_KEY = 0x64757261626C65
 
 
+#: The package holding the Alembic environment, inside our own namespace.
+MIGRATIONS_PACKAGE = f"{__package__}._migrations"
+
+
 def migrations_path() -> Path:
     """The directory of the bundled Alembic environment (needs a non-zipped install)."""
-    return Path(str(importlib.resources.files("migrations")))
+    return Path(str(importlib.resources.files(MIGRATIONS_PACKAGE)))
 
 
 def alembic_config(*, schema: str | None = None) -> Config:

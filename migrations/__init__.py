@@ -1,1 +1,2 @@
-"""Alembic migrations of the SQL store, shipped inside the wheel (see durable_adapter.migrate)."""
+"""Alembic migrations of the SQL store: ``durable_adapter._migrations`` once installed
+(setup.py maps this folder there; see durable_adapter.migrate)."""

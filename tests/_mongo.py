@@ -1,10 +1,10 @@
 """MongoDB for the tests: the replica set named by ``DURABLE_ADAPTER_MONGO_URL``, a fresh
 database per test, dropped after.
 
-Without the variable, and with ``testcontainers`` installed and a Docker engine reachable,
-one single-node replica set (``mongo:7``) is started for the whole run; otherwise the
-MongoDB tests skip. No fake: a fake proves nothing about change streams or capped
-collections.
+Without the variable, and with a Docker engine and the docker extra (testcontainers),
+a one-member replica set (``mongo:7``) is started in Docker for the whole run; otherwise
+the MongoDB tests skip, in CI too (the run's summary counts them). No fake: a fake proves
+nothing about change streams or capped collections.
 """
 
 from __future__ import annotations
@@ -17,49 +17,53 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from durable_adapter.stores.base import Store
 from durable_adapter.stores.mongo.schema import with_database
+from tests import _docker
+from tests._env import server_missing
 
 ENV = "DURABLE_ADAPTER_MONGO_URL"
-SKIP_REASON = "DURABLE_ADAPTER_MONGO_URL is not set (needs a replica set)"
 WAIT_MS = 10_000  # server selection timeout of the test's admin client
 IMAGE = "mongo:7"
 
-_container_url: str | None = None
+_container_url: str | None = None  # "" once starting one was tried and failed
 _PENDING: set[tuple[str, str]] = set()  # (url, database) handed out by new_url(), dropped at exit
 
 
-def _start_container() -> str | None:
-    """A one-node replica set in Docker, or None when there is no engine."""
-    global _container_url
-    if _container_url is not None:
-        return _container_url
-    try:
-        from testcontainers.core.container import DockerContainer  # type: ignore[import-not-found]
-        from testcontainers.core.waiting_utils import wait_for_logs  # type: ignore[import-not-found]
+def _primary(host: str, port: int) -> bool:
+    """The container's one-member replica set has a primary (initiated on first contact)."""
+    import pymongo
 
-        container = DockerContainer(IMAGE).with_command("--replSet rs0 --bind_ip_all")
-        container.with_exposed_ports(27017)
-        container.start()
-    except Exception:  # testcontainers missing or no Docker engine
-        return None
-    atexit.register(container.stop)
-    wait_for_logs(container, "Waiting for connections", timeout=60)
-    initiate = ("try { rs.status() } catch (e) { rs.initiate({_id: 'rs0', members: "
-                "[{_id: 0, host: 'localhost:27017'}]}) }")
-    container.exec(["mongosh", "--quiet", "--eval", initiate])
-    host, port = container.get_container_host_ip(), container.get_exposed_port(27017)
-    _container_url = f"mongodb://{host}:{port}/?directConnection=true"
+    try:
+        with pymongo.MongoClient(host, port, directConnection=True,
+                                 serverSelectionTimeoutMS=2000) as client:
+            try:
+                client.admin.command("replSetInitiate", {
+                    "_id": "rs0", "members": [{"_id": 0, "host": "localhost:27017"}]})
+            except pymongo.errors.OperationFailure:  # initiated already
+                pass
+            return bool(client.admin.command("hello").get("isWritablePrimary"))
+    except pymongo.errors.PyMongoError:
+        return False
+
+
+def _container() -> str:
+    """The URL of a replica set started in Docker for the run, or "" without Docker."""
+    global _container_url
+    if _container_url is None:
+        started = _docker.start(IMAGE, 27017, ready=_primary, configure=lambda container:
+                                container.with_command("--replSet rs0 --bind_ip_all"))
+        _container_url = "" if started is None else \
+            f"mongodb://{started[0]}:{started[1]}/?directConnection=true"
     return _container_url
 
 
 def base_url() -> str:
-    """The replica set to test against, or skip the test."""
-    url = os.environ.get(ENV) or _start_container()
+    """The replica set to test against, or skip the test (in CI too: no MongoDB there)."""
+    url = os.environ.get(ENV) or _container()
     if not url:
-        pytest.skip(SKIP_REASON)
+        server_missing("MongoDB", f"{ENV} is not set and no Docker engine with the docker "
+                       "extra was found", required_in_ci=False)
     return url
 
 

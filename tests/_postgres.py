@@ -1,7 +1,8 @@
 """PostgreSQL for the tests: the libpq environment, a fresh schema per test, dropped after.
 
-Under ``CI=true`` an unreachable server fails the test instead of skipping it: CI must
-not pass by testing nothing.
+When no server answers and Docker is there (the docker extra), one is started in Docker
+for the run and the libpq variables point at it. Otherwise the test skips, or under CI
+fails: CI must not pass by testing nothing.
 """
 
 from __future__ import annotations
@@ -16,20 +17,60 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, NoReturn, TypeVar
 
-import pytest
+import asyncpg
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from durable_adapter.migrate import migrate
+from tests import _docker
+from tests._env import server_missing
 
 POSTGRES_URL = "postgresql+asyncpg://"  # host, user, database from the libpq env vars
 WAIT = 10.0  # seconds for one administrative query
+IMAGE = "postgres:16-alpine"
 T = TypeVar("T")
+_container_tried = False
 
 
 def unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"PostgreSQL is required under CI=true: {reason}")
-    pytest.skip(f"no PostgreSQL reachable through the libpq env vars: {reason}")
+    server_missing("PostgreSQL", f"none reachable through the libpq env vars: {reason}")
+
+
+def _accepts(host: str, port: int) -> bool:
+    async def connect() -> None:
+        connection = await asyncpg.connect(host=host, port=port, user="postgres",
+                                           database="postgres", timeout=2)
+        await connection.close()
+
+    try:
+        asyncio.run(connect())
+    except (TimeoutError, OSError, asyncpg.PostgresError):
+        return False
+    return True
+
+
+def start_container() -> bool:
+    """PostgreSQL in Docker for the rest of the run, once; True if it started. The libpq
+    variables are set to it, for asyncpg here and for the tests' child processes."""
+    global _container_tried
+    if _container_tried:
+        return False
+    _container_tried = True
+    started = _docker.start(IMAGE, 5432, ready=_accepts, configure=lambda container:
+                            container.with_env("POSTGRES_HOST_AUTH_METHOD", "trust"))
+    if started is None:
+        return False
+    os.environ.update(PGHOST=started[0], PGPORT=str(started[1]), PGUSER="postgres",
+                      PGDATABASE="postgres")
+    return True
+
+
+async def require_server() -> None:
+    """Return once PostgreSQL answers (started in Docker if need be); else skip or fail."""
+    try:
+        await execute("SELECT 1")
+    except Exception as exc:  # no server
+        if not await asyncio.to_thread(start_container):
+            unavailable(str(exc))
 
 
 async def execute(sql: str) -> None:
@@ -46,8 +87,9 @@ async def create_schema(*, migrated: bool = True) -> str:
     schema = f"t_{secrets.token_hex(6)}"
     try:
         await execute(f'CREATE SCHEMA "{schema}"')
-    except Exception as exc:
-        unavailable(str(exc))
+    except Exception:  # no server: find or start one, else skip or fail
+        await require_server()
+        await execute(f'CREATE SCHEMA "{schema}"')
     if migrated:
         await asyncio.wait_for(migrate(POSTGRES_URL, schema=schema), 60)
     return schema

@@ -10,7 +10,7 @@ from .base import Store
 # scheme -> (module, class, pip extra that brings its driver)
 _STORES: dict[str, tuple[str, str, str | None]] = {
     "memory": ("memory", "MemoryStore", None),
-    "sqlite+aiosqlite": ("sql", "SQLStore", "sqlite"),
+    "sqlite+aiosqlite": ("sql", "SQLStore", None),  # aiosqlite is a core dependency
     "postgresql+asyncpg": ("sql.postgres", "PostgresStore", "postgres"),
     "mongodb": ("mongo", "MongoStore", "mongo"),
     "mongodb+srv": ("mongo", "MongoStore", "mongo"),

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-import pytest
+
+from tests._env import fail_in_ci_else_skip
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts"
@@ -40,13 +41,9 @@ T = TypeVar("T")
 
 
 def _require_chromium() -> None:
-    if CHROMIUM.exists():
-        return
-    reason = (f"{CHROMIUM} is missing: install Debian's chromium "
-              "(apt-get install -y chromium) or set $CHROMIUM")
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    if not CHROMIUM.exists():
+        fail_in_ci_else_skip(f"{CHROMIUM} is missing: install Debian's chromium "
+                             "(apt-get install -y chromium) or set $CHROMIUM")
 
 
 async def wait_until(check: Callable[[], Awaitable[T]], what: str,

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import importlib
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests._env import fail_in_ci_else_skip
 from tests.interop.jsclient import JS_DIR, node_executable
 
 LOCKFILE = JS_DIR / "package-lock.json"
 #: written by npm ci/install: node_modules matches the lockfile it was installed from
 INSTALLED_STAMP = JS_DIR / "node_modules" / ".package-lock.json"
-
-
-def _missing_tool(reason: str) -> None:
-    """Skip, except in CI where a missing Node means a broken CI image: fail."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: the interop tests must run in CI)")
-    pytest.skip(reason)
 
 
 def _installed_is_current() -> bool:
@@ -33,12 +26,13 @@ def _installed_is_current() -> bool:
 def js_client_installed() -> Path:
     """``npm ci`` in tests/interop/js when node_modules is missing or older than the lock."""
     if node_executable() is None:
-        _missing_tool("node is not installed: the interop tests need Node.js >= 18 and npm")
+        fail_in_ci_else_skip("node is not installed: the interop tests need Node.js >= 18 and npm")
     if _installed_is_current():
         return JS_DIR
     npm = shutil.which("npm")
     if npm is None:
-        _missing_tool("npm is not installed: it installs socket.io-client for the interop tests")
+        fail_in_ci_else_skip(
+            "npm is not installed: it installs socket.io-client for the interop tests")
     assert npm is not None
     try:
         result = subprocess.run(

@@ -9,7 +9,6 @@ server these tests are skipped, except under ``CI=true``, where they fail.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,9 +19,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from durable_adapter.migrate import migrate
 from durable_adapter.stores.sql import SQLStore
+from tests._postgres import POSTGRES_URL, require_server
 
 WAIT = 10.0  # seconds any single expected event may take
-POSTGRES_URL = "postgresql+asyncpg://"  # host, user, database from the libpq env vars
 
 
 @dataclass(frozen=True)
@@ -37,12 +36,6 @@ class Target:
         return SQLStore(self.url, schema=self.schema, auto_migrate=False, poll_interval=0.02)
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"PostgreSQL is required under CI=true: {reason}")
-    pytest.skip(f"no PostgreSQL reachable through the libpq env vars: {reason}")
-
-
 async def _admin(statement: str | None = None) -> None:
     """Run ``statement`` (or just connect) in autocommit on the default database."""
     engine = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
@@ -53,13 +46,6 @@ async def _admin(statement: str | None = None) -> None:
         await engine.dispose()
 
 
-async def _require_postgres() -> None:
-    try:
-        await _admin()
-    except Exception as exc:  # no server: skip, or fail under CI
-        _unavailable(str(exc))
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
     """A migrated store database: a SQLite file, or a fresh PostgreSQL schema."""
@@ -68,7 +54,7 @@ async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         await asyncio.wait_for(migrate(url), WAIT)
         yield Target("sqlite", url)
         return
-    await _require_postgres()
+    await require_server()
     schema = f"t_{secrets.token_hex(6)}"
     try:
         await asyncio.wait_for(migrate(POSTGRES_URL, schema=schema), WAIT)
@@ -83,7 +69,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
         return
-    await _require_postgres()
+    await require_server()
     name = f"t_{secrets.token_hex(6)}"
     await _admin(f'CREATE DATABASE "{name}"')
     try:

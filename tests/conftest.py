@@ -11,5 +11,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     skipped = skipped_by_server(terminalreporter.stats.get("skipped", []))
     for server, count in sorted(skipped.items()):
         terminalreporter.write_line(
-            f"{count} {server} tests skipped: no {server} server; to run them: "
+            f"{count} {server} test{'' if count == 1 else 's'} skipped: no {server} "
+            f"server; to run them: "
             f"{HOW_TO_RUN[server]}")

@@ -40,7 +40,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL
 
 from ._cleanup_lock import WorkerLock, lock_for
-from ._recovery import DEFAULT_MAX_DISCONNECTION_DURATION
+from ._recovery import DEFAULT_MAX_DISCONNECTION_DURATION as DEFAULT_MAX_DISCONNECTION_DURATION
 from .exceptions import ConfigurationError, StoreError
 from .stores import ACCEPTED_SCHEMES, store_from_url
 from .stores.base import PurgeResult, Store

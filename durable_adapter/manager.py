@@ -97,7 +97,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
 
     # -- emit ------------------------------------------------------------------
 
-    async def emit(  # type: ignore[override]
+    async def emit(
         self,
         event: str,
         data: Any,

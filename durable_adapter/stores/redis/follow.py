@@ -97,7 +97,8 @@ class RedisFollower:
                     await self._client.ping()  # (re)connects and names the connection
                     self._following.set()
                     while True:
-                        reply = await self._client.xread(
+                        reply: list[tuple[bytes, list[Entry]]] | None  # no decode_responses
+                        reply = await self._client.xread(  # type: ignore[assignment]
                             {self._stream: self._position}, count=FOLLOW_PAGE,
                             block=self._block_ms)
                         backoff.reset()

@@ -130,7 +130,8 @@ class RedisStore(Store):
         for name, value in given.items():
             if value is not None and name in options and options[name] != value:
                 raise ConfigurationError(f"{name} is given twice: in the URL and as argument")
-        settings = {"prefix": DEFAULT_PREFIX, "maxlen": MAXLEN, "block_ms": BLOCK_MS}
+        settings: dict[str, Any] = {"prefix": DEFAULT_PREFIX, "maxlen": MAXLEN,
+                                    "block_ms": BLOCK_MS}
         settings.update({k: v for k, v in given.items() if v is not None}, **options)
         for name in ("maxlen", "block_ms", "batch_max"):
             value = batch_max if name == "batch_max" else settings[name]
@@ -257,7 +258,8 @@ class RedisStore(Store):
         epoch = self.epoch.encode()
         while len(out) < limit:
             with self._errors(f"reading the store at {self._where()} failed"):
-                entries = await self.redis.xrange(self.keys.packets, f"{start}-0", end, page)
+                entries: list[Entry] = await self.redis.xrange(  # type: ignore[assignment]
+                    self.keys.packets, f"{start}-0", end, page)  # bytes: no decode_responses
             for entry in entries:
                 if entry[1].get(b"e") != epoch:
                     raise StoreError("the Redis history was reset while reading it")
@@ -337,7 +339,8 @@ class RedisStore(Store):
         packets, cutoff = 0, now - retention
         while True:
             with self._errors(f"purging packets at {self._where()} failed"):
-                head = await self.redis.xrange(self.keys.packets, "-", "+", batch_size)
+                head: list[Entry] = await self.redis.xrange(  # type: ignore[assignment]
+                    self.keys.packets, "-", "+", batch_size)
                 old = [split_id(i) for i, fields in head if float(fields[b"t"]) < cutoff]
                 if not old:
                     break
@@ -369,7 +372,8 @@ class RedisStore(Store):
             raise StoreError("the store is not open")
         await self._stop_follower()  # one follower per store: the new one replaces it
         with self._errors(f"following {self._where()} failed"):
-            tip = await self.redis.xrevrange(self.keys.packets, "+", "-", 1)
+            tip: list[Entry] = await self.redis.xrevrange(  # type: ignore[assignment]
+                self.keys.packets, "+", "-", 1)
         # control messages are live only: those sent before now are not for this node
         control_floor = split_id(tip[0][0]) if tip else (0, 0)
         client = self._follower_client = self._dedicated_client()

@@ -119,8 +119,11 @@ class SQLControl:
     _writer: BatchWriter | None
     _control_pruned_at: float = 0.0
 
-    def _read(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
-    def _write(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
+    def _read(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        raise NotImplementedError  # SQLStore's
+
+    def _write(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        raise NotImplementedError  # SQLStore's
 
     async def publish_control(self, message: ControlMessage) -> None:
         """Queue ``message`` with this node's packets; returns once committed, else raises."""

@@ -155,7 +155,7 @@ class PostgresStore(SQLStore):
 
     async def _listen_once(self) -> None:
         """One LISTEN connection's life: returns when it is lost or the store closes."""
-        kwargs: dict[str, Any] = self.engine.dialect.create_connect_args(self.listen_url)[1]
+        kwargs = dict(self.engine.dialect.create_connect_args(self.listen_url)[1])
         for option in _SQLALCHEMY_ONLY:
             kwargs.pop(option, None)
         lost = self._listen_lost = asyncio.Event()

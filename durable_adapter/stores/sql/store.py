@@ -80,7 +80,7 @@ def _shielded(
     """
 
     @functools.wraps(method)
-    async def run(self: SQLStore, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def run(self: SQLStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
         task = asyncio.ensure_future(method(self, *args, **kwargs))
         self._inflight.add(task)
         task.add_done_callback(_forget(self._inflight))

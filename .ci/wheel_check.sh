@@ -140,7 +140,8 @@ for _ in $(seq 1 300); do  # up to 30 s for the "running on URL" line
   sleep 0.1
 done
 [ -n "$URL" ] || { cat "$WORK/demo.log"; fail "the demo did not start within 30 s"; }
-curl -fsS --max-time 10 "$URL" | grep -q "socket.io" || fail "the demo page at $URL"
+curl -fsS --max-time 10 -o "$WORK/page.html" "$URL" || fail "fetching the demo page at $URL"
+grep -q "socket.io" "$WORK/page.html" || fail "the demo page at $URL is not the chat page"
 kill "$DEMO_PID" && wait "$DEMO_PID" || true
 DEMO_PID=""
 unset PYTHONPATH

@@ -1,10 +1,12 @@
-"""Every private python-socketio name durable_adapter relies on, in one place.
+"""Every private python-socketio (and python-engineio) name durable_adapter relies on.
 
-Checked against python-socketio 5.12.1 and 5.18.1 (CI runs both). When upgrading
-python-socketio, re-read these in its source; :func:`check_server_surface` and
-:func:`check_manager_surface` fail at import if one disappears.
+Checked against python-socketio 5.12.1 and 5.18.1 (CI runs both). When upgrading, re-read
+these in its source. The ``check_*_surface`` functions run at import and look at
+python-socketio's own classes (our subclasses define these methods themselves, so
+checking them would prove nothing): a name that disappears fails the import loudly.
 
 Server (``socketio.AsyncServer``), overridden or called:
+  ``_handle_eio_connect(eio_sid, environ)``       wrapped: starts the store first
   ``_handle_connect(eio_sid, namespace, data)``   wrapped: restore before, flags after
   ``_handle_disconnect(eio_sid, namespace, reason)``  wrapped: save the session first
   ``_handle_eio_disconnect(eio_sid, reason)``     wrapped: marks an Engine.IO-level close
@@ -17,10 +19,11 @@ Server (``socketio.AsyncServer``), overridden or called:
                                                   evicting a stale connection (#4880)
 
 Client (``socketio.AsyncClient``), wrapped: ``_send_packet`` (pid and offset in
-CONNECT), ``_handle_connect``, ``_handle_event`` (strip the offset, buffer early events),
-``_handle_disconnect``, ``_handle_error``, ``_handle_eio_disconnect``; read:
-``namespaces``, ``connection_namespaces``, ``eio.queue``, ``eio.state``; and
-``engineio.payload.Payload.max_decode_packets`` (raised: a replay in one long-poll).
+CONNECT; flush after DISCONNECT), ``_handle_connect``, ``_handle_event`` (strip the
+offset, hold early events), ``_handle_disconnect``, ``_handle_error``,
+``_handle_eio_disconnect``; read: ``namespaces``, ``connection_namespaces``,
+``eio.state``, ``eio.queue`` (engineio's send queue, see :func:`engineio_send_queue`);
+and ``engineio.async_client.payload`` (see ``_payload_limit``).
 
 Manager (``socketio.AsyncManager``), overridden or called:
   ``emit``                                        replaced for recovering namespaces
@@ -34,6 +37,13 @@ Manager (``socketio.AsyncManager``), overridden or called:
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import types
+from typing import Any
+
+import engineio
+import engineio.async_client
 import socketio
 from socketio.base_manager import BaseManager
 
@@ -41,27 +51,60 @@ from socketio.base_manager import BaseManager
 HAS_PRE_CONNECT = hasattr(BaseManager, "pre_connect")
 
 SERVER_NAMES = (
-    "_handle_connect", "_handle_disconnect", "_handle_eio_disconnect", "_send_packet",
-    "_send_eio_packet", "_trigger_event",
+    "_handle_eio_connect", "_handle_connect", "_handle_disconnect", "_handle_eio_disconnect",
+    "_send_packet", "_send_eio_packet", "_trigger_event",
 )
+ENGINEIO_SERVER_NAMES = ("generate_id", "_get_socket")
+CLIENT_NAMES = (
+    "connect", "disconnect", "_send_packet", "_handle_connect", "_handle_event",
+    "_handle_disconnect", "_handle_error", "_handle_eio_disconnect",
+)
+MANAGER_COROUTINES = ("emit", "pre_connect" if HAS_PRE_CONNECT else "connect")
 MANAGER_NAMES = (
-    "basic_disconnect", "basic_enter_room", "basic_leave_room", "get_participants", "get_rooms",
-    "is_connected", "sid_from_eio_sid", "eio_sid_from_sid", "_generate_ack_id", "connect",
+    *MANAGER_COROUTINES, "basic_disconnect", "basic_enter_room", "basic_leave_room",
+    "get_participants", "get_rooms", "is_connected", "sid_from_eio_sid", "eio_sid_from_sid",
+    "_generate_ack_id",
 )
 
 
-def _check(cls: type, names: tuple[str, ...]) -> None:
-    missing = [name for name in names if not hasattr(cls, name)]
+def _check(cls: type, names: tuple[str, ...], coroutines: tuple[str, ...] = ()) -> None:
+    """Every name exists on ``cls``; those we await are coroutine functions there (a
+    synchronous base-class stub raising NotImplementedError does not count)."""
+    missing = [name for name in names if not hasattr(cls, name) or (
+        name in coroutines and not inspect.iscoroutinefunction(getattr(cls, name)))]
     if missing:
+        version = getattr(socketio, "__version__", "")
         raise ImportError(
-            f"python-socketio {socketio.__version__ if hasattr(socketio, '__version__') else ''}"
-            f" lacks {', '.join(missing)} on {cls.__name__}; durable_adapter supports >=5.12,<6"
-        )
+            f"python-socketio {version} lacks {', '.join(missing)} on {cls.__module__}."
+            f"{cls.__qualname__}; durable_adapter supports >=5.12,<6")
 
 
-def check_server_surface(cls: type) -> None:
-    _check(cls, SERVER_NAMES)
+def check_server_surface() -> None:
+    _check(socketio.AsyncServer, SERVER_NAMES, coroutines=SERVER_NAMES)
+    _check(engineio.AsyncServer, ENGINEIO_SERVER_NAMES)
 
 
-def check_manager_surface(cls: type) -> None:
-    _check(cls, MANAGER_NAMES)
+def check_client_surface() -> None:
+    _check(socketio.AsyncClient, CLIENT_NAMES, coroutines=CLIENT_NAMES)
+    payload = getattr(engineio.async_client, "payload", None)
+    if not isinstance(payload, types.ModuleType) or not hasattr(payload, "Payload"):
+        raise ImportError("python-engineio's async client no longer decodes through "
+                          "engineio.async_client.payload.Payload; see _payload_limit")
+
+
+def check_manager_surface() -> None:
+    _check(socketio.AsyncManager, MANAGER_NAMES, coroutines=MANAGER_COROUTINES)
+
+
+def engineio_send_queue(eio: Any) -> asyncio.Queue[Any] | None:
+    """The send queue of a connected python-engineio client, else None.
+
+    python-engineio has no public flush: its send queue (an ``asyncio.Queue`` whose writer
+    calls ``task_done``) is the only way to know that queued packets went out. Anything
+    else (another engineio, a test double) gives None: packets then go out as they would
+    with python-socketio.
+    """
+    queue = getattr(eio, "queue", None)
+    if getattr(eio, "state", None) != "connected" or not isinstance(queue, asyncio.Queue):
+        return None
+    return queue

@@ -5,21 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import engineio.payload
 import socketio
 from socketio import packet as sio_packet
 
+from . import _socketio
+from ._offsets import parse_offset
+from ._payload_limit import raised_limit
 from ._redact import redact_pids
 
 logger = logging.getLogger(__name__)
 
-#: events buffered for a namespace whose CONNECT reply has not arrived yet
+#: events held for a namespace until its CONNECT reply and connect handler are done
 MAX_BUFFERED_EVENTS = 100_000
 #: a long-poll response may carry a whole replay; python-engineio refuses more than 16
-#: packets per response by default (a class-wide limit, so raising it is process-wide)
+#: packets per response by default (raised for this client only, see _payload_limit)
 MAX_PACKETS_PER_POLL = 100_000
 DISCONNECT_FLUSH_TIMEOUT = 1.0  # seconds to let a deliberate DISCONNECT reach the server
 
@@ -51,11 +54,10 @@ class AsyncClient(socketio.AsyncClient):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         redact_pids(self.logger)  # its CONNECT packets carry the pid: never log it whole
         redact_pids(self.eio.logger)
-        if engineio.payload.Payload.max_decode_packets < MAX_PACKETS_PER_POLL:
-            engineio.payload.Payload.max_decode_packets = MAX_PACKETS_PER_POLL
         self._recovery: dict[str, _Recovery] = {}
         self._recovered: dict[str, bool] = {}
-        self._early_events: dict[str, list[tuple[int | None, list[Any]]]] = {}
+        #: per namespace, events held in arrival order until its connect handler is done
+        self._held: dict[str, deque[tuple[int | None, Any]]] = {}
 
     def is_recovered(self, namespace: str | None = None) -> bool:
         """True when the latest connection to ``namespace`` got its old session back."""
@@ -76,20 +78,19 @@ class AsyncClient(socketio.AsyncClient):  # type: ignore[misc]
             if isinstance(pid, str):
                 self._recovery[namespace] = _Recovery(pid=pid, offset=values.get("offset"))
 
+    async def connect(self, *args: Any, **kwargs: Any) -> None:
+        # engineio's read loop starts in here and keeps this context: the raised limit
+        # applies to this client's connection only
+        with raised_limit(MAX_PACKETS_PER_POLL):
+            await super().connect(*args, **kwargs)
+
     async def disconnect(self) -> None:
         """Leave on purpose: nothing to recover afterwards.
 
-        The namespace DISCONNECT packets are flushed before the transport closes, so the
-        server sees a deliberate leave and keeps no session (python-socketio's client
-        closes the websocket at once, and the server then sees a 'transport close').
+        The namespace DISCONNECT packets are flushed before the transport closes (see
+        :meth:`_send_packet`), so the server sees a deliberate leave and keeps no session.
         """
         self._recovery.clear()
-        for namespace in list(self.namespaces):
-            await self._send_packet(self.packet_class(sio_packet.DISCONNECT,
-                                                      namespace=namespace))
-        if self.eio.state == "connected":
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.eio.queue.join(), DISCONNECT_FLUSH_TIMEOUT)
         await super().disconnect()
 
     async def _send_packet(self, pkt: Any) -> None:
@@ -102,6 +103,13 @@ class AsyncClient(socketio.AsyncClient):  # type: ignore[misc]
                 credentials["offset"] = state.offset
             pkt.data = {**credentials, **(pkt.data or {})}
         await super()._send_packet(pkt)
+        if pkt.packet_type == sio_packet.DISCONNECT:
+            # python-engineio closes the websocket without sending what is queued: the
+            # server would see a dropped transport and keep the session for a recovery
+            queue = _socketio.engineio_send_queue(self.eio)
+            if queue is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(queue.join(), DISCONNECT_FLUSH_TIMEOUT)
 
     async def _handle_connect(self, namespace: str | None, data: Any) -> None:
         namespace = namespace or "/"
@@ -113,23 +121,47 @@ class AsyncClient(socketio.AsyncClient):  # type: ignore[misc]
             self._recovery.pop(namespace, None)
         elif not recovered:
             self._recovery[namespace] = _Recovery(pid=pid)
-        await super()._handle_connect(namespace, data)
-        # a server may send the missed events before its CONNECT reply (the JS one does)
-        for ack_id, event in self._early_events.pop(namespace, []):
-            await self._handle_event(namespace, ack_id, event)
+        # a server may send the missed events before its CONNECT reply (the JS one does);
+        # they, and events arriving while the connect handler runs, wait their turn
+        held = self._held.setdefault(namespace, deque())
+        try:
+            await super()._handle_connect(namespace, data)
+        finally:
+            await self._release_held(namespace, held)
+
+    async def _release_held(self, namespace: str, held: deque[tuple[int | None, Any]]) -> None:
+        """Hand over held events in arrival order, then let later ones straight through."""
+        try:
+            while held and self._held.get(namespace) is held:
+                ack_id, data = held.popleft()
+                try:
+                    await self._deliver(namespace, ack_id, data)
+                except Exception:
+                    # as in python-socketio, a failing handler loses its own event only
+                    self.logger.exception("Handler of a held event failed [%s]", namespace)
+        finally:
+            if self._held.get(namespace) is held:
+                del self._held[namespace]
 
     async def _handle_event(self, namespace: str | None, id: int | None, data: Any) -> None:
         namespace = namespace or "/"
-        if namespace not in self.namespaces and namespace in (self.connection_namespaces or []):
-            early = self._early_events.setdefault(namespace, [])
-            if len(early) < MAX_BUFFERED_EVENTS:
-                early.append((id, data))
+        held = self._held.get(namespace)
+        if held is None and namespace not in self.namespaces \
+                and namespace in (self.connection_namespaces or []):
+            held = self._held[namespace] = deque()
+        if held is not None:
+            if len(held) < MAX_BUFFERED_EVENTS:
+                held.append((id, data))
             return
+        await self._deliver(namespace, id, data)
+
+    async def _deliver(self, namespace: str, id: int | None, data: Any) -> None:
         state = self._recovery.get(namespace)
         # stored events carry their offset last; ack'd events never do (JS client's rule).
-        # Record it before any await: arrival order is only certain up to the first one.
+        # Only a value in our offset format is one: a volatile emit("typing", "alice") keeps
+        # its argument. Record it before any await: arrival order is only certain up to it.
         if state is not None and id is None and isinstance(data, list) and len(data) > 1 \
-                and isinstance(data[-1], str):
+                and parse_offset(data[-1]) is not None:
             state.offset = data[-1]
             data = data[:-1]
         await super()._handle_event(namespace, id, data)
@@ -137,12 +169,16 @@ class AsyncClient(socketio.AsyncClient):  # type: ignore[misc]
     async def _handle_disconnect(self, namespace: str | None) -> None:
         # the server closed the namespace on purpose: it kept nothing to recover
         self._recovery.pop(namespace or "/", None)
+        self._held.pop(namespace or "/", None)
         await super()._handle_disconnect(namespace)
 
     async def _handle_error(self, namespace: str | None, data: Any) -> None:
-        self._early_events.pop(namespace or "/", None)
+        self._held.pop(namespace or "/", None)
         await super()._handle_error(namespace, data)
 
     async def _handle_eio_disconnect(self, reason: Any = None) -> None:
-        self._early_events.clear()
+        self._held.clear()
         await super()._handle_eio_disconnect(reason)
+
+
+_socketio.check_client_surface()

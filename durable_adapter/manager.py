@@ -321,4 +321,4 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         return MembershipLog() if log is None else log.copy()
 
 
-_socketio.check_manager_surface(DurableManager)
+_socketio.check_manager_surface()

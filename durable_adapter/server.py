@@ -424,4 +424,4 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         self._failures.pop((namespace, sid), None)
 
 
-_socketio.check_server_surface(AsyncServer)
+_socketio.check_server_surface()

@@ -23,7 +23,7 @@ import durable_adapter
 _built: dict[str, int] = {"RecoveryOffServer": 0, "DurableClient": 0}
 
 
-class RecoveryOffServer(durable_adapter.AsyncServer):  # type: ignore[misc]
+class RecoveryOffServer(durable_adapter.AsyncServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("connection_state_recovery", None)
         kwargs.setdefault("store", "memory://")
@@ -31,7 +31,7 @@ class RecoveryOffServer(durable_adapter.AsyncServer):  # type: ignore[misc]
         _built["RecoveryOffServer"] += 1
 
 
-class DurableClient(durable_adapter.AsyncClient):  # type: ignore[misc]
+class DurableClient(durable_adapter.AsyncClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _built["DurableClient"] += 1

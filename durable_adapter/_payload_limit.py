@@ -23,7 +23,7 @@ _limit: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 
 
 class _ScopedPayload(engineio.payload.Payload):  # type: ignore[misc]
-    @property  # type: ignore[override]
+    @property
     def max_decode_packets(self) -> int:
         default: int = engineio.payload.Payload.max_decode_packets
         scoped = _limit.get()

@@ -2,12 +2,14 @@
 # python-socketio's own async server, client and admin tests, from its sdist on the package
 # index, run twice: on stock python-socketio, then with durable_adapter's AsyncServer and
 # AsyncClient swapped in (recovery off, .ci/socketio_swap.py). The pass/fail sets must match.
-# DURABLE_ADAPTER_VENV picks the virtualenv (and so the python-socketio version) to test.
+# DURABLE_ADAPTER_VENV picks the virtualenv (and so the python-socketio version) to test;
+# KEEP_WORK=1 keeps the sdist and the pytest logs (the script prints where).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${DURABLE_ADAPTER_VENV:-$ROOT/.venv}/bin/python
 version=$("$PY" -c 'import importlib.metadata as m; print(m.version("python-socketio"))')
 work=$(mktemp -d)
+[ -z "${KEEP_WORK:-}" ] || echo "python-socketio own tests: work directory $work"
 trap '[ -n "${KEEP_WORK:-}" ] || rm -rf "$work"' EXIT
 pip=("$PY" -m pip -q --disable-pip-version-check)
 

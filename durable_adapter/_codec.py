@@ -80,3 +80,12 @@ def check_session_data(data: Any) -> None:
         raise SessionDataError(
             f"the socket session must hold JSON values and bytes only: {exc}"
         ) from exc
+
+
+def copy_value(value: Any) -> Any:
+    """An independent copy of session data, as a store would hand it back.
+
+    Through the codec rather than ``copy.deepcopy``: data nested deeper than Python's
+    recursion limit allows for deepcopy is still storable (as the SQL stores show).
+    """
+    return decode_value(encode_value(value))

@@ -10,6 +10,7 @@ from typing import Any
 
 from engineio import packet as eio_packet
 
+from ._membership import MembershipLog
 from ._offsets import parse_offset
 from .exceptions import ConfigurationError
 from .stores.base import HistoryBounds, Session, StoredPacket
@@ -94,23 +95,44 @@ class Hold:
 
 
 @dataclass(eq=False, kw_only=True)
+class Takeover:
+    """A live socket whose session a restore is taking: detached from its rooms, not
+    closed, so that a refused restore can give it back untouched."""
+
+    eio_sid: str
+    rooms: list[str | None]
+    last_sent: int | None
+    membership: MembershipLog
+    start_seq: int
+    was_recovered: bool
+
+
+@dataclass(eq=False, kw_only=True)
 class Restore:
-    """A recovery under way on one connection: the claimed session and its replay."""
+    """A recovery under way on one connection: the claimed session and its replay.
+
+    ``start_seq`` is where a later recovery without an offset will start from.
+    """
 
     pid: str
     session: Session
     hold: Hold
+    start_seq: int
+    takeover: Takeover | None = None
     replay: list[StoredPacket] = field(default_factory=list)
     sid_issued: bool = False
+    data_restored: bool = False
     completed: bool = False
 
 
 @dataclass(eq=False, kw_only=True)
 class Attempt:
-    """A CONNECT that carried a pid: either a Restore or the reason it was refused."""
+    """A CONNECT to a recovering namespace: the sid it got, and, when it carried a pid,
+    either a Restore or the reason it was refused."""
 
     restore: Restore | None = None
     failure: RecoveryFailure | None = None
+    sid: str | None = None
 
 
 #: the recovery attempt of the CONNECT being handled in this task
@@ -123,6 +145,29 @@ def split_auth(data: Any) -> tuple[Any, object, object]:
         return data, None, None
     auth = {key: value for key, value in data.items() if key not in ("pid", "offset")}
     return auth, data.get("pid"), data.get("offset")
+
+
+def check_offset(offset: object, epoch: str) -> RecoveryFailure | None:
+    """What is wrong with an offset on its face, found before a session is claimed."""
+    if offset is None:
+        return None
+    parsed = parse_offset(offset)
+    if parsed is None:
+        return RecoveryFailure.MALFORMED
+    return RecoveryFailure.HISTORY_RESET if parsed[0] != epoch else None
+
+
+def next_start_seq(session: Session, offset: object, start: int) -> int:
+    """Where a later recovery without an offset starts, once this one succeeded.
+
+    With an offset the client has confirmed ``start``. Without one it confirmed nothing,
+    yet what the previous connection was sent is assumed received from now on: a client
+    that never reports offsets would otherwise be replayed everything since its first
+    connect on every recovery. Only the latest connection's packets are sent again.
+    """
+    if offset is None and session.last_sent_seq is not None:
+        return max(session.start_seq, session.last_sent_seq)
+    return start
 
 
 def replay_start(session: Session, offset: object, epoch: str

@@ -271,11 +271,38 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
                 logger.warning("not restoring room %r of %s: it is a sid room", room, sid)
                 self.basic_leave_room(sid, namespace, room)
 
+    def detach(self, sid: str, namespace: str
+               ) -> tuple[list[str | None], int | None, MembershipLog]:
+        """Take a live ``sid`` out of every room (its connection stays open), so that
+        a restore can register it on another connection; returns what :meth:`reattach`
+        needs to put it back."""
+        membership = self.membership(sid, namespace)
+        rooms = [room for room, members in self.rooms.get(namespace, {}).items()
+                 if sid in members]
+        for room in sorted(rooms, key=lambda r: r is None):  # the None room last
+            self.basic_leave_room(sid, namespace, room)
+        self.memberships.pop((namespace, sid), None)
+        return rooms, self.last_sent.pop((namespace, sid), None), membership
+
+    def reattach(self, sid: str, namespace: str, eio_sid: str, rooms: list[str | None],
+                 last_sent: int | None, membership: MembershipLog) -> None:
+        """Undo :meth:`detach`: ``sid`` is back on ``eio_sid`` with its rooms, and its
+        room stays go on as if it had never left (what was held went to it)."""
+        self.basic_enter_room(sid, namespace, None, eio_sid=eio_sid)
+        for room in sorted((r for r in rooms if r is not None), key=lambda r: r != sid):
+            self.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        self.memberships[(namespace, sid)] = membership
+        if last_sent is not None:
+            self.last_sent[(namespace, sid)] = max(
+                last_sent, self.last_sent.get((namespace, sid), last_sent))
+
     # -- the sid of a restored socket -----------------------------------------
 
     def _on_sid_minted(self, sid: str, namespace: str) -> None:
         """Runs where python-socketio registers a new sid, before the connect handler."""
         attempt = current_attempt.get()
+        if attempt is not None:
+            attempt.sid = sid  # the server frees what it kept for it if it is refused
         restore = attempt.restore if attempt else None
         if restore is not None and restore.session.sid == sid:
             self.restore_rooms(sid, namespace, restore.session.rooms,

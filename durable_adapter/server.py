@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
@@ -13,6 +14,7 @@ import socketio
 from socketio import packet as sio_packet
 
 from . import _socketio
+from ._codec import copy_value
 from ._membership import membership_of
 from ._offsets import format_offset, hash_pid, is_valid_pid, new_pid
 from ._recovery import (
@@ -21,8 +23,11 @@ from ._recovery import (
     RecoveryFailure,
     RecoveryOptions,
     Restore,
+    Takeover,
+    check_offset,
     check_window,
     current_attempt,
+    next_start_seq,
     replay_start,
     split_auth,
 )
@@ -90,6 +95,8 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         self._recovered: set[tuple[str, str]] = set()
         self._failures: dict[tuple[str, str], RecoveryFailure] = {}
         self._evicting: set[str] = set()
+        #: (namespace, eio_sid) of connections whose socket a restore is taking over
+        self._detached: set[tuple[str, str]] = set()
         if self.recovery is not None:
             self._wrap_generate_id()
             redact_pids(self.logger)  # CONNECT packets carry pids: never log them whole
@@ -175,55 +182,63 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         namespace = namespace or "/"
-        if not self._recovers(namespace):
+        if self.recovery is None:
             await super()._handle_connect(eio_sid, namespace, data)
             return
+        if not self._connection_open(eio_sid) or (namespace, eio_sid) in self._detached:
+            # an evicted connection, or one whose socket a restore is taking: a socket
+            # registered for it now would outlive it (nothing would disconnect it)
+            return
         auth, pid, offset = split_auth(data)
-        attempt = None
-        if pid is not None or offset is not None:
+        if not self._recovers(namespace):
+            await super()._handle_connect(eio_sid, namespace, auth)
+            return
+        attempt = Attempt()
+        if (pid is not None or offset is not None) \
+                and self.manager.sid_from_eio_sid(eio_sid, namespace) is None:
+            # a connection already in the namespace gets python-socketio's refusal, and
+            # its CONNECT must not touch anyone's session
             attempt = await self._prepare_restore(eio_sid, namespace, pid, offset)
         token = current_attempt.set(attempt)
-        restore = attempt.restore if attempt else None
         try:
-            if restore is not None:
-                session = await self.eio.get_session(eio_sid)
-                session[namespace] = restore.session.data
-                self._recovered.add((namespace, restore.session.sid))
             await super()._handle_connect(eio_sid, namespace, auth)
+            await self._complete_restore(eio_sid, namespace, attempt)
         finally:
             current_attempt.reset(token)
-            if restore is not None and not restore.completed:
-                await self._abandon_restore(namespace, restore)
+            await self._end_attempt(eio_sid, namespace, attempt)
+
+    def _connection_open(self, eio_sid: str) -> bool:
+        socket = self.eio.sockets.get(eio_sid)
+        return socket is not None and not socket.closing and not socket.closed
 
     async def _prepare_restore(self, eio_sid: str, namespace: str, pid: object,
                                offset: object) -> Attempt:
         """Claim the session and read its replay, or say why not (contract item 2).
 
         Whatever goes wrong here ends in a refusal (a fresh session), never in an
-        exception reaching python-socketio.
+        exception reaching python-socketio. What can be checked without the session is
+        checked before claiming it, and a transient failure puts it back.
         """
-        if not is_valid_pid(pid) or (offset is not None and not isinstance(offset, str)):
+        if not is_valid_pid(pid):
             return self._refuse(RecoveryFailure.MALFORMED)
         assert isinstance(pid, str)
+        failure = check_offset(offset, self.store.epoch)
+        if failure is not None:
+            return self._refuse(failure)
         pid_hash = hash_pid(pid)
+        holder = self._live_holder(namespace, pid_hash)
+        if holder is not None:
+            return await self._take_over(eio_sid, namespace, pid, offset, *holder)
         try:
-            await self._evict_live_socket(namespace, pid_hash, eio_sid)
-            session = await self.store.claim_session(namespace, pid_hash, time.time())
-            old_sid = self._live_pids.get((namespace, pid_hash))
-            if session is None and old_sid is not None \
-                    and self.manager.eio_sid_from_sid(old_sid, namespace) != eio_sid \
-                    and await self._sid_released(old_sid, namespace):
-                # its old socket was still saving the session as we looked: look again
-                session = await self.store.claim_session(namespace, pid_hash, time.time())
+            session = await self._claim(namespace, pid_hash)
         except Exception:
             logger.exception("claiming a session failed")
             return self._refuse(RecoveryFailure.STORE_UNAVAILABLE)
         if session is None:
             return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
         if not await self._sid_released(session.sid, namespace):
-            # its sid is still live here: never two sockets with one sid; keep the
-            # session for a later try
-            await self.store.save_session(session)
+            # its sid is still live here: never two sockets with one sid
+            await self._put_back(session)
             return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
         start, failure = replay_start(session, offset, self.store.epoch)
         if start is None:
@@ -231,25 +246,96 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         if start < membership_of(session).since:  # which rooms it was in is forgotten
             return self._refuse(RecoveryFailure.NOT_RETAINED)
         manager = self.durable_manager
-        hold = manager.open_hold(namespace, session.sid, eio_sid, session.rooms)
+        restore = Restore(pid=pid, session=session,
+                          start_seq=next_start_seq(session, offset, start),
+                          hold=manager.open_hold(namespace, session.sid, eio_sid, session.rooms))
+        failure = await self._load_replay(namespace, restore, start)
+        if failure is not None:
+            manager.close_hold(namespace, session.sid)
+            if failure is RecoveryFailure.STORE_UNAVAILABLE:
+                await self._put_back(session)
+            return self._refuse(failure)
+        return Attempt(restore=restore)
+
+    async def _claim(self, namespace: str, pid_hash: str) -> Session | None:
+        # read before claiming: the old socket may be saving this very session (a fast
+        # reconnect) and be forgotten by the time the claim comes back empty
+        old_sid = self._live_pids.get((namespace, pid_hash))
+        session = await self.store.claim_session(namespace, pid_hash, time.time())
+        if session is None and old_sid is not None and self._leaving(old_sid, namespace) \
+                and await self._sid_released(old_sid, namespace):
+            session = await self.store.claim_session(namespace, pid_hash, time.time())
+        return session
+
+    def _leaving(self, sid: str, namespace: str) -> bool:
+        """True when ``sid`` is gone or its connection is closing (saving its session)."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        return eio_sid is None or not self._connection_open(eio_sid)
+
+    def _live_holder(self, namespace: str, pid_hash: str) -> tuple[str, str] | None:
+        """(sid, eio_sid) of the live socket of this pid, if its connection is open."""
+        sid = self._live_pids.get((namespace, pid_hash))
+        if sid is None or not self.manager.is_connected(sid, namespace):
+            return None
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        if eio_sid is None or not self._connection_open(eio_sid):
+            return None
+        return sid, eio_sid
+
+    async def _take_over(self, eio_sid: str, namespace: str, pid: str, offset: object,
+                         sid: str, old_eio: str) -> Attempt:
+        """A reconnect can beat the detection of its dead transport (socket.io #4880): the
+        old socket is detached, not closed, so a refused restore can give it back; it
+        is closed once the restore is accepted. Of two connections presenting one pid,
+        the later takes over: the earlier one's client sees its transport close (the
+        application's disconnect handler does not run for that sid: it lives on).
+        """
+        manager = self.durable_manager
+        try:
+            data = copy_value((await self.eio.get_session(old_eio)).get(namespace, {}))
+        except Exception:  # gone meanwhile, or data that could not be stored anyway
+            return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
+        if self._live_holder(namespace, hash_pid(pid)) != (sid, old_eio):
+            return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
+        session = self._live_session(sid, namespace, pid, data)
+        start, failure = replay_start(session, offset, self.store.epoch)
+        if start is None:
+            return self._refuse(failure or RecoveryFailure.MALFORMED)
+        if start < membership_of(session).since:
+            return self._refuse(RecoveryFailure.NOT_RETAINED)
+        rooms, last_sent, membership = manager.detach(sid, namespace)
+        self._detached.add((namespace, old_eio))
+        takeover = Takeover(eio_sid=old_eio, rooms=rooms, last_sent=last_sent,
+                            membership=membership, start_seq=session.start_seq,
+                            was_recovered=(namespace, sid) in self._recovered)
+        self._recovered.discard((namespace, sid))
+        restore = Restore(pid=pid, session=session, takeover=takeover,
+                          start_seq=next_start_seq(session, offset, start),
+                          hold=manager.open_hold(namespace, sid, eio_sid, session.rooms))
+        failure = await self._load_replay(namespace, restore, start)
+        if failure is not None:
+            await self._give_back(namespace, restore, takeover)
+            return self._refuse(failure)
+        return Attempt(restore=restore)
+
+    async def _load_replay(self, namespace: str, restore: Restore, start: int
+                           ) -> RecoveryFailure | None:
+        hold = restore.hold
         # this node may lag behind the one the client left: what the client already
         # has (up to ``start``) must not come again from the hold
         hold.upto = max(hold.upto, start)
-        restore = Restore(pid=pid, session=session, hold=hold)
         cap = self.recovery.max_replay_packets if self.recovery else 0
         try:
             failure = check_window(start, hold.upto, await self.store.bounds(), cap)
             if failure is None:
-                restore.replay = await self._read_replay(namespace, session, start, hold.upto)
+                restore.replay = await self._read_replay(namespace, restore.session, start,
+                                                         hold.upto)
                 # a purge that ran while we read could have left holes: look again
                 failure = check_window(start, hold.upto, await self.store.bounds(), cap)
         except Exception:
             logger.exception("reading the replay failed")
             failure = RecoveryFailure.STORE_UNAVAILABLE
-        if failure is not None:
-            manager.close_hold(namespace, session.sid)
-            return self._refuse(failure)
-        return Attempt(restore=restore)
+        return failure
 
     async def _sid_released(self, sid: str, namespace: str) -> bool:
         """Wait (briefly) for the old connection of ``sid`` to finish disconnecting.
@@ -283,35 +369,96 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         logger.info("recovery refused: %s", failure.value, extra={"action": "recovery_refused"})
         return Attempt(failure=failure)
 
-    async def _evict_live_socket(self, namespace: str, pid_hash: str, eio_sid: str) -> None:
-        """A reconnect can beat the detection of its dead transport: close that one first,
-        saving its session, so the new connection recovers (socket.io #4880).
+    async def _complete_restore(self, eio_sid: str, namespace: str, attempt: Attempt) -> None:
+        """The connect handler accepted: only now close a taken-over socket and replay."""
+        restore = attempt.restore
+        if restore is None or attempt.sid != restore.session.sid \
+                or not self.manager.is_connected(attempt.sid, namespace):
+            return
+        if restore.takeover is not None:
+            self._detached.discard((namespace, restore.takeover.eio_sid))
+            await self._evict(restore.takeover.eio_sid)
+        await self._send_replay(eio_sid, namespace, restore)
 
-        Of two connections presenting one pid, the later takes over: exactly one socket
-        holds the session at any time, and the earlier one's client sees a disconnect.
-        """
-        sid = self._live_pids.get((namespace, pid_hash))
-        if sid is None:
+    async def _evict(self, eio_sid: str) -> None:
+        """Close a taken-over connection for good: its other namespaces are saved as
+        after a drop, and its transport is shut, so nothing it sends later registers."""
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None:
             return
-        old_eio = self.manager.eio_sid_from_sid(sid, namespace)
-        if not old_eio or old_eio == eio_sid:  # a repeated CONNECT on the same connection
-            return
-        self._evicting.add(old_eio)
+        self._evicting.add(eio_sid)
         try:
-            socket = self.eio._get_socket(old_eio)
             await socket.close(wait=False, reason=self.reason.TRANSPORT_CLOSE)
-            self.eio.sockets.pop(old_eio, None)
-        except KeyError:
-            pass
         finally:
-            self._evicting.discard(old_eio)
+            self._evicting.discard(eio_sid)
+            self.eio.sockets.pop(eio_sid, None)
+            if socket.upgraded:
+                socket.queue.put_nowait(None)  # ends its writer, which closes the websocket
 
-    async def _abandon_restore(self, namespace: str, restore: Restore) -> None:
-        """The connect handler refused (or failed): keep the session for a later try."""
-        self.durable_manager.close_hold(namespace, restore.session.sid)
-        self._recovered.discard((namespace, restore.session.sid))
-        if not self.manager.is_connected(restore.session.sid, namespace):
-            await self.store.save_session(restore.session)
+    async def _end_attempt(self, eio_sid: str, namespace: str, attempt: Attempt) -> None:
+        """Whatever the outcome: a refused CONNECT leaves nothing behind.
+
+        python-socketio disconnects a refused sid through the manager, never through
+        ``_handle_disconnect``, so what we keep per sid is freed here.
+        """
+        sid = attempt.sid
+        manager = self.manager
+        if sid is not None and not manager.is_connected(sid, namespace) \
+                and manager.sid_from_eio_sid(eio_sid, namespace) == sid:
+            # the connect handler raised: python-socketio leaves the sid pre-connected
+            await manager.disconnect(sid, namespace, ignore_queue=True)
+        restore = attempt.restore
+        if restore is not None and not restore.completed:
+            await self._abandon_restore(eio_sid, namespace, restore)
+        if sid is not None and not manager.is_connected(sid, namespace):
+            self._forget(sid, namespace)
+
+    async def _abandon_restore(self, eio_sid: str, namespace: str, restore: Restore) -> None:
+        """Refused (or failed): the connection keeps no trace of the restore, and the
+        session goes back where it came from, for a later try."""
+        manager = self.durable_manager
+        sid = restore.session.sid
+        self._recovered.discard((namespace, sid))
+        if manager.is_connected(sid, namespace) \
+                and manager.sid_from_eio_sid(eio_sid, namespace) == sid:
+            manager.close_hold(namespace, sid)  # accepted, then the replay failed
+            return
+        if restore.data_restored:
+            with contextlib.suppress(KeyError):
+                (await self.eio.get_session(eio_sid)).pop(namespace, None)
+        if restore.takeover is not None:
+            await self._give_back(namespace, restore, restore.takeover)
+            return
+        manager.close_hold(namespace, sid)
+        await self._put_back(restore.session)
+
+    async def _give_back(self, namespace: str, restore: Restore, takeover: Takeover) -> None:
+        """Undo a take-over: the old socket gets its rooms back, and what was held for
+        it meanwhile; if its connection died meanwhile, its session is stored instead."""
+        manager = self.durable_manager
+        sid, hold = restore.session.sid, restore.hold
+        self._detached.discard((namespace, takeover.eio_sid))
+        if not self._connection_open(takeover.eio_sid):
+            manager.close_hold(namespace, sid)
+            await self._put_back(restore.session)
+            return
+        held = [seq for seq, _ in hold.held if seq is not None and seq > hold.upto]
+        manager.reattach(sid, namespace, takeover.eio_sid, takeover.rooms,
+                         max([*held, takeover.last_sent or 0]) or None, takeover.membership)
+        self._pids[(namespace, sid)] = restore.pid
+        self._live_pids[(namespace, hash_pid(restore.pid))] = sid
+        self._start_seq[(namespace, sid)] = takeover.start_seq
+        if takeover.was_recovered:
+            self._recovered.add((namespace, sid))
+        hold.eio_sid, hold.registered = takeover.eio_sid, True
+        await manager.release_hold(namespace, hold)
+
+    async def _put_back(self, session: Session) -> None:
+        try:
+            await self.store.save_session(session)
+        except Exception:
+            logger.exception("could not put back the session of %s [%s]; it will not recover",
+                             session.sid, session.namespace)
 
     async def _trigger_event(self, event: str, namespace: str, *args: Any) -> Any:
         attempt = current_attempt.get() if event == "connect" else None
@@ -319,8 +466,17 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             if attempt.failure is not None and args:
                 # visible to the connect handler through recovery_failure(sid)
                 self._failures[(namespace, args[0])] = attempt.failure
-            if attempt.restore is not None and self.recovery.skip_middlewares:
-                return True
+            restore = attempt.restore
+            if restore is not None and args and args[0] == restore.session.sid:
+                # only now that the sid is registered on this connection: a CONNECT
+                # python-socketio refuses earlier leaves the connection's session alone
+                if not restore.data_restored:
+                    eio_session = await self.eio.get_session(restore.hold.eio_sid)
+                    eio_session[namespace] = copy_value(restore.session.data)
+                    restore.data_restored = True
+                self._recovered.add((namespace, restore.session.sid))
+                if self.recovery.skip_middlewares:
+                    return True
         return await super()._trigger_event(event, namespace, *args)
 
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
@@ -332,7 +488,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         attempt = current_attempt.get()
         restore = attempt.restore if attempt else None
         if restore is not None and restore.session.sid == sid:
-            pid, start_seq = restore.pid, restore.session.start_seq
+            pid, start_seq = restore.pid, restore.start_seq
         else:
             pid, start_seq = new_pid(), self.durable_manager.delivered
         self._pids[(namespace, sid)] = pid
@@ -340,8 +496,6 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         self._start_seq[(namespace, sid)] = start_seq
         pkt.data = {**pkt.data, "pid": pid}
         await super()._send_packet(eio_sid, pkt)
-        if restore is not None and restore.session.sid == sid:
-            await self._send_replay(eio_sid, namespace, restore)
 
     async def _send_replay(self, eio_sid: str, namespace: str, restore: Restore) -> None:
         """Missed packets, then what arrived meanwhile: each once, in order, before live."""
@@ -393,32 +547,34 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         pid = self._pids.get((namespace, sid))
         if pid is None:
             return
-        manager = self.durable_manager
-        now = time.time()
-        duration = self.recovery.max_disconnection_duration if self.recovery else 0.0
         try:
             eio_session = await self.eio.get_session(eio_sid)
-            session = Session(
-                pid_hash=hash_pid(pid), namespace=namespace, sid=sid,
-                rooms=tuple(manager.get_rooms(sid, namespace)),
-                data=eio_session.get(namespace, {}), epoch=self.store.epoch,
-                start_seq=self._start_seq.get((namespace, sid), 0),
-                position=manager.delivered,
-                last_sent_seq=manager.last_sent.get((namespace, sid)),
-                disconnected_at=now, expires_at=now + duration,
-                membership=manager.membership(sid, namespace),
-            )
+            session = self._live_session(sid, namespace, pid, eio_session.get(namespace, {}))
             await self.store.save_session(session)
         except Exception:  # the disconnect goes on; only the recovery is lost
             logger.exception("could not save the session of %s [%s]; it will not recover",
                              sid, namespace)
 
+    def _live_session(self, sid: str, namespace: str, pid: str, data: Any) -> Session:
+        """The session of a live socket, as its drop right now would leave it."""
+        manager = self.durable_manager
+        now = time.time()
+        duration = self.recovery.max_disconnection_duration if self.recovery else 0.0
+        return Session(
+            pid_hash=hash_pid(pid), namespace=namespace, sid=sid,
+            rooms=tuple(manager.get_rooms(sid, namespace)), data=data,
+            epoch=self.store.epoch, start_seq=self._start_seq.get((namespace, sid), 0),
+            position=manager.delivered, last_sent_seq=manager.last_sent.get((namespace, sid)),
+            disconnected_at=now, expires_at=now + duration,
+            membership=manager.membership(sid, namespace),
+        )
+
     def _forget(self, sid: str, namespace: str) -> None:
         if self.manager.is_connected(sid, namespace):
             return
         pid = self._pids.pop((namespace, sid), None)
-        if pid is not None:
-            self._live_pids.pop((namespace, hash_pid(pid)), None)
+        if pid is not None and self._live_pids.get((namespace, hash_pid(pid))) == sid:
+            del self._live_pids[(namespace, hash_pid(pid))]
         self._start_seq.pop((namespace, sid), None)
         self._recovered.discard((namespace, sid))
         self._failures.pop((namespace, sid), None)

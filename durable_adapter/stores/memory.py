@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import copy
+import dataclasses
 import secrets
 import time
 from collections import deque
 
-from .._codec import check_session_data
+from .._codec import check_session_data, copy_value
 from .base import (
     HistoryBounds,
     NewPacket,
@@ -97,7 +97,8 @@ class MemoryStore(Store):
 
     async def save_session(self, session: Session) -> None:
         check_session_data(session.data)
-        self._sessions[(session.namespace, session.pid_hash)] = copy.deepcopy(session)
+        self._sessions[(session.namespace, session.pid_hash)] = dataclasses.replace(
+            session, data=copy_value(session.data))
 
     async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
         session = self._sessions.pop((namespace, pid_hash), None)

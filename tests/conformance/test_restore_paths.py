@@ -1,0 +1,329 @@
+"""The restore path under refusals, probes and races (issue 14: items 2, 3, 4a-4c, 4g, 4h).
+
+Raw Engine.IO frames (tests/_raw.py) send what a well-behaved client never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+import durable_adapter
+from durable_adapter import RecoveryFailure
+from durable_adapter.exceptions import StoreError
+from durable_adapter.stores.memory import MemoryStore
+from tests._harness import WAIT, drop_transport, serving
+from tests._raw import RawSocket, connect_frame, payload
+from tests.conformance.conftest import Peer, StoreSpec, make_store, running
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+def bookkeeping(sio: durable_adapter.AsyncServer) -> dict[str, int]:
+    """Sizes of everything the server and its manager keep per socket."""
+    manager = sio.durable_manager
+    return {
+        "failures": len(sio._failures), "recovered": len(sio._recovered),
+        "pids": len(sio._pids), "live_pids": len(sio._live_pids),
+        "start_seq": len(sio._start_seq), "holds": len(manager.holds),
+        "last_sent": len(manager.last_sent),
+        "pending": sum(len(sids) for sids in manager.pending_connect.values()),
+        "sockets": len(manager.rooms.get("/", {}).get(None, {})),
+    }
+
+
+async def drop(peer: Peer, sio: durable_adapter.AsyncServer) -> dict[str, Any]:
+    """An abrupt transport close, once the server has saved the session."""
+    sid = peer.sid()
+    await drop_transport(peer.client)
+    await until(lambda: not sio.manager.is_connected(sid, "/"), "still connected")
+    await peer.close()
+    return peer.client.recovery_state()
+
+
+@contextlib.asynccontextmanager
+async def gated(store: StoreSpec, **server_options: Any
+                ) -> AsyncIterator[tuple[durable_adapter.AsyncServer, str, dict[str, bool]]]:
+    """A server whose connect handler accepts only while ``gate["open"]``."""
+    sio = durable_adapter.AsyncServer(
+        store=make_store(store), async_mode="aiohttp",
+        connection_state_recovery={"max_disconnection_duration": 30}, **server_options)
+    gate = {"open": True}
+
+    @sio.on("connect")
+    async def connect(sid: str, environ: Any, auth: Any) -> bool:
+        return gate["open"]
+
+    async with serving(sio) as url:
+        yield sio, url, gate
+
+
+# -- item 2: refused CONNECTs ---------------------------------------------------------
+
+@pytest.mark.parametrize("always_connect", [False, True])
+async def test_refused_connects_leave_nothing_behind_and_keep_the_session(
+        always_connect: bool) -> None:
+    async with gated("memory://", always_connect=always_connect) as (sio, url, gate):
+        peer = Peer()
+        await peer.connect(url)
+        sid = peer.sid()
+        state = await drop(peer, sio)
+        await sio.emit("tick", "missed")
+        baseline = bookkeeping(sio)
+
+        gate["open"] = False
+        probe = await RawSocket.open(url)
+        for round_ in range(100):
+            auth = state["/"] if round_ % 2 else {"pid": "A" * 32}  # real, then unknown
+            reply = await probe.connect(auth=auth)
+            if always_connect:  # python-socketio: CONNECT first, then a DISCONNECT
+                assert reply.startswith("40")
+                assert (await probe.next_frame() or "").startswith("41")
+            else:
+                assert reply.startswith("44")
+        # a refused client is sent none of the session's missed events
+        assert not [f for f in probe.frames if f.startswith("42")]
+        await until(lambda: bookkeeping(sio) == baseline,
+                    f"bookkeeping grew: {bookkeeping(sio)} vs {baseline}")
+        await probe.close()
+
+        gate["open"] = True
+        again = Peer()
+        await again.connect(url, state)
+        assert again.client.is_recovered() and again.sid() == sid
+        assert await again.inbox["/"].wait_for(1) == ["missed"]
+        await again.client.disconnect()
+
+
+# -- item 3: refusals after the claim -----------------------------------------------------
+
+class FlakyStore(MemoryStore):
+    """A memory store whose next read fails, as a store that is briefly unreachable."""
+
+    fail_next_read = False
+
+    async def read(self, **kwargs: Any) -> Any:
+        if self.fail_next_read:
+            self.fail_next_read = False
+            raise StoreError("the store is briefly unreachable")
+        return await super().read(**kwargs)
+
+
+async def test_a_store_failure_while_reading_the_replay_keeps_the_session() -> None:
+    store = FlakyStore()
+    async with running(store) as node:
+        peer = Peer()
+        await peer.connect(node.url)
+        await node.sio.emit("tick", 1)
+        await peer.inbox["/"].wait_for(1)
+        sid = peer.sid()
+        state = await peer.drop(node)
+        await node.sio.emit("tick", 2)
+
+        store.fail_next_read = True
+        unlucky = Peer()
+        await unlucky.connect(node.url, state)
+        assert not unlucky.client.is_recovered()
+        assert node.last["failure"] is RecoveryFailure.STORE_UNAVAILABLE
+        await unlucky.client.disconnect()
+
+        again = Peer()
+        await again.connect(node.url, state)
+        assert again.client.is_recovered() and again.sid() == sid
+        assert await again.inbox["/"].wait_for(1) == [2]
+        await again.client.disconnect()
+
+
+@pytest.mark.parametrize(("offset", "failure"), [
+    ("'; DROP TABLE x; --", RecoveryFailure.MALFORMED),
+    ("deadbeef-1", RecoveryFailure.HISTORY_RESET),
+], ids=["malformed", "another history"])
+async def test_a_bad_offset_does_not_destroy_the_session(
+        store_url: StoreSpec, offset: str, failure: RecoveryFailure) -> None:
+    async with running(store_url) as node:
+        peer = Peer()
+        await peer.connect(node.url)
+        sid = peer.sid()
+        state = await peer.drop(node)
+        await node.sio.emit("tick", "missed")
+
+        spoiled = Peer()
+        await spoiled.connect(node.url, auth={"pid": state["/"]["pid"], "offset": offset})
+        assert node.last["failure"] is failure
+        await spoiled.client.disconnect()
+
+        again = Peer()
+        await again.connect(node.url, state)
+        assert again.client.is_recovered() and again.sid() == sid
+        assert await again.inbox["/"].wait_for(1) == ["missed"]
+        await again.client.disconnect()
+
+
+# -- items 4a, 4b, 4c: probes on one connection and take-overs ---------------------------
+
+async def test_a_second_connect_with_another_clients_pid_leaves_no_trace(
+        store_url: StoreSpec) -> None:
+    async with running(store_url) as node:
+        victim = Peer()
+        await victim.connect(node.url)
+        victim_sid = victim.sid()
+        await node.sio.save_session(victim_sid, {"role": "admin"})
+        state = await victim.drop(node)
+
+        probe = await RawSocket.open(node.url)
+        sid = payload(await probe.connect())["sid"]
+        await node.sio.save_session(sid, {"role": "user"})
+        # the same connection asks again, now with the victim's pid
+        assert (await probe.connect(auth=state["/"])).startswith("44")
+        assert await node.sio.get_session(sid) == {"role": "user"}
+        assert not node.sio.is_recovered(sid)
+        await probe.close()
+
+        again = Peer()
+        await again.connect(node.url, state)
+        assert again.client.is_recovered() and again.sid() == victim_sid
+        assert await node.sio.get_session(victim_sid) == {"role": "admin"}
+        await again.client.disconnect()
+
+
+async def test_a_refused_restore_does_not_evict_the_live_socket(store_url: StoreSpec) -> None:
+    async with running(store_url) as node:
+        @node.sio.on("connect")
+        async def connect(sid: str, environ: Any, auth: Any) -> bool:
+            return bool(auth) and auth.get("token") == "good"
+
+        owner = Peer()
+        await owner.connect(node.url, auth={"token": "good"})
+        sid = owner.sid()
+        await node.sio.enter_room(sid, "lobby")
+        pid = owner.client.recovery_state()["/"]["pid"]
+
+        thief = await RawSocket.open(node.url)
+        assert (await thief.connect(auth={"pid": pid})).startswith("44")
+        assert node.sio.manager.is_connected(sid, "/")
+        assert set(node.sio.rooms(sid)) == {sid, "lobby"}
+        await node.sio.emit("tick", "still yours", to="lobby")
+        assert await owner.inbox["/"].wait_for(1) == ["still yours"]
+        assert owner.client.connected
+        await thief.close()
+
+        # accepted, the take-over goes ahead: the new connection holds the sid
+        heir = await RawSocket.open(node.url)
+        reply = await heir.connect(auth={"pid": pid, "token": "good"})
+        assert payload(reply)["sid"] == sid
+        await until(lambda: not owner.client.connected, "the old connection stays open")
+        assert set(node.sio.rooms(sid)) == {sid, "lobby"}
+        await heir.close()
+        await owner.close()
+
+
+async def test_evicted_connections_leave_nothing_registered() -> None:
+    async with running("memory://") as node:
+        baseline = bookkeeping(node.sio)["sockets"], len(node.sio.eio.sockets)
+        for _ in range(200):
+            first = await RawSocket.open(node.url)
+            pid = payload(await first.connect())["pid"]
+            seen = len(first.frames)
+            second = await RawSocket.open(node.url)
+            assert (await second.connect(auth={"pid": pid})).startswith("40")
+            with contextlib.suppress(Exception):  # it may be closed already
+                await first.send(connect_frame())
+            while await first.next_frame() is not None:
+                pass  # the evicted connection is closed by the server
+            assert first.frames[seen:] == ["1"]  # Engine.IO CLOSE, and no CONNECT reply
+            await first.close()
+            await second.close()
+
+        def registered() -> tuple[int, int]:
+            return bookkeeping(node.sio)["sockets"], len(node.sio.eio.sockets)
+
+        await until(lambda: registered() == baseline, f"left registered: {registered()}")
+        assert not node.sio.manager.pending_connect
+
+
+# -- item 4g: reconnect at once, again and again ------------------------------------------
+
+FAST_RECONNECTS = 100
+
+
+async def test_fast_reconnects_recover_every_time(store_url: StoreSpec) -> None:
+    async with running(store_url) as node:
+        peer = Peer()
+        await peer.connect(node.url)
+        sid = peer.sid()
+        for round_ in range(FAST_RECONNECTS):
+            await node.sio.emit("tick", round_)
+            await peer.inbox["/"].wait_for(1)
+            state = peer.client.recovery_state()
+            await drop_transport(peer.client)  # and reconnect at once, no wait
+            again = Peer()
+            await again.connect(node.url, state)
+            assert again.client.is_recovered(), (round_, node.last["failure"])
+            assert again.sid() == sid
+            await peer.close()
+            peer = again
+        await peer.client.disconnect()
+
+
+# -- item 4h -----------------------------------------------------------------------------
+
+async def test_a_namespace_without_recovery_never_sees_pid_or_offset() -> None:
+    async with running("memory://", namespaces=["/"]) as node:
+        probe = await RawSocket.open(node.url)
+        auth = {"pid": "A" * 32, "offset": "deadbeef-1", "token": "t"}
+        assert (await probe.connect("/admin", auth=auth)).startswith("40/admin,")
+        assert node.last["namespace"] == "/admin" and node.last["auth"] == {"token": "t"}
+        await probe.close()
+
+
+async def test_deeply_nested_session_data_recovers(store_url: StoreSpec) -> None:
+    nested: Any = "bottom"
+    for depth in range(500):
+        nested = [nested] if depth % 2 else {"d": nested}
+    async with running(store_url) as node:
+        peer = Peer()
+        await peer.connect(node.url)
+        sid = peer.sid()
+        await node.sio.save_session(sid, {"deep": nested})
+        state = await peer.drop(node)
+        again = Peer()
+        await again.connect(node.url, state)
+        assert again.client.is_recovered()
+        assert await node.sio.get_session(sid) == {"deep": nested}
+        await again.client.disconnect()
+
+
+async def test_recoveries_without_offset_do_not_replay_older_connections(
+        store_url: StoreSpec) -> None:
+    async with running(store_url) as node:
+        peer = Peer()
+        await peer.connect(node.url)
+        for event in ("a1", "a2"):
+            await node.sio.emit("tick", event)
+        await peer.inbox["/"].wait_for(2)
+        state = await peer.drop(node)
+
+        received: list[list[Any]] = []
+        for event in ("b", "c"):
+            state["/"]["offset"] = None  # a client that keeps no offsets
+            again = Peer()
+            await again.connect(node.url, state)
+            assert again.client.is_recovered()
+            await node.sio.emit("tick", event)
+            await until(lambda again=again, event=event: event in again.received(),  # type: ignore[misc]
+                        f"{event} not received")
+            received.append(list(again.received()))
+            state = await again.drop(node)
+        # the first connection's packets were lost for all the server knows: sent again
+        # once; the third connection is sent only what the second one was sent
+        assert received == [["a1", "a2", "b"], ["b", "c"]]

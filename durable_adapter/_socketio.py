@@ -15,8 +15,9 @@ Server (``socketio.AsyncServer``), overridden or called:
   ``_trigger_event(event, namespace, *args)``     wrapped: skip_middlewares skips 'connect'
   ``environ``, ``packet_class``, ``reason``       read
   ``eio.generate_id``                             wrapped on the instance: restored sid
-  ``eio._get_socket(eio_sid).close(wait, reason)``, ``eio.sockets``
-                                                  evicting a stale connection (#4880)
+  ``eio.sockets[eio_sid]``: ``closing``, ``closed``, ``upgraded``, ``queue``,
+  ``close(wait, reason)``                         a connection is open; a taken-over one
+                                                  is closed for good (#4880)
 
 Client (``socketio.AsyncClient``), wrapped: ``_send_packet`` (pid and offset in
 CONNECT; flush after DISCONNECT), ``_handle_connect``, ``_handle_event`` (strip the
@@ -31,8 +32,10 @@ Manager (``socketio.AsyncManager``), overridden or called:
                                                   wrapped: the call that mints the sid
   ``basic_enter_room``, ``basic_leave_room``      wrapped: room stays for the replay
                                                   (close_room and disconnects leave through it)
-  ``basic_disconnect``, ``get_participants``, ``get_rooms``, ``is_connected``,
-  ``sid_from_eio_sid``, ``eio_sid_from_sid``, ``_generate_ack_id``, ``rooms``
+                                                  and a take-over's detach / reattach
+  ``basic_disconnect``, ``disconnect``, ``get_participants``, ``get_rooms``,
+  ``is_connected``, ``sid_from_eio_sid``, ``eio_sid_from_sid``, ``_generate_ack_id``,
+  ``rooms``
 """
 
 from __future__ import annotations

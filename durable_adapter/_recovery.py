@@ -109,15 +109,11 @@ class Takeover:
 
 @dataclass(eq=False, kw_only=True)
 class Restore:
-    """A recovery under way on one connection: the claimed session and its replay.
-
-    ``start_seq`` is where a later recovery without an offset will start from.
-    """
+    """A recovery under way on one connection: the claimed session and its replay."""
 
     pid: str
     session: Session
     hold: Hold
-    start_seq: int
     takeover: Takeover | None = None
     replay: list[StoredPacket] = field(default_factory=list)
     sid_issued: bool = False
@@ -155,19 +151,6 @@ def check_offset(offset: object, epoch: str) -> RecoveryFailure | None:
     if parsed is None:
         return RecoveryFailure.MALFORMED
     return RecoveryFailure.HISTORY_RESET if parsed[0] != epoch else None
-
-
-def next_start_seq(session: Session, offset: object, start: int) -> int:
-    """Where a later recovery without an offset starts, once this one succeeded.
-
-    With an offset the client has confirmed ``start``. Without one it confirmed nothing,
-    yet what the previous connection was sent is assumed received from now on: a client
-    that never reports offsets would otherwise be replayed everything since its first
-    connect on every recovery. Only the latest connection's packets are sent again.
-    """
-    if offset is None and session.last_sent_seq is not None:
-        return max(session.start_seq, session.last_sent_seq)
-    return start
 
 
 def replay_start(session: Session, offset: object, epoch: str

@@ -27,7 +27,6 @@ from ._recovery import (
     check_offset,
     check_window,
     current_attempt,
-    next_start_seq,
     replay_start,
     split_auth,
 )
@@ -247,7 +246,6 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             return self._refuse(RecoveryFailure.NOT_RETAINED)
         manager = self.durable_manager
         restore = Restore(pid=pid, session=session,
-                          start_seq=next_start_seq(session, offset, start),
                           hold=manager.open_hold(namespace, session.sid, eio_sid, session.rooms))
         failure = await self._load_replay(namespace, restore, start)
         if failure is not None:
@@ -310,7 +308,6 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                             was_recovered=(namespace, sid) in self._recovered)
         self._recovered.discard((namespace, sid))
         restore = Restore(pid=pid, session=session, takeover=takeover,
-                          start_seq=next_start_seq(session, offset, start),
                           hold=manager.open_hold(namespace, sid, eio_sid, session.rooms))
         failure = await self._load_replay(namespace, restore, start)
         if failure is not None:
@@ -488,7 +485,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         attempt = current_attempt.get()
         restore = attempt.restore if attempt else None
         if restore is not None and restore.session.sid == sid:
-            pid, start_seq = restore.pid, restore.start_seq
+            pid, start_seq = restore.pid, restore.session.start_seq
         else:
             pid, start_seq = new_pid(), self.durable_manager.delivered
         self._pids[(namespace, sid)] = pid

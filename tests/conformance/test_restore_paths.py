@@ -201,31 +201,46 @@ async def test_a_refused_restore_does_not_evict_the_live_socket(store_url: Store
     async with running(store_url) as node:
         @node.sio.on("connect")
         async def connect(sid: str, environ: Any, auth: Any) -> bool:
+            if auth and auth.get("token") == "bad":
+                # sent while the restore holds the sid: it must reach the live socket
+                await node.sio.emit("tick", "during", to="lobby")
             return bool(auth) and auth.get("token") == "good"
 
         owner = Peer()
         await owner.connect(node.url, auth={"token": "good"})
         sid = owner.sid()
         await node.sio.enter_room(sid, "lobby")
+        await node.sio.emit("tick", "before", to="lobby")
+        await owner.inbox["/"].wait_for(1)
+        offset_before = owner.client.recovery_state()["/"]["offset"]
         pid = owner.client.recovery_state()["/"]["pid"]
 
         thief = await RawSocket.open(node.url)
-        assert (await thief.connect(auth={"pid": pid})).startswith("44")
+        assert (await thief.connect(auth={"pid": pid, "token": "bad"})).startswith("44")
         assert node.sio.manager.is_connected(sid, "/")
         assert set(node.sio.rooms(sid)) == {sid, "lobby"}
-        await node.sio.emit("tick", "still yours", to="lobby")
-        assert await owner.inbox["/"].wait_for(1) == ["still yours"]
+        await node.sio.emit("tick", "after", to="lobby")
+        assert await owner.inbox["/"].wait_for(3) == ["before", "during", "after"]
         assert owner.client.connected
+        assert not [f for f in thief.frames if f.startswith("42")]
         await thief.close()
 
-        # accepted, the take-over goes ahead: the new connection holds the sid
+        # its room stays went on unbroken: a replay from before the probe sends both
+        state = await owner.drop(node)
+        state["/"]["offset"] = offset_before
+        again = Peer()
+        await again.connect(node.url, state, auth={"token": "good"})
+        assert again.client.is_recovered() and again.sid() == sid
+        assert await again.inbox["/"].wait_for(2) == ["during", "after"]
+
+        # accepted, a take-over goes ahead: the new connection holds the sid
         heir = await RawSocket.open(node.url)
-        reply = await heir.connect(auth={"pid": pid, "token": "good"})
+        reply = await heir.connect(auth={**again.client.recovery_state()["/"], "token": "good"})
         assert payload(reply)["sid"] == sid
-        await until(lambda: not owner.client.connected, "the old connection stays open")
+        await until(lambda: not again.client.connected, "the old connection stays open")
         assert set(node.sio.rooms(sid)) == {sid, "lobby"}
         await heir.close()
-        await owner.close()
+        await again.close()
 
 
 async def test_evicted_connections_leave_nothing_registered() -> None:

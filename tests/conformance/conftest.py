@@ -137,12 +137,15 @@ class Peer:
         return self.inbox[namespace].items
 
     async def connect(self, url: str, state: dict[str, Any] | None = None,
-                      auth: Any = None, transport: str = "websocket") -> None:
+                      auth: Any = None, transport: str = "websocket",
+                      wait_timeout: float = WAIT) -> None:
         if state:
             self.client.load_recovery_state(state)
+        # python-socketio before 5.13 answers a refused CONNECT only when wait_timeout ends
+        # (ConnectionError then); the outer bound must let that happen
         await asyncio.wait_for(self.client.connect(
             url, namespaces=self.namespaces, transports=[transport], auth=auth,
-            wait_timeout=WAIT), WAIT)
+            wait_timeout=wait_timeout), wait_timeout + WAIT)
 
     def sid(self, namespace: str = "/") -> str:
         return self.client.get_sid(namespace)

@@ -431,7 +431,7 @@ async def test_connect_handler_can_refuse_a_recovery_and_keep_it(store_url: str)
         allow["value"] = False
         refused = Peer()
         with pytest.raises(socketio.exceptions.ConnectionError):
-            await refused.connect(node.url, state)
+            await refused.connect(node.url, state, wait_timeout=2)
         await refused.close()
         allow["value"] = True
         again = Peer()

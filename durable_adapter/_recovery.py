@@ -104,6 +104,7 @@ class Takeover:
     last_sent: int | None
     membership: MembershipLog
     start_seq: int
+    resume_seq: int
     was_recovered: bool
 
 
@@ -114,6 +115,8 @@ class Restore:
     pid: str
     session: Session
     hold: Hold
+    #: where the next recovery without an offset starts, once this one is accepted
+    resume_seq: int
     takeover: Takeover | None = None
     replay: list[StoredPacket] = field(default_factory=list)
     sid_issued: bool = False
@@ -164,7 +167,9 @@ def replay_start(session: Session, offset: object, epoch: str
     if session.epoch != epoch:
         return None, RecoveryFailure.HISTORY_RESET
     if offset is None:
-        return (session.position if session.last_sent_seq is None else session.start_seq), None
+        if session.last_sent_seq is None:
+            return session.position, None
+        return resume_seq_of(session), None
     parsed = parse_offset(offset)
     if parsed is None:
         return None, RecoveryFailure.MALFORMED
@@ -177,6 +182,24 @@ def replay_start(session: Session, offset: object, epoch: str
     if seq > max(session.position, sent or 0):
         return None, RecoveryFailure.OFFSET_AHEAD
     return max(seq, session.start_seq), None
+
+
+def resume_seq_of(session: Session) -> int:
+    return session.start_seq if session.resume_seq is None else session.resume_seq
+
+
+def next_resume_seq(session: Session, offset: object, start: int) -> int:
+    """Where a later recovery without an offset starts, once this one is accepted.
+
+    A client with an offset confirmed ``start``. One without confirmed nothing: what
+    its previous connection was sent comes again in this replay, once; from then on it
+    counts as received, or a client that keeps no offsets would be replayed everything
+    since its first connect on every recovery. Offsets are still floored at
+    ``start_seq`` only, so a replay cut short keeps its place.
+    """
+    if offset is None and session.last_sent_seq is not None:
+        return max(resume_seq_of(session), session.last_sent_seq)
+    return start
 
 
 def check_window(start: int, upto: int, bounds: HistoryBounds, cap: int

@@ -27,7 +27,9 @@ from ._recovery import (
     check_offset,
     check_window,
     current_attempt,
+    next_resume_seq,
     replay_start,
+    resume_seq_of,
     split_auth,
 )
 from ._redact import redact_pids
@@ -91,6 +93,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         #: (namespace, pid hash) -> sid of the live socket holding that pid
         self._live_pids: dict[tuple[str, str], str] = {}
         self._start_seq: dict[tuple[str, str], int] = {}
+        self._resume_seq: dict[tuple[str, str], int] = {}
         self._recovered: set[tuple[str, str]] = set()
         self._failures: dict[tuple[str, str], RecoveryFailure] = {}
         self._evicting: set[str] = set()
@@ -246,6 +249,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             return self._refuse(RecoveryFailure.NOT_RETAINED)
         manager = self.durable_manager
         restore = Restore(pid=pid, session=session,
+                          resume_seq=next_resume_seq(session, offset, start),
                           hold=manager.open_hold(namespace, session.sid, eio_sid, session.rooms))
         failure = await self._load_replay(namespace, restore, start)
         if failure is not None:
@@ -305,9 +309,11 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         self._detached.add((namespace, old_eio))
         takeover = Takeover(eio_sid=old_eio, rooms=rooms, last_sent=last_sent,
                             membership=membership, start_seq=session.start_seq,
+                            resume_seq=resume_seq_of(session),
                             was_recovered=(namespace, sid) in self._recovered)
         self._recovered.discard((namespace, sid))
         restore = Restore(pid=pid, session=session, takeover=takeover,
+                          resume_seq=next_resume_seq(session, offset, start),
                           hold=manager.open_hold(namespace, sid, eio_sid, session.rooms))
         failure = await self._load_replay(namespace, restore, start)
         if failure is not None:
@@ -445,6 +451,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         self._pids[(namespace, sid)] = restore.pid
         self._live_pids[(namespace, hash_pid(restore.pid))] = sid
         self._start_seq[(namespace, sid)] = takeover.start_seq
+        self._resume_seq[(namespace, sid)] = takeover.resume_seq
         if takeover.was_recovered:
             self._recovered.add((namespace, sid))
         hold.eio_sid, hold.registered = takeover.eio_sid, True
@@ -486,11 +493,14 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         restore = attempt.restore if attempt else None
         if restore is not None and restore.session.sid == sid:
             pid, start_seq = restore.pid, restore.session.start_seq
+            resume_seq = restore.resume_seq
         else:
             pid, start_seq = new_pid(), self.durable_manager.delivered
+            resume_seq = start_seq
         self._pids[(namespace, sid)] = pid
         self._live_pids[(namespace, hash_pid(pid))] = sid
         self._start_seq[(namespace, sid)] = start_seq
+        self._resume_seq[(namespace, sid)] = resume_seq
         pkt.data = {**pkt.data, "pid": pid}
         await super()._send_packet(eio_sid, pkt)
 
@@ -564,6 +574,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             position=manager.delivered, last_sent_seq=manager.last_sent.get((namespace, sid)),
             disconnected_at=now, expires_at=now + duration,
             membership=manager.membership(sid, namespace),
+            resume_seq=self._resume_seq.get((namespace, sid)),
         )
 
     def _forget(self, sid: str, namespace: str) -> None:
@@ -573,6 +584,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         if pid is not None and self._live_pids.get((namespace, hash_pid(pid))) == sid:
             del self._live_pids[(namespace, hash_pid(pid))]
         self._start_seq.pop((namespace, sid), None)
+        self._resume_seq.pop((namespace, sid), None)
         self._recovered.discard((namespace, sid))
         self._failures.pop((namespace, sid), None)
 

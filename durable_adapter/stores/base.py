@@ -65,6 +65,9 @@ class Session:
     :param membership: when the socket was in which of its rooms (a replay sends a
         packet only to a member at its seq); None in sessions saved before the log
         existed, whose ``rooms`` then count since ``start_seq``.
+    :param resume_seq: where a recovery that brings no offset starts its replay once
+        something was sent to the socket; None in sessions saved before it existed
+        (``start_seq`` then).
     """
 
     pid_hash: str
@@ -79,6 +82,7 @@ class Session:
     disconnected_at: float
     expires_at: float
     membership: MembershipLog | None = None
+    resume_seq: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,4 +1,5 @@
-"""Room stays of a session: the ``membership`` column of the sessions table.
+"""Room stays of a session and where its offset-less recovery starts: the ``membership``
+and ``resume_seq`` columns of the sessions table.
 
 Revision ID: 0003
 Revises: 0002
@@ -33,8 +34,11 @@ def _schema() -> str | None:
 def upgrade() -> None:
     op.add_column(f"{PREFIX}sessions", sa.Column("membership", sa.Text(), nullable=True),
                   schema=_schema())
+    op.add_column(f"{PREFIX}sessions", sa.Column("resume_seq", sa.BigInteger(), nullable=True),
+                  schema=_schema())
 
 
 def downgrade() -> None:
     with op.batch_alter_table(f"{PREFIX}sessions", schema=_schema()) as batch:
+        batch.drop_column("resume_seq")
         batch.drop_column("membership")

@@ -317,3 +317,53 @@ async def test_deeply_nested_session_data_recovers(store_url: StoreSpec) -> None
         assert again.client.is_recovered()
         assert await node.sio.get_session(sid) == {"deep": nested}
         await again.client.disconnect()
+
+
+async def test_recoveries_without_offset_do_not_replay_older_connections(
+        store_url: StoreSpec) -> None:
+    """Issue 14 item 4h: a client that keeps no offsets gets what its previous connection
+    was sent once more, not everything since its first connect on every recovery."""
+    async with running(store_url) as node:
+        peer = Peer()
+        await peer.connect(node.url)
+        for event in ("a1", "a2"):
+            await node.sio.emit("tick", event)
+        await peer.inbox["/"].wait_for(2)
+        state = await peer.drop(node)
+
+        for event, expected in (("b", ["a1", "a2", "b"]), ("c", ["b", "c"]),
+                                ("d", ["c", "d"])):
+            state["/"]["offset"] = None  # a client that keeps no offsets
+            again = Peer()
+            await again.connect(node.url, state)
+            assert again.client.is_recovered()
+            await node.sio.emit("tick", event)
+            assert await again.inbox["/"].wait_for(len(expected)) == expected
+            state = await again.drop(node)
+
+
+async def test_an_offset_inside_a_replay_cut_short_keeps_its_place(
+        store_url: StoreSpec) -> None:
+    """A no-offset recovery moves where the next no-offset recovery starts, never the
+    floor of offsets: a client that got part of that replay still gets the rest."""
+    async with running(store_url) as node:
+        peer = Peer()
+        await peer.connect(node.url)
+        await node.sio.emit("tick", "a1")
+        await peer.inbox["/"].wait_for(1)
+        first_offset = peer.client.last_offset()
+        for event in ("a2", "a3"):
+            await node.sio.emit("tick", event)
+        await peer.inbox["/"].wait_for(3)
+        state = await peer.drop(node)
+        state["/"]["offset"] = None
+        again = Peer()
+        await again.connect(node.url, state)
+        assert await again.inbox["/"].wait_for(3) == ["a1", "a2", "a3"]
+        state = await again.drop(node)
+        state["/"]["offset"] = first_offset  # as if only a1 of the replay had arrived
+        third = Peer()
+        await third.connect(node.url, state)
+        assert third.client.is_recovered()
+        assert await third.inbox["/"].wait_for(2) == ["a2", "a3"]
+        await third.client.disconnect()

@@ -142,6 +142,12 @@ async def test_session_keeps_its_room_stays(store: Store) -> None:
     assert claimed is not None and claimed.membership is None
 
 
+async def test_session_keeps_where_an_offsetless_recovery_resumes(store: Store) -> None:
+    await bounded(store.save_session(Session(**{**session().__dict__, "resume_seq": 41})))
+    claimed = await bounded(store.claim_session("/", PID, time.time()))
+    assert claimed is not None and claimed.resume_seq == 41
+
+
 async def test_claim_is_bound_to_its_namespace(store: Store) -> None:
     await bounded(store.save_session(session(namespace="/chat")))
     assert await bounded(store.claim_session("/", PID, time.time())) is None

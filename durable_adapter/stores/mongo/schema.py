@@ -212,6 +212,7 @@ def session_document(session: Session) -> dict[str, Any]:
         "expires_ts": session.expires_at,  # exact: every claim compares against it
         "expires_at": as_date(session.expires_at),  # a BSON date, for the TTL index
         "membership": None if session.membership is None else session.membership.to_value(),
+        "resume_seq": session.resume_seq,
     }
 
 
@@ -232,6 +233,7 @@ def session_from_document(document: Mapping[str, Any]) -> Session:
         expires_at=float(document["expires_ts"]),
         # absent in documents saved by an older version
         membership=None if membership is None else MembershipLog.from_value(membership),
+        resume_seq=None if document.get("resume_seq") is None else int(document["resume_seq"]),
     )
 
 

@@ -86,6 +86,8 @@ sessions = Table(
     Column("expires_at", Double, nullable=False),
     # JSON room stays (MembershipLog); NULL in rows written before revision 0003
     Column("membership", Text, nullable=True),
+    # where a recovery without an offset starts; NULL in rows written before 0003
+    Column("resume_seq", BigInteger, nullable=True),
     Index(f"ix_{PREFIX}sessions_expires_at", "expires_at"),
     Index(f"ix_{PREFIX}sessions_namespace_sid", "namespace", "sid"),
 )
@@ -142,6 +144,7 @@ def session_values(session: Session) -> dict[str, Any]:
         "expires_at": session.expires_at,
         "membership": None if session.membership is None
         else json.dumps(session.membership.to_value()),
+        "resume_seq": session.resume_seq,
     }
 
 
@@ -171,4 +174,5 @@ def session_from_row(row: Row[Any]) -> Session:
         expires_at=row.expires_at,
         membership=None if row.membership is None
         else MembershipLog.from_value(json.loads(row.membership)),
+        resume_seq=row.resume_seq,
     )

@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs everything, starts the services, runs
 # pytest (extra arguments go to pytest). SOCKETIO_VERSION=5.12.1 tests another release.
+# Tests run on TEST_WORKERS xdist workers (default 3: most of them wait on sockets, not
+# the CPU); those marked `serial` (they restart PostgreSQL) run afterwards, alone.
 source "$(dirname "$0")/_env.sh"
 bash "$ROOT/scripts/services.sh"
-exec "$PY" -m pytest "$@"
+status=0
+"$PY" -m pytest -n "${TEST_WORKERS:-3}" -m "not serial" "$@" || status=$?
+serial=0
+"$PY" -m pytest -m serial "$@" || serial=$?
+[ "$serial" = 5 ] && serial=0  # 5: the arguments selected no serial test
+[ "$status" = 5 ] && [ "$serial" = 0 ] && status=0
+[ "$status" = 0 ] && status=$serial
+exit "$status"

@@ -20,6 +20,8 @@ from tests._postgres import POSTGRES_URL, execute, pg_ctl, wait_ready
 from tests.cluster.conftest import ClusterStore
 from tests.cluster.harness import Listener, cluster, offset_seq
 
+pytestmark = pytest.mark.serial  # restarts the PostgreSQL every other test uses
+
 WAIT = 20.0  # seconds for an expected delivery
 SLOW_POLL = "30"  # seconds between top checks: deliveries within WAIT came by the doorbell
 

@@ -11,7 +11,7 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY durable_adapter ./durable_adapter
 COPY migrations ./migrations
-RUN pip install ".[postgres]" && useradd --system --no-create-home durable
+RUN pip install ".[postgres,metrics]" && useradd --system --no-create-home durable
 
 USER durable
 WORKDIR /tmp

@@ -185,9 +185,10 @@ class Node:
 
 async def start_node(kind: str, spec: StoreSpec | None = None, *, name: str = "node",
                      port: int = 0, reuse_port: bool = False,
-                     poll_interval: float | None = None) -> Node:
+                     poll_interval: float | None = None,
+                     extra_args: Sequence[str] = ()) -> Node:
     args = [sys.executable, str(HERE / "_node.py"), "--kind", kind, "--name", name,
-            "--port", str(port)]
+            "--port", str(port), *extra_args]
     if spec is not None:
         args += spec.node_args()
     if reuse_port:

@@ -10,6 +10,9 @@ benchmark can drive one worker of several sharing P through SO_REUSEPORT):
   handlers are; our store batches them). ``stamp`` puts ``time.monotonic()`` of the emit
   in the payload (CLOCK_MONOTONIC is one clock for every process of the machine).
 * ``GET /cpu``: this process's CPU seconds (user + system) so far.
+* ``GET /metrics``: the Prometheus metrics, with ``--metrics on`` (``off`` counts none).
+* ``POST /metrics-state`` ``{"on": true|false}``: count from now on, or stop counting
+  (``--metrics on`` or ``off`` only), so one process can be measured both ways.
 
 Compression is off: ``http_compression=False`` (long-polling), and the websocket stays
 uncompressed because the bench clients do not offer permessage-deflate (aiohttp's
@@ -33,6 +36,7 @@ import socketio
 from aiohttp import web
 
 import durable_adapter
+from durable_adapter import metrics
 
 
 def make_store(url: str, schema: str | None, poll_interval: float | None) -> Any:
@@ -53,7 +57,8 @@ def make_store(url: str, schema: str | None, poll_interval: float | None) -> Any
     return url  # memory://, redis://: the server builds it from the URL
 
 
-def build(kind: str, store: Any, name: str) -> tuple[web.Application, Any]:
+def build(kind: str, store: Any, name: str, with_metrics: bool = False
+          ) -> tuple[web.Application, Any]:
     common: dict[str, Any] = {"async_mode": "aiohttp", "http_compression": False}
     if kind == "plain":
         sio = socketio.AsyncServer(**common)
@@ -98,6 +103,17 @@ def build(kind: str, store: Any, name: str) -> tuple[web.Application, Any]:
     sio.attach(app)
     app.router.add_post("/emit", emit)
     app.router.add_get("/cpu", cpu)
+    async def metrics_state(request: web.Request) -> web.Response:
+        if (await request.json())["on"]:
+            metrics.enable()
+            metrics.watch(sio.durable_manager)  # its lag probe, as at a server's start
+        else:
+            metrics.disable()
+        return web.json_response({"on": metrics.enabled()})
+
+    if with_metrics:
+        app.router.add_get("/metrics", metrics.aiohttp_handler())
+        app.router.add_post("/metrics-state", metrics_state)
     return app, sio
 
 
@@ -111,6 +127,9 @@ async def main() -> None:
     parser.add_argument("--name", default="node")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--reuse-port", action="store_true")
+    parser.add_argument("--metrics", choices=("default", "on", "off"), default="default",
+                        help="on: count (needs prometheus-client) and serve /metrics; "
+                             "off: count nothing; default: as installed, no /metrics")
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("BENCH_NODE_LOG", "WARNING"))
     refusals = logging.getLogger("durable_adapter.server")
@@ -118,8 +137,13 @@ async def main() -> None:
         refusals.setLevel(logging.INFO)
         refusals.addFilter(lambda record: record.getMessage().startswith("recovery refused")
                            or record.levelno >= logging.WARNING)
+    if args.metrics == "on":
+        metrics.enable()
+    elif args.metrics == "off":
+        metrics.disable()
     store = make_store(args.store, args.schema, args.poll_interval)
-    app, sio = build(args.kind, store, args.name)
+    app, sio = build(args.kind, store, args.name,
+                     with_metrics=args.metrics in ("on", "off"))
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", args.port, reuse_port=args.reuse_port or None)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from _common import (
@@ -60,8 +61,9 @@ class Row:
 
 
 async def setup_row(label: str, spec: StoreSpec | None, clients: int, nprocs: int,
-                    client: str) -> Row:
-    node = await start_node("plain" if spec is None else "ours", spec, name=label)
+                    client: str, node_args: Sequence[str] = ()) -> Row:
+    node = await start_node("plain" if spec is None else "ours", spec, name=label,
+                            extra_args=node_args)
     procs = await start_clients(nprocs)
     row = Row(label, node, procs, spec)
     answers = await asyncio.gather(*(

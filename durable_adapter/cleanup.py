@@ -39,6 +39,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
+from . import metrics
 from ._cleanup_lock import WorkerLock, lock_for
 from ._recovery import DEFAULT_MAX_DISCONNECTION_DURATION as DEFAULT_MAX_DISCONNECTION_DURATION
 from .exceptions import ConfigurationError, StoreError
@@ -236,6 +237,7 @@ class _Worker:
                 await self._pass()
                 backoff.reset()
             except StoreError as exc:
+                metrics.store_error("purge")
                 if self.settings.once:
                     raise
                 delay = backoff.next()
@@ -275,6 +277,7 @@ class _Worker:
                         extra={"action": "interrupted"})
             return
         self._record(purge.result())
+        await metrics.cleanup_pass(self.store, purge.result())
 
     def _record(self, result: PurgeResult) -> None:
         s = self.summary

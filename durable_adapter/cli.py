@@ -5,6 +5,7 @@ Subcommands::
     durable-adapter demo    [--store URL] [--host HOST] [--port PORT]
     durable-adapter migrate --store URL
     durable-adapter cleanup --store URL [--interval SECONDS] [--once] [--retention SECONDS]
+                            [--metrics-port N [--metrics-host HOST]]
 
 Every flag can also come from an environment variable (shown in ``--help``); a flag
 given on the command line wins over its variable.
@@ -189,6 +190,9 @@ ENV_CLEANUP_ONCE = "DURABLE_ADAPTER_CLEANUP_ONCE"
 ENV_RETENTION = "DURABLE_ADAPTER_RETENTION"
 ENV_MAX_DISCONNECTION_DURATION = "DURABLE_ADAPTER_MAX_DISCONNECTION_DURATION"
 ENV_BATCH_SIZE = "DURABLE_ADAPTER_BATCH_SIZE"
+ENV_METRICS_PORT = "DURABLE_ADAPTER_METRICS_PORT"
+ENV_METRICS_HOST = "DURABLE_ADAPTER_METRICS_HOST"
+METRICS_HOST = "0.0.0.0"  # Prometheus scrapes from another host; as prometheus-client
 
 
 def _positive_float(text: str) -> float:
@@ -242,7 +246,25 @@ def _add_cleanup(subparsers: _Subparsers) -> None:
               metavar="SECONDS", help="the servers' max_disconnection_duration")
     _env_flag(parser, "--batch-size", ENV_BATCH_SIZE, default=cleanup.DEFAULT_BATCH_SIZE,
               type=_positive_int, metavar="N", help="rows deleted per transaction")
+    _env_flag(parser, "--metrics-port", ENV_METRICS_PORT, type=_port, metavar="N",
+              help="serve Prometheus metrics on http://HOST:N/metrics (needs "
+                   "durable-adapter[metrics]); 0 picks a free port")
+    _env_flag(parser, "--metrics-host", ENV_METRICS_HOST, default=METRICS_HOST,
+              metavar="HOST", help="address the metrics port binds")
     parser.set_defaults(func=_run_cleanup)
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    from . import metrics
+
+    if not metrics.available():
+        raise CLIError("--metrics-port needs prometheus-client: "
+                       "pip install 'durable-adapter[metrics]'")
+    try:
+        url, _ = metrics.serve_http(port, host)
+    except OSError as exc:
+        raise CLIError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+    logger.info("metrics on %s", url, extra={"action": "metrics"})
 
 
 def _run_cleanup(args: argparse.Namespace) -> int:
@@ -250,6 +272,9 @@ def _run_cleanup(args: argparse.Namespace) -> int:
 
     from . import cleanup
     from ._signals import on_stop
+
+    if args.metrics_port is not None:
+        _serve_metrics(args.metrics_host, args.metrics_port)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -17,7 +17,7 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from . import _socketio
+from . import _socketio, metrics
 from ._cluster import ClusterOps, in_control_handler
 from ._membership import MembershipLog, membership_of
 from ._offsets import format_offset
@@ -81,10 +81,12 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
                 await self.store.close()
                 raise
             self._started = True
+            metrics.watch(self)
 
     async def stop(self) -> None:
         if self._started:
             self._started = False
+            await metrics.unwatch(self)
             await self.store.close()
         for waiter in self._waiters.values():
             waiter.cancel()

@@ -13,7 +13,7 @@ from typing import Any
 import socketio
 from socketio import packet as sio_packet
 
-from . import _socketio
+from . import _socketio, metrics
 from ._codec import copy_value
 from ._membership import membership_of
 from ._offsets import format_offset, hash_pid, is_valid_pid, new_pid
@@ -200,7 +200,9 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                 and self.manager.sid_from_eio_sid(eio_sid, namespace) is None:
             # a connection already in the namespace gets python-socketio's refusal, and
             # its CONNECT must not touch anyone's session
+            metrics.recovery_started()
             attempt = await self._prepare_restore(eio_sid, namespace, pid, offset)
+            metrics.recovery_refused(namespace, attempt.failure)
         token = current_attempt.set(attempt)
         try:
             await super()._handle_connect(eio_sid, namespace, auth)
@@ -236,6 +238,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         except Exception:
             logger.exception("claiming a session failed")
             return self._refuse(RecoveryFailure.STORE_UNAVAILABLE)
+        metrics.session_claimed(session)
         if session is None:
             return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
         if not await self._sid_released(session.sid, namespace):
@@ -516,6 +519,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             manager.last_sent[(namespace, sid)] = stored.seq
         await manager.release_hold(namespace, restore.hold)
         restore.completed = True
+        metrics.recovered(namespace, len(restore.replay))
         logger.info("recovered %s [%s]: %d missed packets", sid, namespace, len(restore.replay),
                     extra={"action": "recovered"})
 
@@ -558,7 +562,9 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             eio_session = await self.eio.get_session(eio_sid)
             session = self._live_session(sid, namespace, pid, eio_session.get(namespace, {}))
             await self.store.save_session(session)
+            metrics.session_saved()
         except Exception:  # the disconnect goes on; only the recovery is lost
+            metrics.store_error("save_session")
             logger.exception("could not save the session of %s [%s]; it will not recover",
                              sid, namespace)
 

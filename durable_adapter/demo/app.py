@@ -9,6 +9,8 @@ Routes:
 * ``GET /`` the page (``index.html``); ``GET /static/socket.io.min.js`` the official
   JS client (vendored, see ``static/README.md``).
 * ``/socket.io/`` the :class:`durable_adapter.AsyncServer`.
+* ``GET /metrics`` the Prometheus metrics (with ``durable-adapter[metrics]`` installed);
+  the page shows the recovery counters from it next to its connection log.
 * ``POST /say`` with JSON ``{"text": "...", "name": "..."}`` broadcasts a message as
   the server would, e.g. while a page is disconnected::
 
@@ -34,6 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import metrics
 from ..server import AsyncServer
 
 logger = logging.getLogger(__name__)
@@ -134,6 +137,8 @@ def create_app(store: str, *, websocket_only: bool = False) -> web.Application:
     app.router.add_get("/", _index)
     app.router.add_post("/say", _say)
     app.router.add_static("/static/", HERE / "static")
+    if metrics.enabled():
+        app.router.add_get("/metrics", metrics.aiohttp_handler())
 
     async def shutdown(app: web.Application) -> None:
         await app[SIO_KEY].shutdown()

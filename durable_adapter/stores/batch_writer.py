@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .. import metrics
 from .._tasks import STOP_TIMEOUT, finish_or_cancel
 from ..exceptions import StoreError
 
@@ -80,9 +81,12 @@ class BatchWriter:
         if self._task.done():
             self._task = self._start()
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        queued = metrics.clock()
         self._queue.append((row, future))
         self._queued.set()
-        return await future
+        seq = await future
+        metrics.append_committed(queued)
+        return seq
 
     async def close(self) -> None:
         """Write what is queued (within :data:`STOP_TIMEOUT`), then stop."""
@@ -129,6 +133,7 @@ class BatchWriter:
                     if not pending[1].cancelled():
                         await self._write_batch([pending])
                 return
+            metrics.store_error("append")
             logger.warning("append of %d packets failed: %s", len(batch), exc,
                            extra={"action": "append_failed"})
             for _, future in batch:
@@ -137,6 +142,7 @@ class BatchWriter:
                     error.__cause__ = exc.__cause__ if isinstance(exc, StoreError) else exc
                     future.set_exception(error)
             return
+        metrics.append_batch(len(batch))
         for (_, future), seq in zip(batch, seqs, strict=True):
             if not future.done():
                 future.set_result(seq)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import importlib.util
 import itertools
 import json
 import os
@@ -285,6 +286,11 @@ async def test_page_recovers_missed_message(tmp_path: Path) -> None:
         log_lines = await page.js(
             "[...document.querySelectorAll('#connects li .what')].map(e => e.textContent)")
         assert log_lines[-1].startswith("recovered") and "1 missed message" in log_lines[-1]
+        if importlib.util.find_spec("prometheus_client") is not None:
+            # the recovery counter from /metrics, beside the connection log
+            await wait_until(lambda: page.js(
+                "document.querySelector('#recoveries tr.recovered td.count')?.textContent"
+                " === '1'"), "the page to show the recovery counter")
 
         # 6. live messages still flow after the recovery
         async with http.post(url + "say", json={"text": "welcome back"}) as response:

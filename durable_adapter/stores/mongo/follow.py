@@ -29,6 +29,7 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
+from ... import metrics
 from ..._tasks import Backoff
 from ...exceptions import StoreError
 from ..base import ControlMessage, PacketListener
@@ -204,6 +205,7 @@ class PacketFollower:
             self._following.clear()
 
     async def _back_off(self, exc: Exception, backoff: Backoff) -> None:
+        metrics.store_error("follow")
         logger.warning(
             "following the store failed, retrying in %.1f s: %s", backoff.delay, exc,
             extra={"action": "follow_retry"},

@@ -52,6 +52,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from ... import metrics
 from ..._codec import check_session_data
 from ..._tasks import STOP_TIMEOUT, finish_or_cancel
 from ...exceptions import ConfigurationError, ExperimentalWarning, StoreError
@@ -260,6 +261,7 @@ class MongoStore(Store):
     async def append(self, packet: NewPacket) -> int:
         check_new_packet(packet)
         fields = schema.packet_fields(packet)  # a payload that cannot be stored fails here
+        queued = metrics.clock()
         with self._errors(f"writing to the store at {self._where()} failed"):
             counter = await self._meta.find_one_and_update(
                 {"_id": schema.HISTORY_ID},
@@ -277,6 +279,7 @@ class MongoStore(Store):
                     f"packet {seq} was not stored: it came later than gap_timeout "
                     f"({self.gap_timeout} s) and the followers have skipped its seq"
                 ) from exc
+        metrics.append_committed(queued)
         return seq
 
     async def read(

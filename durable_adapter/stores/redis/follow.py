@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
+from ... import metrics
 from ..._tasks import Backoff
 from ..base import (
     ControlMessage,
@@ -107,6 +108,7 @@ class RedisFollower:
                         for _, entries in reply or []:
                             await self._handle(entries)
                 except Exception as exc:  # survive a lost connection; CancelledError passes
+                    metrics.store_error("follow")
                     logger.warning(
                         "following the Redis store failed, reading again after seq %d in "
                         "%.0f s: %s", self.cursor, backoff.delay, exc,

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ... import metrics
 from ..._tasks import Backoff
 from ..base import ControlMessage, PacketListener, StoredPacket
 from ..delivery import hand_over
@@ -96,6 +97,7 @@ class SQLFollower:
                         if await self._wait_for_change(marker_connection, marker):
                             break
                 except Exception as exc:  # survive any failed read; CancelledError passes
+                    metrics.store_error("follow")
                     logger.warning(
                         "following the store failed, retrying in %.0f s: %s",
                         backoff.delay,

@@ -1,0 +1,475 @@
+"""Prometheus metrics of recoveries, the store and the cleanup worker (extra ``metrics``).
+
+``pip install 'durable-adapter[metrics]'`` brings prometheus-client; importing
+durable_adapter then registers every metric below on prometheus-client's global
+registry. Without prometheus-client nothing is imported and every hook returns at once;
+``DURABLE_ADAPTER_METRICS=off`` in the environment leaves them off too.
+
+To use another registry, or to stop counting, call once at start-up, before the servers
+start (a switch starts the counters again from zero)::
+
+    from prometheus_client import CollectorRegistry
+    from durable_adapter import metrics
+
+    registry = CollectorRegistry()
+    metrics.enable(registry=registry)     # or metrics.disable()
+
+Exposition: :func:`aiohttp_handler` (``app.router.add_get("/metrics", ...)``),
+:func:`asgi_app` (``socketio.ASGIApp(sio, other_asgi_app=metrics.asgi_app())`` serves
+``/metrics`` beside ``/socket.io/``) and :func:`serve_http` (a thread, for processes
+without a web server: ``durable-adapter cleanup --metrics-port N``).
+
+The rest of the package calls the one-line hooks below (``recovery_started``, ...); only
+this module knows prometheus-client. Nothing is counted per delivered packet: a fan-out
+to n sockets costs the same with metrics on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import os
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from ._recovery import RecoveryFailure
+    from .manager import DurableManager
+    from .stores.base import PurgeResult, Session, Store
+
+try:
+    import prometheus_client
+    from prometheus_client.core import GaugeMetricFamily
+except ImportError:  # the extra is not installed: every hook is a no-op
+    prometheus_client = None
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "durable_adapter_"
+ENV_SWITCH = "DURABLE_ADAPTER_METRICS"  # "off" (or 0, false, no): not enabled at import
+LAG_INTERVAL = 5.0  # seconds between two follower lag probes of a server
+MAX_NAMESPACE_LABELS = 100  # distinct namespace label values; more become OTHER_NAMESPACE
+OTHER_NAMESPACE = "_other"
+
+RECOVERED_PACKETS_BUCKETS = (0, 1, 5, 10, 50, 100, 500, 1_000, 5_000, 10_000, 50_000, 100_000)
+RECOVERY_SECONDS_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
+APPEND_SECONDS_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000)
+
+#: a monotonic clock for the hooks' start times; cheap enough to read when disabled
+clock = time.perf_counter
+
+#: when the CONNECT being handled in this task arrived (0: not a recovery attempt)
+_connect_started: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "durable_adapter_connect_started", default=0.0)
+
+
+class _Metrics:
+    """Every metric object, registered on one registry."""
+
+    def __init__(self, registry: Any, lag_interval: float) -> None:
+        pc = prometheus_client
+        assert pc is not None
+        self.registry = registry
+        self.lag_interval = lag_interval
+        self.namespaces: set[str] = set()
+        self.recoveries = pc.Counter(
+            PREFIX + "recoveries", "Reconnects that asked to recover, by outcome "
+            "(recovered or refused) and refusal reason (empty when recovered).",
+            ["namespace", "outcome", "reason"], registry=None)
+        self.recovered_packets = pc.Histogram(
+            PREFIX + "recovered_packets", "Packets replayed from the store per recovery.",
+            buckets=RECOVERED_PACKETS_BUCKETS, registry=None)
+        self.recovery_seconds = pc.Histogram(
+            PREFIX + "recovery_seconds", "Seconds from a recovering CONNECT received to "
+            "the last replayed packet sent.", buckets=RECOVERY_SECONDS_BUCKETS, registry=None)
+        self.append_seconds = pc.Histogram(
+            PREFIX + "append_seconds", "Seconds from an emit queued for the store to its "
+            "packet committed.", buckets=APPEND_SECONDS_BUCKETS, registry=None)
+        self.append_batch_size = pc.Histogram(
+            PREFIX + "append_batch_size", "Packets written per store transaction.",
+            buckets=BATCH_SIZE_BUCKETS, registry=None)
+        self.store_errors = pc.Counter(
+            PREFIX + "store_errors", "Failed store operations, by operation.",
+            ["operation"], registry=None)
+        self.sessions_saved = pc.Counter(
+            PREFIX + "sessions_saved", "Sessions saved for a later recovery (a socket "
+            "dropped, or the server shut down).", registry=None)
+        self.sessions_claimed = pc.Counter(
+            PREFIX + "sessions_claimed", "Stored sessions claimed by a reconnect.",
+            registry=None)
+        self.cleanup_removed = pc.Counter(
+            PREFIX + "cleanup_removed", "Rows the cleanup worker deleted, by kind "
+            "(sessions or packets).", ["kind"], registry=None)
+        # set by a cleanup pass; until then absent (not 0): a server or a standby
+        # worker must not look like a worker that never succeeded
+        self.cleanup_last_success: float | None = None
+        self.retained_packets: int | None = None
+        self.live = _LiveCollector(self)
+        self.collectors: list[Any] = [
+            self.recoveries, self.recovered_packets, self.recovery_seconds,
+            self.append_seconds, self.append_batch_size, self.store_errors,
+            self.sessions_saved, self.sessions_claimed, self.cleanup_removed, self.live]
+        for collector in self.collectors:
+            registry.register(collector)
+
+    def unregister(self) -> None:
+        for collector in self.collectors:
+            with contextlib.suppress(KeyError):
+                self.registry.unregister(collector)
+
+    def namespace_label(self, namespace: str) -> str:
+        """Clients pick namespaces: bound the label values they can create."""
+        if namespace in self.namespaces:
+            return namespace
+        if len(self.namespaces) >= MAX_NAMESPACE_LABELS:
+            return OTHER_NAMESPACE
+        self.namespaces.add(namespace)
+        return namespace
+
+
+#: servers whose sockets and follower lag are reported (weak: a dropped server leaves)
+_watched: weakref.WeakSet[DurableManager] = weakref.WeakSet()
+#: the latest probe of each watched server: (packets behind, seconds behind)
+_lags: MutableMapping[DurableManager, tuple[int, float]] = weakref.WeakKeyDictionary()
+_probes: MutableMapping[DurableManager, asyncio.Task[None]] = weakref.WeakKeyDictionary()
+
+
+class _LiveCollector:
+    """Values read when scraped: live sockets, the lag the probes last measured, and
+    what the last cleanup pass left.
+
+    A scrape may run in another thread (:func:`serve_http`, :func:`aiohttp_handler`):
+    only atomic reads (``len``, ``list`` of a dict) touch the servers' state.
+    """
+
+    def __init__(self, owner: _Metrics) -> None:
+        self._owner = owner
+
+    def describe(self) -> list[Any]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[Any]:
+        sockets, lag_packets, lag_seconds, last_success, retained = self._families()
+        counts: dict[str, int] = {}
+        for manager in list(_watched):
+            for namespace, rooms in list(manager.rooms.items()):
+                label = _label(namespace)
+                counts[label] = counts.get(label, 0) + len(rooms.get(None, ()))
+        for label, count in sorted(counts.items()):
+            sockets.add_metric([label], count)
+        lags = list(_lags.values())
+        if lags:
+            lag_packets.add_metric([], max(packets for packets, _ in lags))
+            lag_seconds.add_metric([], max(seconds for _, seconds in lags))
+        if self._owner.cleanup_last_success is not None:
+            last_success.add_metric([], self._owner.cleanup_last_success)
+        if self._owner.retained_packets is not None:
+            retained.add_metric([], self._owner.retained_packets)
+        yield from (sockets, lag_packets, lag_seconds, last_success, retained)
+
+    @staticmethod
+    def _families() -> tuple[Any, Any, Any, Any, Any]:
+        return (
+            GaugeMetricFamily(PREFIX + "sockets", "Connected sockets per namespace.",
+                              labels=["namespace"]),
+            GaugeMetricFamily(PREFIX + "follower_lag_packets", "Packets committed to the "
+                              "store that this node has not delivered yet (at the last "
+                              "probe; the largest of this process's servers)."),
+            GaugeMetricFamily(PREFIX + "follower_lag_seconds", "Age of the oldest packet "
+                              "this node has not delivered yet; 0 when caught up (at the "
+                              "last probe; the largest of this process's servers)."),
+            GaugeMetricFamily(PREFIX + "cleanup_last_success_timestamp_seconds", "Unix "
+                              "time of the cleanup worker's last successful pass (absent "
+                              "before the first one)."),
+            GaugeMetricFamily(PREFIX + "retained_packets", "Packets in the store's history "
+                              "after the cleanup worker's last pass (top seq minus purge "
+                              "mark)."),
+        )
+
+
+_active: _Metrics | None = None
+
+
+def _label(namespace: str) -> str:
+    active = _active
+    return active.namespace_label(namespace) if active is not None else namespace
+
+
+def _require() -> Any:
+    if prometheus_client is None:
+        raise ConfigurationError("metrics need prometheus-client: "
+                                 "pip install 'durable-adapter[metrics]'")
+    return prometheus_client
+
+
+# -- configuration ------------------------------------------------------------------
+
+
+def available() -> bool:
+    """True when prometheus-client is installed."""
+    return prometheus_client is not None
+
+
+def enabled() -> bool:
+    """True while metrics are counted."""
+    return _active is not None
+
+
+def enable(registry: Any = None, *, lag_interval: float = LAG_INTERVAL) -> Any:
+    """Count on ``registry`` (default: prometheus-client's global one); returns it.
+
+    Replaces the registration made at import (or by an earlier call): the metrics move
+    to ``registry`` and start from zero. ``lag_interval``: seconds between two follower
+    lag probes of a server started afterwards.
+    """
+    global _active
+    pc = _require()
+    if not lag_interval > 0:
+        raise ConfigurationError(f"lag_interval must be > 0 seconds, got {lag_interval!r}")
+    target = pc.REGISTRY if registry is None else registry
+    disable()
+    _active = _Metrics(target, lag_interval)
+    return target
+
+
+def disable() -> None:
+    """Stop counting and unregister the metrics (probes already running stop at once)."""
+    global _active
+    if _active is not None:
+        _active.unregister()
+        _active = None
+
+
+def current_registry() -> Any:
+    """The registry metrics are counted on; raises when they are off."""
+    if _active is None:
+        _require()
+        raise ConfigurationError("metrics are disabled (durable_adapter.metrics.enable())")
+    return _active.registry
+
+
+# -- hooks: one line each at their call sites --------------------------------------------
+
+
+def recovery_started() -> None:
+    """A CONNECT carrying a pid arrived (the recovery clock starts)."""
+    if _active is not None:
+        _connect_started.set(clock())
+
+
+def recovery_refused(namespace: str, failure: RecoveryFailure | None) -> None:
+    """The attempt prepared for this CONNECT; counts it if it was refused."""
+    active = _active
+    if active is None or failure is None:
+        return
+    reason = failure.name.lower()
+    active.recoveries.labels(active.namespace_label(namespace), "refused", reason).inc()
+    if reason == "store_unavailable":
+        active.store_errors.labels("restore").inc()
+
+
+def recovered(namespace: str, packets: int) -> None:
+    """The replay of a recovered socket has been sent."""
+    active = _active
+    if active is None:
+        return
+    active.recoveries.labels(active.namespace_label(namespace), "recovered", "").inc()
+    active.recovered_packets.observe(packets)
+    started = _connect_started.get()
+    if started:
+        active.recovery_seconds.observe(clock() - started)
+
+
+def session_saved() -> None:
+    if _active is not None:
+        _active.sessions_saved.inc()
+
+
+def session_claimed(session: Session | None) -> None:
+    if _active is not None and session is not None:
+        _active.sessions_claimed.inc()
+
+
+def append_committed(queued: float) -> None:
+    """An emit's packet committed; ``queued`` is :data:`clock` when it was queued."""
+    if _active is not None:
+        _active.append_seconds.observe(clock() - queued)
+
+
+def append_batch(size: int) -> None:
+    """One store transaction wrote ``size`` packets."""
+    if _active is not None:
+        _active.append_batch_size.observe(size)
+
+
+def store_error(operation: str) -> None:
+    """A store operation failed: ``append``, ``follow``, ``save_session``, ``purge``,
+    ``restore`` (claiming or reading a replay) or ``lag_probe``."""
+    if _active is not None:
+        _active.store_errors.labels(operation).inc()
+
+
+def watch(manager: DurableManager) -> None:
+    """A server started: report its sockets, and probe its follower lag."""
+    _watched.add(manager)
+    active = _active
+    probe = _probes.get(manager)
+    if active is not None and (probe is None or probe.done()):  # done: metrics were off
+        _probes[manager] = asyncio.create_task(
+            _probe_lag(manager, active.lag_interval), name="durable_adapter lag probe")
+
+
+async def unwatch(manager: DurableManager) -> None:
+    """The server stops: stop its probe and forget it."""
+    _watched.discard(manager)
+    _lags.pop(manager, None)
+    probe = _probes.pop(manager, None)
+    if probe is not None:
+        probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe
+
+
+async def cleanup_pass(store: Store, result: PurgeResult) -> None:
+    """The cleanup worker finished a pass with ``result``."""
+    active = _active
+    if active is None:
+        return
+    active.cleanup_removed.labels("sessions").inc(result.sessions)
+    active.cleanup_removed.labels("packets").inc(result.packets)
+    active.cleanup_last_success = time.time()
+    try:
+        bounds = await store.bounds()
+    except Exception:  # the pass succeeded; only the size is unknown this time
+        active.store_errors.labels("purge").inc()
+        return
+    active.retained_packets = max(0, bounds.top - bounds.purged_through)
+
+
+async def _probe_lag(manager: DurableManager, interval: float) -> None:
+    """Every ``interval`` s: how far the store's top is ahead of what was delivered."""
+    while _active is not None:
+        try:
+            bounds = await manager.store.bounds()
+            delivered = manager.delivered
+            behind = max(0, bounds.top - delivered)
+            seconds = 0.0
+            if behind:
+                oldest = await manager.store.read(after=delivered, limit=1)
+                if oldest:
+                    seconds = max(0.0, time.time() - oldest[0].created_at)
+            if manager in _watched:
+                _lags[manager] = (behind, seconds)
+        except Exception as exc:  # a store outage shows here too; the probe goes on
+            logger.debug("follower lag probe failed: %s", exc)
+            store_error("lag_probe")
+        await asyncio.sleep(interval)
+
+
+# -- exposition -------------------------------------------------------------------------
+
+
+def render(accept: str = "", registry: Any = None) -> tuple[bytes, str]:
+    """The exposition of ``registry`` (default: the one counted on) and its content
+    type, in the format ``accept`` asks for (Prometheus text or OpenMetrics)."""
+    _require()
+    from prometheus_client.exposition import choose_encoder
+
+    encode, content_type = choose_encoder(accept)
+    return encode(registry if registry is not None else current_registry()), content_type
+
+
+async def _render_off_loop(accept: str, registry: Any) -> tuple[bytes, str]:
+    # the text is built in a thread: a large registry must not hold up the event loop
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, render, accept, registry)
+
+
+def aiohttp_handler(registry: Any = None) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """An aiohttp handler serving the exposition::
+
+        app.router.add_get("/metrics", durable_adapter.metrics.aiohttp_handler())
+    """
+    _require()
+    from aiohttp import web
+
+    async def metrics_handler(request: web.Request) -> web.Response:
+        body, content_type = await _render_off_loop(request.headers.get("Accept", ""),
+                                                    registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    return metrics_handler
+
+
+ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[Any]],
+                    Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
+
+
+def asgi_app(registry: Any = None, *, path: str = "/metrics",
+             other_asgi_app: ASGIApp | None = None) -> ASGIApp:
+    """An ASGI app serving the exposition at ``path``; other requests go to
+    ``other_asgi_app`` (else 404). Beside python-socketio::
+
+        app = socketio.ASGIApp(sio, other_asgi_app=durable_adapter.metrics.asgi_app())
+    """
+    _require()
+
+    async def app(scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                  send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] == "http" and scope.get("path") == path:
+            accept = dict(scope.get("headers") or []).get(b"accept", b"").decode("latin-1")
+            body, content_type = await _render_off_loop(accept, registry)
+            await _asgi_reply(send, 200, body, content_type)
+        elif other_asgi_app is not None:
+            await other_asgi_app(scope, receive, send)
+        elif scope["type"] == "http":
+            await _asgi_reply(send, 404, b"not found\n", "text/plain; charset=utf-8")
+        elif scope["type"] == "lifespan":
+            await _asgi_lifespan(receive, send)
+
+    return app
+
+
+async def _asgi_reply(send: Callable[[dict[str, Any]], Awaitable[None]], status: int,
+                      body: bytes, content_type: str) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type.encode("latin-1")),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _asgi_lifespan(receive: Callable[[], Awaitable[Any]],
+                         send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def serve_http(port: int, host: str = "0.0.0.0", registry: Any = None) -> tuple[str, Any]:
+    """Serve the exposition on ``host:port`` from a daemon thread; returns its URL and
+    the server (``server.shutdown()`` stops it). Port 0 picks a free one."""
+    pc = _require()
+    server, _ = pc.start_http_server(port, addr=host,
+                                     registry=registry if registry is not None
+                                     else current_registry())
+    bound = server.server_address[1]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{bound}/metrics", server
+
+
+if prometheus_client is not None and os.environ.get(ENV_SWITCH, "").strip().lower() not in (
+        "0", "off", "false", "no"):
+    enable()

@@ -49,7 +49,7 @@ try:
     import prometheus_client
     from prometheus_client.core import GaugeMetricFamily
 except ImportError:  # the extra is not installed: every hook is a no-op
-    prometheus_client = None
+    prometheus_client = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 

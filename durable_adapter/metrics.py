@@ -344,15 +344,17 @@ async def cleanup_pass(store: Store, result: PurgeResult) -> None:
     active = _active
     if active is None:
         return
+    finished = time.time()
     active.cleanup_removed.labels("sessions").inc(result.sessions)
     active.cleanup_removed.labels("packets").inc(result.packets)
-    active.cleanup_last_success = time.time()
     try:
         bounds = await store.bounds()
     except Exception:  # the pass succeeded; only the size is unknown this time
         active.store_errors.labels("purge").inc()
-        return
-    active.retained_packets = max(0, bounds.top - bounds.purged_through)
+    else:
+        active.retained_packets = max(0, bounds.top - bounds.purged_through)
+    # last: a scrape that sees this pass's time sees its size too
+    active.cleanup_last_success = finished
 
 
 async def _probe_lag(manager: DurableManager, interval: float) -> None:

@@ -27,6 +27,7 @@ from .stores.base import NewPacket, Store, StoredPacket
 logger = logging.getLogger(__name__)
 
 DELIVERY_WAIT = 10.0  # seconds an emit waits for its packet to reach local sockets
+OFFSET_PROBE = "0" * 8 + "-1"  # an offset's shape, for encoding a packet before it is stored
 
 
 def _as_args(data: Any) -> list[Any]:
@@ -61,6 +62,11 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         self._started = False
         self._start_lock = asyncio.Lock()
         self._deliver_lock = asyncio.Lock()
+        #: the task inside :meth:`_deliver`: python-engineio can run the application's
+        #: disconnect handler inline in one of its sends (a ping timeout found at send)
+        self.delivering: asyncio.Task[Any] | None = None
+        #: False once :meth:`stop_sending` ran (shutdown): no stored packet goes out
+        self.sending = True
         self._init_cluster()
 
     # -- lifecycle -------------------------------------------------------------
@@ -82,6 +88,20 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
                 raise
             self._started = True
             metrics.watch(self)
+
+    async def stop_sending(self) -> None:
+        """From now on no stored packet reaches a socket of this node (shutdown).
+
+        Waits for the packet being delivered: ``delivered`` and ``last_sent`` then say
+        exactly what each socket was sent, so a session saved afterwards is never behind
+        its client. Emits waiting for their delivery return.
+        """
+        async with self._deliver_lock:
+            self.sending = False
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
 
     async def stop(self) -> None:
         if self._started:
@@ -122,6 +142,10 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
                 await self.start()
                 await self.publish_live(event, args, namespace, rooms, except_rooms, callback)
             return
+        # encoded once before it is stored: a payload python-socketio cannot send (say
+        # nested too deep) fails this emit, as it would in python-socketio, and never
+        # reaches the history that every node and every replay reads
+        self._encode(namespace, [event, *args, OFFSET_PROBE])
         await self.start()
         seq = await self.store.append(
             NewPacket(namespace=namespace, data=[event, *args], rooms=rooms,
@@ -130,8 +154,13 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         await self._wait_delivered(seq)
 
     async def _wait_delivered(self, seq: int) -> None:
-        """Return once this node has handed ``seq`` to its sockets, as a plain emit would."""
-        if seq <= self.delivered or not self._started or in_control_handler.get():
+        """Return once this node has handed ``seq`` to its sockets, as a plain emit would.
+
+        Not inside the delivery itself (an application handler run by one of its sends):
+        the packet goes out once that send returns, and waiting here would wait for itself.
+        """
+        if seq <= self.delivered or not self._started or not self.sending \
+                or in_control_handler.get() or asyncio.current_task() is self.delivering:
             return
         waiter = self._waiters.get(seq)
         if waiter is None:
@@ -187,24 +216,49 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
     async def _deliver(self, packets: Sequence[StoredPacket]) -> None:
         """The store's listener: packets arrive once each, in seq order."""
         async with self._deliver_lock:
-            for stored in packets:
-                if stored.seq <= self.delivered:
-                    continue
-                # advance first: a socket saved mid-packet records this packet as seen,
-                # and a room joined or left from here on counts after it (_membership)
-                self.delivered = stored.seq
-                if (self.recovers(stored.namespace) and stored.namespace in self.rooms) \
-                        or self.holds.get(stored.namespace):
-                    await self._deliver_one(stored)
-            self._release_waiters()
+            if not self.sending:
+                return
+            self.delivering = asyncio.current_task()
+            try:
+                for stored in packets:
+                    if stored.seq <= self.delivered:
+                        continue
+                    # advance first: a socket saved mid-packet records this packet as seen,
+                    # and a room joined or left from here on counts after it (_membership)
+                    self.delivered = stored.seq
+                    if (self.recovers(stored.namespace) and stored.namespace in self.rooms) \
+                            or self.holds.get(stored.namespace):
+                        try:
+                            await self._deliver_one(stored)
+                        except Exception:  # one bad packet must not stop the others
+                            logger.exception("delivering packet %d failed", stored.seq,
+                                             extra={"action": "deliver_failed"})
+            finally:
+                self.delivering = None
+                self._release_waiters()
+
+    def encode_stored(self, stored: StoredPacket) -> list[eio_packet.Packet] | None:
+        """A stored packet as sent (its offset last), or None when it cannot be encoded.
+
+        Such a packet can reach no one: it is logged and skipped, never allowed to stop
+        the delivery or the replay of the packets after it.
+        """
+        try:
+            return self._encode(stored.namespace, [*stored.data,
+                                                   format_offset(self.store.epoch, stored.seq)])
+        except Exception:  # RecursionError, or a payload the packet class refuses
+            logger.exception("packet %d cannot be encoded; skipped", stored.seq,
+                             extra={"action": "encode_failed"})
+            return None
 
     async def _deliver_one(self, stored: StoredPacket) -> None:
         namespace = stored.namespace
         targets = self._targets(namespace, stored.rooms, stored.except_rooms, stored)
         if not targets:
             return
-        parts = self._encode(namespace, [*stored.data, format_offset(self.store.epoch,
-                                                                     stored.seq)])
+        parts = self.encode_stored(stored)
+        if parts is None:
+            return
         holds = self.holds.get(namespace, {})
         for sid, eio_sid in targets:
             self.last_sent[(namespace, sid)] = stored.seq

@@ -16,7 +16,7 @@ from socketio import packet as sio_packet
 from . import _socketio, metrics
 from ._codec import copy_value
 from ._membership import membership_of
-from ._offsets import format_offset, hash_pid, is_valid_pid, new_pid
+from ._offsets import hash_pid, is_valid_pid, new_pid
 from ._recovery import (
     REPLAY_PAGE,
     Attempt,
@@ -99,6 +99,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         self._evicting: set[str] = set()
         #: (namespace, eio_sid) of connections whose socket a restore is taking over
         self._detached: set[tuple[str, str]] = set()
+        self._shut_down = False
         if self.recovery is not None:
             self._wrap_generate_id()
             redact_pids(self.logger)  # CONNECT packets carry pids: never log them whole
@@ -144,15 +145,41 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             self._forget(sid, namespace)
 
     async def shutdown(self) -> None:
-        """Save every live socket's session (a restart is recoverable), then stop."""
+        """Save every live socket's session (a restart is recoverable), then stop.
+
+        Delivery stops first: each socket is saved at exactly what it was sent and is
+        sent no stored packet after its save (one more would put its client's offset
+        ahead of the saved session, and the recovery would be refused). Idempotent.
+        """
+        if self._shut_down:
+            return
+        self._shut_down = True
         if self.recovery is not None:
-            for namespace in list(self.manager.get_namespaces()):
+            manager = self.durable_manager
+            await manager.stop_sending()
+            saved: list[Session] = []
+            for namespace in list(manager.get_namespaces()):
                 if not self._recovers(namespace):
                     continue
-                for sid, eio_sid in list(self.manager.get_participants(namespace, None)):
-                    await self._save_session(eio_sid, sid, namespace)
+                for sid, eio_sid in list(manager.get_participants(namespace, None)):
+                    if sid in manager.holds.get(namespace, {}):
+                        continue  # still replaying: what it was sent is not known here
+                    try:
+                        session = await self._session_of(eio_sid, sid, namespace)
+                    except Exception:  # its transport is gone already: nothing to read
+                        logger.exception("could not read the session of %s [%s]", sid,
+                                         namespace)
+                        continue
                     # saved once: the transport closing later must not save it again
                     self._pids.pop((namespace, sid), None)
+                    if session is not None:
+                        saved.append(session)
+            if saved:
+                try:
+                    await self.store.save_sessions(saved)
+                except Exception:
+                    logger.exception("could not save %d sessions at shutdown; they will not "
+                                     "recover", len(saved))
         await super().shutdown()
         if self.recovery is not None:
             await self.durable_manager.stop()
@@ -512,9 +539,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         manager = self.durable_manager
         sid = restore.session.sid
         for stored in restore.replay:
-            parts = manager._encode(namespace, [*stored.data,
-                                                format_offset(self.store.epoch, stored.seq)])
-            for part in parts:
+            for part in manager.encode_stored(stored) or ():
                 await self._send_eio_packet(eio_sid, part)
             manager.last_sent[(namespace, sid)] = stored.seq
         await manager.release_hold(namespace, restore.hold)
@@ -582,6 +607,14 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             membership=manager.membership(sid, namespace),
             resume_seq=self._resume_seq.get((namespace, sid)),
         )
+
+    async def _session_of(self, eio_sid: str, sid: str, namespace: str) -> Session | None:
+        """What ``sid`` leaves behind as of now; None when it holds no pid."""
+        pid = self._pids.get((namespace, sid))
+        if pid is None:
+            return None
+        eio_session = await self.eio.get_session(eio_sid)
+        return self._live_session(sid, namespace, pid, eio_session.get(namespace, {}))
 
     def _forget(self, sid: str, namespace: str) -> None:
         if self.manager.is_connected(sid, namespace):

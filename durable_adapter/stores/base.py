@@ -198,6 +198,11 @@ class Store(abc.ABC):
     async def save_session(self, session: Session) -> None:
         """Store (or replace) the session for ``(namespace, pid_hash)``."""
 
+    async def save_sessions(self, sessions: Sequence[Session]) -> None:
+        """Store several sessions at once (shutdown); stores that can batch override this."""
+        for session in sessions:
+            await self.save_session(session)
+
     @abc.abstractmethod
     async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
         """Atomically remove and return an unexpired session; ``None`` if absent or lost race."""

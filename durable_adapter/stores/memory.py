@@ -39,6 +39,7 @@ class MemoryStore(Store):
         self._cursor = 0
         # appends that arrived while the listener was busy, delivered in order
         self._delivery_lock = asyncio.Lock()
+        self._delivering: asyncio.Task[object] | None = None
 
     async def open(self) -> None:
         return None
@@ -63,14 +64,22 @@ class MemoryStore(Store):
     async def _deliver_pending(self) -> None:
         if self._listener is None:
             return
+        if self._delivering is asyncio.current_task():
+            # appended by code the listener runs (an application handler): the loop
+            # below this call delivers it next; waiting for the lock would wait forever
+            return
         async with self._delivery_lock:
-            while self._listener is not None and self._cursor < self._top:
-                batch = await self.read(after=self._cursor, limit=500)
-                if not batch:  # purged while we were behind: skip the hole
-                    self._cursor = self._top
-                    break
-                self._cursor = batch[-1].seq
-                await self._listener(batch)
+            self._delivering = asyncio.current_task()
+            try:
+                while self._listener is not None and self._cursor < self._top:
+                    batch = await self.read(after=self._cursor, limit=500)
+                    if not batch:  # purged while we were behind: skip the hole
+                        self._cursor = self._top
+                        break
+                    self._cursor = batch[-1].seq
+                    await self._listener(batch)
+            finally:
+                self._delivering = None
 
     def _index_after(self, seq: int) -> int:
         """Position in the deque of the first packet with a seq greater than ``seq``."""

@@ -19,7 +19,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import delete, select, update
@@ -337,17 +337,23 @@ class SQLStore(controls.SQLControl, Store):
 
     # -- sessions ---------------------------------------------------------------
 
-    @_shielded
     async def save_session(self, session: Session) -> None:
-        check_session_data(session.data)
-        values = session_values(session)
-        statement = dialect.insert_for(self.engine, sessions).values(**values)
-        statement = statement.on_conflict_do_update(
-            index_elements=[sessions.c.namespace, sessions.c.pid_hash],
-            set_={k: v for k, v in values.items() if k not in ("namespace", "pid_hash")},
-        )
+        await self.save_sessions([session])
+
+    @_shielded
+    async def save_sessions(self, sessions_: Sequence[Session]) -> None:
+        """Every session in one transaction."""
+        for session in sessions_:
+            check_session_data(session.data)
         async with self._write() as connection:
-            await connection.execute(statement)
+            for session in sessions_:
+                values = session_values(session)
+                statement = dialect.insert_for(self.engine, sessions).values(**values)
+                statement = statement.on_conflict_do_update(
+                    index_elements=[sessions.c.namespace, sessions.c.pid_hash],
+                    set_={k: v for k, v in values.items() if k not in ("namespace", "pid_hash")},
+                )
+                await connection.execute(statement)
 
     @_shielded
     async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:

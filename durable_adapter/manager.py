@@ -261,6 +261,8 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
             return
         holds = self.holds.get(namespace, {})
         for sid, eio_sid in targets:
+            if stored.seq <= self.last_sent.get((namespace, sid), 0):
+                continue  # restored from a node ahead of this one: the client has it
             self.last_sent[(namespace, sid)] = stored.seq
             hold = holds.get(sid)
             if hold is not None:
@@ -304,7 +306,12 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
                 del self.holds[namespace]
 
     async def release_hold(self, namespace: str, hold: Hold) -> None:
-        """Send what was held (skipping what the replay already sent), then stop holding."""
+        """Send what was held (skipping what the replay already sent), then stop holding.
+
+        From then on the socket is sent nothing at or below ``hold.upto``: this node may
+        still be behind the node the client left, and will deliver packets it already has.
+        """
+        key = (namespace, hold.sid)
         while hold.held:
             batch, hold.held = hold.held, []
             for seq, parts in batch:
@@ -312,6 +319,10 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
                     continue
                 for part in parts:
                     await self.server._send_eio_packet(hold.eio_sid, part)
+                if seq is not None:
+                    self.last_sent[key] = max(self.last_sent.get(key, 0), seq)
+        if hold.upto > self.delivered:
+            self.last_sent[key] = max(self.last_sent.get(key, 0), hold.upto)
         self.close_hold(namespace, hold.sid)
 
     def restore_rooms(self, sid: str, namespace: str, rooms: Iterable[str],

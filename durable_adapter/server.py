@@ -602,7 +602,9 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             pid_hash=hash_pid(pid), namespace=namespace, sid=sid,
             rooms=tuple(manager.get_rooms(sid, namespace)), data=data,
             epoch=self.store.epoch, start_seq=self._start_seq.get((namespace, sid), 0),
-            position=manager.delivered, last_sent_seq=manager.last_sent.get((namespace, sid)),
+            # above what this node delivered when restored from a node ahead of it
+            position=max(manager.delivered, manager.last_sent.get((namespace, sid), 0)),
+            last_sent_seq=manager.last_sent.get((namespace, sid)),
             disconnected_at=now, expires_at=now + duration,
             membership=manager.membership(sid, namespace),
             resume_seq=self._resume_seq.get((namespace, sid)),

@@ -22,6 +22,7 @@ from ._cluster import ClusterOps, in_control_handler
 from ._membership import MembershipLog, membership_of
 from ._offsets import format_offset
 from ._recovery import Hold, current_attempt
+from .exceptions import StoreError
 from .stores.base import NewPacket, Store, StoredPacket
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         self.memberships: dict[tuple[str, str], MembershipLog] = {}
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self._started = False
+        self._stopped = False
         self._start_lock = asyncio.Lock()
         self._deliver_lock = asyncio.Lock()
         #: the task inside :meth:`_deliver`: python-engineio can run the application's
@@ -75,6 +77,8 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         """Open the store and start following it; idempotent, called lazily."""
         if self._started:
             return
+        if self._stopped:  # reopening would leave a store nobody closes
+            raise StoreError("the server has shut down: nothing more is stored")
         async with self._start_lock:
             if self._started:
                 return
@@ -104,6 +108,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         self._waiters.clear()
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._started:
             self._started = False
             await metrics.unwatch(self)

@@ -17,10 +17,8 @@ WAIT = 10.0  # seconds any single expected event may take
 
 
 @asynccontextmanager
-async def serving(sio: durable_adapter.AsyncServer) -> AsyncIterator[str]:
-    """Serve ``sio`` on an ephemeral port; yields its URL; shuts it down after."""
-    app = web.Application()
-    sio.attach(app)
+async def serving_app(app: web.Application) -> AsyncIterator[str]:
+    """Serve an aiohttp ``app`` on an ephemeral port of 127.0.0.1; yields its URL."""
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -29,8 +27,21 @@ async def serving(sio: durable_adapter.AsyncServer) -> AsyncIterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        await sio.shutdown()
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def serving(sio: durable_adapter.AsyncServer, app: web.Application | None = None
+                  ) -> AsyncIterator[str]:
+    """Serve ``sio`` (on ``app``, else a new one) on an ephemeral port; yields its URL;
+    shuts the server down after."""
+    app = app or web.Application()
+    sio.attach(app)
+    async with serving_app(app) as url:
+        try:
+            yield url
+        finally:
+            await sio.shutdown()
 
 
 async def drop_transport(client: Any) -> None:

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 import durable_adapter
-from tests._harness import WAIT, Inbox, drop_transport, serving
+from tests._harness import WAIT, Inbox, drop_transport, serving, serving_app
 from tests.conformance.conftest import Peer, running
 
 EPOCH = "0123456789abcdef"
@@ -94,15 +94,8 @@ async def scripted_server(script: Script) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/socket.io/", handle)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving_app(app) as url:
+        yield url
 
 
 async def receive_until(ws: web.WebSocketResponse, prefix: str) -> None:

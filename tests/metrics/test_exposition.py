@@ -21,7 +21,7 @@ import uvicorn
 from aiohttp import web
 
 from durable_adapter import metrics
-from tests._harness import WAIT
+from tests._harness import WAIT, serving
 
 from ._servers import Client, make_server, sqlite_url, wait_for
 from .conftest import sample
@@ -34,18 +34,9 @@ RENDEZVOUS_WAIT = 5.0  # seconds a scrape waits for the event loop to prove it r
 async def aiohttp_serving(sio: Any) -> AsyncIterator[str]:
     """``sio`` and ``GET /metrics`` on one aiohttp app on an ephemeral port."""
     app = web.Application()
-    sio.attach(app)
     app.router.add_get("/metrics", metrics.aiohttp_handler())
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await sio.shutdown()
-        await runner.cleanup()
+    async with serving(sio, app) as url:
+        yield url
 
 
 async def scrape(http: aiohttp.ClientSession, url: str, accept: str = "") -> tuple[str, str]:

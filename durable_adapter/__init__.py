@@ -2,19 +2,24 @@
 
 from ._recovery import RecoveryFailure, RecoveryOptions
 from .client import AsyncClient
+from .emitter import Emitter, SyncEmitter
 from .exceptions import ConfigurationError, DurableAdapterError, SessionDataError, StoreError
 from .server import AsyncServer
 from .stores import Store, store_from_url
+from .transactional import emit_in
 
 __all__ = [
     "AsyncClient",
     "AsyncServer",
     "ConfigurationError",
     "DurableAdapterError",
+    "Emitter",
     "RecoveryFailure",
     "RecoveryOptions",
     "SessionDataError",
     "Store",
     "StoreError",
+    "SyncEmitter",
+    "emit_in",
     "store_from_url",
 ]

@@ -1,0 +1,222 @@
+"""Emit from a process that runs no Socket.IO server: a Celery job, a cron script, a web
+request handler elsewhere.
+
+An :class:`Emitter` appends to the same store as the servers, through the store's own
+``append``, so its packets get offsets in commit order among every server's, every node
+delivers them in that order through its follower, and a client that was away replays
+them. Volatile emits and the operations on remote sockets (disconnect, rooms) travel as
+the servers' own control messages (:mod:`._cluster`). :class:`SyncEmitter` wraps one for
+synchronous code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from ._cluster import pack
+from .exceptions import ConfigurationError
+from .manager import _as_args, _as_rooms
+from .stores import Store, store_from_url
+from .stores.base import ControlMessage, NewPacket
+
+T = TypeVar("T")
+
+CALL_TIMEOUT = 60.0  # seconds a SyncEmitter call may take (a store that is down)
+
+
+class Emitter:
+    """Emits into a store from outside any server; nothing is served or followed.
+
+    :param store: a store URL (``postgresql+asyncpg://...``, ``sqlite+aiosqlite:///...``,
+                  ``redis://...``, ``mongodb://...``) or a :class:`Store`. The emitter
+                  opens it on first use and closes it in :meth:`close`.
+
+    Usage::
+
+        async with durable_adapter.Emitter("postgresql+asyncpg://app@db/app") as emitter:
+            await emitter.emit("order", {"id": 7}, to="user:42")
+
+    Packets go to namespaces where the servers recover state (contract item 6); in a
+    namespace without recovery use ``volatile=True``: servers do not deliver stored
+    packets there.
+    """
+
+    def __init__(self, store: Store | str) -> None:
+        if isinstance(store, str):
+            if store.split("://", 1)[0].lower() == "memory":
+                raise ConfigurationError(
+                    "memory:// is a history of one process: an Emitter needs the servers' "
+                    "store (SQL, Redis or MongoDB)")
+            store = store_from_url(store)
+        if not isinstance(store, Store):
+            raise ConfigurationError(f"store must be a URL or a Store, got {store!r}")
+        self.store = store
+        #: the origin of this emitter's control messages (never a server's id)
+        self.host_id = f"emitter-{uuid.uuid4().hex}"
+        self._opened = False
+        self._open_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        """Connect to the store; done by the first call if not before."""
+        if self._opened:
+            return
+        async with self._open_lock:
+            if not self._opened:
+                await self.store.open()
+                self._opened = True
+
+    async def close(self) -> None:
+        if self._opened:
+            self._opened = False
+            await self.store.close()
+
+    async def __aenter__(self) -> Emitter:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- emits -----------------------------------------------------------------
+
+    async def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None,
+                   skip_sid: Any = None, namespace: str = "/", volatile: bool = False
+                   ) -> int | None:
+        """Emit as ``sio.emit`` does; returns the packet's seq (None when volatile).
+
+        ``data`` a tuple means several arguments; ``to``/``room`` a room, a sid or a list
+        of them (none: the whole namespace); ``skip_sid`` rooms or sids to leave out.
+        Returns once the packet is stored: every node then delivers it in offset order.
+        """
+        if not isinstance(event, str):
+            raise TypeError(f"event must be a str, got {type(event).__name__}")
+        args = _as_args(data)
+        rooms, except_rooms = _as_rooms(to or room), _as_rooms(skip_sid)
+        await self.open()
+        if volatile:  # live only: every node sends it to its matching sockets, if any
+            await self._publish("emit_live", namespace=namespace, event=event,
+                                args=pack(args), rooms=list(rooms),
+                                except_rooms=list(except_rooms), callback_id=None)
+            return None
+        return await self.store.append(NewPacket(
+            namespace=namespace, data=[event, *args], rooms=rooms, except_rooms=except_rooms))
+
+    async def send(self, data: Any, to: Any = None, room: Any = None, skip_sid: Any = None,
+                   namespace: str = "/") -> int | None:
+        """A ``message`` event, as ``sio.send``."""
+        return await self.emit("message", data, to=to, room=room, skip_sid=skip_sid,
+                               namespace=namespace)
+
+    # -- sockets held by the servers ---------------------------------------------
+
+    async def disconnect(self, sid: str, namespace: str = "/") -> None:
+        """Disconnect ``sid`` wherever it is connected, and forget its stored session:
+        a server-side disconnect is not recoverable (contract item 7)."""
+        await self.open()
+        await self._publish("disconnect", sid=sid, namespace=namespace)
+        await self.store.delete_sessions(namespace, sid)
+
+    async def enter_room(self, sid: str, room: str, namespace: str = "/") -> None:
+        """Put the connected socket ``sid`` in ``room``, on whichever node holds it."""
+        await self.open()
+        await self._publish("enter_room", sid=sid, namespace=namespace, room=room)
+
+    async def leave_room(self, sid: str, room: str, namespace: str = "/") -> None:
+        await self.open()
+        await self._publish("leave_room", sid=sid, namespace=namespace, room=room)
+
+    async def close_room(self, room: str, namespace: str = "/") -> None:
+        """Remove every connected socket from ``room``, on every node."""
+        await self.open()
+        await self._publish("close_room", room=room, namespace=namespace)
+
+    async def _publish(self, method: str, **body: Any) -> None:
+        await self.store.publish_control(
+            ControlMessage(method=method, origin=self.host_id, body=body))
+
+
+class SyncEmitter:
+    """:class:`Emitter` for synchronous code (Flask, Django, Celery workers).
+
+    The store lives on a private event loop in a background thread; each call waits for
+    its result there, so any number of threads may share one SyncEmitter.
+
+    Usage::
+
+        emitter = durable_adapter.SyncEmitter("postgresql+asyncpg://app@db/app")
+        emitter.emit("order", {"id": 7}, to="user:42")
+        emitter.close()
+    """
+
+    def __init__(self, store: Store | str, *, timeout: float = CALL_TIMEOUT) -> None:
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever,
+                                        name="durable_adapter SyncEmitter", daemon=True)
+        self._thread.start()
+        self._closed = False
+        try:
+            self._emitter: Emitter = self._call(self._build(store))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    @staticmethod
+    async def _build(store: Store | str) -> Emitter:
+        return Emitter(store)  # made on the loop that will use it
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coroutine.close()
+            raise RuntimeError("this SyncEmitter is closed")
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return future.result(self.timeout)
+
+    def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None,
+             skip_sid: Any = None, namespace: str = "/", volatile: bool = False) -> int | None:
+        return self._call(self._emitter.emit(event, data, to=to, room=room, skip_sid=skip_sid,
+                                             namespace=namespace, volatile=volatile))
+
+    def send(self, data: Any, to: Any = None, room: Any = None, skip_sid: Any = None,
+             namespace: str = "/") -> int | None:
+        return self._call(self._emitter.send(data, to=to, room=room, skip_sid=skip_sid,
+                                             namespace=namespace))
+
+    def disconnect(self, sid: str, namespace: str = "/") -> None:
+        self._call(self._emitter.disconnect(sid, namespace))
+
+    def enter_room(self, sid: str, room: str, namespace: str = "/") -> None:
+        self._call(self._emitter.enter_room(sid, room, namespace))
+
+    def leave_room(self, sid: str, room: str, namespace: str = "/") -> None:
+        self._call(self._emitter.leave_room(sid, room, namespace))
+
+    def close_room(self, room: str, namespace: str = "/") -> None:
+        self._call(self._emitter.close_room(room, namespace))
+
+    def close(self) -> None:
+        """Close the store and stop the background loop; idempotent."""
+        if self._closed:
+            return
+        try:
+            self._call(self._emitter.close())
+        finally:
+            self._closed = True
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(self.timeout)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> SyncEmitter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

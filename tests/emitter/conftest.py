@@ -4,6 +4,7 @@ and the store's URL for emitters in this process or another."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import durable_adapter
 from durable_adapter.stores.base import Store
 from tests._harness import WAIT, Inbox, serving
 from tests._postgres import POSTGRES_URL, postgres_schema
+from tests._redis import redis_url
 
 
 @dataclass
@@ -33,13 +35,22 @@ class Backend:
         return PostgresStore(self.url, schema=self.schema, poll_interval=60)
 
 
+@asynccontextmanager
+async def make_backend(name: str, tmp_path: Path) -> AsyncIterator[Backend]:
+    if name == "sqlite":
+        yield Backend("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'app.db'}")
+    elif name == "redis":
+        yield Backend("redis", redis_url())
+    else:
+        async with postgres_schema() as schema:
+            yield Backend("postgres", POSTGRES_URL, schema)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    if request.param == "sqlite":
-        yield Backend("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'app.db'}")
-        return
-    async with postgres_schema() as schema:
-        yield Backend("postgres", POSTGRES_URL, schema)
+    """The SQL stores: where transactional emit works."""
+    async with make_backend(request.param, tmp_path) as backend:
+        yield backend
 
 
 @pytest.fixture

@@ -9,15 +9,24 @@ import concurrent.futures
 import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 import durable_adapter
 from durable_adapter.exceptions import ConfigurationError
 from tests._harness import drop_transport, settle_handlers, until
-from tests.emitter.conftest import Backend, Recorder
+from tests.emitter.conftest import Backend, Recorder, make_backend
 
 Server = tuple[durable_adapter.AsyncServer, str]
+
+
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """The Emitter works on every shared store (MongoDB: no server here)."""
+    async with make_backend(request.param, tmp_path) as backend:
+        yield backend
 
 
 async def test_emits_reach_the_server_s_clients_in_offset_order(

@@ -122,7 +122,6 @@ async def test_concurrent_emits_from_servers_emitters_and_transactions_in_order(
     await asyncio.gather(from_server(), from_emitter(), from_transactions())
     expected = count * 3 - len(range(0, count, 3))
     await recorder.inbox.wait_for(expected)
-    await asyncio.sleep(0)  # nothing more may come: the marker below proves the end
     async with durable_adapter.Emitter(backend.store()) as emitter:
         await emitter.emit("news", "end")
     await recorder.inbox.wait_for(expected + 1)
@@ -173,9 +172,10 @@ async def test_sqlite_sync_session_in_another_thread(
             engine.dispose()
 
     seq = await asyncio.to_thread(in_a_worker)
-    await recorder.inbox.wait_for(1)
-    await asyncio.sleep(0.2)  # a rolled back emit would have come by now: the follower polls
-    assert recorder.payloads == ["committed"] and recorder.seqs == [seq]
+    async with durable_adapter.Emitter(backend.store()) as emitter:
+        marker = await emitter.emit("news", "after")
+    await recorder.inbox.wait_for(2)
+    assert recorder.payloads == ["committed", "after"] and recorder.seqs == [seq, marker]
 
 
 @sqlite_only

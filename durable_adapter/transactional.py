@@ -62,6 +62,8 @@ def emit_in(conn: Any, event: str, data: Any = None, to: Any = None, room: Any =
     packet = NewPacket(namespace=namespace, data=[event, *_as_args(data)],
                        rooms=_as_rooms(to or room), except_rooms=_as_rooms(skip_sid))
     check_new_packet(packet)
+    if not namespace.startswith("/"):  # as the SQL function: a swapped argument, likely
+        raise StoreError(f"namespace must start with '/', got {namespace!r}")
     values = packet_values(packet)  # the store's encoder: TypeError for non-JSON data
     if type(conn).__module__.startswith("asyncpg"):
         return _emit_asyncpg(conn, packet, values, schema)

@@ -146,6 +146,13 @@ def test_emit_in_refuses_redis_and_mongodb_saying_why() -> None:
         durable_adapter.emit_in(client, "news", 1)
 
 
+async def test_emit_in_refuses_a_namespace_without_a_slash(backend: Backend) -> None:
+    async with app_connection(backend) as conn, conn.begin():
+        with pytest.raises(StoreError, match="must start with '/'"):
+            await durable_adapter.emit_in(conn, "news", 1, namespace="chat",
+                                          schema=backend.schema)
+
+
 def test_emit_in_refuses_what_is_not_a_connection() -> None:
     with pytest.raises(TypeError, match="emit_in takes"):
         durable_adapter.emit_in(object(), "news", 1)

@@ -12,19 +12,18 @@ synchronous code.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any
 
 from ._cluster import pack
 from .exceptions import ConfigurationError
 from .manager import _as_args, _as_rooms
 from .stores import Store, store_from_url
 from .stores.base import ControlMessage, NewPacket
-
-T = TypeVar("T")
 
 CALL_TIMEOUT = 60.0  # seconds a SyncEmitter call may take (a store that is down)
 
@@ -144,7 +143,11 @@ class SyncEmitter:
     """:class:`Emitter` for synchronous code (Flask, Django, Celery workers).
 
     The store lives on a private event loop in a background thread; each call waits for
-    its result there, so any number of threads may share one SyncEmitter.
+    its result there, so any number of threads may share one SyncEmitter. The thread
+    starts at the first call, and again in a forked child (a Celery prefork worker that
+    imported a module-level SyncEmitter): a thread does not survive ``fork``, and the
+    child opens the store anew: give a URL, or a function that builds the :class:`Store`
+    (``lambda: PostgresStore(url, schema="chat")``), rather than a store object.
 
     Usage::
 
@@ -153,67 +156,96 @@ class SyncEmitter:
         emitter.close()
     """
 
-    def __init__(self, store: Store | str, *, timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(self, store: Store | str | Callable[[], Store], *,
+                 timeout: float = CALL_TIMEOUT) -> None:
         self.timeout = timeout
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever,
-                                        name="durable_adapter SyncEmitter", daemon=True)
-        self._thread.start()
+        self._store_spec = store
+        #: the parent's loop, thread and emitter in a forked child, kept unreachable
+        #: but alive: finalising them would shut down sockets the parent still uses
+        self._inherited: list[object] = []
+        self._start_lock = threading.Lock()
+        self._pid: int | None = None  # the process whose thread runs the loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._emitter: Emitter | None = None
         self._closed = False
-        try:
-            self._emitter: Emitter = self._call(self._build(store))
-        except BaseException:
-            self._stop_loop()
-            raise
+        if isinstance(store, str):
+            Emitter(store)  # a bad URL fails here, not at the first emit
+
+    def _start(self) -> tuple[asyncio.AbstractEventLoop, Emitter]:
+        with self._start_lock:
+            if self._closed:
+                raise RuntimeError("this SyncEmitter is closed")
+            if self._pid != os.getpid():
+                if self._pid is not None:  # forked: the parent's thread is not here
+                    if isinstance(self._store_spec, Store):
+                        raise ConfigurationError(
+                            "this SyncEmitter was used before the process forked and holds "
+                            "a Store object, whose connections belong to the parent: give "
+                            "it a URL or a function that builds the store")
+                    self._inherited.append((self._loop, self._thread, self._emitter))
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, daemon=True,
+                                          name="durable_adapter SyncEmitter")
+                thread.start()
+                self._loop, self._thread, self._pid = loop, thread, os.getpid()
+                self._emitter = asyncio.run_coroutine_threadsafe(
+                    self._build(self._store_spec), loop).result(self.timeout)
+            assert self._loop is not None and self._emitter is not None
+            return self._loop, self._emitter
 
     @staticmethod
-    async def _build(store: Store | str) -> Emitter:
-        return Emitter(store)  # made on the loop that will use it
+    async def _build(store: Store | str | Callable[[], Store]) -> Emitter:
+        # made on the loop that will use it
+        return Emitter(store if isinstance(store, Store | str) else store())
 
-    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        if self._closed:
-            coroutine.close()
-            raise RuntimeError("this SyncEmitter is closed")
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        loop, emitter = self._start()
+        coroutine = getattr(emitter, method)(*args, **kwargs)
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, loop)
         return future.result(self.timeout)
 
     def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None,
              skip_sid: Any = None, namespace: str = "/", volatile: bool = False) -> int | None:
-        return self._call(self._emitter.emit(event, data, to=to, room=room, skip_sid=skip_sid,
-                                             namespace=namespace, volatile=volatile))
+        result: int | None = self._call("emit", event, data, to=to, room=room,
+                                        skip_sid=skip_sid, namespace=namespace,
+                                        volatile=volatile)
+        return result
 
     def send(self, data: Any, to: Any = None, room: Any = None, skip_sid: Any = None,
              namespace: str = "/") -> int | None:
-        return self._call(self._emitter.send(data, to=to, room=room, skip_sid=skip_sid,
-                                             namespace=namespace))
+        result: int | None = self._call("send", data, to=to, room=room, skip_sid=skip_sid,
+                                        namespace=namespace)
+        return result
 
     def disconnect(self, sid: str, namespace: str = "/") -> None:
-        self._call(self._emitter.disconnect(sid, namespace))
+        self._call("disconnect", sid, namespace)
 
     def enter_room(self, sid: str, room: str, namespace: str = "/") -> None:
-        self._call(self._emitter.enter_room(sid, room, namespace))
+        self._call("enter_room", sid, room, namespace)
 
     def leave_room(self, sid: str, room: str, namespace: str = "/") -> None:
-        self._call(self._emitter.leave_room(sid, room, namespace))
+        self._call("leave_room", sid, room, namespace)
 
     def close_room(self, room: str, namespace: str = "/") -> None:
-        self._call(self._emitter.close_room(room, namespace))
+        self._call("close_room", room, namespace)
 
     def close(self) -> None:
         """Close the store and stop the background loop; idempotent."""
-        if self._closed:
-            return
-        try:
-            self._call(self._emitter.close())
-        finally:
+        with self._start_lock:
+            if self._closed:
+                return
             self._closed = True
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(self.timeout)
-        if not self._thread.is_alive():
-            self._loop.close()
+            loop, thread, emitter = self._loop, self._thread, self._emitter
+            if self._pid != os.getpid() or loop is None or thread is None or emitter is None:
+                return  # never started in this process: nothing of ours to close
+        try:
+            asyncio.run_coroutine_threadsafe(emitter.close(), loop).result(self.timeout)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(self.timeout)
+            if not thread.is_alive():
+                loop.close()
 
     def __enter__(self) -> SyncEmitter:
         return self

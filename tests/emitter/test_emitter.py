@@ -137,6 +137,35 @@ async def test_a_sync_emitter_in_another_process(backend: Backend, server: Serve
     assert recorder.payloads == [{"process": i} for i in range(3)]
 
 
+async def test_a_sync_emitter_used_before_a_fork_works_in_the_child(
+        backend: Backend, server: Server, recorder: Recorder) -> None:
+    """A Celery prefork worker: the module made the emitter, the parent used it, then
+    forked; the child's emits must arrive (its parent's thread did not come along)."""
+    store = repr(backend.url) if backend.schema is None else \
+        f"lambda: PostgresStore({backend.url!r}, schema={backend.schema!r})"
+    script = f"""
+import os
+import durable_adapter
+from durable_adapter.stores.sql.postgres import PostgresStore
+emitter = durable_adapter.SyncEmitter({store})
+emitter.emit("news", "parent before")
+pid = os.fork()
+if pid == 0:
+    emitter.emit("news", "child")
+    emitter.close()
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+assert status == 0, status
+emitter.emit("news", "parent after")
+emitter.close()
+"""
+    result = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", script],
+                                     capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    await recorder.inbox.wait_for(3)
+    assert recorder.payloads == ["parent before", "child", "parent after"]
+
+
 async def test_one_sync_emitter_shared_by_a_thread_pool(backend: Backend, server: Server,
                                                         recorder: Recorder) -> None:
     def run() -> list[int | None]:

@@ -4,6 +4,7 @@ default schema; they ring the store's NOTIFY channel at COMMIT; downgrade remove
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import secrets
 from collections.abc import AsyncIterator
 
@@ -82,3 +83,16 @@ async def test_downgrade_to_0003_removes_the_functions() -> None:
             assert await admin.fetchval(FUNCTIONS, schema) == 2
         finally:
             await admin.close()
+
+
+def test_the_migration_rings_the_channel_the_store_listens_on() -> None:
+    # written out in the migration (a frozen snapshot): it must agree with the store's
+    from durable_adapter.migrate import migrations_path
+
+    path = migrations_path() / "versions" / "0004_emit_function.py"
+    spec = importlib.util.spec_from_file_location("revision_0004", path)
+    assert spec is not None and spec.loader is not None
+    revision = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(revision)
+    for schema in (None, "chat", "x" * 44, "y" * 63):
+        assert revision._channel(schema) == channel_name(schema), schema

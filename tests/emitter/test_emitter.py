@@ -12,10 +12,12 @@ import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 import durable_adapter
 from durable_adapter.exceptions import ConfigurationError
+from durable_adapter.stores.sql.postgres import PostgresStore
 from tests._harness import drop_transport, settle_handlers, until
 from tests.emitter.conftest import Backend, Recorder, make_backend
 
@@ -204,3 +206,20 @@ async def test_data_that_cannot_be_stored_fails_its_emit_only(
         await emitter.emit("news", "fine")
     await recorder.inbox.wait_for(1)
     assert recorder.payloads == ["fine"]
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_an_emitter_holds_no_listen_connection(backend: Backend, server: Server,
+                                                     recorder: Recorder) -> None:
+    store = backend.store()
+    assert isinstance(store, PostgresStore)
+    query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+    conn = await asyncpg.connect()
+    try:
+        async with durable_adapter.Emitter(store) as emitter:
+            await emitter.emit("news", "hello")
+            await recorder.inbox.wait_for(1)
+            # the server's follower listens; the emitter, which only writes, does not
+            assert await conn.fetchval(query, store.listen_application_name) == 1
+    finally:
+        await conn.close()

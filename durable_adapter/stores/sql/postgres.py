@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..._tasks import Backoff, finish_or_cancel
 from ...exceptions import ConfigurationError
+from ..base import PacketListener
 from . import dialect
 from .store import BATCH_MAX, SQLStore
 
@@ -113,12 +114,13 @@ class PostgresStore(SQLStore):
         # is used, instead of failing the first append with it
         return dialect.create_engine(self.url, schema=self.schema, pool_pre_ping=True)
 
-    async def open(self) -> None:
-        if self._engine is not None:
-            return
-        await super().open()
-        self._listen_stop.clear()
-        self._listen_task = asyncio.create_task(self._listen(), name=f"{self!r} listener")
+    async def follow(self, listener: PacketListener, *, after: int) -> None:
+        await super().follow(listener, after=after)
+        # LISTEN only where someone follows: an Emitter (say in each Celery worker)
+        # writes only and holds no LISTEN connection
+        if self._listen_task is None:
+            self._listen_stop.clear()
+            self._listen_task = asyncio.create_task(self._listen(), name=f"{self!r} listener")
 
     async def close(self) -> None:
         task, self._listen_task = self._listen_task, None

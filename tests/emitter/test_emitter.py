@@ -18,7 +18,7 @@ import pytest
 import durable_adapter
 from durable_adapter.exceptions import ConfigurationError
 from durable_adapter.stores.sql.postgres import PostgresStore
-from tests._harness import drop_transport, settle_handlers, until
+from tests._harness import drop_transport, serving, settle_handlers, until
 from tests.emitter.conftest import Backend, Recorder, make_backend
 
 Server = tuple[durable_adapter.AsyncServer, str]
@@ -44,6 +44,34 @@ async def test_emits_reach_the_server_s_clients_in_offset_order(
     assert recorder.seqs == sorted(recorder.seqs) and len(set(recorder.seqs)) == 6
     assert [seq for seq, p in zip(recorder.seqs, recorder.payloads, strict=True)
             if p["from"] == "emitter"] == seqs
+
+
+async def test_every_node_delivers_the_same_packets_in_the_same_order(
+        backend: Backend, server: Server, recorder: Recorder) -> None:
+    second = durable_adapter.AsyncServer(
+        store=backend.store(), async_mode="aiohttp",
+        connection_state_recovery={"max_disconnection_duration": 60})
+    async with serving(second) as url:
+        other = Recorder()
+        await other.connect(url)
+        try:
+            async def from_emitter() -> None:
+                async with durable_adapter.Emitter(backend.store()) as emitter:
+                    for i in range(10):
+                        await emitter.emit("news", f"emitter {i}")
+
+            async def from_node(sio: durable_adapter.AsyncServer, name: str) -> None:
+                for i in range(10):
+                    await sio.emit("news", f"{name} {i}")
+
+            await asyncio.gather(from_emitter(), from_node(server[0], "first"),
+                                 from_node(second, "second"))
+            await recorder.inbox.wait_for(30)
+            await other.inbox.wait_for(30)
+            assert recorder.inbox.items == other.inbox.items
+            assert recorder.seqs == sorted(recorder.seqs)
+        finally:
+            await other.client.disconnect()
 
 
 async def test_rooms_tuples_skip_sid_and_binary_as_sio_emit(

@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from ._cluster import pack
+from ._packets import check_sendable
 from .exceptions import ConfigurationError
 from .manager import _as_args, _as_rooms
 from .stores import Store, store_from_url
@@ -102,6 +103,7 @@ class Emitter:
                                 args=pack(args), rooms=list(rooms),
                                 except_rooms=list(except_rooms), callback_id=None)
             return None
+        check_sendable(namespace, [event, *args])
         return await self.store.append(NewPacket(
             namespace=namespace, data=[event, *args], rooms=rooms, except_rooms=except_rooms))
 

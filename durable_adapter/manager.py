@@ -15,12 +15,12 @@ from typing import Any
 
 import socketio
 from engineio import packet as eio_packet
-from socketio import packet as sio_packet
 
 from . import _socketio, metrics
 from ._cluster import ClusterOps, in_control_handler
 from ._membership import MembershipLog, membership_of
 from ._offsets import format_offset
+from ._packets import encode_event
 from ._recovery import Hold, current_attempt
 from .exceptions import StoreError
 from .stores.base import NewPacket, Store, StoredPacket
@@ -180,10 +180,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
 
     def _encode(self, namespace: str, data: list[Any], ack_id: int | None = None
                 ) -> list[eio_packet.Packet]:
-        pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=data, id=ack_id)
-        encoded = pkt.encode()
-        parts = encoded if isinstance(encoded, list) else [encoded]
-        return [eio_packet.Packet(eio_packet.MESSAGE, part) for part in parts]
+        return encode_event(self.server.packet_class, namespace, data, ack_id)
 
     def _targets(self, namespace: str, rooms: Sequence[str], except_rooms: Sequence[str],
                  stored: StoredPacket | None) -> list[tuple[str, str]]:

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, TextClause, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
+from ._packets import check_sendable
 from .exceptions import ConfigurationError, StoreError
 from .manager import _as_args, _as_rooms
 from .stores.base import NewPacket, check_new_packet
@@ -64,6 +65,7 @@ def emit_in(conn: Any, event: str, data: Any = None, to: Any = None, room: Any =
     check_new_packet(packet)
     if not namespace.startswith("/"):  # as the SQL function: a swapped argument, likely
         raise StoreError(f"namespace must start with '/', got {namespace!r}")
+    check_sendable(namespace, packet.data)  # as sio.emit: what cannot be sent is refused
     values = packet_values(packet)  # the store's encoder: TypeError for non-JSON data
     if type(conn).__module__.startswith("asyncpg"):
         return _emit_asyncpg(conn, packet, values, schema)

@@ -221,6 +221,13 @@ def test_a_closed_sync_emitter_refuses_calls(backend: Backend) -> None:
         emitter.emit("news", 1)
 
 
+def nested(depth: int) -> list[object]:
+    value: list[object] = ["deep"]
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def test_memory_url_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="memory"):
         durable_adapter.Emitter("memory://")
@@ -231,6 +238,8 @@ async def test_data_that_cannot_be_stored_fails_its_emit_only(
     async with durable_adapter.Emitter(backend.store()) as emitter:
         with pytest.raises(TypeError):
             await emitter.emit("news", {"x": object()})
+        with pytest.raises(RecursionError):  # stored fine, but python-socketio cannot send it
+            await emitter.emit("news", nested(500))
         await emitter.emit("news", "fine")
     await recorder.inbox.wait_for(1)
     assert recorder.payloads == ["fine"]

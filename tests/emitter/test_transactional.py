@@ -21,6 +21,7 @@ import durable_adapter
 from durable_adapter.exceptions import ConfigurationError, StoreError
 from tests._harness import drop_transport, settle_handlers, until
 from tests.emitter.conftest import Backend, Recorder
+from tests.emitter.test_emitter import nested
 
 Server = tuple[durable_adapter.AsyncServer, str]
 postgres_only = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
@@ -151,6 +152,17 @@ async def test_emit_in_refuses_a_namespace_without_a_slash(backend: Backend) -> 
         with pytest.raises(StoreError, match="must start with '/'"):
             await durable_adapter.emit_in(conn, "news", 1, namespace="chat",
                                           schema=backend.schema)
+
+
+async def test_emit_in_refuses_what_python_socketio_cannot_send(
+        backend: Backend, server: Server, recorder: Recorder) -> None:
+    async with app_connection(backend) as conn:
+        async with conn.begin():
+            with pytest.raises(RecursionError):
+                await durable_adapter.emit_in(conn, "news", nested(500), schema=backend.schema)
+            await durable_adapter.emit_in(conn, "news", "fine", schema=backend.schema)
+    await recorder.inbox.wait_for(1)
+    assert recorder.payloads == ["fine"]
 
 
 def test_emit_in_refuses_what_is_not_a_connection() -> None:

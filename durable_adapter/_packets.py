@@ -1,0 +1,32 @@
+"""Socket.IO EVENT packets as sent: the one place they are built and encoded.
+
+The manager sends with it; the emitters (:mod:`.emitter`, :mod:`.transactional`) encode
+through it once before storing, so a payload python-socketio cannot send (nested too
+deep, say) fails its own emit, as it fails ``sio.emit``, instead of entering the history
+that every node and every replay reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
+
+#: an offset's shape: a stored packet goes out with its offset as the last argument
+OFFSET_SHAPE = "0" * 16 + "-1"
+
+
+def encode_event(packet_class: type[sio_packet.Packet], namespace: str, data: list[Any],
+                 ack_id: int | None = None) -> list[eio_packet.Packet]:
+    """``data`` (``[event, *args]``) as the engine.io MESSAGE packets that carry it."""
+    pkt = packet_class(sio_packet.EVENT, namespace=namespace, data=data, id=ack_id)
+    encoded = pkt.encode()
+    parts = encoded if isinstance(encoded, list) else [encoded]
+    return [eio_packet.Packet(eio_packet.MESSAGE, part) for part in parts]
+
+
+def check_sendable(namespace: str, data: list[Any],
+                   packet_class: type[sio_packet.Packet] = sio_packet.Packet) -> None:
+    """Raise what python-socketio raises when it cannot send ``data`` as a stored packet."""
+    encode_event(packet_class, namespace, [*data, OFFSET_SHAPE])

@@ -343,3 +343,31 @@ async def test_emit_in_refuses_a_nul_namespace_before_any_sql(backend: Backend) 
         with pytest.raises(StoreError, match="NUL"):
             await durable_adapter.emit_in(conn, "news", 1, namespace="/a\x00",
                                           schema=backend.schema)
+
+
+@postgres_only
+async def test_repeatable_read_gets_a_serialization_failure_to_retry(
+        backend: Backend, server: Server, recorder: Recorder) -> None:
+    """The counter row changes with every emit: a snapshot transaction that emits after
+    another emit committed since its snapshot fails as such transactions do, and a
+    retry delivers it (README)."""
+    conn = await asyncpg.connect(server_settings={"search_path": backend.schema or ""})
+    failures = 0
+    try:
+        for attempt in range(2):
+            try:
+                async with conn.transaction(isolation="repeatable_read"):
+                    await conn.fetchval("SELECT count(*) FROM durable_adapter_packets")
+                    if attempt == 0:  # another emit commits after the snapshot was taken
+                        async with durable_adapter.Emitter(backend.store()) as emitter:
+                            await emitter.emit("news", "meanwhile")
+                    await conn.fetchval(
+                        """SELECT durable_adapter_emit('/', 'news', '["rr"]')""")
+                break
+            except asyncpg.SerializationError:
+                failures += 1
+    finally:
+        await conn.close()
+    assert failures == 1
+    await recorder.inbox.wait_for(2)
+    assert recorder.payloads == ["meanwhile", "rr"]

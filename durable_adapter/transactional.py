@@ -18,7 +18,8 @@ holds the counter row (SQLite: the write lock), and every other emit waits for i
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, overload
 
 from sqlalchemy import Connection, TextClause, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -36,6 +37,24 @@ _NO_TRANSACTIONS = {
     "pymongo": "the packets live in a capped collection, which cannot take part in "
                "MongoDB multi-document transactions",
 }
+
+
+@overload
+def emit_in(conn: AsyncConnection | AsyncSession, event: str, data: Any = None,
+            to: Any = None, room: Any = None, skip_sid: Any = None, namespace: str = "/",
+            schema: str | None = None) -> Coroutine[Any, Any, int]: ...
+
+
+@overload
+def emit_in(conn: Connection | Session, event: str, data: Any = None, to: Any = None,
+            room: Any = None, skip_sid: Any = None, namespace: str = "/",
+            schema: str | None = None) -> int: ...
+
+
+@overload
+def emit_in(conn: Any, event: str, data: Any = None, to: Any = None, room: Any = None,
+            skip_sid: Any = None, namespace: str = "/", schema: str | None = None
+            ) -> Any: ...
 
 
 def emit_in(conn: Any, event: str, data: Any = None, to: Any = None, room: Any = None,

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
@@ -73,6 +73,32 @@ async def test_an_async_session_binary_and_a_large_payload(
         await engine.dispose()
     await recorder.inbox.wait_for(1)
     assert recorder.payloads == [[b"\x00\xff", {"big": big}]]
+
+
+async def test_sync_connection_and_session(backend: Backend, server: Server,
+                                           recorder: Recorder) -> None:
+    """The synchronous API on the real driver: run_sync hands over a sync Connection and
+    a sync Session (what Flask or Django code holds)."""
+    def on_connection(connection: Connection) -> int:
+        seq: int = durable_adapter.emit_in(connection, "news", "connection",
+                                           schema=backend.schema)
+        return seq
+
+    def on_session(session: Session) -> int:
+        seq: int = durable_adapter.emit_in(session, "news", "session", schema=backend.schema)
+        return seq
+
+    engine = create_async_engine(backend.url)
+    try:
+        async with engine.begin() as conn:
+            first = await conn.run_sync(on_connection)
+        async with AsyncSession(engine) as session, session.begin():
+            second = await session.run_sync(on_session)
+    finally:
+        await engine.dispose()
+    await recorder.inbox.wait_for(2)
+    assert recorder.payloads == ["connection", "session"]
+    assert recorder.seqs == [first, second]
 
 
 async def test_a_client_that_was_away_recovers_transactional_emits(

@@ -1,9 +1,9 @@
 """Socket.IO EVENT packets as sent: the one place they are built and encoded.
 
-The manager sends with it; the emitters (:mod:`.emitter`, :mod:`.transactional`) encode
-through it once before storing, so a payload python-socketio cannot send (nested too
-deep, say) fails its own emit, as it fails ``sio.emit``, instead of entering the history
-that every node and every replay reads.
+The manager sends with it. Every emit that stores (the manager's, the emitters' in
+:mod:`.emitter` and :mod:`.transactional`) encodes through it once first, so a payload
+python-socketio cannot send (nested too deep, say) fails its own emit instead of
+entering the history that every node and every replay reads.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from . import _socketio, metrics
 from ._cluster import ClusterOps, in_control_handler
 from ._membership import MembershipLog, membership_of
 from ._offsets import format_offset
-from ._packets import encode_event
+from ._packets import check_sendable, encode_event
 from ._recovery import Hold, current_attempt
 from .exceptions import StoreError
 from .stores.base import NewPacket, Store, StoredPacket
@@ -28,7 +28,6 @@ from .stores.base import NewPacket, Store, StoredPacket
 logger = logging.getLogger(__name__)
 
 DELIVERY_WAIT = 10.0  # seconds an emit waits for its packet to reach local sockets
-OFFSET_PROBE = "0" * 8 + "-1"  # an offset's shape, for encoding a packet before it is stored
 
 
 def _as_args(data: Any) -> list[Any]:
@@ -150,7 +149,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         # encoded once before it is stored: a payload python-socketio cannot send (say
         # nested too deep) fails this emit, as it would in python-socketio, and never
         # reaches the history that every node and every replay reads
-        self._encode(namespace, [event, *args, OFFSET_PROBE])
+        check_sendable(namespace, [event, *args], self.server.packet_class)
         await self.start()
         seq = await self.store.append(
             NewPacket(namespace=namespace, data=[event, *args], rooms=rooms,

@@ -1,6 +1,7 @@
 """Durable Socket.IO connection state recovery for python-socketio."""
 
 from ._recovery import RecoveryFailure, RecoveryOptions
+from .asgi import ASGIApp
 from .client import AsyncClient
 from .emitter import Emitter, SyncEmitter
 from .exceptions import ConfigurationError, DurableAdapterError, SessionDataError, StoreError
@@ -9,6 +10,7 @@ from .stores import Store, store_from_url
 from .transactional import emit_in
 
 __all__ = [
+    "ASGIApp",
     "AsyncClient",
     "AsyncServer",
     "ConfigurationError",

@@ -100,6 +100,9 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         #: (namespace, eio_sid) of connections whose socket a restore is taking over
         self._detached: set[tuple[str, str]] = set()
         self._shut_down = False
+        #: the one shutdown run: a second ``shutdown()`` (the app's hook, then the
+        #: user's) waits for it instead of starting another
+        self._shutdown_run: asyncio.Future[None] | None = None
         if self.recovery is not None:
             self._wrap_generate_id()
             redact_pids(self.logger)  # CONNECT packets carry pids: never log them whole
@@ -144,15 +147,32 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             await self.store.delete_sessions(namespace, sid)
             self._forget(sid, namespace)
 
+    def attach(self, app: Any, socketio_path: str = "socket.io") -> None:
+        """python-socketio's ``attach``; on aiohttp it also registers :meth:`shutdown`
+        on ``app.on_shutdown``, which aiohttp runs before it waits for open
+        connections: the sessions are saved and the websockets closed by then."""
+        super().attach(app, socketio_path)
+        on_shutdown = getattr(app, "on_shutdown", None)
+        if self.async_mode == "aiohttp" and on_shutdown is not None:
+            async def save_and_close(_app: Any) -> None:
+                await self.shutdown()
+
+            on_shutdown.append(save_and_close)
+
     async def shutdown(self) -> None:
-        """Save every live socket's session (a restart is recoverable), then stop.
+        """Save every live socket's session (a restart is recoverable), close their
+        transports (their clients reconnect elsewhere and recover), then stop.
 
         Delivery stops first: each socket is saved at exactly what it was sent and is
         sent no stored packet after its save (one more would put its client's offset
-        ahead of the saved session, and the recovery would be refused). Idempotent.
+        ahead of the saved session, and the recovery would be refused). Idempotent: a
+        second call waits for the first to finish.
         """
-        if self._shut_down:
-            return
+        if self._shutdown_run is None:
+            self._shutdown_run = asyncio.ensure_future(self._shutdown())
+        await asyncio.shield(self._shutdown_run)
+
+    async def _shutdown(self) -> None:
         self._shut_down = True
         if self.recovery is not None:
             manager = self.durable_manager
@@ -180,6 +200,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                 except Exception:
                     logger.exception("could not save %d sessions at shutdown; they will not "
                                      "recover", len(saved))
+        await self._close_transports()
         await super().shutdown()
         if self.recovery is not None:
             await self.durable_manager.stop()
@@ -412,6 +433,18 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             self._detached.discard((namespace, restore.takeover.eio_sid))
             await self._evict(restore.takeover.eio_sid)
         await self._send_replay(eio_sid, namespace, restore)
+
+    async def _close_transports(self) -> None:
+        """Close every connection as a dropped one (no Engine.IO CLOSE packet: its
+        client reconnects). The web server waits for open websockets before it exits;
+        these end once closed. Sessions saved above are not saved again."""
+        for socket in list(self.eio.sockets.values()):
+            try:
+                await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_CLOSE)
+            except Exception:  # one broken connection does not keep the others open
+                logger.exception("could not close connection %s at shutdown", socket.sid)
+            socket.queue.put_nowait(None)  # ends its writer, which closes the websocket
+        self.eio.sockets.clear()
 
     async def _evict(self, eio_sid: str) -> None:
         """Close a taken-over connection for good: its other namespaces are saved as

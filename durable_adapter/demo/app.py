@@ -128,7 +128,8 @@ async def _say(request: web.Request) -> web.Response:
 
 
 def create_app(store: str, *, websocket_only: bool = False) -> web.Application:
-    """The demo's aiohttp application; its shutdown saves the sessions of live pages."""
+    """The demo's aiohttp application; its shutdown saves the sessions of live pages
+    (``sio.attach`` registers that on ``app.on_shutdown``)."""
     sio = create_server(store)
     app = web.Application(client_max_size=MAX_BODY)
     app[SIO_KEY] = sio
@@ -139,11 +140,6 @@ def create_app(store: str, *, websocket_only: bool = False) -> web.Application:
     app.router.add_static("/static/", HERE / "static")
     if metrics.enabled():
         app.router.add_get("/metrics", metrics.aiohttp_handler())
-
-    async def shutdown(app: web.Application) -> None:
-        await app[SIO_KEY].shutdown()
-
-    app.on_shutdown.append(shutdown)
     return app
 
 

@@ -15,7 +15,7 @@ start (a switch starts the counters again from zero)::
     metrics.enable(registry=registry)     # or metrics.disable()
 
 Exposition: :func:`aiohttp_handler` (``app.router.add_get("/metrics", ...)``),
-:func:`asgi_app` (``socketio.ASGIApp(sio, other_asgi_app=metrics.asgi_app())`` serves
+:func:`asgi_app` (``durable_adapter.ASGIApp(sio, other_asgi_app=metrics.asgi_app())`` serves
 ``/metrics`` beside ``/socket.io/``) and :func:`serve_http` (a thread, for processes
 without a web server: ``durable-adapter cleanup --metrics-port N``).
 
@@ -421,7 +421,7 @@ def asgi_app(registry: Any = None, *, path: str = "/metrics",
     """An ASGI app serving the exposition at ``path``; other requests go to
     ``other_asgi_app`` (else 404). Beside python-socketio::
 
-        app = socketio.ASGIApp(sio, other_asgi_app=durable_adapter.metrics.asgi_app())
+        app = durable_adapter.ASGIApp(sio, other_asgi_app=durable_adapter.metrics.asgi_app())
     """
     _require()
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import socketio
 import uvicorn
 from aiohttp import web
 
+import durable_adapter
 from durable_adapter import metrics
 from tests._harness import WAIT, serving
 
@@ -125,7 +125,7 @@ async def test_scrapes_under_load_leave_the_event_loop_free(registry: Any,
 
 async def test_asgi_app_serves_metrics_beside_socketio(registry: Any, tmp_path: Path) -> None:
     asgi_sio = make_server(sqlite_url(tmp_path), async_mode="asgi")
-    app = socketio.ASGIApp(asgi_sio, other_asgi_app=metrics.asgi_app())
+    app = durable_adapter.ASGIApp(asgi_sio, other_asgi_app=metrics.asgi_app())
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     serving = asyncio.create_task(server.serve())
     try:

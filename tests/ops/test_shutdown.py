@@ -1,5 +1,6 @@
 """SIGTERM of a process running the README's app, as its framework runs it, with websocket
-clients connected: it exits within 5 s, and every client recovers on the next process.
+clients connected: it exits within 5 s, and every client recovers on the next process on
+the same store (a SQLite file, a PostgreSQL database).
 
 aiohttp's ``web.run_app`` waits for open websockets (up to 60 s) after its ``on_shutdown``
 signal: ``sio.attach(app)`` registers the save-and-close there. Under uvicorn the
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import durable_adapter
+from durable_adapter.migrate import migrate
 from tests._harness import WAIT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,12 +52,12 @@ async def listening(port: int) -> None:
 
 
 @asynccontextmanager
-async def app_process(kind: str, store: str) -> AsyncIterator[
+async def app_process(kind: str, store: str, *args: str) -> AsyncIterator[
         tuple[asyncio.subprocess.Process, str]]:
     """The shutdown app in its own process; yields it and its URL once it serves."""
     port = free_port()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.ops.shutdown_app", kind, store, str(port),
+        sys.executable, "-m", "tests.ops.shutdown_app", kind, store, str(port), *args,
         cwd=ROOT, stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
@@ -83,8 +85,8 @@ class Member:
         self.chat.append(text)
         self.arrived.set()
 
-    async def connect(self, url: str) -> None:
-        await asyncio.wait_for(self.client.connect(url, transports=["websocket"],
+    async def connect(self, url: str, transport: str = "websocket") -> None:
+        await asyncio.wait_for(self.client.connect(url, transports=[transport],
                                                    wait_timeout=WAIT), WAIT)
 
     async def receive(self, text: str) -> None:
@@ -105,8 +107,9 @@ class Member:
 
 
 @pytest.mark.parametrize("kind", ["aiohttp", "uvicorn"])
-async def test_sigterm_saves_sessions_and_exits(kind: str, tmp_path: Path) -> None:
-    store = f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}"
+async def test_sigterm_saves_sessions_and_exits(kind: str, database_url: str) -> None:
+    store = database_url
+    await asyncio.wait_for(migrate(store), WAIT)  # what a deployment runs first
     members = [Member() for _ in range(CLIENTS)]
     async with app_process(kind, store) as (process, url):
         await asyncio.gather(*(member.connect(url) for member in members))
@@ -141,3 +144,31 @@ async def test_sigterm_saves_sessions_and_exits(kind: str, tmp_path: Path) -> No
             # each event once, in order: saved at exactly what it was sent
             assert successor.chat == ["before", "late", "while away", "after"]
             await successor.client.disconnect()
+
+
+async def test_uvicorn_saves_what_is_still_open_at_the_lifespan_shutdown(tmp_path: Path) -> None:
+    """uvicorn closes websockets itself, but an HTTP long-polling socket outlives its
+    connections: only ``sio.shutdown()`` at the lifespan shutdown saves it."""
+    store = f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}"
+    members = [Member() for _ in range(2)]
+    # a short ping interval: a pending poll (which holds uvicorn's exit) ends within 1 s
+    async with app_process("uvicorn", store, "1") as (process, url):
+        await asyncio.gather(*(member.connect(url, "polling") for member in members))
+        assert await members[0].client.call("shout", "before", timeout=WAIT)
+        await asyncio.gather(*(member.receive("before") for member in members))
+        sids = [member.client.get_sid() for member in members]
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), EXIT_WITHIN)
+        except TimeoutError:
+            pytest.fail(f"uvicorn app still running {EXIT_WITHIN} s after SIGTERM")
+        await asyncio.gather(*(member.dropped() for member in members))
+
+    successors = [member.come_back_as() for member in members]
+    async with app_process("uvicorn", store, "1") as (_process, url):
+        await asyncio.gather(*(successor.connect(url, "polling") for successor in successors))
+        for successor, sid in zip(successors, sids, strict=True):
+            assert successor.client.is_recovered()
+            assert successor.client.get_sid() == sid
+            # without waiting for its pending poll: the process is killed next
+            await asyncio.wait_for(successor.client.eio.disconnect(abort=True), WAIT)

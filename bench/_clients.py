@@ -22,8 +22,9 @@ Commands (``cmd`` key):
   ``time.monotonic()`` at which each did (None if not) and the counts.
 * ``drop``: close every transport abruptly (a network loss: no DISCONNECT), keeping
   each client's pid and offset.
-* ``reconnect`` ``{url, total}``: new clients with the saved pid and offset connect all
-  at once; each notes when it connected and when it received ``total`` events.
+* ``reconnect`` ``{url, total, spread}``: new clients with the saved pid and offset
+  connect all at once (or one after another, evenly over ``spread`` seconds); each
+  notes when it started to connect, connected and received ``total`` events.
 * ``latency``: per server process, the delays (arrival minus stamp) of stamped events.
 * ``close``: disconnect everyone and exit.
 """
@@ -288,15 +289,22 @@ class Clients:
         await asyncio.sleep(0.5)  # handler tasks of events that arrived before the drop
         return {"dropped": len(self.members)}
 
-    async def reconnect(self, url: str, total: int) -> dict[str, Any]:
+    async def reconnect(self, url: str, total: int, spread: float = 0.0) -> dict[str, Any]:
         old = self.members
         self.members = [self.kind(m.durable, m.recovery_state()) for m in old]
         for new, previous in zip(self.members, old, strict=True):
             new.node = previous.node
         for member in self.members:
             member.target = total
-        # all at once, as after a network outage
-        await asyncio.gather(*(m.connect(url, self.room) for m in self.members))
+        # all at once, as after a network outage, or evenly over ``spread`` seconds
+        step = spread / len(self.members) if self.members else 0.0
+
+        async def one(i: int, member: Any) -> None:
+            if step:
+                await asyncio.sleep(i * step)
+            await member.connect(url, self.room)
+
+        await asyncio.gather(*(one(i, m) for i, m in enumerate(self.members)))
         # a refused one got a fresh session and nothing to replay: leave it out of waits
         self.refused.extend(m for m in self.members if not m.is_recovered())
         self.members = [m for m in self.members if m.is_recovered()]

@@ -100,8 +100,8 @@ async def make_store(kind: str, tmp: Path, tag: str) -> StoreSpec | str:
         await migrate(url)
         return StoreSpec("SQLite", url)
     if kind == "postgres":
-        if not has_store_module("postgres"):
-            return "durable_adapter/stores/postgres.py is not there yet"
+        if not has_store_module("sql.postgres"):
+            return "durable_adapter/stores/sql/postgres.py is not there"
         if not await postgres_reachable():
             return f"PostgreSQL not reachable at {PG_URL}"
         schema = f"bench_{tag}_{secrets.token_hex(3)}"
@@ -187,8 +187,15 @@ async def start_node(kind: str, spec: StoreSpec | None = None, *, name: str = "n
                      port: int = 0, reuse_port: bool = False,
                      poll_interval: float | None = None,
                      extra_args: Sequence[str] = ()) -> Node:
-    args = [sys.executable, str(HERE / "_node.py"), "--kind", kind, "--name", name,
-            "--port", str(port), *extra_args]
+    """``kind``: plain or ours (bench/_node.py), or js (bench/js/server.js: socket.io
+    4.8 with recovery on; needs ``npm ci`` in bench/js)."""
+    if kind == "js":
+        if not (HERE / "js" / "node_modules" / "socket.io").is_dir():
+            raise RuntimeError("run `npm ci` in bench/js first")
+        args = ["node", str(HERE / "js" / "server.js"), "--name", name]
+    else:
+        args = [sys.executable, str(HERE / "_node.py"), "--kind", kind, "--name", name,
+                "--port", str(port), *extra_args]
     if spec is not None:
         args += spec.node_args()
     if reuse_port:

@@ -15,6 +15,8 @@ from socketio import packet as sio_packet
 
 #: an offset's shape: a stored packet goes out with its offset as the last argument
 OFFSET_SHAPE = "0" * 16 + "-1"
+#: how a JSON-encoded stored packet ends: its offset, the last argument
+_OFFSET_TAIL = f'"{OFFSET_SHAPE}"]'
 
 
 def encode_event(packet_class: type[sio_packet.Packet], namespace: str, data: list[Any],
@@ -30,3 +32,25 @@ def check_sendable(namespace: str, data: list[Any],
                    packet_class: type[sio_packet.Packet] = sio_packet.Packet) -> None:
     """Raise what python-socketio raises when it cannot send ``data`` as a stored packet."""
     encode_event(packet_class, namespace, [*data, OFFSET_SHAPE])
+
+
+def encode_with_offset(packet_class: type[sio_packet.Packet], namespace: str,
+                       data: list[Any]) -> list[eio_packet.Packet] | None:
+    """``data`` encoded as a stored packet, its offset still a placeholder for
+    :func:`set_offset`; None when the placeholder cannot be put in place afterwards (a
+    packet class other than python-socketio's JSON one). Raises what python-socketio
+    raises when it cannot send ``data``: the check every stored emit makes first."""
+    parts = encode_event(packet_class, namespace, [*data, OFFSET_SHAPE])
+    text = parts[0].data
+    if packet_class is not sio_packet.Packet or not isinstance(text, str) \
+            or not text.endswith(_OFFSET_TAIL):
+        return None
+    return parts
+
+
+def set_offset(parts: list[eio_packet.Packet], offset: str) -> list[eio_packet.Packet]:
+    """Frames from :func:`encode_with_offset` with the real offset in place of the
+    placeholder: the JSON text ends with it (attachments follow in their own frames)."""
+    text = parts[0].data
+    first = eio_packet.Packet(eio_packet.MESSAGE, f'{text[:-len(_OFFSET_TAIL)]}"{offset}"]')
+    return [first, *parts[1:]]

@@ -1,15 +1,18 @@
 """The client manager: store-then-deliver emits, ordered delivery, holds during restores.
 
-Every recoverable emit is appended to the store first; the store hands committed packets
-back to :meth:`DurableManager._deliver` in seq order (its own and other nodes' alike), and
-only then are they sent to this node's sockets, with their offset as the last argument.
-So the order in which any node delivers is the order of the offsets (contract item 3).
+Every recoverable emit is appended to the store first, and only once it is committed is it
+sent to this node's sockets, with its offset as the last argument. A node delivers its
+own committed packets from memory (it never reads back what it holds), as soon as every
+lower seq has gone out; other nodes' packets arrive through the store's follower. Both
+meet in :meth:`DurableManager._deliver`, which hands out seqs strictly in order, so the
+order in which any node delivers is the order of the offsets (contract item 3).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,7 +23,7 @@ from . import _socketio, metrics
 from ._cluster import ClusterOps, in_control_handler
 from ._membership import MembershipLog, membership_of
 from ._offsets import format_offset
-from ._packets import check_sendable, encode_event
+from ._packets import encode_event, encode_with_offset, set_offset
 from ._recovery import Hold, current_attempt
 from .exceptions import StoreError
 from .stores.base import NewPacket, Store, StoredPacket
@@ -59,6 +62,9 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         #: (namespace, sid) -> room stays of a live socket, saved with its session
         self.memberships: dict[tuple[str, str], MembershipLog] = {}
         self._waiters: dict[int, asyncio.Future[None]] = {}
+        #: this node's committed packets not yet delivered (a lower seq of another node
+        #: is still on its way), with their frames encoded at emit
+        self._own: dict[int, tuple[StoredPacket, list[eio_packet.Packet] | None]] = {}
         self._started = False
         self._stopped = False
         self._start_lock = asyncio.Lock()
@@ -85,6 +91,8 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
             try:
                 self.delivered = (await self.store.bounds()).top
                 self.store.on_history_reset(self._history_reset)
+                # the follower need not read what this node delivered from memory
+                self.store.skip_delivered(lambda: self.delivered)
                 await self.store.follow(self._deliver, after=self.delivered)
             except BaseException:
                 await self.store.close()
@@ -115,6 +123,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         for waiter in self._waiters.values():
             waiter.cancel()
         self._waiters.clear()
+        self._own.clear()
 
     def recovers(self, namespace: str) -> bool:
         if self.recovery_namespaces is None:
@@ -146,25 +155,46 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
                 await self.start()
                 await self.publish_live(event, args, namespace, rooms, except_rooms, callback)
             return
-        # encoded once before it is stored: a payload python-socketio cannot send (say
+        # encoded once, before it is stored: a payload python-socketio cannot send (say
         # nested too deep) fails this emit, as it would in python-socketio, and never
-        # reaches the history that every node and every replay reads
-        check_sendable(namespace, [event, *args], self.server.packet_class)
+        # reaches the history that every node and every replay reads; the frames are
+        # reused for this node's own delivery, with the offset put in once it is known
+        data = [event, *args]
+        parts = encode_with_offset(self.server.packet_class, namespace, data)
         await self.start()
-        seq = await self.store.append(
-            NewPacket(namespace=namespace, data=[event, *args], rooms=rooms,
-                      except_rooms=except_rooms)
-        )
-        await self._wait_delivered(seq)
+        packet = NewPacket(namespace=namespace, data=data, rooms=rooms,
+                           except_rooms=except_rooms)
+        seq = await self.store.append(packet)
+        await self._deliver_own(StoredPacket(
+            namespace=namespace, data=data, rooms=rooms, except_rooms=except_rooms,
+            seq=seq, created_at=time.time()), parts)
+
+    async def _deliver_own(self, stored: StoredPacket,
+                           parts: list[eio_packet.Packet] | None) -> None:
+        """Deliver a packet this node committed, from memory: at once when every lower
+        seq has gone out, else once the follower brought the missing ones (which are
+        other nodes'). Returns once it was handed to the local sockets, as a plain emit
+        returns once it queued to them."""
+        seq = stored.seq
+        if seq <= self.delivered or not self._started or not self.sending:
+            return  # the follower was first (or delivery stopped: shutdown)
+        if parts is not None:
+            parts = set_offset(parts, format_offset(self.store.epoch, seq))
+        self._own[seq] = (stored, parts)
+        if asyncio.current_task() is self.delivering:
+            # emitted by a handler that one of the delivery's sends ran: that delivery
+            # goes on with this packet once the send returns
+            return
+        async with self._deliver_lock:
+            await self._deliver_locked(())
+        if not in_control_handler.get():
+            # the follower is busy running this very handler: it cannot bring what is
+            # missing before the handler returns
+            await self._wait_delivered(seq)
 
     async def _wait_delivered(self, seq: int) -> None:
-        """Return once this node has handed ``seq`` to its sockets, as a plain emit would.
-
-        Not inside the delivery itself (an application handler run by one of its sends):
-        the packet goes out once that send returns, and waiting here would wait for itself.
-        """
-        if seq <= self.delivered or not self._started or not self.sending \
-                or in_control_handler.get() or asyncio.current_task() is self.delivering:
+        """Wait (bounded) until the follower brought the seqs below ``seq``."""
+        if seq <= self.delivered or not self._started or not self.sending:
             return
         waiter = self._waiters.get(seq)
         if waiter is None:
@@ -173,7 +203,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
             await asyncio.wait_for(asyncio.shield(waiter), DELIVERY_WAIT)
         except TimeoutError:
             # stored, so it will be delivered once the follower catches up; the emit
-            # does not hang on a store that is slow to hand it back
+            # does not hang on a store that is slow to hand the missing seqs
             logger.warning("packet %d stored but not yet delivered after %.0f s",
                            seq, DELIVERY_WAIT)
 
@@ -217,26 +247,52 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
     async def _deliver(self, packets: Sequence[StoredPacket]) -> None:
         """The store's listener: packets arrive once each, in seq order."""
         async with self._deliver_lock:
-            if not self.sending:
-                return
-            self.delivering = asyncio.current_task()
+            await self._deliver_locked(packets)
+
+    async def _deliver_locked(self, packets: Sequence[StoredPacket]) -> None:
+        """Deliver the follower's ``packets`` merged with this node's own, in seq order.
+
+        The follower's are authoritative: it may skip a seq that cannot be decoded, so
+        reaching one of them delivers every own packet below it first, then it. Own
+        packets beyond are delivered while they follow on without a hole.
+        """
+        if not self.sending:
+            return
+        self.delivering = asyncio.current_task()
+        try:
+            for stored in packets:
+                if stored.seq <= self.delivered:
+                    continue
+                await self._deliver_own_below(stored.seq)
+                own = self._own.pop(stored.seq, None)
+                await self._deliver_seq(stored, own[1] if own else None)
+            await self._deliver_own_below(None)
+        finally:
+            self.delivering = None
+            self._release_waiters()
+
+    async def _deliver_own_below(self, seq: int | None) -> None:
+        """Deliver own packets: every one below ``seq`` (the follower's next, which may
+        come after seqs it skipped), or with None those that follow on without a hole."""
+        if seq is not None:
+            while self._own and (lowest := min(self._own)) < seq:
+                await self._deliver_seq(*self._own.pop(lowest))
+            return
+        while (following := self.delivered + 1) in self._own:
+            await self._deliver_seq(*self._own.pop(following))
+
+    async def _deliver_seq(self, stored: StoredPacket,
+                           parts: list[eio_packet.Packet] | None) -> None:
+        # advance first: a socket saved mid-packet records this packet as seen,
+        # and a room joined or left from here on counts after it (_membership)
+        self.delivered = stored.seq
+        if (self.recovers(stored.namespace) and stored.namespace in self.rooms) \
+                or self.holds.get(stored.namespace):
             try:
-                for stored in packets:
-                    if stored.seq <= self.delivered:
-                        continue
-                    # advance first: a socket saved mid-packet records this packet as seen,
-                    # and a room joined or left from here on counts after it (_membership)
-                    self.delivered = stored.seq
-                    if (self.recovers(stored.namespace) and stored.namespace in self.rooms) \
-                            or self.holds.get(stored.namespace):
-                        try:
-                            await self._deliver_one(stored)
-                        except Exception:  # one bad packet must not stop the others
-                            logger.exception("delivering packet %d failed", stored.seq,
-                                             extra={"action": "deliver_failed"})
-            finally:
-                self.delivering = None
-                self._release_waiters()
+                await self._deliver_one(stored, parts)
+            except Exception:  # one bad packet must not stop the others
+                logger.exception("delivering packet %d failed", stored.seq,
+                                 extra={"action": "deliver_failed"})
 
     def encode_stored(self, stored: StoredPacket) -> list[eio_packet.Packet] | None:
         """A stored packet as sent (its offset last), or None when it cannot be encoded.
@@ -252,12 +308,14 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
                              extra={"action": "encode_failed"})
             return None
 
-    async def _deliver_one(self, stored: StoredPacket) -> None:
+    async def _deliver_one(self, stored: StoredPacket,
+                           parts: list[eio_packet.Packet] | None = None) -> None:
         namespace = stored.namespace
         targets = self._targets(namespace, stored.rooms, stored.except_rooms, stored)
         if not targets:
             return
-        parts = self.encode_stored(stored)
+        if parts is None:
+            parts = self.encode_stored(stored)
         if parts is None:
             return
         holds = self.holds.get(namespace, {})
@@ -277,6 +335,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         ``after`` of the new epoch come next; nothing of the old one is still to come."""
         async with self._deliver_lock:
             self.delivered = after
+            self._own.clear()  # committed to the history that is gone
             self.last_sent.clear()
             for key, log in self.memberships.items():
                 self.memberships[key] = log.restarted(after)

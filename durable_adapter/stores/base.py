@@ -223,6 +223,11 @@ class Store(abc.ABC):
         through the same ordered path as everyone else's.
         """
 
+    def skip_delivered(self, position: Callable[[], int]) -> None:  # noqa: B027
+        """Tell the follower how far its listener got without it: every seq up to
+        ``position()`` was delivered already (a node delivers its own packets from
+        memory), so a store that can skip reading them back does. Optional."""
+
     async def publish_control(self, message: ControlMessage) -> None:  # noqa: B027
         """Send ``message`` to the other nodes; single-node stores have none."""
 

@@ -32,7 +32,8 @@ class BatchWriter:
     ``retry_alone(error)`` says the failure may come from one row's content (not from
     the connection), the rows are written again one per transaction, so one bad row
     fails its own caller only. No caller is ever left waiting: a writer task that dies
-    fails what it held and the next :meth:`submit` starts a new one.
+    fails what it held and the next :meth:`submit` starts a new one. After each commit
+    ``on_commit`` gets the batch's seqs, once every caller has been given its own.
     """
 
     def __init__(
@@ -40,7 +41,7 @@ class BatchWriter:
         write: Callable[[list[Row]], Awaitable[list[int]]],
         *,
         batch_max: int,
-        on_commit: Callable[[], None],
+        on_commit: Callable[[list[int]], None],
         name: str,
         retry_alone: Callable[[Exception], bool] | None = None,
     ) -> None:
@@ -147,6 +148,6 @@ class BatchWriter:
             if not future.done():
                 future.set_result(seq)
         try:
-            self._on_commit()
+            self._on_commit(seqs)
         except Exception:  # the rows are committed: their callers have their seqs
             logger.exception("the commit callback of %s failed", self._name)

@@ -44,7 +44,7 @@ async def submit_all(writer: BatchWriter, rows: list[Row]) -> list[Any]:
 
 async def test_one_bad_row_fails_only_its_own_append() -> None:
     table = Table()
-    writer = BatchWriter(table.write, batch_max=100, on_commit=lambda: None, name="w",
+    writer = BatchWriter(table.write, batch_max=100, on_commit=lambda _: None, name="w",
                          retry_alone=data_error)
     rows: list[Row] = [{"n": i} for i in range(10)]
     rows.insert(4, {"bad": True})
@@ -57,7 +57,7 @@ async def test_one_bad_row_fails_only_its_own_append() -> None:
 
 async def test_without_retry_alone_the_batch_fails_together() -> None:
     table = Table()
-    writer = BatchWriter(table.write, batch_max=100, on_commit=lambda: None, name="w")
+    writer = BatchWriter(table.write, batch_max=100, on_commit=lambda _: None, name="w")
     results = await submit_all(writer, [{"n": 1}, {"bad": True}])
     assert all(isinstance(result, StoreError) for result in results)
     await writer.close()
@@ -66,7 +66,7 @@ async def test_without_retry_alone_the_batch_fails_together() -> None:
 async def test_a_wrong_reply_fails_the_callers_instead_of_hanging() -> None:
     table = Table()
     table.short_reply = True
-    writer = BatchWriter(table.write, batch_max=100, on_commit=lambda: None, name="w")
+    writer = BatchWriter(table.write, batch_max=100, on_commit=lambda _: None, name="w")
     results = await submit_all(writer, [{"n": 1}, {"n": 2}])
     assert all(isinstance(result, StoreError) for result in results)
     table.short_reply = False
@@ -77,7 +77,7 @@ async def test_a_wrong_reply_fails_the_callers_instead_of_hanging() -> None:
 async def test_a_failing_commit_callback_does_not_stop_the_writer() -> None:
     table = Table()
 
-    def on_commit() -> None:
+    def on_commit(_: list[int]) -> None:
         raise RuntimeError("boom")
 
     writer = BatchWriter(table.write, batch_max=100, on_commit=on_commit, name="w")
@@ -94,7 +94,7 @@ async def test_a_dead_writer_task_never_leaves_a_submit_hanging() -> None:
         await gate.wait()
         return await table.write(rows)
 
-    writer = BatchWriter(stuck, batch_max=100, on_commit=lambda: None, name="w")
+    writer = BatchWriter(stuck, batch_max=100, on_commit=lambda _: None, name="w")
     waiting = asyncio.ensure_future(writer.submit({"n": 1}))
     await asyncio.sleep(0.05)
     writer._task.cancel()  # the writer dies mid-write (a bug, a stray cancel)

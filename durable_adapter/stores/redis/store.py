@@ -189,7 +189,7 @@ class RedisStore(Store):
                 await client.aclose()
             raise
         self._writer = BatchWriter(self._append_batch, batch_max=self.batch_max,
-                                   on_commit=lambda: None, name=f"{self!r} writer")
+                                   on_commit=lambda _: None, name=f"{self!r} writer")
 
     async def close(self) -> None:
         await self._stop_follower()

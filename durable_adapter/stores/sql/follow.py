@@ -55,11 +55,13 @@ class SQLFollower:
         read_control: _ControlReader,
         control_listener: Callable[[ControlMessage], Awaitable[None]],
         control_cursor: int,
+        delivered: Callable[[], int] | None = None,
     ) -> None:
         self._engine = engine
         self._read_control = read_control
         self._control_listener = control_listener
         self._control_cursor = control_cursor
+        self._delivered = delivered
         self._read = read
         self._change_marker = change_marker
         self._wakeup = wakeup
@@ -127,6 +129,9 @@ class SQLFollower:
         """
         waited = False
         while not self._stopping:
+            if self._delivered is not None:
+                # delivered without us (this node's own packets): never read them back
+                self._cursor = max(self._cursor, self._delivered())
             batch, through = await self._read(after=self._cursor, limit=FOLLOW_PAGE)
             records = await self._read_control(after=self._control_cursor, limit=FOLLOW_PAGE)
             if through == self._cursor and not records:

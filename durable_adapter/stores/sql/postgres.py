@@ -7,7 +7,8 @@ latency: the append (or control) transaction sends ``NOTIFY`` on a channel named
 the schema, and every node LISTENs on a dedicated connection outside the pool and wakes
 its follower when the bell rings.
 
-The bell carries no data, on purpose: NOTIFY payloads are capped near 8000 bytes,
+The bell carries no data but the ringing store's token (its own listener ignores its
+own commits, which it has seen already), on purpose: NOTIFY payloads are capped near 8000 bytes,
 identical ones coalesce within a transaction, and a listener connection that drops
 loses whatever was sent meanwhile. None of that matters to a doorbell: after every
 (re)connect the follower reads from its cursor, and it checks the top every
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import secrets
 from typing import Any
 
 import asyncpg
@@ -108,6 +110,8 @@ class PostgresStore(SQLStore):
         # set when the current LISTEN connection is lost, or by close()
         self._listen_lost = asyncio.Event()
         self._listen_task: asyncio.Task[None] | None = None
+        #: the payload of this store's doorbells, which its own listener ignores
+        self._bell_token = secrets.token_hex(8)
 
     def _create_engine(self) -> AsyncEngine:
         # pre-ping: after a server restart a pooled connection is found dead before it
@@ -134,10 +138,13 @@ class PostgresStore(SQLStore):
 
     async def _ring_doorbell(self, connection: AsyncConnection) -> None:
         # delivered at COMMIT, and not at all on ROLLBACK: the bell never rings early
-        await connection.execute(select(func.pg_notify(self.channel, "")))
+        await connection.execute(select(func.pg_notify(self.channel, self._bell_token)))
 
-    def _on_notification(self, *_: Any) -> None:
-        self._wakeup.set()
+    def _on_notification(self, _connection: Any, _pid: int, _channel: str,
+                         payload: str) -> None:
+        # this store's own commits were seen at commit (SQLStore._committed)
+        if payload != self._bell_token:
+            self._wakeup.set()
 
     async def _listen(self) -> None:
         """LISTEN until :meth:`close`, reconnecting with back-off after any loss."""

@@ -159,6 +159,7 @@ class SQLStore(controls.SQLControl, Store):
         self._follower: SQLFollower | None = None
         self._follower_task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._delivered: Callable[[], int] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -203,7 +204,7 @@ class SQLStore(controls.SQLControl, Store):
         self._writer = BatchWriter(
             self._insert_batch,
             batch_max=self.batch_max,
-            on_commit=self._wakeup.set,
+            on_commit=self._committed,
             name=f"{self!r} writer",
             retry_alone=_may_be_one_row,
         )
@@ -409,6 +410,22 @@ class SQLStore(controls.SQLControl, Store):
 
     # -- following --------------------------------------------------------------
 
+    def skip_delivered(self, position: Callable[[], int]) -> None:
+        self._delivered = position
+
+    def _committed(self, numbers: list[int]) -> None:
+        """This process committed rows: wake the follower, unless the node delivers them
+        from memory (checked once the appending callers, resumed first, have done so)."""
+        if self._delivered is None:
+            self._wakeup.set()
+        else:
+            asyncio.get_running_loop().call_soon(self._wake_if_behind, max(numbers, default=0))
+
+    def _wake_if_behind(self, top: int) -> None:
+        # behind: a lower seq of another process came first, or a caller went away
+        if self._delivered is None or self._delivered() < top:
+            self._wakeup.set()
+
     async def follow(self, listener: PacketListener, *, after: int) -> None:
         if self._engine is None or self._writer is None:
             raise StoreError("the store is not open")
@@ -424,6 +441,7 @@ class SQLStore(controls.SQLControl, Store):
             read_control=self._read_control,
             control_listener=self._handle_control,
             control_cursor=control_cursor,
+            delivered=self._delivered,
         )
         self._follower_task = asyncio.create_task(
             follower.run(listener, after), name=f"{self!r} follower"

@@ -347,7 +347,7 @@ async def test_fifty_concurrent_takes_across_instances_exactly_one_wins(
         assert len(winners) == 1, results
         winner = winners[0].owner
         assert winner in nodes and winners[0] == dataclasses.replace(saved, owner=winner)
-        assert all(r == OwnedBy(winner) for r in results if r is not winners[0])  # type: ignore[arg-type]
+        assert all(r == OwnedBy(winner) for r in results if r is not winners[0])
         assert await owner_of(stores[-1], t) == winner
 
 

@@ -308,7 +308,10 @@ class RedisStore(Store):
         args: list[Any] = [node or "", self.keys.owned_prefix, repr(now - SESSION_INDEX_GRACE)]
         for session in sessions:
             membership = None if session.membership is None else session.membership.to_value()
-            blob = encode_value({**session.__dict__, "rooms": list(session.rooms),
+            # the owner is the hash's "o" field, not in the blob: a node of the version
+            # before it decodes the blob still
+            fields = {k: v for k, v in session.__dict__.items() if k != "owner"}
+            blob = encode_value({**fields, "rooms": list(session.rooms),
                                  "membership": membership})
             keys += [self.keys.session(session.namespace, session.pid_hash),
                      self.keys.sid_index(session.namespace, session.sid)]

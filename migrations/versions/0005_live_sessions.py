@@ -1,5 +1,4 @@
-"""Live sessions and node leases: the ``owner`` column of the sessions table and the
-nodes table.
+"""Live sessions and node leases: the sessions' ``owner`` column and the nodes table.
 
 Revision ID: 0005
 Revises: 0004

@@ -17,9 +17,10 @@ registered with :meth:`Store.on_history_reset`: seqs then start again.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from .._membership import MembershipLog
 from ..exceptions import StoreError
@@ -68,6 +69,8 @@ class Session:
     :param resume_seq: where a recovery that brings no offset starts its replay once
         something was sent to the socket; None in sessions saved before it existed
         (``start_seq`` then).
+    :param owner: the node whose socket is live with this session (its ``expires_at``
+        is then :data:`LIVE_EXPIRY`); None once disconnected.
     """
 
     pid_hash: str
@@ -83,6 +86,19 @@ class Session:
     expires_at: float
     membership: MembershipLog | None = None
     resume_seq: int | None = None
+    owner: str | None = None
+
+
+#: ``expires_at`` of a live session: it never expires by time, only through its owner's
+#: lease (a session whose owner died is recoverable for a window after the lease expired).
+LIVE_EXPIRY = 1e18
+
+
+@dataclass(frozen=True)
+class OwnedBy:
+    """:meth:`Store.take_session`'s answer when a live node (valid lease) holds the session."""
+
+    node: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,6 +153,36 @@ def check_purge_args(retention: float, batch_size: int) -> None:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     if retention < 0:
         raise ValueError(f"retention must be >= 0, got {retention!r}")
+
+
+#: :func:`decide_take`'s verdicts besides OwnedBy and None: make the caller the owner
+#: (``TAKE``), or the caller owns it already (``MINE``: returned as it is).
+TAKE: Literal["take"] = "take"
+MINE: Literal["mine"] = "mine"
+
+
+def decide_take(*, owner: str | None, expires_at: float, lease_expires: float | None,
+                node: str, now: float, window: float, force_from: str | None
+                ) -> Literal["take", "mine"] | OwnedBy | None:
+    """What :meth:`Store.take_session` does with a stored session, from its row and its
+    owner's lease (``lease_expires`` None: no lease row, which counts as expired at 0).
+
+    - disconnected (owner None): taken while ``expires_at > now``, else None (expired);
+    - owned by ``node``: MINE (the caller checked its own sockets already);
+    - owned by a node whose lease is alive: ``OwnedBy(owner)``, unless ``force_from``
+      names it (it handed the session over, or did not answer in time): then taken;
+    - owned by a node whose lease expired (killed): taken for ``window`` seconds after
+      the lease expired (the session's last written state), None after.
+    """
+    if owner is None:
+        return TAKE if expires_at > now else None
+    if owner == node:
+        return MINE
+    if force_from == owner:
+        return TAKE
+    if lease_expires is not None and lease_expires > now:
+        return OwnedBy(owner)
+    return TAKE if (lease_expires or 0.0) + window > now else None
 
 
 class PacketListener(Protocol):
@@ -198,10 +244,40 @@ class Store(abc.ABC):
     async def save_session(self, session: Session) -> None:
         """Store (or replace) the session for ``(namespace, pid_hash)``."""
 
-    async def save_sessions(self, sessions: Sequence[Session]) -> None:
-        """Store several sessions at once (shutdown); stores that can batch override this."""
-        for session in sessions:
-            await self.save_session(session)
+    @abc.abstractmethod
+    async def save_sessions(self, sessions: Sequence[Session], *, node: str | None = None
+                            ) -> None:
+        """Upsert every session in one transaction (one script, one bulk write).
+
+        With ``node``: a session whose stored row is owned by another node (its owner is
+        neither None nor ``node``: it was taken over) is left as it is; absent rows, rows
+        owned by nobody and rows owned by ``node`` are written. Without: unconditional.
+        """
+
+    @abc.abstractmethod
+    async def take_session(self, namespace: str, pid_hash: str, *, node: str, now: float,
+                           window: float, force_from: str | None = None
+                           ) -> Session | OwnedBy | None:
+        """Make ``node`` the owner of the session ``(namespace, pid_hash)``, atomically.
+
+        The rules are :func:`decide_take`'s. Of concurrent calls for one row (across
+        processes) exactly one gets a takeable session; the others see its new owner.
+        Returns the session with ``owner=node``, :class:`OwnedBy` when a live node holds
+        it, or None (absent or expired).
+        """
+
+    async def release_session(self, session: Session, *, node: str) -> None:
+        """Write ``session`` as disconnected (owner None), unless another node owns its
+        row now (a put-back after a failed restore, a drop)."""
+        await self.save_sessions([dataclasses.replace(session, owner=None)], node=node)
+
+    @abc.abstractmethod
+    async def renew_lease(self, node: str, *, now: float, expiry: float) -> None:
+        """Upsert this node's lease: it is alive until ``now + expiry``."""
+
+    @abc.abstractmethod
+    async def drop_lease(self, node: str) -> None:
+        """Delete the lease (clean shutdown, once the node released its sessions)."""
 
     @abc.abstractmethod
     async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
@@ -213,7 +289,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def purge(self, *, now: float, retention: float, batch_size: int = 1000) -> PurgeResult:
-        """Delete expired sessions and packets older than ``retention`` seconds, in batches."""
+        """Delete, in batches: packets older than ``retention`` seconds; disconnected
+        sessions that expired; sessions owned by a node whose lease expired more than
+        ``retention`` seconds ago (a missing lease counts as expired at 0); and leases
+        expired more than ``retention`` ago that own no session. Live sessions of live
+        nodes stay."""
 
     @abc.abstractmethod
     async def follow(self, listener: PacketListener, *, after: int) -> None:

@@ -8,17 +8,21 @@ import dataclasses
 import secrets
 import time
 from collections import deque
+from collections.abc import Sequence
 
 from .._codec import check_session_data, copy_value
 from .base import (
+    TAKE,
     HistoryBounds,
     NewPacket,
+    OwnedBy,
     PacketListener,
     PurgeResult,
     Session,
     Store,
     StoredPacket,
     check_purge_args,
+    decide_take,
 )
 
 
@@ -33,6 +37,7 @@ class MemoryStore(Store):
         self._epoch = secrets.token_hex(4)
         self._packets: deque[StoredPacket] = deque()
         self._sessions: dict[tuple[str, str], Session] = {}
+        self._leases: dict[str, float] = {}  # node -> expires_at
         self._top = 0
         self._purged_through = 0
         self._listener: PacketListener | None = None
@@ -105,9 +110,42 @@ class MemoryStore(Store):
         return HistoryBounds(epoch=self.epoch, top=self._top, purged_through=self._purged_through)
 
     async def save_session(self, session: Session) -> None:
-        check_session_data(session.data)
-        self._sessions[(session.namespace, session.pid_hash)] = dataclasses.replace(
-            session, data=copy_value(session.data))
+        await self.save_sessions([session])
+
+    async def save_sessions(self, sessions: Sequence[Session], *, node: str | None = None
+                            ) -> None:
+        for session in sessions:
+            check_session_data(session.data)
+        for session in sessions:
+            key = (session.namespace, session.pid_hash)
+            stored = self._sessions.get(key)
+            if node is not None and stored is not None and stored.owner not in (None, node):
+                continue  # taken over by another node: its row now
+            self._sessions[key] = dataclasses.replace(session, data=copy_value(session.data))
+
+    async def take_session(self, namespace: str, pid_hash: str, *, node: str, now: float,
+                           window: float, force_from: str | None = None
+                           ) -> Session | OwnedBy | None:
+        # no await between reading and writing: atomic for every server sharing this object
+        key = (namespace, pid_hash)
+        stored = self._sessions.get(key)
+        if stored is None:
+            return None
+        verdict = decide_take(
+            owner=stored.owner, expires_at=stored.expires_at,
+            lease_expires=self._leases.get(stored.owner) if stored.owner else None,
+            node=node, now=now, window=window, force_from=force_from)
+        if verdict is None or isinstance(verdict, OwnedBy):
+            return verdict
+        if verdict == TAKE:
+            stored = self._sessions[key] = dataclasses.replace(stored, owner=node)
+        return dataclasses.replace(stored, data=copy_value(stored.data))
+
+    async def renew_lease(self, node: str, *, now: float, expiry: float) -> None:
+        self._leases[node] = now + expiry
+
+    async def drop_lease(self, node: str) -> None:
+        self._leases.pop(node, None)
 
     async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
         session = self._sessions.pop((namespace, pid_hash), None)
@@ -122,10 +160,16 @@ class MemoryStore(Store):
 
     async def purge(self, *, now: float, retention: float, batch_size: int = 1000) -> PurgeResult:
         check_purge_args(retention, batch_size)
-        expired = [key for key, s in self._sessions.items() if s.expires_at <= now]
+        cutoff = now - retention
+        expired = [key for key, s in self._sessions.items() if (
+            s.expires_at <= now if s.owner is None
+            else self._leases.get(s.owner, 0.0) <= cutoff)]
         for key in expired:
             del self._sessions[key]
-        cutoff = now - retention
+        owners = {s.owner for s in self._sessions.values()}
+        for node, expires in list(self._leases.items()):
+            if expires <= cutoff and node not in owners:
+                del self._leases[node]
         created = [p.created_at for p in self._packets]
         removed = bisect.bisect_left(created, cutoff)
         for _ in range(removed):

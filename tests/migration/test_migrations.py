@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from durable_adapter._codec import encode_value
 from durable_adapter.exceptions import ConfigurationError
 from durable_adapter.migrate import head_revisions, migrate
+from durable_adapter.stores.base import Session
 from durable_adapter.stores.sql import SQLStore
 from durable_adapter.stores.sql.schema import VERSION_TABLE, metadata
 from tests._postgres import POSTGRES_URL, postgres_schema
@@ -114,6 +115,31 @@ async def test_sessions_saved_before_0003_survive_it_without_a_membership_log(
     assert session is not None and session.membership is None
     assert (session.rooms, session.data, session.start_seq) == (("sid1", "lobby"),
                                                                 {"user": "ada"}, 2)
+
+
+async def test_sessions_saved_before_0005_are_disconnected_ones_and_survive_a_downgrade(
+        tmp_path: Path) -> None:
+    path = tmp_path / "before_leases.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    assert _alembic("-x", f"url={url}", "upgrade", "0004").returncode == 0
+    expires = time.time() + 60
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "INSERT INTO durable_adapter_sessions (namespace, pid_hash, sid, rooms, data, "
+            "epoch, start_seq, position, last_sent_seq, disconnected_at, expires_at) "
+            "VALUES ('/', ?, 'sid1', '[\"sid1\"]', ?, 'e', 2, 5, NULL, 0, ?)",
+            ("a" * 64, encode_value({"user": "ada"}), expires))
+    await asyncio.wait_for(migrate(url), WAIT)
+    async with SQLStore(url, auto_migrate=False) as store:
+        await store.renew_lease("n1", now=time.time(), expiry=10)
+        taken = await store.take_session("/", "a" * 64, node="n1", now=time.time(), window=60)
+    assert isinstance(taken, Session) and taken.owner == "n1" and taken.position == 5
+    done = _alembic("-x", f"url={url}", "downgrade", "0004")
+    assert done.returncode == 0, done.stderr
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT count(*) FROM durable_adapter_sessions").fetchone() == (1,)
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert "durable_adapter_nodes" not in tables
 
 
 async def test_migrate_twice_is_a_no_op(tmp_path: Path) -> None:

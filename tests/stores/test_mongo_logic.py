@@ -23,7 +23,7 @@ from durable_adapter._membership import MembershipLog
 from durable_adapter.exceptions import ConfigurationError, ExperimentalWarning, StoreError
 from durable_adapter.migrate import migrate
 from durable_adapter.stores import store_from_url
-from durable_adapter.stores.base import ControlMessage, NewPacket, Session
+from durable_adapter.stores.base import LIVE_EXPIRY, ControlMessage, NewPacket, Session
 from durable_adapter.stores.mongo import MongoStore
 from durable_adapter.stores.mongo import follow as follow
 from durable_adapter.stores.mongo import schema as schema
@@ -264,6 +264,52 @@ def test_session_documents_round_trip_exactly() -> None:
     assert schema.session_from_document(roundtrip(older)) == session  # saved before the log
     resumed = Session(**{**session.__dict__, "resume_seq": 7})
     assert schema.session_from_document(roundtrip(schema.session_document(resumed))) == resumed
+
+
+def test_a_live_session_has_no_ttl_date_and_keeps_its_owner() -> None:
+    live = Session(
+        pid_hash="ab" * 32, namespace="/", sid="sid1", rooms=("sid1",), data=None, epoch="e",
+        start_seq=0, position=0, last_sent_seq=None, disconnected_at=0.0,
+        expires_at=LIVE_EXPIRY, owner="node-1")
+    document = roundtrip(schema.session_document(live))
+    assert "expires_at" not in document  # the TTL index never deletes it
+    assert document["owner"] == "node-1" and document["expires_ts"] == LIVE_EXPIRY
+    assert schema.session_from_document(document) == live
+    # owned with an ordinary expiry (just taken): no date either, it goes with the lease
+    taken = Session(**{**live.__dict__, "expires_at": 2e9})
+    assert "expires_at" not in schema.session_document(taken)
+    dropped = Session(**{**taken.__dict__, "owner": None})
+    document = roundtrip(schema.session_document(dropped))
+    assert document["expires_at"].year == 2033 and document["owner"] is None
+    assert schema.session_from_document(document) == dropped
+    # disconnected but beyond any date: kept, not a crash
+    assert "expires_at" not in schema.session_document(Session(**{**live.__dict__,
+                                                                   "owner": None}))
+
+
+def test_a_conditional_save_matches_only_rows_nobody_else_owns() -> None:
+    assert schema.save_filter("k", None) == {"_id": "k"}
+    assert schema.save_filter("k", "n1") == {"_id": "k", "owner": {"$in": [None, "n1"]}}
+    taken = {"writeErrors": [{"index": 0, "code": 11000, "errmsg": "E11000 duplicate key"}],
+             "writeConcernErrors": []}
+    assert schema.only_taken_over(taken)
+    other = {"writeErrors": [{"index": 0, "code": 11000}, {"index": 1, "code": 2}]}
+    assert not schema.only_taken_over(other)
+    concern = {"writeErrors": [], "writeConcernErrors": [{"code": 64}]}
+    assert not schema.only_taken_over(concern)
+
+
+def test_a_take_compares_and_sets_the_owner_it_decided_on() -> None:
+    assert schema.take_filter("k", None, 5.0) == {
+        "_id": "k", "owner": None, "expires_ts": {"$gt": 5.0}}
+    assert schema.take_filter("k", "dead", 5.0) == {"_id": "k", "owner": "dead"}
+    assert schema.take_update("n2") == {"$set": {"owner": "n2"}, "$unset": {"expires_at": ""}}
+
+
+def test_dead_owners_are_those_whose_lease_expired_by_the_cutoff() -> None:
+    leases = {"alive": 200.0, "dead": 100.0, "edge": 150.0}
+    assert schema.dead_owners(["alive", "dead", "edge", "ghost"], leases, cutoff=150.0) == [
+        "dead", "edge", "ghost"]  # ghost: no lease, dead since 0
 
 
 def test_control_documents_round_trip() -> None:

@@ -11,6 +11,10 @@ Collections (``<prefix>_<name>`` in one database):
 ``sessions``
     ``{_id: "<pid_hash>:<namespace>", ns, sid, ..., expires_ts, expires_at}``; TTL index
     on the date ``expires_at``, index on ``(ns, sid)``.
+    A live session has ``owner`` (its node) and no ``expires_at`` date: it goes with its
+    owner's lease, not by time. Index on ``owner``.
+``nodes``
+    ``{_id: node, expires_ts}``: each node's lease.
 ``control``
     Capped, small. ``{origin, target, method, body, at}``: cross-node operations.
 """
@@ -31,6 +35,7 @@ from ...exceptions import ConfigurationError
 from ..base import ControlMessage, NewPacket, Session, StoredPacket
 
 HISTORY_ID = "history"
+DUPLICATE_KEY = 11000  # server error code
 SCHEMES = ("mongodb", "mongodb+srv")
 DEFAULT_DATABASE = "durable_adapter"
 MIN_CAPPED_SIZE = 4096  # bytes; the server rounds smaller sizes up anyway
@@ -196,8 +201,19 @@ def as_date(timestamp: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
 
 
+def ttl_date(session: Session) -> datetime.datetime | None:
+    """The date the TTL index deletes ``session`` at: None (never) while a node owns it,
+    or when its expiry is beyond what a date holds (:data:`~..base.LIVE_EXPIRY`)."""
+    if session.owner is not None:
+        return None
+    try:
+        return as_date(session.expires_at)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 def session_document(session: Session) -> dict[str, Any]:
-    return {
+    document = {
         "_id": session_key(session.namespace, session.pid_hash),
         "pid_hash": session.pid_hash,
         "ns": session.namespace,
@@ -210,10 +226,14 @@ def session_document(session: Session) -> dict[str, Any]:
         "last_sent_seq": session.last_sent_seq,
         "disconnected_at": session.disconnected_at,
         "expires_ts": session.expires_at,  # exact: every claim compares against it
-        "expires_at": as_date(session.expires_at),  # a BSON date, for the TTL index
         "membership": None if session.membership is None else session.membership.to_value(),
         "resume_seq": session.resume_seq,
+        "owner": session.owner,
     }
+    date = ttl_date(session)
+    if date is not None:  # a BSON date, for the TTL index; absent: never deleted by time
+        document["expires_at"] = date
+    return document
 
 
 def session_from_document(document: Mapping[str, Any]) -> Session:
@@ -234,7 +254,44 @@ def session_from_document(document: Mapping[str, Any]) -> Session:
         # absent in documents saved by an older version
         membership=None if membership is None else MembershipLog.from_value(membership),
         resume_seq=None if document.get("resume_seq") is None else int(document["resume_seq"]),
+        owner=document.get("owner"),
     )
+
+
+def save_filter(key: str, node: str | None) -> dict[str, Any]:
+    """Which stored document a (conditional) save replaces: with ``node``, only one owned
+    by nobody or by ``node``. A document another node owns matches nothing, and the
+    upsert's insert then fails on the duplicate ``_id``: :func:`only_taken_over`."""
+    if node is None:
+        return {"_id": key}
+    return {"_id": key, "owner": {"$in": [None, node]}}
+
+
+def only_taken_over(details: Mapping[str, Any]) -> bool:
+    """True when every error of a save's bulk write (``BulkWriteError.details``) is the
+    duplicate ``_id`` of a session another node owns (skipped, as asked)."""
+    errors = details.get("writeErrors") or []
+    return not details.get("writeConcernErrors") and all(
+        error.get("code") == DUPLICATE_KEY for error in errors)
+
+
+def take_filter(key: str, owner: str | None, now: float) -> dict[str, Any]:
+    """The compare-and-set of a take: the document still has the owner the decision was
+    made on (and, disconnected, is still unexpired). Of concurrent takes one matches."""
+    if owner is None:
+        return {"_id": key, "owner": None, "expires_ts": {"$gt": now}}
+    return {"_id": key, "owner": owner}
+
+
+def take_update(node: str) -> dict[str, Any]:
+    """Make ``node`` the owner; the TTL date goes: an owned session goes with its lease."""
+    return {"$set": {"owner": node}, "$unset": {"expires_at": ""}}
+
+
+def dead_owners(owners: Sequence[str], leases: Mapping[str, float], cutoff: float
+                ) -> list[str]:
+    """The owners whose lease expired at or before ``cutoff`` (no lease: expired at 0)."""
+    return [owner for owner in owners if leases.get(owner, 0.0) <= cutoff]
 
 
 # -- control messages ------------------------------------------------------------------

@@ -32,13 +32,14 @@ async def create_schema(
     control_size: int,
 ) -> None:
     """Capped ``packets`` and ``control`` (their _id index comes with them), and the
-    sessions' indexes: TTL on ``expires_at`` (a date), and ``(ns, sid)``."""
+    sessions' indexes: TTL on ``expires_at`` (a date), ``(ns, sid)``, and ``owner``."""
     await create_capped(db, packets, packets_size)
     await create_capped(db, control, control_size)
     await sessions.create_index(
         [("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl"
     )
     await sessions.create_index([("ns", ASCENDING), ("sid", ASCENDING)], name="ns_sid")
+    await sessions.create_index([("owner", ASCENDING)], name="owner")
 
 
 async def create_capped(db: AsyncDatabase[Any], collection: AsyncCollection[Any], size: int

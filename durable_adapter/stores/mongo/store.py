@@ -42,13 +42,14 @@ import contextlib
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.errors import ConfigurationError as MongoConfigurationError
-from pymongo.errors import DuplicateKeyError, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -57,9 +58,11 @@ from ..._codec import check_session_data
 from ..._tasks import STOP_TIMEOUT, finish_or_cancel
 from ...exceptions import ConfigurationError, ExperimentalWarning, StoreError
 from ..base import (
+    MINE,
     ControlMessage,
     HistoryBounds,
     NewPacket,
+    OwnedBy,
     PacketListener,
     PurgeResult,
     Session,
@@ -67,6 +70,7 @@ from ..base import (
     StoredPacket,
     check_new_packet,
     check_purge_args,
+    decide_take,
 )
 from ..errors import driver_errors
 from . import schema, setup
@@ -89,6 +93,7 @@ CAPPED_SIZE = 256 * 1024 * 1024  # bytes of packet history kept by default
 CONTROL_SIZE = 4 * 1024 * 1024  # bytes of the control collection
 GAP_TIMEOUT = 10.0  # seconds a taken seq may stay unwritten before it is tombstoned
 POLL_INTERVAL = 1.0  # seconds between the follower's reads of the collection
+TAKE_ATTEMPTS = 10  # compare-and-set rounds of one take; each lost one means a new owner
 
 
 class MongoStore(Store):
@@ -173,6 +178,10 @@ class MongoStore(Store):
     @property
     def _sessions(self) -> AsyncCollection[Any]:
         return self._collection("sessions")
+
+    @property
+    def _nodes(self) -> AsyncCollection[Any]:
+        return self._collection("nodes")
 
     @property
     def _control(self) -> AsyncCollection[Any]:
@@ -310,10 +319,64 @@ class MongoStore(Store):
     # -- sessions ---------------------------------------------------------------
 
     async def save_session(self, session: Session) -> None:
-        check_session_data(session.data)
-        document = schema.session_document(session)
+        await self.save_sessions([session])
+
+    async def save_sessions(self, sessions: Sequence[Session], *, node: str | None = None
+                            ) -> None:
+        """One unordered bulk write; with ``node``, sessions another node took are skipped
+        (their upsert fails on the duplicate ``_id``, which is what skipping means here)."""
+        for session in sessions:
+            check_session_data(session.data)
+        documents = {d["_id"]: d for d in map(schema.session_document, sessions)}
+        if not documents:
+            return
+        requests = [ReplaceOne(schema.save_filter(key, node), document, upsert=True)
+                    for key, document in documents.items()]
         with self._errors(f"writing to the store at {self._where()} failed"):
-            await self._sessions.replace_one({"_id": document["_id"]}, document, upsert=True)
+            try:
+                await self._sessions.bulk_write(requests, ordered=False)
+            except BulkWriteError as exc:
+                if node is None or not schema.only_taken_over(exc.details):
+                    raise
+
+    async def take_session(self, namespace: str, pid_hash: str, *, node: str, now: float,
+                           window: float, force_from: str | None = None
+                           ) -> Session | OwnedBy | None:
+        # read, decide, then compare-and-set the owner: of concurrent takes one sets it,
+        # the others read again and see the new owner
+        key = schema.session_key(namespace, pid_hash)
+        with self._errors(f"writing to the store at {self._where()} failed"):
+            for _ in range(TAKE_ATTEMPTS):
+                document = await self._sessions.find_one({"_id": key})
+                if document is None:
+                    return None
+                owner = document.get("owner")
+                lease = None
+                if owner is not None and owner != node:
+                    held = await self._nodes.find_one({"_id": owner})
+                    lease = None if held is None else float(held["expires_ts"])
+                verdict = decide_take(
+                    owner=owner, expires_at=float(document["expires_ts"]), lease_expires=lease,
+                    node=node, now=now, window=window, force_from=force_from)
+                if verdict is None or isinstance(verdict, OwnedBy):
+                    return verdict
+                if verdict == MINE:
+                    return schema.session_from_document(document)
+                taken = await self._sessions.find_one_and_update(
+                    schema.take_filter(key, owner, now), schema.take_update(node),
+                    return_document=ReturnDocument.AFTER)
+                if taken is not None:
+                    return schema.session_from_document(taken)
+        raise StoreError(f"taking the session {pid_hash[:8]}... lost {TAKE_ATTEMPTS} races")
+
+    async def renew_lease(self, node: str, *, now: float, expiry: float) -> None:
+        with self._errors(f"writing to the store at {self._where()} failed"):
+            await self._nodes.update_one(
+                {"_id": node}, {"$set": {"expires_ts": now + expiry}}, upsert=True)
+
+    async def drop_lease(self, node: str) -> None:
+        with self._errors(f"writing to the store at {self._where()} failed"):
+            await self._nodes.delete_one({"_id": node})
 
     async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
         # one findAndModify: of two concurrent claims only one gets the document
@@ -334,16 +397,39 @@ class MongoStore(Store):
         check_purge_args(retention, batch_size)
         removed_sessions = removed_packets = 0
         with self._errors(f"purging the store at {self._where()} failed"):
-            expired = {"expires_ts": {"$lte": now}}
+            expired = {"owner": None, "expires_ts": {"$lte": now}}
             while ids := [d["_id"] for d in await self._sessions.find(
                     expired, projection={"_id": True}, limit=batch_size).to_list()]:
                 result = await self._sessions.delete_many({"_id": {"$in": ids}, **expired})
                 removed_sessions += result.deleted_count
+            removed_sessions += await self._purge_dead_nodes(now - retention, batch_size)
             while (count := await self._purge_packets(now - retention, batch_size)) > 0:
                 removed_packets += count
         bounds = await self.bounds()
         return PurgeResult(sessions=removed_sessions, packets=removed_packets,
                            purged_through=bounds.purged_through)
+
+    async def _purge_dead_nodes(self, cutoff: float, batch_size: int) -> int:
+        """Delete the sessions of nodes whose lease expired at or before ``cutoff``, then
+        the leases expired by then that own nothing. Returns the sessions deleted."""
+        owners = [o for o in await self._sessions.distinct("owner") if o is not None]
+        leases = {d["_id"]: float(d["expires_ts"]) for d in await self._nodes.find(
+            {"_id": {"$in": owners}}).to_list()}
+        removed = 0
+        if dead := schema.dead_owners(owners, leases, cutoff):
+            # the owner again in the delete: a session taken over meanwhile stays
+            owned = {"owner": {"$in": dead}}
+            while ids := [d["_id"] for d in await self._sessions.find(
+                    owned, projection={"_id": True}, limit=batch_size).to_list()]:
+                result = await self._sessions.delete_many({"_id": {"$in": ids}, **owned})
+                removed += result.deleted_count
+        expired = [d["_id"] for d in await self._nodes.find(
+            {"expires_ts": {"$lte": cutoff}}, projection={"_id": True}).to_list()]
+        if expired:
+            still = set(await self._sessions.distinct("owner", {"owner": {"$in": expired}}))
+            await self._nodes.delete_many({"_id": {"$in": [n for n in expired if n not in still]},
+                                           "expires_ts": {"$lte": cutoff}})
+        return removed
 
     async def _purge_packets(self, cutoff: float, batch_size: int) -> int:
         """Delete one batch from the oldest seq on: no hole opens above purged_through."""

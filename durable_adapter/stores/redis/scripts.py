@@ -61,9 +61,13 @@ class Keys:
         # the stream: packet <seq> has the entry id "<seq>-0"; a control message sent
         # when the top was <seq> has "<seq>-<n>" (n >= 1), so it sits in packet order
         self.packets = f"{base}:packets"
-        self.expiry = f"{base}:expiry"  # zset: session key -> expires_at
+        self.expiry = f"{base}:expiry"  # zset: session key -> expires_at (disconnected ones)
+        self.leases = f"{base}:leases"  # zset: node -> expires_at of its lease
+        self.owners = f"{base}:owners"  # set of the nodes that own (or owned) a session
         self._sessions = f"{base}:s:"
         self._sids = f"{base}:i:"
+        #: + node: a set of the session keys that node owns (for the purge once it is dead)
+        self.owned_prefix = f"{base}:o:"
 
     @property
     def history(self) -> list[str]:
@@ -175,36 +179,103 @@ return redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], top .. '-*',
 """
 )
 
-# KEYS = session, sid index, expiry; ARGV = sid, blob, ttl ms, expires_at, pid_hash,
-# forget index entries of sessions that expired before this time.
-SAVE_SESSION = """
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'sid', ARGV[1], 'v', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('SADD', KEYS[2], ARGV[5])
-if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+# A session is a hash: sid, v (the encoded Session), e (expires_at), i (its sid index
+# key), p (pid hash), and o (the owning node) while a socket is live with it. An owned
+# session has no TTL and is not in the expiry zset: it goes with its owner's lease (the
+# owner's index, ``owned_prefix .. node``, lists it for the purge). A disconnected one
+# has a TTL of its remaining lifetime and is in the expiry zset.
+
+# KEYS = expiry, owners, then (session, sid index) per session; ARGV = node ('' writes
+# unconditionally), owned prefix, forget expiry entries of sessions that expired before
+# this time, then (sid, pid_hash, blob, owner or '', expires_at, ttl ms) per session.
+# With a node, a session owned by another node (taken over) is left alone.
+SAVE_SESSIONS = """
+local node, owned = ARGV[1], ARGV[2]
+local written = 0
+for i = 0, (#KEYS - 2) / 2 - 1 do
+  local key, index = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  local a = 4 + 6 * i
+  local sid, pid, blob, owner, expires, ttl =
+    ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local current = redis.call('HGET', key, 'o')
+  if node == '' or not current or current == node then
+    if current and current ~= owner then redis.call('SREM', owned .. current, key) end
+    redis.call('DEL', key)
+    redis.call('HSET', key, 'sid', sid, 'v', blob, 'e', expires, 'i', index, 'p', pid)
+    redis.call('SADD', index, pid)
+    if owner ~= '' then
+      redis.call('HSET', key, 'o', owner)
+      redis.call('SADD', owned .. owner, key)
+      redis.call('SADD', KEYS[2], owner)
+      redis.call('ZREM', KEYS[1], key)
+      redis.call('PERSIST', index)
+    else
+      redis.call('PEXPIRE', key, ttl)
+      if redis.call('PTTL', index) < tonumber(ttl) then
+        redis.call('PEXPIRE', index, ttl)
+      end
+      redis.call('ZADD', KEYS[1], expires, key)
+    end
+    written = written + 1
+  end
 end
-redis.call('ZADD', KEYS[3], ARGV[4], KEYS[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[6])
-return 1
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+return written
 """
 
-# KEYS = session, expiry, epoch. Of two concurrent claims only one gets the value.
-# Returns {value or nil, current epoch or nil}.
+# KEYS = session, leases, expiry, owners; ARGV = node, now, window, force_from or '',
+# owned prefix. The rules of base.decide_take, in one script: of concurrent takes the
+# first makes its node the owner and the others then see it. Returns {0} (absent or
+# expired), {1, value} (the caller's now), or {2, owner} (owned by a live node).
+TAKE_SESSION = """
+local key = KEYS[1]
+local value = redis.call('HGET', key, 'v')
+if not value then return {0} end
+local node, now, owned = ARGV[1], tonumber(ARGV[2]), ARGV[5]
+local owner = redis.call('HGET', key, 'o')
+if owner == node then return {1, value} end
+if owner then
+  if ARGV[4] ~= owner then
+    local lease = redis.call('ZSCORE', KEYS[2], owner)
+    if lease and tonumber(lease) > now then return {2, owner} end
+    if tonumber(lease or '0') + tonumber(ARGV[3]) <= now then return {0} end
+  end
+  redis.call('SREM', owned .. owner, key)
+else
+  local expires = tonumber(redis.call('HGET', key, 'e') or '')
+  if expires and expires <= now then return {0} end
+end
+redis.call('HSET', key, 'o', node)
+redis.call('PERSIST', key)
+redis.call('ZREM', KEYS[3], key)
+redis.call('SADD', owned .. node, key)
+redis.call('SADD', KEYS[4], node)
+local index = redis.call('HGET', key, 'i')
+if index then redis.call('PERSIST', index) end
+return {1, value}
+"""
+
+# KEYS = session, expiry, epoch; ARGV = owned prefix. Of two concurrent claims only one
+# gets the value. Returns {value or nil, current epoch or nil}.
 CLAIM_SESSION = """
 local value = redis.call('HGET', KEYS[1], 'v')
-if value then redis.call('DEL', KEYS[1]) end
+if value then
+  local owner = redis.call('HGET', KEYS[1], 'o')
+  if owner then redis.call('SREM', ARGV[1] .. owner, KEYS[1]) end
+  redis.call('DEL', KEYS[1])
+end
 redis.call('ZREM', KEYS[2], KEYS[1])
 return {value or false, redis.call('GET', KEYS[3]) or false}
 """
 
-# KEYS = sid index, expiry; ARGV = session key prefix of the namespace, sid.
+# KEYS = sid index, expiry; ARGV = session key prefix of the namespace, sid, owned prefix.
 DELETE_SESSIONS = """
 local removed = 0
 for _, pid_hash in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local key = ARGV[1] .. pid_hash
   if redis.call('HGET', key, 'sid') == ARGV[2] then
+    local owner = redis.call('HGET', key, 'o')
+    if owner then redis.call('SREM', ARGV[3] .. owner, key) end
     redis.call('DEL', key)
     redis.call('ZREM', KEYS[2], key)
     removed = removed + 1
@@ -214,13 +285,52 @@ redis.call('DEL', KEYS[1])
 return removed
 """
 
+# KEYS = leases, owners; ARGV = cutoff, batch size, owned prefix. Deletes up to a batch
+# of the sessions owned by nodes whose lease expired at or before the cutoff (no lease:
+# expired at 0), then the leases expired before it that own nothing. Returns {sessions
+# deleted, entries handled}: the caller repeats until nothing is left to handle.
+PURGE_OWNED = """
+local cutoff, batch, owned = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local removed, work = 0, 0
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local index = owned .. node
+  if tonumber(redis.call('ZSCORE', KEYS[1], node) or '0') <= cutoff then
+    for _, key in ipairs(redis.call('SRANDMEMBER', index, batch - work)) do
+      if redis.call('HGET', key, 'o') == node then
+        local sids, pid = redis.call('HGET', key, 'i'), redis.call('HGET', key, 'p')
+        redis.call('DEL', key)
+        if sids and pid then redis.call('SREM', sids, pid) end
+        removed = removed + 1
+      end
+      redis.call('SREM', index, key)
+      work = work + 1
+    end
+  end
+  if redis.call('EXISTS', index) == 0 then redis.call('SREM', KEYS[2], node) end
+  if work >= batch then return {removed, work} end
+end
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0,
+                                 batch)) do
+  if redis.call('EXISTS', owned .. node) == 0 then
+    redis.call('ZREM', KEYS[1], node)
+    work = work + 1
+  end
+end
+return {removed, work}
+"""
+
 # KEYS = expiry; ARGV = now, batch size. Deletes (and counts) sessions whose expires_at
-# has passed, whether or not Redis' own TTL removed their key already.
+# has passed, whether or not Redis' own TTL removed their key already. Returns {sessions
+# deleted, expiry entries handled}.
 PURGE_SESSIONS = """
 local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local removed = 0
 for _, key in ipairs(keys) do
-  redis.call('DEL', key)
+  if not redis.call('HGET', key, 'o') then  -- a taken one stays, its owner's now
+    redis.call('DEL', key)
+    removed = removed + 1
+  end
   redis.call('ZREM', KEYS[1], key)
 end
-return #keys
+return {removed, #keys}
 """

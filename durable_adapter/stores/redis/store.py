@@ -29,17 +29,22 @@ enters a remote socket into a room and then emits to the room has the two applie
 order everywhere; a second stream would need a merge by hand to promise that. The price:
 they count against ``MAXLEN``. Nodes skip control messages older than their ``follow``.
 
-Sessions are hashes with a TTL of their remaining lifetime, claimed by a script (read +
-delete), indexed per ``(namespace, sid)`` for :meth:`RedisStore.delete_sessions`.
+Sessions are hashes, indexed per ``(namespace, sid)`` for
+:meth:`RedisStore.delete_sessions`. A disconnected one has a TTL of its remaining
+lifetime and is claimed or taken by a script. A live one (``owner`` set) has no TTL and
+is listed in its owner's index; it goes with the owner's lease (a zset of leases), which
+the take-over script and the purge read (:mod:`.scripts`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -57,6 +62,7 @@ from ..base import (
     ControlMessage,
     HistoryBounds,
     NewPacket,
+    OwnedBy,
     PacketListener,
     PurgeResult,
     Session,
@@ -81,6 +87,7 @@ BATCH_MAX = 500  # packets per append script call
 READ_PAGE = 1_000  # most entries one XRANGE returns
 SOCKET_SLACK = 5.0  # seconds the follower's socket waits beyond BLOCK_MS before failing
 SESSION_INDEX_GRACE = 3_600.0  # seconds an expired session stays in the purge index
+TTL_MAX = 10 * 365 * 86_400.0  # seconds: a PEXPIRE argument stays far from overflowing
 
 _NO_RETRY = Retry(NoBackoff(), 0)  # an append retried after a lost reply would duplicate
 
@@ -174,8 +181,8 @@ class RedisStore(Store):
         client = self._given_client or Redis.from_url(self._url or "", retry=_NO_RETRY)
         self._redis = client
         self._scripts = {name: client.register_script(getattr(scripts, name)) for name in (
-            "APPEND", "BOUNDS", "CONTROL", "SAVE_SESSION", "CLAIM_SESSION", "DELETE_SESSIONS",
-            "PURGE_SESSIONS")}
+            "APPEND", "BOUNDS", "CONTROL", "SAVE_SESSIONS", "TAKE_SESSION", "CLAIM_SESSION",
+            "DELETE_SESSIONS", "PURGE_SESSIONS", "PURGE_OWNED")}
         try:
             with self._errors(f"cannot reach the store at {self._where()}"):
                 await client.ping()
@@ -287,41 +294,80 @@ class RedisStore(Store):
     # -- sessions ---------------------------------------------------------------
 
     async def save_session(self, session: Session) -> None:
-        check_session_data(session.data)
+        await self.save_sessions([session])
+
+    async def save_sessions(self, sessions: Sequence[Session], *, node: str | None = None
+                            ) -> None:
+        """Every session in one script call (atomic)."""
+        for session in sessions:
+            check_session_data(session.data)
+        if not sessions:
+            return
         now = time.time()
-        ttl_ms = max(1, int((session.expires_at - now) * 1000))
-        membership = None if session.membership is None else session.membership.to_value()
-        blob = encode_value({**session.__dict__, "rooms": list(session.rooms),
-                             "membership": membership})
-        keys = [self.keys.session(session.namespace, session.pid_hash),
-                self.keys.sid_index(session.namespace, session.sid), self.keys.expiry]
-        args = [session.sid, blob, ttl_ms, repr(session.expires_at), session.pid_hash,
-                repr(now - SESSION_INDEX_GRACE)]
-        await self._run("SAVE_SESSION", keys, args, "saving a session")
+        keys = [self.keys.expiry, self.keys.owners]
+        args: list[Any] = [node or "", self.keys.owned_prefix, repr(now - SESSION_INDEX_GRACE)]
+        for session in sessions:
+            membership = None if session.membership is None else session.membership.to_value()
+            # the owner is the hash's "o" field, not in the blob: a node of the version
+            # before it decodes the blob still
+            fields = {k: v for k, v in session.__dict__.items() if k != "owner"}
+            blob = encode_value({**fields, "rooms": list(session.rooms),
+                                 "membership": membership})
+            keys += [self.keys.session(session.namespace, session.pid_hash),
+                     self.keys.sid_index(session.namespace, session.sid)]
+            args += [session.sid, session.pid_hash, blob, session.owner or "",
+                     repr(session.expires_at),
+                     max(1, int(min(session.expires_at - now, TTL_MAX) * 1000))]
+        await self._run("SAVE_SESSIONS", keys, args, "saving sessions")
+
+    def _decode_session(self, value: bytes, pid_hash: str) -> Session:
+        try:
+            fields = decode_value(value)
+            membership = fields.pop("membership", None)  # absent: saved by an older version
+            if membership is not None:
+                fields["membership"] = MembershipLog.from_value(membership)
+            return Session(**{**fields, "rooms": tuple(fields["rooms"])})
+        except Exception as exc:
+            raise StoreError(f"the session of {pid_hash[:8]}... cannot be decoded") from exc
 
     async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
         keys = [self.keys.session(namespace, pid_hash), self.keys.expiry, self.keys.epoch]
-        value, epoch = await self._run("CLAIM_SESSION", keys, [], "claiming a session")
+        value, epoch = await self._run("CLAIM_SESSION", keys, [self.keys.owned_prefix],
+                                       "claiming a session")
         if epoch is None:  # the history is gone: start the next one now
             await self._bounds()
         else:
             self._adopt(epoch)
         if value is None:
             return None
-        try:
-            fields = decode_value(value)
-            membership = fields.pop("membership", None)  # absent: saved by an older version
-            if membership is not None:
-                fields["membership"] = MembershipLog.from_value(membership)
-            session = Session(**{**fields, "rooms": tuple(fields["rooms"])})
-        except Exception as exc:  # claimed (so deleted) but unreadable: a refusal
-            raise StoreError(f"the session of {pid_hash[:8]}... cannot be decoded") from exc
+        session = self._decode_session(value, pid_hash)  # claimed (deleted): a refusal
         return session if session.expires_at > now else None
+
+    async def take_session(self, namespace: str, pid_hash: str, *, node: str, now: float,
+                           window: float, force_from: str | None = None
+                           ) -> Session | OwnedBy | None:
+        keys = [self.keys.session(namespace, pid_hash), self.keys.leases, self.keys.expiry,
+                self.keys.owners]
+        args = [node, repr(now), repr(window), force_from or "", self.keys.owned_prefix]
+        answer = await self._run("TAKE_SESSION", keys, args, "taking a session")
+        if answer[0] == 0:
+            return None
+        if answer[0] == 2:
+            return OwnedBy(answer[1].decode())
+        return dataclasses.replace(self._decode_session(answer[1], pid_hash), owner=node)
+
+    async def renew_lease(self, node: str, *, now: float, expiry: float) -> None:
+        with self._errors(f"renewing the lease at {self._where()} failed"):
+            await self.redis.zadd(self.keys.leases, {node: now + expiry})
+
+    async def drop_lease(self, node: str) -> None:
+        with self._errors(f"dropping the lease at {self._where()} failed"):
+            await self.redis.zrem(self.keys.leases, node)
 
     async def delete_sessions(self, namespace: str, sid: str) -> None:
         keys = [self.keys.sid_index(namespace, sid), self.keys.expiry]
-        await self._run("DELETE_SESSIONS", keys, [self.keys.session_prefix(namespace), sid],
-                        "deleting sessions")
+        await self._run("DELETE_SESSIONS", keys, [self.keys.session_prefix(namespace), sid,
+                                                  self.keys.owned_prefix], "deleting sessions")
 
     # -- retention --------------------------------------------------------------
 
@@ -333,9 +379,19 @@ class RedisStore(Store):
         """
         check_purge_args(retention, batch_size)
         sessions = 0
-        while count := await self._run("PURGE_SESSIONS", [self.keys.expiry],
-                                       [repr(now), batch_size], "purging sessions"):
-            sessions += count
+        while True:
+            removed, handled = await self._run("PURGE_SESSIONS", [self.keys.expiry],
+                                               [repr(now), batch_size], "purging sessions")
+            sessions += removed
+            if not handled:
+                break
+        while True:  # the sessions of dead nodes, then their leases
+            removed, handled = await self._run(
+                "PURGE_OWNED", [self.keys.leases, self.keys.owners],
+                [repr(now - retention), batch_size, self.keys.owned_prefix], "purging sessions")
+            sessions += removed
+            if not handled:
+                break
         packets, cutoff = 0, now - retention
         while True:
             with self._errors(f"purging packets at {self._where()} failed"):

@@ -5,19 +5,21 @@ Batches keep every delete transaction short: appends wait on the same locks.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import and_, delete, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .schema import SINGLETON_ID, counter, packets, sessions
 
 
 async def purge_sessions(connection: AsyncConnection, now: float, batch_size: int) -> int:
-    """Delete up to ``batch_size`` sessions expired at ``now``."""
+    """Delete up to ``batch_size`` disconnected sessions expired at ``now`` (an owned
+    session goes with its owner's lease: :mod:`.leases`)."""
     key = tuple_(sessions.c.namespace, sessions.c.pid_hash)
-    expired = select(sessions.c.namespace, sessions.c.pid_hash).where(
-        sessions.c.expires_at <= now
-    )
-    result = await connection.execute(delete(sessions).where(key.in_(expired.limit(batch_size))))
+    expired = and_(sessions.c.owner.is_(None), sessions.c.expires_at <= now)
+    batch = select(sessions.c.namespace, sessions.c.pid_hash).where(expired)
+    # the condition again on the row itself: on PostgreSQL a row taken meanwhile stays
+    result = await connection.execute(
+        delete(sessions).where(key.in_(batch.limit(batch_size)), expired))
     return result.rowcount
 
 

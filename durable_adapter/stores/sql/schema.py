@@ -88,8 +88,21 @@ sessions = Table(
     Column("membership", Text, nullable=True),
     # where a recovery without an offset starts; NULL in rows written before 0003
     Column("resume_seq", BigInteger, nullable=True),
+    # the node whose socket is live with it (expires_at is then LIVE_EXPIRY); NULL once
+    # disconnected, and in rows written before revision 0005
+    Column("owner", Text, nullable=True),
     Index(f"ix_{PREFIX}sessions_expires_at", "expires_at"),
     Index(f"ix_{PREFIX}sessions_namespace_sid", "namespace", "sid"),
+    Index(f"ix_{PREFIX}sessions_owner", "owner"),
+)
+
+# One lease per node: alive until expires_at (unix seconds), renewed every few seconds.
+# A session owned by a node whose lease expired can be taken over by another node.
+nodes = Table(
+    f"{PREFIX}nodes",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("expires_at", Double, nullable=False),
 )
 
 # Cross-node instructions (ControlMessage), live only: each node reads ``id > cursor``
@@ -145,6 +158,7 @@ def session_values(session: Session) -> dict[str, Any]:
         "membership": None if session.membership is None
         else json.dumps(session.membership.to_value()),
         "resume_seq": session.resume_seq,
+        "owner": session.owner,
     }
 
 
@@ -175,4 +189,5 @@ def session_from_row(row: Row[Any]) -> Session:
         membership=None if row.membership is None
         else MembershipLog.from_value(json.loads(row.membership)),
         resume_seq=row.resume_seq,
+        owner=row.owner,
     )

@@ -34,6 +34,7 @@ from ...exceptions import ConfigurationError, StoreError
 from ..base import (
     HistoryBounds,
     NewPacket,
+    OwnedBy,
     PacketListener,
     PurgeResult,
     Session,
@@ -46,7 +47,7 @@ from ..batch_writer import BatchWriter
 from ..delivery import decode_each, decode_or_refuse
 from ..errors import driver_errors
 from . import control as controls
-from . import dialect
+from . import dialect, leases
 from .follow import SQLFollower
 from .retention import purge_packets, purge_sessions
 from .schema import (
@@ -58,7 +59,6 @@ from .schema import (
     packet_values,
     packets,
     session_from_row,
-    session_values,
     sessions,
 )
 
@@ -342,19 +342,33 @@ class SQLStore(controls.SQLControl, Store):
         await self.save_sessions([session])
 
     @_shielded
-    async def save_sessions(self, sessions_: Sequence[Session]) -> None:
-        """Every session in one transaction."""
+    async def save_sessions(self, sessions_: Sequence[Session], *, node: str | None = None
+                            ) -> None:
+        """Every session in one transaction (one executemany)."""
         for session in sessions_:
             check_session_data(session.data)
+        if not sessions_:
+            return
         async with self._write() as connection:
-            for session in sessions_:
-                values = session_values(session)
-                statement = dialect.insert_for(self.engine, sessions).values(**values)
-                statement = statement.on_conflict_do_update(
-                    index_elements=[sessions.c.namespace, sessions.c.pid_hash],
-                    set_={k: v for k, v in values.items() if k not in ("namespace", "pid_hash")},
-                )
-                await connection.execute(statement)
+            await leases.upsert_sessions(connection, sessions_, node)
+
+    @_shielded
+    async def take_session(self, namespace: str, pid_hash: str, *, node: str, now: float,
+                           window: float, force_from: str | None = None
+                           ) -> Session | OwnedBy | None:
+        async with self._write() as connection:
+            return await leases.take_session(connection, namespace, pid_hash, node=node,
+                                             now=now, window=window, force_from=force_from)
+
+    @_shielded
+    async def renew_lease(self, node: str, *, now: float, expiry: float) -> None:
+        async with self._write() as connection:
+            await leases.renew_lease(connection, node, now + expiry)
+
+    @_shielded
+    async def drop_lease(self, node: str) -> None:
+        async with self._write() as connection:
+            await leases.drop_lease(connection, node)
 
     @_shielded
     async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
@@ -386,6 +400,9 @@ class SQLStore(controls.SQLControl, Store):
         removed_sessions = 0
         while (count := await self._purge_sessions(now, batch_size)) > 0:
             removed_sessions += count
+        while (count := await self._purge_dead_owned(now - retention, batch_size)) > 0:
+            removed_sessions += count
+        await self._purge_leases(now - retention)
         removed_packets = 0
         while (count := await self._purge_packets(now - retention, batch_size)) > 0:
             removed_packets += count
@@ -402,6 +419,16 @@ class SQLStore(controls.SQLControl, Store):
     async def _purge_sessions(self, now: float, batch_size: int) -> int:
         async with self._write() as connection:
             return await purge_sessions(connection, now, batch_size)
+
+    @_shielded
+    async def _purge_dead_owned(self, cutoff: float, batch_size: int) -> int:
+        async with self._write() as connection:
+            return await leases.purge_dead_owned(connection, cutoff, batch_size)
+
+    @_shielded
+    async def _purge_leases(self, cutoff: float) -> int:
+        async with self._write() as connection:
+            return await leases.purge_leases(connection, cutoff)
 
     @_shielded
     async def _purge_packets(self, cutoff: float, batch_size: int) -> int:

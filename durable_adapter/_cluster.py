@@ -9,12 +9,13 @@ every node follows the packet history itself.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextvars
 import functools
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._codec import decode_value, encode_value
@@ -43,11 +44,34 @@ class ClusterOps:
     store: Store
     host_id: str
     _remote_callbacks: dict[str, Callable[..., Any]]
+    _handovers: dict[str, asyncio.Future[None]]
+    #: closes the live socket of (namespace, pid hash) here, its session saved as a drop
+    #: (set by the server)
+    let_go: Callable[[str, str], Awaitable[None]]
 
     def _init_cluster(self) -> None:
         self.host_id = uuid.uuid4().hex
         self._remote_callbacks = {}
+        self._handovers = {}
         self.store.on_control(self._on_control)
+
+    async def request_handover(self, owner: str, namespace: str, pid_hash: str,
+                               wait: float) -> bool:
+        """Ask ``owner`` to close its socket holding this session and save it as dropped;
+        True once it answered, False if it did not within ``wait`` seconds."""
+        request_id = uuid.uuid4().hex
+        answered = self._handovers[request_id] = asyncio.get_running_loop().create_future()
+        try:
+            await self._publish("handover", target=owner, namespace=namespace,
+                                pid_hash=pid_hash, request_id=request_id)
+            await asyncio.wait_for(asyncio.shield(answered), wait)
+            return True
+        except TimeoutError:
+            logger.warning("node %s did not hand over a session within %.1f s: taken as "
+                           "dead", owner, wait, extra={"action": "handover_timeout"})
+            return False
+        finally:
+            self._handovers.pop(request_id, None)
 
     async def _publish(self, method: str, target: str | None = None, **body: Any) -> None:
         await self.store.publish_control(
@@ -147,6 +171,16 @@ class ClusterOps:
         manager: Any = self
         await manager.send_live_local(event, unpack(args), namespace, tuple(rooms),
                                       tuple(except_rooms), callback)
+
+    async def _remote_handover(self, origin: str, *, namespace: str, pid_hash: str,
+                               request_id: str) -> None:
+        await self.let_go(namespace, pid_hash)
+        await self._publish("handover_done", target=origin, request_id=request_id)
+
+    async def _remote_handover_done(self, origin: str, *, request_id: str) -> None:
+        answered = self._handovers.get(request_id)
+        if answered is not None and not answered.done():
+            answered.set_result(None)
 
     async def _return_callback_to(self, origin: str, callback_id: str, *args: Any) -> None:
         await self._publish("callback", target=origin, callback_id=callback_id,

@@ -13,10 +13,12 @@ from engineio import packet as eio_packet
 from ._membership import MembershipLog
 from ._offsets import parse_offset
 from .exceptions import ConfigurationError
-from .stores.base import HistoryBounds, Session, StoredPacket
+from .stores.base import LIVE_EXPIRY, HistoryBounds, Session, StoredPacket
 
 DEFAULT_MAX_DISCONNECTION_DURATION = 120.0  # seconds, as the JS server
 DEFAULT_MAX_REPLAY_PACKETS = 100_000  # packets scanned for one restore; over it: refused
+DEFAULT_LEASE_EXPIRY = 10.0  # seconds a node that stopped renewing its lease counts as alive
+DEFAULT_HANDOVER_TIMEOUT = 3.0  # seconds a reconnect waits for the live owner to let go
 REPLAY_PAGE = 1000  # packets read per query during a restore
 
 
@@ -42,19 +44,29 @@ class RecoveryOptions:
         too and may reject it, and ``is_recovered`` tells it apart.
     :param max_replay_packets: a restore that would scan more packets is refused.
     :param namespaces: namespaces that recover; None means all but ``/admin``.
+    :param lease_expiry: seconds after its last lease renewal (every third of it) that a
+        node counts as dead, and its sockets' sessions are taken over by the node their
+        client reconnects to. A node that cannot renew for that long closes its sockets.
+    :param handover_timeout: seconds a reconnect waits for the live node holding its
+        session to close the old socket; one that does not answer counts as dead.
+    :param write_through: False writes sessions only at a drop (a killed node's sockets
+        then cannot recover); for comparison.
     """
 
     max_disconnection_duration: float = DEFAULT_MAX_DISCONNECTION_DURATION
     skip_middlewares: bool = False
     max_replay_packets: int = DEFAULT_MAX_REPLAY_PACKETS
     namespaces: frozenset[str] | None = None
+    lease_expiry: float = DEFAULT_LEASE_EXPIRY
+    handover_timeout: float = DEFAULT_HANDOVER_TIMEOUT
+    write_through: bool = True
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> RecoveryOptions:
         if not isinstance(options, Mapping):
             raise ConfigurationError("connection_state_recovery must be a dict or None")
         known = {"max_disconnection_duration", "skip_middlewares", "max_replay_packets",
-                 "namespaces"}
+                 "namespaces", "lease_expiry", "handover_timeout", "write_through"}
         unknown = set(options) - known
         if unknown:
             raise ConfigurationError(
@@ -74,8 +86,20 @@ class RecoveryOptions:
             if isinstance(namespaces, str) or not all(isinstance(n, str) for n in namespaces):
                 raise ConfigurationError("namespaces must be a list of namespace names")
             namespaces = frozenset(namespaces)
+        seconds = {name: options.get(name, default) for name, default in (
+            ("lease_expiry", DEFAULT_LEASE_EXPIRY),
+            ("handover_timeout", DEFAULT_HANDOVER_TIMEOUT))}
+        for name, value in seconds.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds")
+        write_through = options.get("write_through", True)
+        if not isinstance(write_through, bool):
+            raise ConfigurationError("write_through must be True or False")
         return cls(max_disconnection_duration=float(duration), skip_middlewares=skip,
-                   max_replay_packets=cap, namespaces=namespaces)
+                   max_replay_packets=cap, namespaces=namespaces,
+                   lease_expiry=float(seconds["lease_expiry"]),
+                   handover_timeout=float(seconds["handover_timeout"]),
+                   write_through=write_through)
 
 
 @dataclass(eq=False)
@@ -132,6 +156,9 @@ class Attempt:
     restore: Restore | None = None
     failure: RecoveryFailure | None = None
     sid: str | None = None
+    #: (namespace, pid hash) this attempt is restoring: no other attempt of this node
+    #: may restore it meanwhile
+    restoring: tuple[str, str] | None = None
 
 
 #: the recovery attempt of the CONNECT being handled in this task
@@ -156,13 +183,17 @@ def check_offset(offset: object, epoch: str) -> RecoveryFailure | None:
     return RecoveryFailure.HISTORY_RESET if parsed[0] != epoch else None
 
 
-def replay_start(session: Session, offset: object, epoch: str
+def replay_start(session: Session, offset: object, epoch: str, top: int | None = None
                  ) -> tuple[int | None, RecoveryFailure | None]:
     """The seq after which the client is owed packets, or why it cannot be trusted.
 
     A client that holds the last packet sent to it is owed only what came after its
     socket went away; one that holds an older offset is owed everything after it; one
     with no offset at all never received a stored packet of this session.
+
+    A session taken over from a live row (its node died or let go without saving it)
+    says what was sent only as of its last write: the client's offset is trusted up to
+    ``top``, the last seq committed, which no client can be ahead of.
     """
     if session.epoch != epoch:
         return None, RecoveryFailure.HISTORY_RESET
@@ -176,6 +207,10 @@ def replay_start(session: Session, offset: object, epoch: str
     offset_epoch, seq = parsed
     if offset_epoch != epoch:
         return None, RecoveryFailure.HISTORY_RESET
+    if session.expires_at >= LIVE_EXPIRY:
+        if top is not None and seq > top:
+            return None, RecoveryFailure.OFFSET_AHEAD
+        return max(seq, session.start_seq), None
     sent = session.last_sent_seq
     if sent is not None and seq == sent:
         return session.position, None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import socketio
@@ -21,10 +21,11 @@ from engineio import packet as eio_packet
 
 from . import _socketio, metrics
 from ._cluster import ClusterOps, in_control_handler
+from ._lease import Lease
 from ._membership import MembershipLog, membership_of
 from ._offsets import format_offset
 from ._packets import encode_event, encode_with_offset, set_offset
-from ._recovery import Hold, current_attempt
+from ._recovery import DEFAULT_LEASE_EXPIRY, Hold, current_attempt
 from .exceptions import StoreError
 from .stores.base import NewPacket, Store, StoredPacket
 
@@ -51,7 +52,8 @@ def _as_rooms(rooms: Any) -> tuple[str, ...]:
 class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
     """Client manager of :class:`durable_adapter.AsyncServer`; not used on its own."""
 
-    def __init__(self, store: Store, *, recovery_namespaces: frozenset[str] | None) -> None:
+    def __init__(self, store: Store, *, recovery_namespaces: frozenset[str] | None,
+                 lease_expiry: float = DEFAULT_LEASE_EXPIRY) -> None:
         super().__init__()
         self.store = store
         #: None means every namespace recovers (except ``/admin``)
@@ -74,7 +76,11 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         self.delivering: asyncio.Task[Any] | None = None
         #: False once :meth:`stop_sending` ran (shutdown): no stored packet goes out
         self.sending = True
+        #: told when a socket's rooms change (its session is written through)
+        self.on_session_change: Callable[[str, str], None] = lambda namespace, sid: None
         self._init_cluster()
+        #: this node's liveness, as other nodes see it in the store
+        self.lease = Lease(store, self.host_id, lease_expiry)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -89,12 +95,15 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
                 return
             await self.store.open()
             try:
+                # held before any session names this node as its owner
+                await self.lease.start()
                 self.delivered = (await self.store.bounds()).top
                 self.store.on_history_reset(self._history_reset)
                 # the follower need not read what this node delivered from memory
                 self.store.skip_delivered(lambda: self.delivered)
                 await self.store.follow(self._deliver, after=self.delivered)
             except BaseException:
+                await self.lease.stop(drop=False)
                 await self.store.close()
                 raise
             self._started = True
@@ -119,11 +128,16 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         if self._started:
             self._started = False
             await metrics.unwatch(self)
+            await self.lease.stop(drop=True)
             await self.store.close()
         for waiter in self._waiters.values():
             waiter.cancel()
         self._waiters.clear()
         self._own.clear()
+
+    @property
+    def started(self) -> bool:
+        return self._started
 
     def recovers(self, namespace: str) -> bool:
         if self.recovery_namespaces is None:
@@ -462,12 +476,14 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         if room is not None and room != sid and self.recovers(namespace):
             log = self.memberships.setdefault((namespace, sid), MembershipLog())
             log.join(room, self.delivered)
+            self.on_session_change(namespace, sid)
 
     def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
         super().basic_leave_room(sid, namespace, room)
         log = self.memberships.get((namespace, sid))
         if log is not None and room is not None:
             log.leave(room, self.delivered)
+            self.on_session_change(namespace, sid)
 
     def membership(self, sid: str, namespace: str) -> MembershipLog:
         """A copy of ``sid``'s room stays, to save with its session."""

@@ -33,10 +33,11 @@ from ._recovery import (
     split_auth,
 )
 from ._redact import redact_pids
+from ._write_through import SessionWriter
 from .exceptions import ConfigurationError, DurableAdapterError
 from .manager import DurableManager
 from .stores import Store, store_from_url
-from .stores.base import Session, StoredPacket
+from .stores.base import LIVE_EXPIRY, OwnedBy, Session, StoredPacket
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,8 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             self.store = store if isinstance(store, Store) else store_from_url(
                 store or DEFAULT_STORE_URL)
             kwargs["client_manager"] = DurableManager(
-                self.store, recovery_namespaces=self.recovery.namespaces)
+                self.store, recovery_namespaces=self.recovery.namespaces,
+                lease_expiry=self.recovery.lease_expiry)
         super().__init__(*args, **kwargs)
         self._pids: dict[tuple[str, str], str] = {}
         #: (namespace, pid hash) -> sid of the live socket holding that pid
@@ -103,7 +105,16 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         #: the one shutdown run: a second ``shutdown()`` (the app's hook, then the
         #: user's) waits for it instead of starting another
         self._shutdown_run: asyncio.Future[None] | None = None
+        #: (namespace, pid hash) of restores under way here: one at a time per session
+        self._restoring: set[tuple[str, str]] = set()
+        self.sessions: SessionWriter | None = None
         if self.recovery is not None:
+            manager = self.durable_manager
+            self.sessions = SessionWriter(self.store, manager.host_id, self._current_session,
+                                          live=self.recovery.write_through)
+            manager.on_session_change = self._session_changed
+            manager.let_go = self._let_go
+            manager.lease.on_lost = self._lease_lost
             self._wrap_generate_id()
             redact_pids(self.logger)  # CONNECT packets carry pids: never log them whole
             redact_pids(self.eio.logger)
@@ -137,6 +148,12 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         await self.manager.emit(event, data, namespace or "/", room=to or room,
                                 skip_sid=skip_sid, callback=callback, volatile=True)
 
+    async def save_session(self, sid: str, session: Any, namespace: str | None = None
+                           ) -> None:
+        """python-socketio's ``save_session``; the session is written through to the store."""
+        await super().save_session(sid, session, namespace=namespace)
+        self._session_changed(namespace or "/", sid)
+
     async def disconnect(self, sid: str, namespace: str | None = None,
                          ignore_queue: bool = False) -> None:
         """Disconnect ``sid`` for good: its stored session, if any, is deleted too."""
@@ -144,7 +161,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         await super().disconnect(sid, namespace=namespace, ignore_queue=ignore_queue)
         if self._recovers(namespace):
             await self.durable_manager.start()
-            await self.store.delete_sessions(namespace, sid)
+            await self._delete_sessions(namespace, sid)
             self._forget(sid, namespace)
 
     def attach(self, app: Any, socketio_path: str = "socket.io") -> None:
@@ -177,6 +194,8 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         if self.recovery is not None:
             manager = self.durable_manager
             await manager.stop_sending()
+            sessions = self._session_writer()
+            await sessions.flush()  # live writes made so far land before the drops
             saved: list[Session] = []
             for namespace in list(manager.get_namespaces()):
                 if not self._recovers(namespace):
@@ -194,9 +213,10 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                     self._pids.pop((namespace, sid), None)
                     if session is not None:
                         saved.append(session)
-            if saved:
+            await sessions.close()
+            if saved and manager.started:
                 try:
-                    await self.store.save_sessions(saved)
+                    await self.store.save_sessions(saved, node=manager.host_id)
                 except Exception:
                     logger.exception("could not save %d sessions at shutdown; they will not "
                                      "recover", len(saved))
@@ -204,6 +224,59 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         await super().shutdown()
         if self.recovery is not None:
             await self.durable_manager.stop()
+
+    # -- write-through ---------------------------------------------------------
+
+    def _session_writer(self) -> SessionWriter:
+        assert self.sessions is not None, "recovery is off"
+        return self.sessions
+
+    def _session_changed(self, namespace: str, sid: str) -> None:
+        if self.sessions is not None and (namespace, sid) in self._pids \
+                and self._recovers(namespace):
+            self.sessions.mark(namespace, sid)
+
+    async def _current_session(self, namespace: str, sid: str) -> Session | None:
+        """The session of a live socket as the store keeps it while it lives."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        if eio_sid is None or not self.manager.is_connected(sid, namespace) \
+                or (namespace, eio_sid) in self._detached:
+            return None
+        return await self._session_of(eio_sid, sid, namespace, live=True)
+
+    async def _delete_written(self, namespace: str, sid: str) -> None:
+        if self.sessions is None or not self.sessions.live:
+            return  # nothing was written before the drop
+        try:
+            await self.sessions.deleted(namespace, sid)
+        except Exception:
+            logger.exception("could not delete the session of %s [%s]", sid, namespace)
+
+    async def _delete_sessions(self, namespace: str, sid: str) -> None:
+        if self.sessions is not None:
+            await self.sessions.deleted(namespace, sid)
+        else:
+            await self.store.delete_sessions(namespace, sid)
+
+    async def _let_go(self, namespace: str, pid_hash: str) -> None:
+        """Another node's reconnect asks for this session: close its socket here as a
+        drop (its session saved, owner none), so the other node can take it."""
+        holder = self._live_holder(namespace, pid_hash)
+        if holder is not None:
+            await self._evict(holder[1])
+        await self._session_writer().flush()
+
+    async def _lease_lost(self) -> None:
+        """This node may be taken for dead: its sockets' sessions may live on elsewhere."""
+        for namespace in list(self.manager.get_namespaces()):
+            if not self._recovers(namespace):
+                continue
+            for _sid, eio_sid in list(self.manager.get_participants(namespace, None)):
+                socket = self.eio.sockets.get(eio_sid)
+                if socket is not None:
+                    with contextlib.suppress(Exception):
+                        await socket.close(wait=False, abort=True,
+                                           reason=self.reason.TRANSPORT_CLOSE)
 
     # -- connect ---------------------------------------------------------------
 
@@ -281,8 +354,22 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         holder = self._live_holder(namespace, pid_hash)
         if holder is not None:
             return await self._take_over(eio_sid, namespace, pid, offset, *holder)
+        if (namespace, pid_hash) in self._restoring:
+            # another connection of this node is restoring it right now: one wins
+            return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
+        self._restoring.add((namespace, pid_hash))
+        attempt = await self._restore_stored(eio_sid, namespace, pid, pid_hash, offset)
+        if attempt.restore is None:
+            self._restoring.discard((namespace, pid_hash))
+        else:
+            attempt.restoring = (namespace, pid_hash)
+        return attempt
+
+    async def _restore_stored(self, eio_sid: str, namespace: str, pid: str, pid_hash: str,
+                              offset: object) -> Attempt:
+        """Take the stored session of ``pid`` and read its replay, or say why not."""
         try:
-            session = await self._claim(namespace, pid_hash)
+            session = await self._take(namespace, pid_hash)
         except Exception:
             logger.exception("claiming a session failed")
             return self._refuse(RecoveryFailure.STORE_UNAVAILABLE)
@@ -293,10 +380,13 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             # its sid is still live here: never two sockets with one sid
             await self._put_back(session)
             return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
-        start, failure = replay_start(session, offset, self.store.epoch)
+        start, failure = replay_start(session, offset, self.store.epoch,
+                                      top=await self._top_for(session))
         if start is None:
+            await self._put_back(session)
             return self._refuse(failure or RecoveryFailure.MALFORMED)
         if start < membership_of(session).since:  # which rooms it was in is forgotten
+            await self._put_back(session)
             return self._refuse(RecoveryFailure.NOT_RETAINED)
         manager = self.durable_manager
         restore = Restore(pid=pid, session=session,
@@ -310,15 +400,38 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             return self._refuse(failure)
         return Attempt(restore=restore)
 
-    async def _claim(self, namespace: str, pid_hash: str) -> Session | None:
-        # read before claiming: the old socket may be saving this very session (a fast
-        # reconnect) and be forgotten by the time the claim comes back empty
+    async def _take(self, namespace: str, pid_hash: str) -> Session | None:
+        """Take the session of ``pid_hash`` over for this node, if it is recoverable.
+
+        Owned by a live node: that node is asked to close the old socket first (a
+        half-open connection there, a client that moved) and the session is taken once
+        it let go, or when it does not answer in time (taken for dead). Owned by a node
+        whose lease expired (killed): taken at once, as last written.
+        """
+        manager = self.durable_manager
         old_sid = self._live_pids.get((namespace, pid_hash))
-        session = await self.store.claim_session(namespace, pid_hash, time.time())
-        if session is None and old_sid is not None and self._leaving(old_sid, namespace) \
-                and await self._sid_released(old_sid, namespace):
-            session = await self.store.claim_session(namespace, pid_hash, time.time())
-        return session
+        if old_sid is not None and self._leaving(old_sid, namespace):
+            # a fast reconnect: the old socket here is closing and saving this session
+            await self._sid_released(old_sid, namespace)
+        assert self.recovery is not None
+        window = self.recovery.max_disconnection_duration
+        taken = await self.store.take_session(namespace, pid_hash, node=manager.host_id,
+                                              now=time.time(), window=window)
+        if isinstance(taken, OwnedBy):
+            await manager.request_handover(taken.node, namespace, pid_hash,
+                                           self.recovery.handover_timeout)
+            # let go (saved as dropped), or silent past the timeout (taken as dead)
+            taken = await self.store.take_session(
+                namespace, pid_hash, node=manager.host_id, now=time.time(), window=window,
+                force_from=taken.node)
+        return None if isinstance(taken, OwnedBy) else taken
+
+    async def _top_for(self, session: Session) -> int | None:
+        """The last committed seq, which a client's offset cannot be ahead of: needed
+        only for a session taken from a live row (its node died before saving it)."""
+        if session.expires_at < LIVE_EXPIRY:
+            return None
+        return (await self.store.bounds()).top
 
     def _leaving(self, sid: str, namespace: str) -> bool:
         """True when ``sid`` is gone or its connection is closing (saving its session)."""
@@ -476,6 +589,8 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         restore = attempt.restore
         if restore is not None and not restore.completed:
             await self._abandon_restore(eio_sid, namespace, restore)
+        if attempt.restoring is not None:
+            self._restoring.discard(attempt.restoring)
         if sid is not None and not manager.is_connected(sid, namespace):
             self._forget(sid, namespace)
 
@@ -521,8 +636,9 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         await manager.release_hold(namespace, hold)
 
     async def _put_back(self, session: Session) -> None:
+        """A session taken for a restore that did not happen is left for a later try."""
         try:
-            await self.store.save_session(session)
+            await self.store.release_session(session, node=self.durable_manager.host_id)
         except Exception:
             logger.exception("could not put back the session of %s [%s]; it will not recover",
                              session.sid, session.namespace)
@@ -566,6 +682,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         self._resume_seq[(namespace, sid)] = resume_seq
         pkt.data = {**pkt.data, "pid": pid}
         await super()._send_packet(eio_sid, pkt)
+        self._session_changed(namespace, sid)  # in the store from its connect on
 
     async def _send_replay(self, eio_sid: str, namespace: str, restore: Restore) -> None:
         """Missed packets, then what arrived meanwhile: each once, in order, before live."""
@@ -604,9 +721,12 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         namespace = namespace or "/"
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is not None and self._recovers(namespace) \
-                and self.manager.is_connected(sid, namespace) \
-                and self._is_recoverable(eio_sid, reason):
-            await self._save_session(eio_sid, sid, namespace)
+                and self.manager.is_connected(sid, namespace):
+            if self._is_recoverable(eio_sid, reason):
+                await self._save_session(eio_sid, sid, namespace)
+            elif self._pids.pop((namespace, sid), None) is not None:
+                # left on purpose: what was written through is not recoverable
+                await self._delete_written(namespace, sid)
         await super()._handle_disconnect(eio_sid, namespace, reason)
         if sid is not None:
             self._forget(sid, namespace)
@@ -619,15 +739,17 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         try:
             eio_session = await self.eio.get_session(eio_sid)
             session = self._live_session(sid, namespace, pid, eio_session.get(namespace, {}))
-            await self.store.save_session(session)
+            await self._session_writer().dropped(session)
             metrics.session_saved()
         except Exception:  # the disconnect goes on; only the recovery is lost
             metrics.store_error("save_session")
             logger.exception("could not save the session of %s [%s]; it will not recover",
                              sid, namespace)
 
-    def _live_session(self, sid: str, namespace: str, pid: str, data: Any) -> Session:
-        """The session of a live socket, as its drop right now would leave it."""
+    def _live_session(self, sid: str, namespace: str, pid: str, data: Any, *,
+                      live: bool = False) -> Session:
+        """The session of a live socket, as its drop right now would leave it; with
+        ``live``, as the store keeps it while it lives (owned by this node)."""
         manager = self.durable_manager
         now = time.time()
         duration = self.recovery.max_disconnection_duration if self.recovery else 0.0
@@ -638,18 +760,22 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             # above what this node delivered when restored from a node ahead of it
             position=max(manager.delivered, manager.last_sent.get((namespace, sid), 0)),
             last_sent_seq=manager.last_sent.get((namespace, sid)),
-            disconnected_at=now, expires_at=now + duration,
+            disconnected_at=now, expires_at=LIVE_EXPIRY if live else now + duration,
             membership=manager.membership(sid, namespace),
             resume_seq=self._resume_seq.get((namespace, sid)),
+            owner=manager.host_id if live else None,
         )
 
-    async def _session_of(self, eio_sid: str, sid: str, namespace: str) -> Session | None:
-        """What ``sid`` leaves behind as of now; None when it holds no pid."""
+    async def _session_of(self, eio_sid: str, sid: str, namespace: str, *,
+                          live: bool = False) -> Session | None:
+        """What ``sid`` leaves behind as of now (``live``: while it lives); None when it
+        holds no pid."""
         pid = self._pids.get((namespace, sid))
         if pid is None:
             return None
         eio_session = await self.eio.get_session(eio_sid)
-        return self._live_session(sid, namespace, pid, eio_session.get(namespace, {}))
+        return self._live_session(sid, namespace, pid, eio_session.get(namespace, {}),
+                                  live=live)
 
     def _forget(self, sid: str, namespace: str) -> None:
         if self.manager.is_connected(sid, namespace):

@@ -27,10 +27,10 @@ def hold_batches(sio: durable_adapter.AsyncServer) -> tuple[list[list[str]], asy
     release = asyncio.Event()
     save = sio.store.save_sessions
 
-    async def recording(sessions: Sequence[Session]) -> None:
+    async def recording(sessions: Sequence[Session], **kwargs: Any) -> None:
         batches.append([session.sid for session in sessions])
         await release.wait()
-        await save(sessions)
+        await save(sessions, **kwargs)
 
     sio.store.save_sessions = recording  # type: ignore[method-assign]
     return batches, release
@@ -38,11 +38,12 @@ def hold_batches(sio: durable_adapter.AsyncServer) -> tuple[list[list[str]], asy
 
 async def test_a_second_shutdown_waits_for_the_first_and_saves_nothing_twice() -> None:
     sio = server()
-    batches, release = hold_batches(sio)
     async with serving(sio) as url:  # serving's own exit calls shutdown() once more
         client = durable_adapter.AsyncClient(reconnection=False)
         await client.connect(url, transports=["websocket"], wait_timeout=WAIT)
         sid = client.get_sid()
+        await sio._session_writer().flush()  # written through at its connect
+        batches, release = hold_batches(sio)
         first = asyncio.create_task(sio.shutdown())  # the framework's hook...
         await until(lambda: bool(batches), "the first shutdown to be saving")
         second = asyncio.create_task(sio.shutdown())  # ...and the user's, meanwhile

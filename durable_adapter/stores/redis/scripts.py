@@ -223,27 +223,29 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
 return written
 """
 
-# KEYS = session, leases, expiry, owners; ARGV = node, now, window, force_from or '',
+# KEYS = session, leases, expiry, owners, epoch; ARGV = node, now, window, force_from or '',
 # owned prefix. The rules of base.decide_take, in one script: of concurrent takes the
 # first makes its node the owner and the others then see it. Returns {0} (absent or
-# expired), {1, value} (the caller's now), or {2, owner} (owned by a live node).
+# expired), {1, value} (the caller's now), or {2, owner} (owned by a live node), each
+# with the history's epoch last (false once it is gone), as CLAIM_SESSION's.
 TAKE_SESSION = """
+local epoch = redis.call('GET', KEYS[5]) or false
 local key = KEYS[1]
 local value = redis.call('HGET', key, 'v')
-if not value then return {0} end
+if not value then return {0, false, epoch} end
 local node, now, owned = ARGV[1], tonumber(ARGV[2]), ARGV[5]
 local owner = redis.call('HGET', key, 'o')
-if owner == node then return {1, value} end
+if owner == node then return {1, value, epoch} end
 if owner then
   if ARGV[4] ~= owner then
     local lease = redis.call('ZSCORE', KEYS[2], owner)
-    if lease and tonumber(lease) > now then return {2, owner} end
-    if tonumber(lease or '0') + tonumber(ARGV[3]) <= now then return {0} end
+    if lease and tonumber(lease) > now then return {2, owner, epoch} end
+    if tonumber(lease or '0') + tonumber(ARGV[3]) <= now then return {0, false, epoch} end
   end
   redis.call('SREM', owned .. owner, key)
 else
   local expires = tonumber(redis.call('HGET', key, 'e') or '')
-  if expires and expires <= now then return {0} end
+  if expires and expires <= now then return {0, false, epoch} end
 end
 redis.call('HSET', key, 'o', node)
 redis.call('PERSIST', key)
@@ -252,7 +254,7 @@ redis.call('SADD', owned .. node, key)
 redis.call('SADD', KEYS[4], node)
 local index = redis.call('HGET', key, 'i')
 if index then redis.call('PERSIST', index) end
-return {1, value}
+return {1, value, epoch}
 """
 
 # KEYS = session, expiry, epoch; ARGV = owned prefix. Of two concurrent claims only one

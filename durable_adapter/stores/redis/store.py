@@ -347,9 +347,15 @@ class RedisStore(Store):
                            window: float, force_from: str | None = None
                            ) -> Session | OwnedBy | None:
         keys = [self.keys.session(namespace, pid_hash), self.keys.leases, self.keys.expiry,
-                self.keys.owners]
+                self.keys.owners, self.keys.epoch]
         args = [node, repr(now), repr(window), force_from or "", self.keys.owned_prefix]
         answer = await self._run("TAKE_SESSION", keys, args, "taking a session")
+        # the session's epoch is judged against the history as it is now (a Redis that
+        # lost its history but kept its sessions refuses their offsets)
+        if answer[2] is None:
+            await self._bounds()
+        else:
+            self._adopt(answer[2])
         if answer[0] == 0:
             return None
         if answer[0] == 2:

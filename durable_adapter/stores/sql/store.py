@@ -3,7 +3,8 @@
 Offsets come from one counter row: ``UPDATE counter SET top = top + n RETURNING top``
 and the INSERT of the n packets share one transaction, so the row lock (on SQLite the
 database write lock) makes seqs dense and in commit order. One writer task per store
-batches the concurrent appends of this process into that transaction.
+batches the concurrent appends of this process into that transaction, written in one
+round trip straight through the driver on a connection the writer keeps (:mod:`.append`).
 
 Followers read ``seq > cursor`` from the table. This process's appends wake them at once;
 other processes' are found by polling a cheap change marker (:meth:`SQLStore._change_marker`)

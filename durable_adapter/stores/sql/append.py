@@ -74,7 +74,8 @@ def split(rows: list[dict[str, Any]]) -> Batch:
         return Batch(len(rows), list(map(_NAMESPACE, rows)), list(map(_PAYLOAD, rows)),
                      list(map(_ROOMS, rows)), list(map(_EXCEPT, rows)))
     packet_rows: list[dict[str, Any]] = []
-    batch = Batch(0, [], [], [], [], numbers=[])
+    numbers: list[int] = []
+    batch = Batch(0, [], [], [], [], numbers=numbers)
     for row in rows:
         message = row.get(CONTROL_ROW)
         if message is None:
@@ -85,7 +86,7 @@ def split(rows: list[dict[str, Any]]) -> Batch:
             batch.targets.append(message["target"])
             batch.methods.append(message["method"])
             batch.bodies.append(message["body"])
-        batch.numbers.append(len(packet_rows))  # type: ignore[union-attr]
+        numbers.append(len(packet_rows))
     batch.count = len(packet_rows)
     batch.namespaces = list(map(_NAMESPACE, packet_rows))
     batch.payloads = list(map(_PAYLOAD, packet_rows))

@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 from durable_adapter.exceptions import ConfigurationError, StoreError
 from durable_adapter.stores.base import ControlMessage, StoredPacket
 from durable_adapter.stores.sql import SQLStore
-from durable_adapter.stores.sql.control import place_rows
+from durable_adapter.stores.sql.append import split
+from durable_adapter.stores.sql.control import control_row
 from durable_adapter.stores.sql.postgres import CHANNEL_PREFIX, PostgresStore, channel_name
 from durable_adapter.stores.sql.schema import control
 from tests._postgres import POSTGRES_URL, postgres_schema
@@ -133,12 +134,19 @@ async def test_large_and_binary_payloads_reach_the_other_instance(
     assert [p.data[1] for p in collector.packets] == [large, binary]
 
 
-def test_place_rows_numbers_packets_and_places_control_messages() -> None:
-    rows = [{"p": 1}, {"_control": {"method": "a"}}, {"_control": {"method": "b"}}, {"p": 2}]
-    packets, controls, numbers = place_rows(rows, 10, 5.0)
-    assert [p["seq"] for p in packets] == [11, 12]
-    assert [(c["method"], c["after_seq"]) for c in controls] == [("a", 11), ("b", 11)]
-    assert numbers == [11, 11, 11, 12]
+def test_a_batch_numbers_packets_and_places_control_messages() -> None:
+    def row(i: int) -> dict[str, object]:
+        return {"namespace": "/", "payload": b"%d" % i, "rooms": "[]", "except_rooms": "[]"}
+
+    def message(method: str) -> dict[str, object]:
+        return control_row(ControlMessage(method=method, origin="n1"))
+
+    batch = split([message("first"), row(1), message("a"), message("b"), row(2)])
+    assert batch.count == 2 and batch.payloads == [b"1", b"2"]
+    assert list(zip(batch.methods, batch.after, strict=True)) == [("first", 0), ("a", 1),
+                                                                  ("b", 1)]
+    assert batch.seqs(top=12) == [10, 11, 11, 11, 12]  # the top after the batch
+    assert split([row(1), row(2)]).seqs(top=7) == [6, 7]
 
 
 def test_channel_names_fit_postgresql_identifiers() -> None:

@@ -91,28 +91,6 @@ async def prune(connection: AsyncConnection, cutoff: float, limit: int) -> int:
     return result.rowcount
 
 
-def place_rows(
-    rows: list[dict[str, Any]], top: int, now: float
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int]]:
-    """Give the packets of a batch the seqs after ``top`` and each control message the
-    seq of the packet queued before it, keeping the order in which they were queued.
-
-    Returns (packet rows, control rows, one number per row for the writer's callers).
-    """
-    packet_rows: list[dict[str, Any]] = []
-    control_rows: list[dict[str, Any]] = []
-    numbers: list[int] = []
-    seq = top
-    for row in rows:
-        if is_control(row):
-            control_rows.append({**row[CONTROL_ROW], "after_seq": seq, "created_at": now})
-        else:
-            seq += 1
-            packet_rows.append({**row, "seq": seq, "created_at": now})
-        numbers.append(seq)
-    return packet_rows, control_rows, numbers
-
-
 class SQLControl:
     """Mixed into :class:`~.sql.SQLStore`: publishing, reading and pruning control rows."""
 

@@ -25,13 +25,13 @@ import secrets
 from typing import Any
 
 import asyncpg
-from sqlalchemy import func, select
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..._tasks import Backoff, finish_or_cancel
-from ...exceptions import ConfigurationError
+from ...exceptions import ConfigurationError, StoreError
 from ..base import PacketListener
+from . import append as appends
 from . import dialect
 from .store import BATCH_MAX, SQLStore
 
@@ -112,6 +112,9 @@ class PostgresStore(SQLStore):
         self._listen_task: asyncio.Task[None] | None = None
         #: the payload of this store's doorbells, which its own listener ignores
         self._bell_token = secrets.token_hex(8)
+        self._statement: str | None = None
+
+    _driver_errors = (*SQLStore._driver_errors, asyncpg.PostgresError, asyncpg.InterfaceError)
 
     def _create_engine(self) -> AsyncEngine:
         # pre-ping: after a server restart a pooled connection is found dead before it
@@ -136,9 +139,25 @@ class PostgresStore(SQLStore):
 
     # -- the doorbell ---------------------------------------------------------------
 
-    async def _ring_doorbell(self, connection: AsyncConnection) -> None:
-        # delivered at COMMIT, and not at all on ROLLBACK: the bell never rings early
-        await connection.execute(select(func.pg_notify(self.channel, self._bell_token)))
+    async def _write_batch(self, driver: Any, batch: appends.Batch, now: float) -> int:
+        # the doorbell is in the statement: delivered at COMMIT, never on a failure
+        if self._statement is None:
+            self._statement = appends.postgres_statement(self.engine.dialect, self.schema)
+        row = await driver.fetchrow(self._statement,
+                                    *appends.postgres_args(batch, now, self.channel,
+                                                            self._bell_token))
+        if row is None:
+            raise StoreError("the counter row is missing (tables emptied by hand?)")
+        return int(row[0])
+
+    def _lost(self, error: BaseException, driver: Any) -> bool:
+        # as SQLAlchemy's asyncpg dialect judges a disconnect: the connection is closed
+        return isinstance(error, asyncio.CancelledError | OSError | TimeoutError
+                          | asyncpg.InterfaceError | asyncpg.PostgresConnectionError) \
+            or driver.is_closed()
+
+    def _driver_closed(self, driver: Any) -> bool:
+        return bool(driver.is_closed())
 
     def _on_notification(self, _connection: Any, _pid: int, _channel: str,
                          payload: str) -> None:

@@ -3,7 +3,8 @@
 Offsets come from one counter row: ``UPDATE counter SET top = top + n RETURNING top``
 and the INSERT of the n packets share one transaction, so the row lock (on SQLite the
 database write lock) makes seqs dense and in commit order. One writer task per store
-batches the concurrent appends of this process into that transaction.
+batches the concurrent appends of this process into that transaction, written in one
+round trip straight through the driver on a connection the writer keeps (:mod:`.append`).
 
 Followers read ``seq > cursor`` from the table. This process's appends wake them at once;
 other processes' are found by polling a cheap change marker (:meth:`SQLStore._change_marker`)
@@ -18,11 +19,12 @@ import contextlib
 import functools
 import logging
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -46,13 +48,13 @@ from ..base import (
 from ..batch_writer import BatchWriter
 from ..delivery import decode_each, decode_or_refuse
 from ..errors import driver_errors
+from . import append as appends
 from . import control as controls
 from . import dialect, leases
 from .follow import SQLFollower
 from .retention import purge_packets, purge_sessions
 from .schema import (
     SINGLETON_ID,
-    control,
     counter,
     meta,
     packet_from_row,
@@ -92,6 +94,8 @@ def _shielded(
 def _may_be_one_row(error: Exception) -> bool:
     """True when a failed append may come from one row's content rather than from the
     connection (then each row is written alone, so only the bad one fails)."""
+    if isinstance(error, appends.ConnectionLost):
+        return False
     cause = error.__cause__ if isinstance(error, StoreError) else error
     if isinstance(cause, OperationalError | InterfaceError | OSError | TimeoutError):
         return False  # a lost connection or a lock: writing again would not help
@@ -125,6 +129,10 @@ class SQLStore(controls.SQLControl, Store):
 
     :attr:`following` is set once the follower task runs.
     """
+
+    #: what :meth:`_errors` turns into :class:`StoreError` (the append path calls the
+    #: driver itself, so its errors come unwrapped by SQLAlchemy)
+    _driver_errors: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, sqlite3.Error)
 
     def __init__(
         self,
@@ -160,6 +168,9 @@ class SQLStore(controls.SQLControl, Store):
         self._follower_task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self._delivered: Callable[[], int] | None = None
+        self._writer_connection = appends.WriterConnection(
+            lambda: self.engine, time.monotonic, self._driver_closed)
+        self._sqlite_sql: appends.SQLiteStatements | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -234,6 +245,7 @@ class SQLStore(controls.SQLControl, Store):
         writer, self._writer = self._writer, None
         if writer is not None:
             await writer.close()
+        await self._writer_connection.release()
         if self._inflight:  # queries whose callers were cancelled: let them finish
             await asyncio.wait(self._inflight, timeout=STOP_TIMEOUT)
         engine, self._engine = self._engine, None
@@ -247,7 +259,7 @@ class SQLStore(controls.SQLControl, Store):
 
     def _errors(self, message: str) -> contextlib.AbstractContextManager[None]:
         """Driver errors become :class:`StoreError`, keeping the cause."""
-        return driver_errors(message, SQLAlchemyError, OSError)
+        return driver_errors(message, *self._driver_errors)
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -274,30 +286,43 @@ class SQLStore(controls.SQLControl, Store):
         return await self._writer.submit(packet_values(packet))
 
     async def _insert_batch(self, rows: list[dict[str, Any]]) -> list[int]:
-        count = sum(1 for row in rows if not controls.is_control(row))
+        batch = appends.split(rows)
         now = time.time()
-        async with self._write() as connection:
-            # the row lock is taken even with no packets: control ids in commit order
-            top = (
-                await connection.execute(
-                    update(counter)
-                    .where(counter.c.id == SINGLETON_ID)
-                    .values(top=counter.c.top + count)
-                    .returning(counter.c.top)
-                )
-            ).scalar_one()
-            packet_rows, control_rows, seqs = controls.place_rows(rows, top - count, now)
-            if packet_rows:
-                await connection.execute(packets.insert(), packet_rows)
-            if control_rows:
-                await connection.execute(control.insert(), control_rows)
-            await self._ring_doorbell(connection)
-        if control_rows:
+        message = f"writing to the store at {self._where()} failed"
+        with self._errors(message):
+            top = await self._writer_connection.run(
+                lambda driver: self._write_batch(driver, batch, now), self._lost, message)
+        if batch.after:
             await self._maybe_prune_control(now)
-        return seqs
+        return batch.seqs(top)
 
-    async def _ring_doorbell(self, connection: AsyncConnection) -> None:
-        """Tell other nodes, at COMMIT, that rows were written (PostgreSQL: NOTIFY)."""
+    async def _write_batch(self, driver: Any, batch: appends.Batch, now: float) -> int:
+        """The batch in one transaction on the driver's connection; returns the new top.
+
+        SQLite: one call on the aiosqlite connection's thread (``_execute``, the hook
+        aiosqlite's own methods use), not one thread hop per statement.
+        """
+        if self._sqlite_sql is None:
+            self._sqlite_sql = appends.sqlite_statements(self.engine.dialect)
+        db: sqlite3.Connection = driver._conn
+        return int(await driver._execute(appends.sqlite_write, db, self._sqlite_sql,
+                                         batch, now))
+
+    def _lost(self, error: BaseException, driver: Any) -> bool:
+        """Whether a failed write leaves the writer's connection unfit for the next one
+        (or says nothing about the rows): a lock or I/O error, a closed connection, a
+        cancel mid-call, a transaction a failed ROLLBACK left open."""
+        if isinstance(error, asyncio.CancelledError | sqlite3.OperationalError
+                      | sqlite3.InterfaceError | OSError | TimeoutError):
+            return True
+        try:
+            return bool(driver.in_transaction)
+        except (ValueError, sqlite3.Error):  # closed: "no active connection"
+            return True
+
+    def _driver_closed(self, driver: Any) -> bool:
+        """Whether the writer's connection is known dead before use (SQLite: never)."""
+        return False
 
     @_shielded
     async def read(

@@ -132,12 +132,14 @@ def open_target(store_url: str, schema: str | None = None) -> tuple[Store, Worke
     if scheme not in SQL_SCHEMES:
         return store_from_url(store_url), lock_for(None)
     from .stores.sql import SQLStore
-    from .stores.sql.dialect import parse_url
+    from .stores.sql.dialect import is_sqlite, parse_url
+    from .stores.sql.postgres import PostgresStore
 
     url = parse_url(store_url)
     _check_sqlite_file(url)
-    return SQLStore(url.render_as_string(hide_password=False), schema=schema,
-                    auto_migrate=False), lock_for(url, schema)
+    kind = SQLStore if is_sqlite(url) else PostgresStore
+    return kind(url.render_as_string(hide_password=False), schema=schema,
+                auto_migrate=False), lock_for(url, schema)
 
 
 def _check_sqlite_file(url: URL) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -637,6 +638,11 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _put_back(self, session: Session) -> None:
         """A session taken for a restore that did not happen is left for a later try."""
+        if session.expires_at >= LIVE_EXPIRY:  # taken from a dead node: counts from now
+            now = time.time()
+            duration = self.recovery.max_disconnection_duration if self.recovery else 0.0
+            session = dataclasses.replace(session, disconnected_at=now,
+                                          expires_at=now + duration)
         try:
             await self.store.release_session(session, node=self.durable_manager.host_id)
         except Exception:

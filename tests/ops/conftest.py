@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from durable_adapter.migrate import migrate
 from durable_adapter.stores.sql import SQLStore
+from durable_adapter.stores.sql.postgres import PostgresStore
 from tests._postgres import POSTGRES_URL, require_server
 
 WAIT = 10.0  # seconds any single expected event may take
@@ -33,7 +34,8 @@ class Target:
     schema: str | None = None
 
     def store(self) -> SQLStore:
-        return SQLStore(self.url, schema=self.schema, auto_migrate=False, poll_interval=0.02)
+        kind = SQLStore if self.url.startswith("sqlite") else PostgresStore
+        return kind(self.url, schema=self.schema, auto_migrate=False, poll_interval=0.02)
 
 
 async def _admin(statement: str | None = None) -> None:

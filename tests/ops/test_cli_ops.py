@@ -20,6 +20,7 @@ import pytest
 from durable_adapter import cli
 from durable_adapter.stores.base import Session
 from durable_adapter.stores.sql import SQLStore
+from durable_adapter.stores.sql.postgres import PostgresStore
 
 from .conftest import WAIT
 
@@ -150,7 +151,8 @@ def test_migrate_twice_at_once(database_url: str) -> None:
 
 async def _expired_sessions(url: str, count: int) -> None:
     now = time.time()
-    async with SQLStore(url, auto_migrate=False) as store:
+    kind = SQLStore if url.startswith("sqlite") else PostgresStore
+    async with kind(url, auto_migrate=False) as store:
         for i in range(count):
             await store.save_session(Session(
                 pid_hash=f"h{i}", namespace="/", sid=f"s{i}", rooms=(), data={}, epoch="e",

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from durable_adapter._codec import decode_value, encode_value
-from durable_adapter.exceptions import StoreError
+from durable_adapter.exceptions import ConfigurationError, StoreError
 from durable_adapter.migrate import migrate
 from durable_adapter.stores.base import ControlMessage
 from durable_adapter.stores.sql import SQLStore
@@ -157,3 +157,9 @@ def test_a_payload_that_fails_to_encode_leaves_the_encoder_usable() -> None:
         encode_value([object()])
     shared = ["x"]
     assert decode_value(encode_value([shared, shared, b"\x00"])) == [["x"], ["x"], b"\x00"]
+
+
+def test_sqlstore_refuses_a_postgresql_url_and_names_the_store_to_use() -> None:
+    # its append path is SQLite's: on PostgreSQL it would fail at the first emit
+    with pytest.raises(ConfigurationError, match="use PostgresStore"):
+        SQLStore("postgresql+asyncpg://app@db/app")

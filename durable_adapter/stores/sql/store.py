@@ -153,6 +153,11 @@ class SQLStore(controls.SQLControl, Store):
         self.url: URL = url.url if isinstance(url, AsyncEngine) else dialect.parse_url(url)
         if self._given_engine is not None and dialect.is_sqlite(self.url):
             raise ConfigurationError("pass SQLite as a URL: the store sets up its connections")
+        if type(self) is SQLStore and not dialect.is_sqlite(self.url):
+            # its append path is SQLite's own; PostgreSQL's is PostgresStore's
+            raise ConfigurationError(
+                f"SQLStore is for SQLite; for {self.url.get_backend_name()} use PostgresStore "
+                "(or durable_adapter.stores.store_from_url)")
         self.schema = schema
         self.poll_interval = poll_interval
         self.batch_max = batch_max

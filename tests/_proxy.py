@@ -2,11 +2,13 @@
 
 A mobile client whose network changed leaves its old TCP connection silent but not
 closed: the server reads nothing, sends into the void, and finds out only when a ping
-times out. :meth:`Link.freeze` makes that happen to one proxied connection:
-nothing more is forwarded in either direction and neither socket is closed, even when
-the client closes its end. Whatever arrives meanwhile is held (so :meth:`Link.resume`
-forwards it, in order, and a stream stays well formed) and counted, so a test can wait
-for "the proxy got it" and then check that the other end got nothing.
+times out. :meth:`Link.freeze` makes that happen to one proxied connection: nothing more
+is forwarded in either direction and neither socket is closed, even when the client
+closes its end. :meth:`Link.cut_client` also resets the client's side, so the client
+learns at once that its connection is gone while the server still sees silence. Whatever
+arrives meanwhile is held (so :meth:`Link.resume` forwards it, in order, and a stream
+stays well formed) and counted, so a test can wait for "the proxy got it" and then check
+that the other end got nothing.
 
 New connections go to :attr:`Proxy.upstream` as it is when they are accepted: pointing
 it at another node makes a client that reconnects to the same address (the official JS
@@ -58,6 +60,12 @@ class Link:
         """Forward what was held, then flow again (an EOF held meanwhile follows)."""
         self._flowing = True
         self._changed.set()
+
+    def cut_client(self) -> None:
+        """The client's network changed: freeze, and reset the client's side (it sees
+        its connection fail at once) while the upstream side stays open and silent."""
+        self.freeze()
+        self._client[1].transport.abort()
 
     async def _read(self, reader: asyncio.StreamReader, way: _Direction) -> None:
         # reads on while frozen: the counts show what arrived, nothing goes further

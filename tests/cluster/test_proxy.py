@@ -103,3 +103,22 @@ async def test_new_connections_go_to_the_current_upstream_and_flow() -> None:
         await proxy.close()  # closes frozen links too: the far end sees it now
         old.close()
         new.close()
+
+
+async def test_cut_client_resets_the_client_and_leaves_the_server_in_silence() -> None:
+    loop = asyncio.get_running_loop()
+    async with listener() as (server, port), Proxy(port) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        accepted, _ = await asyncio.wait_for(loop.sock_accept(server), 10)
+        accepted.setblocking(False)
+        with accepted:
+            (link,) = await proxy.wait_links(1)
+            link.cut_client()
+            try:  # a reset (or a close): either way the client's connection is gone
+                assert await asyncio.wait_for(reader.read(1), 10) == b""
+            except ConnectionResetError:
+                pass
+            await loop.sock_sendall(accepted, b"into the void")
+            await link.until(lambda lk: lk.up.ended and len(lk.down.held) == 13)
+            assert pending(accepted) is None, "the server got data or a close"
+        writer.close()

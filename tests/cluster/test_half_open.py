@@ -66,11 +66,12 @@ async def old_sockets_closed(links: list[Link], a: NodeProcess, b: NodeProcess,
     if a is not b:
         for sid in sids:
             assert await b.holds(sid)
-            await eventually(lambda sid=sid: _not(a.holds(sid)), f"{a.name} to release {sid}")
+            await eventually(functools.partial(released_by, a, sid),
+                             f"{a.name} to release {sid}")
 
 
-async def _not(check: Awaitable[bool]) -> bool:
-    return not await check
+async def released_by(node: NodeProcess, sid: str) -> bool:
+    return not await node.holds(sid)
 
 
 def seq_events(client: JsClient) -> list[tuple[str, int]]:
@@ -144,8 +145,9 @@ async def test_frozen_proxy_leaves_the_node_holding_a_silent_socket() -> None:
         assert old.received == []
         link.cut_client()
         await asyncio.wait_for(old.client.eio.wait(), WAIT)  # the client saw it fail
-        assert await a.holds(old.sid)
+        sid = old.sid
+        assert await a.holds(sid)
         assert not link.down.ended  # and the node has not closed it either
         await proxy.close()  # now a sees the close, and saves the session
-        await eventually(lambda: _not(a.holds(old.sid)), "a to notice the close")
+        await eventually(functools.partial(released_by, a, sid), "a to notice the close")
 

@@ -104,8 +104,8 @@ async def check_one_winner(readers: list[Reader], owner: Listener, nodes: list[N
     and one node alone holds it. Every other reader has a fresh sid with a reason, or got
     the sid and was closed by the server (taken over by a later one: the rule for a
     presenter of a live session's pid, which is the same as losing). The owner lost it."""
-    sid = owner.sid
-    assert sid is not None and owner.client is not None
+    sid, client = owner.sid, owner.client
+    assert sid is not None and client is not None
 
     def holders() -> list[Reader]:
         return [r for r in readers
@@ -114,9 +114,9 @@ async def check_one_winner(readers: list[Reader], owner: Listener, nodes: list[N
     assert any((r.reply() or {}).get("sid") == sid for r in readers), \
         "nobody got the session back"
     # takeovers close the sockets they replace after their CONNECT reply: until settled
-    await until(lambda: len(holders()) <= 1 and not owner.client.connected,
+    await until(lambda: len(holders()) <= 1 and not client.connected,
                 lambda: f"{len(holders())} open sockets with the sid, owner connected: "
-                f"{owner.client.connected}")  # type: ignore[union-attr]
+                f"{client.connected}")
     assert len(holders()) == 1, "the last holder was closed too"
     (winner,) = holders()
     await nodes[0].post("/emit", {"tag": "probe", "start": 0, "count": 1, "to": sid})

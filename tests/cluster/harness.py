@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,17 +30,30 @@ class NodeProcess:
     url: str = ""
     #: more node_app arguments, e.g. ``("--schema", "t_1")``
     args: tuple[str, ...] = ()
+    #: environment variables on top of this process's, e.g. the lease expiry
+    env: dict[str, str] = field(default_factory=dict)
+    #: "uvicorn": Socket.IO only (no control surface), run by uvicorn
+    server: str = "aiohttp"
 
     async def start(self, port: int = 0) -> None:
+        if self.server == "uvicorn" and not port:
+            port = free_port()  # uvicorn reports no port it chose
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.cluster.node_app", "--store", self.store,
-            "--name", self.name, "--port", str(port), *self.args,
+            "--name", self.name, "--port", str(port), "--server", self.server, *self.args,
             cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
+            env={**os.environ, "PYTHONPATH": str(ROOT), **self.env})
         assert self.process.stdout is not None
         line = await asyncio.wait_for(self.process.stdout.readline(), 30)
         assert line, f"node {self.name} exited before listening"
-        self.url = f"http://127.0.0.1:{json.loads(line)['port']}"
+        port = json.loads(line)["port"]
+        if self.server == "uvicorn":
+            await listening(port)  # it reported at its startup, before it listens
+        self.url = f"http://127.0.0.1:{port}"
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
 
     async def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is None or self.process.returncode is not None:
@@ -61,6 +75,38 @@ class NodeProcess:
     async def holds(self, sid: str) -> bool:
         """Whether this node still holds the socket ``sid``."""
         return await holds(self.url, sid)
+
+    async def connect_of(self, sid: str) -> dict[str, Any] | None:
+        """How the latest connect of ``sid`` on this node went: ``{"recovered": bool,
+        "failure": RecoveryFailure name or None}``; None if ``sid`` never connected here."""
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{self.url}/connects/{sid}",
+                timeout=aiohttp.ClientTimeout(total=WAIT)) as response:
+            response.raise_for_status()
+            found: dict[str, Any] | None = await response.json()
+            return found
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def listening(port: int) -> None:
+    """Until 127.0.0.1:``port`` accepts a connection."""
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while True:
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            assert asyncio.get_running_loop().time() < deadline, f"nothing listens on {port}"
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
 
 
 async def holds(url: str, sid: str) -> bool:
@@ -84,9 +130,9 @@ async def released(url: str, sid: str) -> None:
 
 
 @asynccontextmanager
-async def cluster(store: str, size: int, args: tuple[str, ...] = ()
-                  ) -> AsyncIterator[list[NodeProcess]]:
-    nodes = [NodeProcess(f"n{i}", store, args=args) for i in range(size)]
+async def cluster(store: str, size: int, args: tuple[str, ...] = (),
+                  env: dict[str, str] | None = None) -> AsyncIterator[list[NodeProcess]]:
+    nodes = [NodeProcess(f"n{i}", store, args=args, env=env or {}) for i in range(size)]
     try:
         # one at a time: the first may create the schema
         for node in nodes:
@@ -131,8 +177,7 @@ class Listener:
         """Drop the transport abruptly, then come back on ``url`` with pid and offset.
 
         It comes back once the old node has noticed the drop and stored the session. A
-        reconnect to another node *before* that (the half-open case) is
-        ``test_cross_node``'s own test: recovering then is issue 11's work.
+        reconnect *before* that (the half-open case) is ``test_half_open``'s.
         """
         assert self.client is not None
         old, sid = self.client, self.sid

@@ -1,12 +1,21 @@
 """One server node of a cluster test, run as its own process.
 
-``python -m tests.cluster.node_app --store URL [--schema S] [--poll-interval SECONDS]``
-(PostgreSQL: the tables in schema S) prints ``{"port": P}`` once
+``python -m tests.cluster.node_app --store URL [--schema S] [--poll-interval SECONDS]
+[--server aiohttp|uvicorn]`` (PostgreSQL: the tables in schema S) prints ``{"port": P}`` once
 it listens on 127.0.0.1, then serves Socket.IO plus a small HTTP control surface the test
 drives: ``POST /emit`` (emit a run of numbered events), ``POST /op`` (cross-node
 operations), ``GET /rooms/<sid>``, ``GET /sockets/<sid>`` (whether this node still holds
-the socket: once it does not, a dropped socket's session is stored). SIGTERM saves live
-sessions and exits.
+the socket: once it does not, a dropped socket's session is stored), ``GET /connects/<sid>``
+(how its latest connect went: recovered, else why not). SIGTERM saves live sessions and
+exits.
+
+``--server uvicorn`` runs the same Socket.IO server as ``durable_adapter.ASGIApp`` under
+uvicorn, as a user runs it (uvicorn handles SIGTERM, the lifespan shutdown saves), with no
+control surface: the test drives it through another node. It prints ``{"port": P}``
+before it listens (``--port`` is required then): wait for the port.
+
+``DURABLE_ADAPTER_LEASE_EXPIRY`` (seconds) is the node lease expiry of issue 11, for tests
+that kill a node and must not wait the default out.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 from typing import Any
 
@@ -22,24 +32,46 @@ from aiohttp import web
 import durable_adapter
 
 SHUTDOWN_TIMEOUT = 2.0  # seconds the web server waits for open connections at exit
+LEASE_EXPIRY_ENV = "DURABLE_ADAPTER_LEASE_EXPIRY"
 
 
-def build(store: Any, name: str) -> tuple[web.Application, durable_adapter.AsyncServer]:
+def lease_expiry() -> float | None:
+    """Seconds after which another node may take this node's sessions over once it stops
+    renewing its lease (issue 11); None: the library's default."""
+    value = os.environ.get(LEASE_EXPIRY_ENV)
+    return float(value) if value else None
+
+
+def server(store: Any, name: str, async_mode: str = "aiohttp"
+           ) -> tuple[durable_adapter.AsyncServer, dict[str, dict[str, Any]]]:
+    """The Socket.IO server of a node, and how each sid's latest connect went."""
     # pings every 5 s: python-engineio's client gives up on a connection that sends
     # nothing for max(ping_interval, ping_timeout) + 5 s, and a loaded test machine can
-    # delay a 25 s ping past that
+    # delay a 25 s ping past that. Ping interval + timeout (25 s) stay far above any
+    # wait of the fault tests: a recovery that needs the old socket's ping timeout fails.
+    # TODO(issue 11): pass lease_expiry() to the server/store once leases exist
     sio = durable_adapter.AsyncServer(
-        store=store, async_mode="aiohttp", namespaces="*", ping_interval=5,
+        store=store, async_mode=async_mode, namespaces="*", ping_interval=5,
         connection_state_recovery={"max_disconnection_duration": 60})
+    connects: dict[str, dict[str, Any]] = {}
 
     @sio.on("connect")
     async def connect(sid: str, environ: Any, auth: Any) -> None:
+        failure = sio.recovery_failure(sid)
+        connects[sid] = {"recovered": sio.is_recovered(sid),
+                         "failure": None if failure is None else failure.name}
         if not sio.is_recovered(sid) and isinstance(auth, dict) and "room" in auth:
             await sio.enter_room(sid, auth["room"])
 
     @sio.on("where")
     async def where(sid: str) -> str:
         return name
+
+    return sio, connects
+
+
+def build(store: Any, name: str) -> tuple[web.Application, durable_adapter.AsyncServer]:
+    sio, connects = server(store, name)
 
     async def emit(request: web.Request) -> web.Response:
         body = await request.json()
@@ -83,8 +115,12 @@ def build(store: Any, name: str) -> tuple[web.Application, durable_adapter.Async
         sid = request.match_info["sid"]
         return web.json_response({"held": sio.manager.is_connected(sid, "/")})
 
+    async def connect_of(request: web.Request) -> web.Response:
+        return web.json_response(connects.get(request.match_info["sid"]))
+
     app = web.Application()
     sio.attach(app)
+    app.router.add_get("/connects/{sid}", connect_of)
     app.router.add_post("/emit", emit)
     app.router.add_post("/op", op)
     app.router.add_get("/rooms/{sid}", rooms)
@@ -116,7 +152,12 @@ async def main() -> None:
     parser.add_argument("--schema", default=None, help="PostgreSQL schema of the tables")
     parser.add_argument("--poll-interval", type=float, default=None,
                         help="seconds between the store's top checks")
+    parser.add_argument("--server", choices=["aiohttp", "uvicorn"], default="aiohttp")
     args = parser.parse_args()
+    if args.server == "uvicorn":
+        await run_uvicorn(make_store(args.store, args.schema, args.poll_interval),
+                          args.name, args.port)
+        return
     app, sio = build(make_store(args.store, args.schema, args.poll_interval), args.name)
     # sio.shutdown() has saved the sessions by the time the runner stops; its open
     # websockets would otherwise hold the exit for aiohttp's default 60 s
@@ -134,6 +175,18 @@ async def main() -> None:
     await stop.wait()
     await sio.shutdown()
     await runner.cleanup()
+
+
+async def run_uvicorn(store: Any, name: str, port: int) -> None:
+    import uvicorn
+
+    assert port, "--port is required with --server uvicorn"
+    sio, _connects = server(store, name, "asgi")
+    app = durable_adapter.ASGIApp(
+        sio, on_startup=lambda: print(json.dumps({"port": port}), flush=True))
+    # uvicorn's own signal handling: SIGTERM ends the serve, then the lifespan shutdown
+    await uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                        log_level="warning")).serve()
 
 
 if __name__ == "__main__":

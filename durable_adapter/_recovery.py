@@ -12,6 +12,7 @@ from engineio import packet as eio_packet
 
 from ._membership import MembershipLog
 from ._offsets import parse_offset
+from ._recent import DEFAULT_MAX_BYTES as DEFAULT_HISTORY_CACHE_BYTES
 from .exceptions import ConfigurationError
 from .stores.base import HistoryBounds, Session, StoredPacket
 
@@ -42,19 +43,23 @@ class RecoveryOptions:
         too and may reject it, and ``is_recovered`` tells it apart.
     :param max_replay_packets: a restore that would scan more packets is refused.
     :param namespaces: namespaces that recover; None means all but ``/admin``.
+    :param history_cache_bytes: memory (bytes, about) a node keeps for its recent
+        packets: each is encoded once for all its recipients, and a replay of recent
+        packets reads no store. 0 turns it off.
     """
 
     max_disconnection_duration: float = DEFAULT_MAX_DISCONNECTION_DURATION
     skip_middlewares: bool = False
     max_replay_packets: int = DEFAULT_MAX_REPLAY_PACKETS
     namespaces: frozenset[str] | None = None
+    history_cache_bytes: int = DEFAULT_HISTORY_CACHE_BYTES
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> RecoveryOptions:
         if not isinstance(options, Mapping):
             raise ConfigurationError("connection_state_recovery must be a dict or None")
         known = {"max_disconnection_duration", "skip_middlewares", "max_replay_packets",
-                 "namespaces"}
+                 "namespaces", "history_cache_bytes"}
         unknown = set(options) - known
         if unknown:
             raise ConfigurationError(
@@ -74,8 +79,11 @@ class RecoveryOptions:
             if isinstance(namespaces, str) or not all(isinstance(n, str) for n in namespaces):
                 raise ConfigurationError("namespaces must be a list of namespace names")
             namespaces = frozenset(namespaces)
+        cache = options.get("history_cache_bytes", DEFAULT_HISTORY_CACHE_BYTES)
+        if isinstance(cache, bool) or not isinstance(cache, int) or cache < 0:
+            raise ConfigurationError("history_cache_bytes must be an integer >= 0")
         return cls(max_disconnection_duration=float(duration), skip_middlewares=skip,
-                   max_replay_packets=cap, namespaces=namespaces)
+                   max_replay_packets=cap, namespaces=namespaces, history_cache_bytes=cache)
 
 
 @dataclass(eq=False)

@@ -21,6 +21,7 @@ from ._cluster import ClusterOps, in_control_handler
 from ._membership import MembershipLog, membership_of
 from ._offsets import format_offset
 from ._packets import check_sendable, encode_event
+from ._recent import RecentHistory
 from ._recovery import Hold, current_attempt
 from .exceptions import StoreError
 from .stores.base import NewPacket, Store, StoredPacket
@@ -68,6 +69,8 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         self.delivering: asyncio.Task[Any] | None = None
         #: False once :meth:`stop_sending` ran (shutdown): no stored packet goes out
         self.sending = True
+        #: frames per seq and a window of delivered packets, for replays (``_recent``)
+        self.recent = RecentHistory()
         self._init_cluster()
 
     # -- lifecycle -------------------------------------------------------------
@@ -227,6 +230,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
                     # advance first: a socket saved mid-packet records this packet as seen,
                     # and a room joined or left from here on counts after it (_membership)
                     self.delivered = stored.seq
+                    self.recent.add(stored)
                     if (self.recovers(stored.namespace) and stored.namespace in self.rooms) \
                             or self.holds.get(stored.namespace):
                         try:
@@ -244,13 +248,17 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         Such a packet can reach no one: it is logged and skipped, never allowed to stop
         the delivery or the replay of the packets after it.
         """
+        parts = self.recent.frames(stored.seq)  # the same for every recipient: once
+        if parts is not None:
+            return parts or None
         try:
-            return self._encode(stored.namespace, [*stored.data,
-                                                   format_offset(self.store.epoch, stored.seq)])
+            parts = self._encode(stored.namespace, [*stored.data,
+                                                    format_offset(self.store.epoch, stored.seq)])
         except Exception:  # RecursionError, or a payload the packet class refuses
             logger.exception("packet %d cannot be encoded; skipped", stored.seq,
                              extra={"action": "encode_failed"})
-            return None
+        self.recent.keep_frames(stored.seq, parts)
+        return parts
 
     async def _deliver_one(self, stored: StoredPacket) -> None:
         namespace = stored.namespace
@@ -277,6 +285,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         ``after`` of the new epoch come next; nothing of the old one is still to come."""
         async with self._deliver_lock:
             self.delivered = after
+            self.recent.clear()
             self.last_sent.clear()
             for key, log in self.memberships.items():
                 self.memberships[key] = log.restarted(after)

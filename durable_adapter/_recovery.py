@@ -12,6 +12,7 @@ from engineio import packet as eio_packet
 
 from ._membership import MembershipLog
 from ._offsets import parse_offset
+from ._recent import DEFAULT_MAX_BYTES as DEFAULT_HISTORY_CACHE_BYTES
 from .exceptions import ConfigurationError
 from .stores.base import LIVE_EXPIRY, HistoryBounds, Session, StoredPacket
 
@@ -51,6 +52,9 @@ class RecoveryOptions:
         session to close the old socket; one that does not answer counts as dead.
     :param write_through: False writes sessions only at a drop (a killed node's sockets
         then cannot recover); for comparison.
+    :param history_cache_bytes: memory (bytes, about) a node keeps for its recent
+        packets: each is encoded once for all its recipients, and a replay of recent
+        packets reads no store. 0 turns it off.
     """
 
     max_disconnection_duration: float = DEFAULT_MAX_DISCONNECTION_DURATION
@@ -60,13 +64,15 @@ class RecoveryOptions:
     lease_expiry: float = DEFAULT_LEASE_EXPIRY
     handover_timeout: float = DEFAULT_HANDOVER_TIMEOUT
     write_through: bool = True
+    history_cache_bytes: int = DEFAULT_HISTORY_CACHE_BYTES
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> RecoveryOptions:
         if not isinstance(options, Mapping):
             raise ConfigurationError("connection_state_recovery must be a dict or None")
         known = {"max_disconnection_duration", "skip_middlewares", "max_replay_packets",
-                 "namespaces", "lease_expiry", "handover_timeout", "write_through"}
+                 "namespaces", "lease_expiry", "handover_timeout", "write_through",
+                 "history_cache_bytes"}
         unknown = set(options) - known
         if unknown:
             raise ConfigurationError(
@@ -86,6 +92,9 @@ class RecoveryOptions:
             if isinstance(namespaces, str) or not all(isinstance(n, str) for n in namespaces):
                 raise ConfigurationError("namespaces must be a list of namespace names")
             namespaces = frozenset(namespaces)
+        cache = options.get("history_cache_bytes", DEFAULT_HISTORY_CACHE_BYTES)
+        if isinstance(cache, bool) or not isinstance(cache, int) or cache < 0:
+            raise ConfigurationError("history_cache_bytes must be an integer >= 0")
         seconds = {name: options.get(name, default) for name, default in (
             ("lease_expiry", DEFAULT_LEASE_EXPIRY),
             ("handover_timeout", DEFAULT_HANDOVER_TIMEOUT))}
@@ -99,7 +108,7 @@ class RecoveryOptions:
                    max_replay_packets=cap, namespaces=namespaces,
                    lease_expiry=float(seconds["lease_expiry"]),
                    handover_timeout=float(seconds["handover_timeout"]),
-                   write_through=write_through)
+                   write_through=write_through, history_cache_bytes=cache)
 
 
 @dataclass(eq=False)

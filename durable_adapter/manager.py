@@ -25,6 +25,7 @@ from ._lease import Lease
 from ._membership import MembershipLog, membership_of
 from ._offsets import format_offset
 from ._packets import encode_event, encode_with_offset, set_offset
+from ._recent import RecentHistory
 from ._recovery import DEFAULT_LEASE_EXPIRY, Hold, current_attempt
 from .exceptions import StoreError
 from .stores.base import NewPacket, Store, StoredPacket
@@ -78,6 +79,8 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         self.sending = True
         #: told when a socket's rooms change (its session is written through)
         self.on_session_change: Callable[[str, str], None] = lambda namespace, sid: None
+        #: frames per seq and a window of delivered packets, for replays (``_recent``)
+        self.recent = RecentHistory()
         self._init_cluster()
         #: this node's liveness, as other nodes see it in the store
         self.lease = Lease(store, self.host_id, lease_expiry)
@@ -300,6 +303,9 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         # advance first: a socket saved mid-packet records this packet as seen,
         # and a room joined or left from here on counts after it (_membership)
         self.delivered = stored.seq
+        self.recent.add(stored)
+        if parts is not None:  # this node's own, encoded at emit: replays reuse them
+            self.recent.keep_frames(stored.seq, parts)
         if (self.recovers(stored.namespace) and stored.namespace in self.rooms) \
                 or self.holds.get(stored.namespace):
             try:
@@ -314,13 +320,17 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         Such a packet can reach no one: it is logged and skipped, never allowed to stop
         the delivery or the replay of the packets after it.
         """
+        parts = self.recent.frames(stored.seq)  # the same for every recipient: once
+        if parts is not None:
+            return parts or None
         try:
-            return self._encode(stored.namespace, [*stored.data,
-                                                   format_offset(self.store.epoch, stored.seq)])
+            parts = self._encode(stored.namespace, [*stored.data,
+                                                    format_offset(self.store.epoch, stored.seq)])
         except Exception:  # RecursionError, or a payload the packet class refuses
             logger.exception("packet %d cannot be encoded; skipped", stored.seq,
                              extra={"action": "encode_failed"})
-            return None
+        self.recent.keep_frames(stored.seq, parts)
+        return parts
 
     async def _deliver_one(self, stored: StoredPacket,
                            parts: list[eio_packet.Packet] | None = None) -> None:
@@ -350,6 +360,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         async with self._deliver_lock:
             self.delivered = after
             self._own.clear()  # committed to the history that is gone
+            self.recent.clear()
             self.last_sent.clear()
             for key, log in self.memberships.items():
                 self.memberships[key] = log.restarted(after)

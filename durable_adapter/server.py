@@ -88,9 +88,10 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                     "the store is the message queue (pass store= instead)")
             self.store = store if isinstance(store, Store) else store_from_url(
                 store or DEFAULT_STORE_URL)
-            kwargs["client_manager"] = DurableManager(
-                self.store, recovery_namespaces=self.recovery.namespaces,
-                lease_expiry=self.recovery.lease_expiry)
+            manager = DurableManager(self.store, recovery_namespaces=self.recovery.namespaces,
+                                     lease_expiry=self.recovery.lease_expiry)
+            manager.recent.max_bytes = self.recovery.history_cache_bytes
+            kwargs["client_manager"] = manager
         super().__init__(*args, **kwargs)
         self._pids: dict[tuple[str, str], str] = {}
         #: (namespace, pid hash) -> sid of the live socket holding that pid
@@ -520,17 +521,13 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _read_replay(self, namespace: str, session: Session, start: int, upto: int
                            ) -> list[StoredPacket]:
+        """The packets of ``(start, upto]`` that ``session`` is owed, in seq order: from
+        this node's recent history when it holds them, else from the store, each page
+        read once for all the restores asking for it at once (``_recent``)."""
         membership = membership_of(session)
-        replay: list[StoredPacket] = []
-        after = start
-        while after < upto:
-            page = await self.store.read(after=after, until=upto, limit=REPLAY_PAGE,
-                                         namespace=namespace)
-            if not page:
-                break
-            replay.extend(p for p in page if membership.was_for(p, session.sid))
-            after = page[-1].seq
-        return replay
+        packets = await self.durable_manager.recent.replay(
+            self.store.read, start, upto, namespace, page=REPLAY_PAGE)
+        return [p for p in packets if membership.was_for(p, session.sid)]
 
     @staticmethod
     def _refuse(failure: RecoveryFailure) -> Attempt:

@@ -1,0 +1,271 @@
+"""This node's recent history in memory: each stored packet encoded once, recent replays
+read without a query (issue 10, item 3).
+
+Two things share one byte budget:
+
+* **frames**: a stored packet's Socket.IO encoding (its offset last) is the same for
+  every recipient, so it is kept per seq and reused by live delivery and every replay;
+* **the window**: the packets this node delivered, seq-contiguous across namespaces.
+  A replay whose whole range lies inside it is read from here; any other range (older,
+  or from before this process started) goes to the store, where concurrent restores
+  asking for the same page share one query.
+
+The window never has a hole: it only grows at its top, by the next seq, and only
+shrinks at its bottom. A packet that does not follow its top (the follower skipped an
+undecodable or trimmed packet, or the history was replaced) starts a new window, so a
+range it does claim to cover holds every packet the store would return for it. Whether
+those packets are still retained is not its business: the server checks the store's
+bounds around every replay, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import OrderedDict
+from collections.abc import Awaitable
+from typing import Any, NamedTuple, Protocol
+
+from engineio import packet as eio_packet
+
+from .stores.base import StoredPacket
+
+DEFAULT_MAX_BYTES = 32 * 2**20
+#: bytes counted per kept packet and per kept frame list besides the payload itself
+#: (the objects, their dict slots); a rough figure, so that many tiny packets count too
+ENTRY_OVERHEAD = 300
+_SCALAR = 16  # bytes counted for a number, bool or None inside a payload
+_MAX_STEPS = 1_000_000
+
+
+class StoreRead(Protocol):
+    def __call__(self, *, after: int, limit: int, until: int | None = None,
+                 namespace: str | None = None) -> Awaitable[list[StoredPacket]]: ...
+
+
+class _Frames(NamedTuple):
+    parts: tuple[str | bytes, ...]  # the engine.io MESSAGE payloads; () = cannot be encoded
+    size: int
+    tick: int  # insertion order, shared with the window's entries (oldest evicted first)
+
+
+class _Kept(NamedTuple):
+    packet: StoredPacket
+    size: int
+    tick: int
+
+
+def payload_size(value: Any) -> int:
+    """About how many bytes ``value`` (a packet's data) holds: its strings and bytes,
+    plus a little per item (linear, as encoding it is)."""
+    size, stack, steps = 0, [value], 0
+    while stack and steps < _MAX_STEPS:  # bounded, should a payload hold a cycle
+        steps += 1
+        item = stack.pop()
+        if isinstance(item, str | bytes | bytearray):
+            size += len(item) + _SCALAR
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        else:
+            size += _SCALAR
+    return size
+
+
+class RecentHistory:
+    """Frames per seq and a contiguous window of delivered packets, bounded in bytes.
+
+    ``max_bytes`` 0 keeps nothing (every replay reads the store, every delivery
+    encodes). Not thread-safe: used from the server's event loop only.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(f"max_bytes must be an integer >= 0, got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self._ticks = itertools.count()
+        self._frames: OrderedDict[int, _Frames] = OrderedDict()
+        self._window: dict[int, _Kept] = {}  # seqs lo+1 .. hi, every one of them
+        self._lo = self._hi = 0
+        self._bytes = 0
+        self._reads: dict[tuple[Any, ...], asyncio.Future[list[StoredPacket]]] = {}
+        self._generation = 0  # one more at every clear()
+
+    # -- what is kept ------------------------------------------------------------------
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """``(lo, hi)``: the window holds every delivered packet with lo < seq <= hi."""
+        return self._lo, self._hi
+
+    @property
+    def size(self) -> int:
+        """Bytes counted for what is kept now (at most ``max_bytes``)."""
+        return self._bytes
+
+    def clear(self) -> None:
+        """Forget everything: the history was replaced (seqs start again, another
+        epoch in every offset). Store reads under way are not shared any more."""
+        self._frames.clear()
+        self._window.clear()
+        self._lo = self._hi = 0
+        self._bytes = 0
+        self._reads = {}
+        self._generation += 1
+
+    def add(self, packet: StoredPacket) -> None:
+        """``packet`` was delivered by this node, after every packet added before it."""
+        if not self.max_bytes:
+            return
+        seq = packet.seq
+        if seq != self._hi + 1:
+            # not the next one (a skipped seq, a new history): start over just below it,
+            # claiming nothing older
+            self._drop_window()
+            self._lo = seq - 1
+        size = ENTRY_OVERHEAD + payload_size(packet.data)
+        self._window[seq] = _Kept(packet, size, next(self._ticks))
+        self._hi = seq
+        self._bytes += size
+        self._evict()
+
+    def read(self, after: int, until: int, namespace: str) -> list[StoredPacket] | None:
+        """The packets of ``namespace`` with ``after < seq <= until``, in seq order, or
+        None when the window does not hold that whole range (read the store then)."""
+        if until <= after:
+            return []
+        if after < self._lo or until > self._hi:
+            return None
+        window = self._window
+        return [kept.packet for seq in range(after + 1, until + 1)
+                if (kept := window[seq]).packet.namespace == namespace]
+
+    def frames(self, seq: int) -> list[eio_packet.Packet] | None:
+        """The frames kept for ``seq`` (``[]``: it cannot be encoded), None if none are.
+
+        Each call gets its own engine.io packets: one caches its encoding on first send,
+        base64 for a polling client, which a websocket client must never get.
+        """
+        kept = self._frames.get(seq)
+        if kept is None:
+            return None
+        return [eio_packet.Packet(eio_packet.MESSAGE, part) for part in kept.parts]
+
+    def keep_frames(self, seq: int, frames: list[eio_packet.Packet] | None) -> None:
+        """Keep what ``seq`` encodes to (None: it cannot be encoded)."""
+        if not self.max_bytes or seq in self._frames:
+            return
+        parts = tuple(frame.data for frame in frames or ())
+        size = ENTRY_OVERHEAD + sum(len(part) for part in parts)
+        self._frames[seq] = _Frames(parts, size, next(self._ticks))
+        self._bytes += size
+        self._evict()
+
+    # -- a replay ------------------------------------------------------------------------
+
+    async def replay(self, read: StoreRead, after: int, until: int, namespace: str, *,
+                     page: int) -> list[StoredPacket]:
+        """The packets of ``namespace`` with ``after < seq <= until``, in seq order: from
+        the window when it holds the range, else read from the store in pages of
+        ``page`` packets (shared with concurrent replays of the same page).
+
+        A range the window could be extended with (an empty window, as after a restart,
+        or one that starts inside it) is read for every namespace and joins the window:
+        the next restores from there on read nothing.
+        """
+        packets = self.read(after, until, namespace)
+        if packets is not None:
+            return packets
+        lo, hi = self._lo, self._hi
+        if not self.max_bytes or (lo != hi and not after < lo <= until):
+            return await self._read_pages(read, after, until, namespace, page)
+        generation = self._generation
+        every = await self._read_pages(read, after, until, None, page)
+        if generation == self._generation:  # not a replaced history meanwhile
+            self._extend_down(every, after, until)
+        return [packet for packet in every if packet.namespace == namespace]
+
+    async def _read_pages(self, read: StoreRead, after: int, until: int,
+                          namespace: str | None, page: int) -> list[StoredPacket]:
+        packets: list[StoredPacket] = []
+        while after < until:
+            got = await self.shared_read(read, after=after, until=until, limit=page,
+                                         namespace=namespace)
+            if not got:
+                break
+            packets.extend(got)
+            after = got[-1].seq
+        return packets
+
+    def _extend_down(self, every: list[StoredPacket], after: int, until: int) -> None:
+        """Put ``every`` packet of ``(after, until]`` (as read) below the window, when
+        that leaves no hole: it holds every seq of the range, and the window is empty
+        or starts inside the range."""
+        if len(every) != until - after or any(
+                packet.seq != after + i for i, packet in enumerate(every, 1)):
+            return  # a hole (purged meanwhile, or a packet the store cannot decode)
+        if self._window and not after < self._lo <= until:
+            return  # evicted past it meanwhile, or already extended
+        if not self._window:
+            self._lo = self._hi = until
+        for packet in reversed(every[:self._lo - after]):
+            size = ENTRY_OVERHEAD + payload_size(packet.data)
+            self._window[packet.seq] = _Kept(packet, size, next(self._ticks))
+            self._bytes += size
+        self._lo = after
+        self._evict()
+
+    # -- reading the store -----------------------------------------------------------------
+
+    async def shared_read(self, read: StoreRead, *, after: int, until: int, limit: int,
+                          namespace: str | None) -> list[StoredPacket]:
+        """``read(...)``, sharing one query among concurrent callers with the same page.
+
+        Safe to share: a caller's ``until`` is at most what this node had delivered, so
+        every seq up to it was committed before the first caller's query started.
+        """
+        key = (after, until, limit, namespace)
+        reads = self._reads
+        future = reads.get(key)
+        if future is None:
+            future = asyncio.ensure_future(
+                read(after=after, until=until, limit=limit, namespace=namespace))
+            reads[key] = future
+
+            def done(task: asyncio.Future[list[StoredPacket]]) -> None:
+                if reads.get(key) is task:
+                    del reads[key]
+                if not task.cancelled():
+                    task.exception()  # seen: its waiters each get it, or none is left
+
+            future.add_done_callback(done)
+        # one caller giving up (its client went away) must not cancel the others' read
+        return await asyncio.shield(future)
+
+    # -- the budget -----------------------------------------------------------------------
+
+    def _drop_window(self) -> None:
+        self._bytes -= sum(kept.size for kept in self._window.values())
+        self._window.clear()
+        self._lo = self._hi
+
+    def _evict(self) -> None:
+        """Drop the oldest kept (frames, or the window's bottom) until within budget."""
+        window, frames = self._window, self._frames
+        while self._bytes > self.max_bytes:
+            bottom = window.get(self._lo + 1)
+            if frames:
+                seq, oldest = next(iter(frames.items()))
+                if bottom is None or oldest.tick < bottom.tick:
+                    del frames[seq]
+                    self._bytes -= oldest.size
+                    continue
+            if bottom is None:
+                return  # nothing left (unreachable: sizes are positive)
+            # only ever from the bottom: the window stays contiguous
+            del window[self._lo + 1]
+            self._lo += 1
+            self._bytes -= bottom.size
+

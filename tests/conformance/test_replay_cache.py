@@ -1,0 +1,360 @@
+"""Replays from this node's recent history (issue 10, item 3).
+
+A replay whose range the node still holds in memory reads nothing from the store, and
+each stored packet is encoded once for all its recipients. What a client gets must not
+depend on it: the same frames, in the same order, filtered by the same room stays as a
+replay read from the store; a range the memory does not fully hold goes to the store;
+purged packets are still refused; a replaced history forgets what was kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from durable_adapter import RecoveryFailure
+from durable_adapter._recent import ENTRY_OVERHEAD, RecentHistory
+from durable_adapter.stores.base import NewPacket, Store, StoredPacket
+from durable_adapter.stores.memory import MemoryStore
+from tests._harness import WAIT, until
+from tests.conformance.conftest import Node, Peer, StoreSpec, running
+from tests.conformance.test_restore_paths import FlakyStore
+from tests.conformance.test_room_history import (
+    LIVE,
+    _history,
+    _received_until_end,
+    _rooms_handlers,
+)
+
+
+class ReadCounter:
+    """Counts ``store.read`` calls on a real store instance (the calls go through).
+
+    A store's follower may read through the same method (the memory store does), so
+    a test counts around a reconnect only, with no emit under way: a restore reads its
+    replay before the CONNECT reply.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.calls = 0
+        read = store.read
+
+        async def counted(**kwargs: Any) -> list[StoredPacket]:
+            self.calls += 1
+            return await read(**kwargs)
+
+        store.read = counted  # type: ignore[method-assign]
+
+
+class Frames:
+    """What the server sends on each Engine.IO connection, as sent (observed, not altered)."""
+
+    def __init__(self, node: Node) -> None:
+        self.sent: dict[str, list[Any]] = {}
+        send = node.sio._send_eio_packet
+
+        async def recorded(eio_sid: str, pkt: Any) -> None:
+            self.sent.setdefault(eio_sid, []).append(pkt.data)
+            await send(eio_sid, pkt)
+
+        node.sio._send_eio_packet = recorded
+
+    def events(self, eio_sid: str) -> list[Any]:
+        """The EVENT and BINARY_EVENT frames (and attachments) sent on ``eio_sid``."""
+        return [data for data in self.sent.get(eio_sid, [])
+                if isinstance(data, bytes) or data[:1] in ("2", "5")]
+
+
+def _forget_recent(node: Node) -> None:
+    """What a restarted node holds in memory: nothing (its store still has it all)."""
+    node.sio.durable_manager.recent.clear()
+
+
+@pytest.mark.parametrize("source", ["memory", "store"])
+@pytest.mark.parametrize("offset", ["none", "older"])
+async def test_a_replay_from_memory_filters_rooms_as_one_from_the_store(
+        store_url: StoreSpec, source: str, offset: str) -> None:
+    async with running(store_url) as node:
+        _rooms_handlers(node)
+        reads = ReadCounter(node.sio.store)
+        peer = Peer()
+        await peer.connect(node.url)
+        first_offset = await _history(node, peer)
+        state = await peer.drop(node)
+        await node.sio.emit("tick", "missed", to="priv")
+        await node.sio.emit("tick", "elsewhere", to="other")
+        if source == "store":
+            _forget_recent(node)
+
+        state["/"]["offset"] = None if offset == "none" else first_offset
+        again = Peer()
+        before = reads.calls
+        await again.connect(node.url, state)  # the replay is read before the reply
+        assert (reads.calls > before) is (source == "store")
+        assert again.client.is_recovered()
+        expected = [*LIVE, "missed"] if offset == "none" else [*LIVE[1:], "missed"]
+        assert await _received_until_end(node, again, len(expected)) == expected
+        await again.client.disconnect()
+
+
+async def test_frames_replayed_from_memory_equal_those_read_from_the_store(
+        store_url: StoreSpec) -> None:
+    async with running(store_url) as node:
+        _rooms_handlers(node)
+        frames = Frames(node)
+        reads = ReadCounter(node.sio.store)
+        peers = [Peer(), Peer()]
+        for peer in peers:
+            await peer.connect(node.url)
+            await peer.client.call("join", "priv", timeout=WAIT)
+        await node.sio.emit("tick", "live")
+        for peer in peers:
+            await peer.inbox["/"].wait_for(1)
+        states = [await peer.drop(node) for peer in peers]
+        missed: list[Any] = ["m1", "m2", b"\x00bin", {"k": [1, 2.5, None]}, "m5"]
+        await node.sio.emit("tick", missed[0])
+        await node.sio.emit("tick", missed[1], to="priv")
+        await node.sio.emit("tick", "not-for-them", to="other")
+        await node.sio.emit("tick", missed[2])
+        await node.sio.emit("tick", "skipped", skip_sid="priv")
+        await node.sio.emit("tick", missed[3], to="priv")
+        await node.sio.emit("other", "another event")
+        await node.sio.emit("tick", missed[4])
+
+        replayed = []
+        for source, state in zip(("memory", "store"), states, strict=True):
+            if source == "store":
+                _forget_recent(node)
+            before = reads.calls
+            again = Peer()
+            await again.connect(node.url, state)
+            assert (reads.calls > before) is (source == "store")
+            assert again.client.is_recovered()
+            assert await again.inbox["/"].wait_for(len(missed)) == missed
+            replayed.append(frames.events(again.client.eio.sid))
+            await again.client.disconnect()
+        assert replayed[0] == replayed[1]
+        assert len(replayed[0]) == len(missed) + 2  # the binary one has an attachment
+
+
+async def test_a_range_memory_no_longer_holds_is_read_from_the_store(
+        store_url: StoreSpec) -> None:
+    limit = 12 * ENTRY_OVERHEAD  # a few packets
+    async with running(store_url, history_cache_bytes=limit) as node:
+        recent = node.sio.durable_manager.recent
+        reads = ReadCounter(node.sio.store)
+        old, late = Peer(), Peer()
+        for peer in (old, late):
+            await peer.connect(node.url)
+        old_state = await old.drop(node)
+        sent = [f"p{i}-" + "x" * (i * 37 % 300) for i in range(60)]
+        for i, data in enumerate(sent):
+            await node.sio.emit("tick", data)
+            if i == len(sent) - 3:
+                await late.inbox["/"].wait_for(i + 1)
+                late_state = await late.drop(node)
+        assert recent.size <= limit
+        lo, hi = recent.window
+        assert hi == node.sio.durable_manager.delivered and hi - lo < len(sent)
+        # contiguous: every seq of the window is there, in order
+        assert [p.seq for p in recent.read(lo, hi, "/") or []] == list(range(lo + 1, hi + 1))
+
+        before = reads.calls
+        again = Peer()
+        await again.connect(node.url, late_state)
+        assert reads.calls == before  # the last two are still in memory
+        assert await again.inbox["/"].wait_for(2) == sent[-2:]
+        await again.client.disconnect()
+
+        again = Peer()
+        await again.connect(node.url, old_state)
+        assert reads.calls > before
+        assert again.client.is_recovered()
+        assert await again.inbox["/"].wait_for(len(sent)) == sent
+        await again.client.disconnect()
+
+
+async def test_purged_packets_are_refused_though_memory_holds_them(
+        store_url: StoreSpec) -> None:
+    async with running(store_url) as node:
+        peer = Peer()
+        await peer.connect(node.url)
+        state = await peer.drop(node)
+        for i in range(3):
+            await node.sio.emit("tick", i)
+        result = await node.sio.store.purge(now=time.time() + 1, retention=0)
+        assert result.packets > 0
+        lo, _ = node.sio.durable_manager.recent.window
+        assert lo < (await node.sio.store.bounds()).purged_through
+
+        again = Peer()
+        await again.connect(node.url, state)
+        assert not again.client.is_recovered()
+        assert node.last["failure"] is RecoveryFailure.NOT_RETAINED
+        await again.client.disconnect()
+
+
+async def test_a_replaced_history_forgets_what_was_kept(store_url: StoreSpec) -> None:
+    async with running(store_url) as node:
+        manager = node.sio.durable_manager
+        peer = Peer()
+        await peer.connect(node.url)
+        await node.sio.emit("tick", "kept")
+        await peer.inbox["/"].wait_for(1)
+        seq = manager.delivered
+        assert manager.recent.frames(seq) and manager.recent.window == (seq - 1, seq)
+        await manager._history_reset(0)  # what a store whose history was replaced calls
+        assert manager.recent.frames(seq) is None
+        assert manager.recent.read(0, seq, "/") is None
+        await peer.client.disconnect()
+
+
+async def _drop_all(node: Node, peers: list[Peer]) -> list[dict[str, Any]]:
+    return list(await asyncio.gather(*(peer.drop(node) for peer in peers)))
+
+
+async def _recover_all(node: Node, states: list[dict[str, Any]], missed: list[Any]
+                       ) -> list[Peer]:
+    async def one(state: dict[str, Any]) -> Peer:
+        peer = Peer()
+        await peer.connect(node.url, state)
+        assert peer.client.is_recovered()
+        assert await peer.inbox["/"].wait_for(len(missed)) == missed
+        return peer
+
+    return list(await asyncio.gather(*(one(state) for state in states)))
+
+
+async def test_fifty_clients_recovering_one_history_read_it_at_most_once(
+        store_url: StoreSpec) -> None:
+    async with running(store_url) as node:
+        reads = ReadCounter(node.sio.store)
+        peers = [Peer() for _ in range(50)]
+        await asyncio.gather(*(peer.connect(node.url) for peer in peers))
+        states = await _drop_all(node, peers)
+        missed = [f"m{i}" for i in range(40)]
+        for data in missed:
+            await node.sio.emit("tick", data)
+
+        before = reads.calls
+        peers = await _recover_all(node, states, missed)  # all in this node's memory
+        assert reads.calls == before
+
+        states = await _drop_all(node, peers)
+        missed = [f"n{i}" for i in range(40)]
+        for data in missed:
+            await node.sio.emit("tick", data)
+        _forget_recent(node)  # as after a restart: only the store has the history
+        before = reads.calls
+        peers = await _recover_all(node, states, missed)
+        assert 1 <= reads.calls - before <= 3, reads.calls - before
+        await asyncio.gather(*(peer.client.disconnect() for peer in peers))
+
+
+async def test_a_store_failure_on_a_shared_read_keeps_the_session() -> None:
+    store = FlakyStore()
+    async with running(store) as node:
+        peer = Peer()
+        await peer.connect(node.url)
+        await node.sio.emit("tick", 1)
+        await peer.inbox["/"].wait_for(1)
+        state = await peer.drop(node)
+        await node.sio.emit("tick", 2)
+        _forget_recent(node)
+
+        store.fail_next_read = True
+        unlucky = Peer()
+        await unlucky.connect(node.url, state)
+        assert node.last["failure"] is RecoveryFailure.STORE_UNAVAILABLE
+        await unlucky.client.disconnect()
+        again = Peer()
+        await again.connect(node.url, state)
+        assert again.client.is_recovered()
+        assert await again.inbox["/"].wait_for(1) == [2]
+        await again.client.disconnect()
+
+
+# -- the bounded memory itself ----------------------------------------------------------------
+
+
+def _packet(seq: int, data: Any = "x", namespace: str = "/") -> StoredPacket:
+    return StoredPacket(namespace=namespace, data=["e", data], seq=seq, created_at=0.0)
+
+
+def test_the_window_evicts_by_bytes_from_its_bottom_only() -> None:
+    recent = RecentHistory(max_bytes=10 * ENTRY_OVERHEAD)
+    for seq in range(1, 201):
+        recent.add(_packet(seq, "y" * (seq * 97 % 700), "/a" if seq % 3 else "/b"))
+        lo, hi = recent.window
+        assert hi == seq and recent.size <= recent.max_bytes
+        assert [p.seq for p in (recent.read(lo, hi, "/a") or []) + (
+            recent.read(lo, hi, "/b") or [])] == sorted(
+            s for s in range(lo + 1, hi + 1) if s % 3) + [
+            s for s in range(lo + 1, hi + 1) if not s % 3]
+    lo, hi = recent.window
+    assert 0 < lo < hi
+    assert recent.read(lo - 1, hi, "/a") is None  # not held whole: the store's
+    assert recent.read(lo, hi + 1, "/a") is None
+
+
+def test_a_skipped_seq_starts_a_new_window() -> None:
+    recent = RecentHistory()
+    for seq in (1, 2, 3):
+        recent.add(_packet(seq))
+    recent.add(_packet(5))  # 4 was skipped by the follower (undecodable, trimmed)
+    assert recent.window == (4, 5)
+    assert recent.read(2, 5, "/") is None
+    assert [p.seq for p in recent.read(4, 5, "/") or []] == [5]
+
+
+def test_frames_are_kept_once_and_handed_out_fresh() -> None:
+    from engineio import packet as eio_packet
+
+    recent = RecentHistory(max_bytes=3 * (ENTRY_OVERHEAD + 10))
+    frames = [eio_packet.Packet(eio_packet.MESSAGE, "2[\"e\"]"),
+              eio_packet.Packet(eio_packet.MESSAGE, b"\x01")]
+    recent.keep_frames(7, frames)
+    got = recent.frames(7)
+    assert got is not None and [f.data for f in got] == ["2[\"e\"]", b"\x01"]
+    assert all(a is not b for a, b in zip(got, frames, strict=True))
+    recent.keep_frames(8, None)  # cannot be encoded: kept as such
+    assert recent.frames(8) == []
+    for seq in range(9, 20):
+        recent.keep_frames(seq, [eio_packet.Packet(eio_packet.MESSAGE, "2[1]")])
+    assert recent.frames(7) is None and recent.frames(19) is not None
+    assert recent.size <= recent.max_bytes
+    off = RecentHistory(max_bytes=0)
+    off.add(_packet(1))
+    off.keep_frames(1, frames)
+    assert off.frames(1) is None and off.read(0, 1, "/") is None
+
+
+async def test_concurrent_reads_of_one_page_share_one_query() -> None:
+    store = MemoryStore()
+    async with store:
+        for i in range(5):
+            await store.append(NewPacket(namespace="/", data=["e", i]))
+        gate = asyncio.Event()
+        calls = 0
+        read = store.read
+
+        async def slow(**kwargs: Any) -> list[StoredPacket]:
+            nonlocal calls
+            calls += 1
+            await gate.wait()
+            return await read(**kwargs)
+
+        recent = RecentHistory()
+        tasks = [asyncio.ensure_future(recent.replay(slow, 0, 5, "/", page=1000))
+                 for _ in range(20)]
+        # the query starts once every replay has asked for the page (tasks run in order)
+        await until(lambda: calls == 1, "the shared query")
+        gate.set()
+        results = await asyncio.gather(*tasks)
+        assert calls == 1
+        assert all([p.seq for p in r] == [1, 2, 3, 4, 5] for r in results)
+        assert recent.window == (0, 5)  # joined the (empty) window
+        assert [p.seq for p in recent.read(2, 5, "/") or []] == [3, 4, 5]

@@ -45,6 +45,7 @@ class ClusterOps:
     host_id: str
     _remote_callbacks: dict[str, Callable[..., Any]]
     _handovers: dict[str, asyncio.Future[None]]
+    _handing_over: set[asyncio.Task[None]]
     #: closes the live socket of (namespace, pid hash) here, its session saved as a drop
     #: (set by the server)
     let_go: Callable[[str, str], Awaitable[None]]
@@ -53,6 +54,7 @@ class ClusterOps:
         self.host_id = uuid.uuid4().hex
         self._remote_callbacks = {}
         self._handovers = {}
+        self._handing_over = set()
         self.store.on_control(self._on_control)
 
     async def request_handover(self, owner: str, namespace: str, pid_hash: str,
@@ -174,8 +176,19 @@ class ClusterOps:
 
     async def _remote_handover(self, origin: str, *, namespace: str, pid_hash: str,
                                request_id: str) -> None:
-        await self.let_go(namespace, pid_hash)
-        await self._publish("handover_done", target=origin, request_id=request_id)
+        # in a task of its own: letting go may wait for a restore under way here, and
+        # the follower running this handler must go on delivering meanwhile
+        task = asyncio.create_task(self._hand_over(origin, namespace, pid_hash, request_id))
+        self._handing_over.add(task)
+        task.add_done_callback(self._handing_over.discard)
+
+    async def _hand_over(self, origin: str, namespace: str, pid_hash: str,
+                         request_id: str) -> None:
+        try:
+            await self.let_go(namespace, pid_hash)
+            await self._publish("handover_done", target=origin, request_id=request_id)
+        except Exception:  # unanswered, the asking node takes this one for dead
+            logger.exception("handing a session over to %s failed", origin)
 
     async def _remote_handover_done(self, origin: str, *, request_id: str) -> None:
         answered = self._handovers.get(request_id)

@@ -108,7 +108,8 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         #: user's) waits for it instead of starting another
         self._shutdown_run: asyncio.Future[None] | None = None
         #: (namespace, pid hash) of restores under way here: one at a time per session
-        self._restoring: set[tuple[str, str]] = set()
+        #: set once the restore ends, whatever its outcome
+        self._restoring: dict[tuple[str, str], asyncio.Event] = {}
         self.sessions: SessionWriter | None = None
         if self.recovery is not None:
             manager = self.durable_manager
@@ -263,6 +264,11 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
     async def _let_go(self, namespace: str, pid_hash: str) -> None:
         """Another node's reconnect asks for this session: close its socket here as a
         drop (its session saved, owner none), so the other node can take it."""
+        restoring = self._restoring.get((namespace, pid_hash))
+        if restoring is not None:  # taken here a moment ago: let that restore end first
+            assert self.recovery is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(restoring.wait(), self.recovery.handover_timeout)
         holder = self._live_holder(namespace, pid_hash)
         if holder is not None:
             await self._evict(holder[1])
@@ -359,10 +365,10 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         if (namespace, pid_hash) in self._restoring:
             # another connection of this node is restoring it right now: one wins
             return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
-        self._restoring.add((namespace, pid_hash))
+        self._restoring[(namespace, pid_hash)] = asyncio.Event()
         attempt = await self._restore_stored(eio_sid, namespace, pid, pid_hash, offset)
         if attempt.restore is None:
-            self._restoring.discard((namespace, pid_hash))
+            self._restoring.pop((namespace, pid_hash)).set()
         else:
             attempt.restoring = (namespace, pid_hash)
         return attempt
@@ -588,7 +594,9 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         if restore is not None and not restore.completed:
             await self._abandon_restore(eio_sid, namespace, restore)
         if attempt.restoring is not None:
-            self._restoring.discard(attempt.restoring)
+            ended = self._restoring.pop(attempt.restoring, None)
+            if ended is not None:
+                ended.set()
         if sid is not None and not manager.is_connected(sid, namespace):
             self._forget(sid, namespace)
 

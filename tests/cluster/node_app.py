@@ -49,10 +49,12 @@ def server(store: Any, name: str, async_mode: str = "aiohttp"
     # nothing for max(ping_interval, ping_timeout) + 5 s, and a loaded test machine can
     # delay a 25 s ping past that. Ping interval + timeout (25 s) stay far above any
     # wait of the fault tests: a recovery that needs the old socket's ping timeout fails.
-    # TODO(issue 11): pass lease_expiry() to the server/store once leases exist
+    recovery: dict[str, Any] = {"max_disconnection_duration": 60}
+    if lease_expiry() is not None:
+        recovery["lease_expiry"] = lease_expiry()
     sio = durable_adapter.AsyncServer(
         store=store, async_mode=async_mode, namespaces="*", ping_interval=5,
-        connection_state_recovery={"max_disconnection_duration": 60})
+        connection_state_recovery=recovery)
     connects: dict[str, dict[str, Any]] = {}
 
     @sio.on("connect")

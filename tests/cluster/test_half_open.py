@@ -28,12 +28,10 @@ from tests.interop.jsclient import JsClient, js_client
 
 WAIT = 15.0  # seconds for one cross-node effect to show
 until = functools.partial(_harness.until, within=WAIT)
-HANDOVER = pytest.mark.xfail(strict=True, reason="issue 11: handover")
 pytestmark = pytest.mark.timeout(90)
 
 # where the client reconnects; the memory store has one node, so "same" only
-CASES = [pytest.param(store, where, id=f"{store}-{where}",
-                      marks=[HANDOVER] if where == "other" else [])
+CASES = [pytest.param(store, where, id=f"{store}-{where}")
          for store in ("memory", "sqlite", "postgres", "redis")
          for where in ("same", "other") if (store, where) != ("memory", "other")]
 

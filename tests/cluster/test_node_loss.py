@@ -25,7 +25,6 @@ WAIT = 30.0  # seconds for a hundred clients to see one thing happen
 until = functools.partial(_harness.until, within=WAIT)
 LEASE_EXPIRY = 2.0  # seconds: the killed node's sessions are free to take after this
 EXIT_WITHIN = 5.0  # seconds from SIGTERM to the process's exit (issue 11)
-LEASES = pytest.mark.xfail(strict=True, reason="issue 11: leases")
 
 
 @asynccontextmanager
@@ -67,7 +66,6 @@ async def close_all(*groups: list[Listener]) -> None:
                          return_exceptions=True)
 
 
-@LEASES
 @pytest.mark.timeout(150)
 async def test_sigkill_of_a_node_under_traffic(fault_store: ClusterStore) -> None:
     """100 clients on ``a``, ``b`` emitting to everyone before, while and after ``a`` is

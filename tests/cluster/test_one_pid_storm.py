@@ -27,7 +27,6 @@ from tests.cluster.harness import Listener, NodeProcess, cluster, released
 WAIT = 30.0
 until = functools.partial(_harness.until, within=WAIT)
 STORM = 100
-HANDOVER = pytest.mark.xfail(strict=True, reason="issue 11: handover")
 pytestmark = pytest.mark.timeout(90)
 
 
@@ -140,8 +139,7 @@ async def check_one_winner(readers: list[Reader], owner: Listener, nodes: list[N
 CASES = [
     *(pytest.param("memory", "same", live, id=f"memory-same-{'live' if live else 'stored'}")
       for live in (False, True)),
-    *(pytest.param(kind, spread, live, id=f"{kind}-{spread}-{'live' if live else 'stored'}",
-                   marks=[HANDOVER] if spread == "other" else [])
+    *(pytest.param(kind, spread, live, id=f"{kind}-{spread}-{'live' if live else 'stored'}")
       for kind in ("sqlite", "postgres", "redis")
       for spread, live in (("both", False), ("other", True))),
 ]

@@ -90,8 +90,11 @@ class AsyncClient(socketio.AsyncClient):  # type: ignore[misc]
         The namespace DISCONNECT packets are flushed before the transport closes (see
         :meth:`_send_packet`), so the server sees a deliberate leave and keeps no session.
         """
-        self._recovery.clear()
-        await super().disconnect()
+        try:
+            await super().disconnect()
+        finally:
+            # only now: an event still arriving while it leaves carries an offset to strip
+            self._recovery.clear()
 
     async def _send_packet(self, pkt: Any) -> None:
         namespace = pkt.namespace or "/"

@@ -7,9 +7,11 @@ of packets on the wire is the point).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import engineio.async_client
 import engineio.payload
@@ -17,7 +19,7 @@ import pytest
 from aiohttp import web
 
 import durable_adapter
-from tests._harness import WAIT, Inbox, drop_transport, serving, serving_app
+from tests._harness import WAIT, Inbox, drop_transport, serving, serving_app, until
 from tests.conformance.conftest import Peer, running
 
 EPOCH = "0123456789abcdef"
@@ -161,3 +163,42 @@ async def test_a_failing_handler_loses_only_its_own_held_event(
     assert got == ["missed 2", "live 3", "live 4", "live 5"]
     assert offset == f"{EPOCH}-5"
     assert "a bug in the application's handler" in caplog.text
+
+
+async def test_events_arriving_while_the_client_leaves_keep_their_offset_stripped() -> None:
+    """``disconnect()`` forgets what it would recover with before the transport closes;
+    an event still arriving meanwhile must reach the handler as the server emitted it,
+    never with the offset as an extra argument."""
+    async def script(ws: web.WebSocketResponse) -> None:
+        await receive_until(ws, "40")
+        await ws.send_str("40" + json.dumps({"sid": "sio-sid", "pid": "P" * 32}))
+        await ws.send_str(event("live 1", 1))
+        await receive_until(ws, "41")  # the client is leaving: its read loop still runs
+        for seq in range(2, 6):
+            await ws.send_str(event(f"late {seq}", seq))
+        await ws.send_str("2")  # answered only once the frames before it were handled
+        with contextlib.suppress(Exception):
+            await receive_until(ws, "3")
+
+    calls: list[tuple[Any, ...]] = []
+    first = asyncio.Event()
+
+    def tick(*args: Any) -> None:
+        calls.append(args)
+        first.set()
+
+    client = durable_adapter.AsyncClient(reconnection=False)
+    client.on("tick", tick)
+    async with scripted_server(script) as url:
+        await client.connect(url, transports=["websocket"], wait_timeout=WAIT)
+        await asyncio.wait_for(first.wait(), WAIT)
+        close = client.eio.disconnect
+
+        async def slow_close(*args: Any, **kwargs: Any) -> None:
+            # a transport slow to close: the late events come in first
+            await until(lambda: len(calls) == 5, "the late events")
+            await close(*args, **kwargs)
+
+        client.eio.disconnect = slow_close
+        await client.disconnect()
+    assert [args for args in calls] == [("live 1",), *((f"late {s}",) for s in range(2, 6))]

@@ -735,7 +735,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                 and self.manager.is_connected(sid, namespace):
             if self._is_recoverable(eio_sid, reason):
                 await self._save_session(eio_sid, sid, namespace)
-            elif self._pids.pop((namespace, sid), None) is not None:
+            elif (namespace, sid) in self._pids:
                 # left on purpose: what was written through is not recoverable
                 await self._delete_written(namespace, sid)
         await super()._handle_disconnect(eio_sid, namespace, reason)

@@ -368,3 +368,28 @@ async def test_an_offset_inside_a_replay_cut_short_keeps_its_place(
         assert third.client.is_recovered()
         assert await third.inbox["/"].wait_for(2) == ["a2", "a3"]
         await third.client.disconnect()
+
+
+async def test_leaving_on_purpose_leaves_nothing_behind_and_nothing_to_recover(
+        store_url: StoreSpec) -> None:
+    """Its session was written through at connect: a deliberate leave deletes it, and the
+    server keeps nothing per socket afterwards."""
+    async with running(store_url) as node:
+        baseline = bookkeeping(node.sio)
+        states = []
+        for _ in range(20):
+            peer = Peer()
+            await peer.connect(node.url)
+            state = peer.client.recovery_state()
+            sid = peer.sid()
+            await node.sio._session_writer().flush()  # written through
+            await peer.client.disconnect()
+            await until(lambda s=sid: not node.sio.manager.is_connected(s, "/"), "gone")
+            states.append(state)
+        await node.sio._session_writer().flush()
+        assert bookkeeping(node.sio) == baseline
+        again = Peer()
+        await again.connect(node.url, states[-1])
+        assert not again.client.is_recovered()
+        assert node.last["failure"] is RecoveryFailure.UNKNOWN_SESSION
+        await again.close()

@@ -76,6 +76,8 @@ class ClusterOps:
             self._handovers.pop(request_id, None)
 
     async def _publish(self, method: str, target: str | None = None, **body: Any) -> None:
+        manager: Any = self
+        await manager.start()  # a node that has had no connection yet opens its store now
         await self.store.publish_control(
             ControlMessage(method=method, origin=self.host_id, target=target, body=body))
 

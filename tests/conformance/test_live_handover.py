@@ -128,3 +128,27 @@ async def test_a_silent_owner_is_taken_for_dead_after_the_handover_timeout(
         assert taken == OwnedBy(b.sio.durable_manager.host_id)
         await old.close()
         await moved.close()
+
+
+async def test_room_and_session_changes_are_written_through_from_any_node(
+        shared: StoreMaker) -> None:
+    """What a killed node leaves behind: its sockets' sessions as last changed, by itself
+    or by another node through the cluster operations."""
+    async with running(shared) as a, running(shared) as b:
+        peer = Peer()
+        await peer.connect(a.url)
+        sid = peer.sid()
+        pid_hash = next(key for key, value in a.sio._live_pids.items() if value == sid)[1]
+        await b.sio.enter_room(sid, "vip")  # B asks A over the control channel
+        await until(lambda: "vip" in a.sio.rooms(sid), "A to put the socket in the room")
+        async with a.sio.session(sid) as session:
+            session["cart"] = ["tea"]
+        await a.sio._session_writer().flush()
+        # as another node finds it when A is taken for dead
+        taken = await b.sio.store.take_session(
+            "/", pid_hash, node="a node that outlived A", now=0.0, window=0.0,
+            force_from=a.sio.durable_manager.host_id)
+        assert not isinstance(taken, OwnedBy) and taken is not None
+        assert "vip" in taken.rooms and sid in taken.rooms
+        assert taken.data == {"cart": ["tea"]}
+        await peer.close()

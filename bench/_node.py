@@ -13,6 +13,15 @@ benchmark can drive one worker of several sharing P through SO_REUSEPORT):
 * ``GET /metrics``: the Prometheus metrics, with ``--metrics on`` (``off`` counts none).
 * ``POST /metrics-state`` ``{"on": true|false}``: count from now on, or stop counting
   (``--metrics on`` or ``off`` only), so one process can be measured both ways.
+* ``POST /write-through`` ``{"on": true|false}``: sessions written through from now on
+  (as ``connection_state_recovery={"write_through": True}``), or only at drops; set it
+  while no client is connected. ``--write-through on|off`` is the state at start.
+* ``POST /settle``: wait until the session writer has written everything marked so far;
+  answers the Engine.IO sockets open, and the ``save_sessions`` / ``delete_sessions``
+  calls (and sessions written) since the start.
+
+Socket.IO events for churn benchmarks (each acknowledged): ``join`` / ``leave`` ``i``
+enter / leave room ``churn-i``; ``save`` ``i`` calls ``save_session`` with a small dict.
 
 Compression is off: ``http_compression=False`` (long-polling), and the websocket stays
 uncompressed because the bench clients do not offer permessage-deflate (aiohttp's
@@ -57,14 +66,15 @@ def make_store(url: str, schema: str | None, poll_interval: float | None) -> Any
     return url  # memory://, redis://: the server builds it from the URL
 
 
-def build(kind: str, store: Any, name: str, with_metrics: bool = False
-          ) -> tuple[web.Application, Any]:
+def build(kind: str, store: Any, name: str, with_metrics: bool = False,
+          write_through: bool = True) -> tuple[web.Application, Any]:
     common: dict[str, Any] = {"async_mode": "aiohttp", "http_compression": False}
     if kind == "plain":
         sio = socketio.AsyncServer(**common)
     else:
         sio = durable_adapter.AsyncServer(
-            store=store, connection_state_recovery={"max_disconnection_duration": 600},
+            store=store, connection_state_recovery={"max_disconnection_duration": 600,
+                                                   "write_through": write_through},
             **common)
 
     @sio.on("connect")
@@ -76,6 +86,21 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False
     @sio.on("where")
     async def where(sid: str) -> str:
         return name
+
+    @sio.on("join")
+    async def join(sid: str, i: Any = 0) -> int:
+        await sio.enter_room(sid, f"churn-{i}")
+        return 1
+
+    @sio.on("leave")
+    async def leave(sid: str, i: Any = 0) -> int:
+        await sio.leave_room(sid, f"churn-{i}")
+        return 1
+
+    @sio.on("save")
+    async def save(sid: str, i: Any = 0) -> int:
+        await sio.save_session(sid, {"i": i, "user": sid, "pad": "x" * 50})
+        return 1
 
     async def emit(request: web.Request) -> web.Response:
         body = await request.json()
@@ -99,10 +124,41 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return web.json_response({"cpu": usage.ru_utime + usage.ru_stime})
 
+    # counts of the store's session writes, for the write-through bench (a counter
+    # per call: nothing against a transaction)
+    writes = {"save_calls": 0, "saved": 0, "delete_calls": 0}
+    if kind == "ours":
+        durable_store = sio.store
+        save_sessions, delete_sessions = durable_store.save_sessions, \
+            durable_store.delete_sessions
+
+        async def counted_save(sessions: Any, **kwargs: Any) -> None:
+            writes["save_calls"] += 1
+            writes["saved"] += len(sessions)
+            await save_sessions(sessions, **kwargs)
+
+        async def counted_delete(*args: Any, **kwargs: Any) -> Any:
+            writes["delete_calls"] += 1
+            return await delete_sessions(*args, **kwargs)
+
+        durable_store.save_sessions = counted_save
+        durable_store.delete_sessions = counted_delete
+
+    async def write_through_state(request: web.Request) -> web.Response:
+        sio.sessions.live = bool((await request.json())["on"])
+        return web.json_response({"on": sio.sessions.live})
+
+    async def settle(request: web.Request) -> web.Response:
+        if kind == "ours":
+            await sio.sessions.flush()
+        return web.json_response({"sockets": len(sio.eio.sockets), **writes})
+
     app = web.Application()
     sio.attach(app)
     app.router.add_post("/emit", emit)
     app.router.add_get("/cpu", cpu)
+    app.router.add_post("/write-through", write_through_state)
+    app.router.add_post("/settle", settle)
     async def metrics_state(request: web.Request) -> web.Response:
         if (await request.json())["on"]:
             metrics.enable()
@@ -130,6 +186,9 @@ async def main() -> None:
     parser.add_argument("--metrics", choices=("default", "on", "off"), default="default",
                         help="on: count (needs prometheus-client) and serve /metrics; "
                              "off: count nothing; default: as installed, no /metrics")
+    parser.add_argument("--write-through", choices=("on", "off"), default="on",
+                        help="sessions written through from connect on (default), or "
+                             "only at drops (ours only)")
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("BENCH_NODE_LOG", "WARNING"))
     refusals = logging.getLogger("durable_adapter.server")
@@ -143,7 +202,8 @@ async def main() -> None:
         metrics.disable()
     store = make_store(args.store, args.schema, args.poll_interval)
     app, sio = build(args.kind, store, args.name,
-                     with_metrics=args.metrics in ("on", "off"))
+                     with_metrics=args.metrics in ("on", "off"),
+                     write_through=args.write_through == "on")
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", args.port, reuse_port=args.reuse_port or None)

@@ -9,13 +9,16 @@ benchmark can drive one worker of several sharing P through SO_REUSEPORT):
   ``ev`` to ``room``, at most ``window`` at a time (concurrent, as a busy server's
   handlers are; our store batches them). ``stamp`` puts ``time.monotonic()`` of the emit
   in the payload (CLOCK_MONOTONIC is one clock for every process of the machine).
-* ``GET /cpu``: this process's CPU seconds (user + system) so far.
+* ``GET /cpu``: this process's CPU seconds (user + system) so far, and the event loop
+  thread's alone (``loop_thread``).
 * ``GET /metrics``: the Prometheus metrics, with ``--metrics on`` (``off`` counts none).
 * ``POST /metrics-state`` ``{"on": true|false}``: count from now on, or stop counting
   (``--metrics on`` or ``off`` only), so one process can be measured both ways.
 * ``POST /write-through`` ``{"on": true|false}``: sessions written through from now on
   (as ``connection_state_recovery={"write_through": True}``), or only at drops; set it
   while no client is connected. ``--write-through on|off`` is the state at start.
+* ``POST /profile`` ``{"path": P}``: start a cProfile of this process's event loop
+  thread; ``{"path": null}`` stops it and writes the stats to the path given at start.
 * ``POST /settle``: wait until the session writer has written everything marked so far;
   answers the Engine.IO sockets open, and the ``save_sessions`` / ``delete_sessions``
   calls (and sessions written) since the start.
@@ -122,7 +125,9 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
 
     async def cpu(request: web.Request) -> web.Response:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return web.json_response({"cpu": usage.ru_utime + usage.ru_stime})
+        # the event loop's thread alone: the rest is driver threads (aiosqlite)
+        return web.json_response({"cpu": usage.ru_utime + usage.ru_stime,
+                                  "loop_thread": time.thread_time()})
 
     # counts of the store's session writes, for the write-through bench (a counter
     # per call: nothing against a transaction)
@@ -148,6 +153,21 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
         sio.sessions.live = bool((await request.json())["on"])
         return web.json_response({"on": sio.sessions.live})
 
+    profiling: dict[str, Any] = {}
+
+    async def profile(request: web.Request) -> web.Response:
+        import cProfile
+
+        path = (await request.json()).get("path")
+        if path:
+            profiling["profile"], profiling["path"] = cProfile.Profile(), path
+            profiling["profile"].enable()
+        elif profiling:
+            profiling["profile"].disable()
+            profiling["profile"].dump_stats(profiling.pop("path"))
+            profiling.clear()
+        return web.json_response({"profiling": bool(profiling)})
+
     async def settle(request: web.Request) -> web.Response:
         if kind == "ours":
             await sio.sessions.flush()
@@ -159,6 +179,7 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
     app.router.add_get("/cpu", cpu)
     app.router.add_post("/write-through", write_through_state)
     app.router.add_post("/settle", settle)
+    app.router.add_post("/profile", profile)
     async def metrics_state(request: web.Request) -> web.Response:
         if (await request.json())["on"]:
             metrics.enable()

@@ -24,9 +24,10 @@ both alike). Each round, with raw protocol clients (bench/_clients.py) spread ov
 
 After each phase the server is asked to settle (``POST /settle``: the session writer has
 written everything marked so far) before its CPU seconds (``GET /cpu``, user + system)
-are read, so the writes a phase caused are counted in that phase. Figures: the median
-over ``--rounds`` of each phase's server CPU seconds, on / off; the target (issue 11) is
-at most 1.3x for the connect storm and the room churn.
+are read, so the writes a phase caused are counted in that phase; the event loop
+thread's share is shown too (the rest is driver threads: aiosqlite runs SQLite in one).
+Figures: the median over ``--rounds`` of each phase's server CPU seconds, on / off; the
+target (issue 11) is at most 1.3x for the connect storm and the room churn.
 
     python bench/write_through.py                # SQLite, PostgreSQL, Redis, memory
     python bench/write_through.py --quick        # 300 clients, SQLite and PostgreSQL
@@ -40,6 +41,7 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from _common import (
@@ -72,6 +74,7 @@ class Target:
     spec: StoreSpec
     node: Node
     cpu: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    loop_cpu: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     storm_wall: dict[str, list[float]] = field(default_factory=dict)
     #: (mode, phase) -> save_sessions transactions, sessions written, delete calls
     writes: dict[tuple[str, str], list[tuple[int, int, int]]] = field(default_factory=dict)
@@ -100,12 +103,13 @@ def _counts(before: dict[str, Any], after: dict[str, Any]) -> tuple[int, int, in
 
 
 async def one_round(target: Target, mode: str, procs: list[ClientProc],
-                    args: argparse.Namespace, record: bool = True) -> None:
+                    args: argparse.Namespace, record: bool = True,
+                    profile: str | None = None) -> None:
     node = target.node
     answer = await node.post("/write-through", {"on": mode == "on"})
     assert answer["on"] is (mode == "on")
     marks = [await settle_empty(node)]
-    cpus = [await node.cpu()]
+    cpus = [await node.cpus()]
     started = time.monotonic()
     answers = await asyncio.gather(*(
         proc.cmd(cmd="connect", url=node.url, n=n, room="storm", durable=True,
@@ -115,22 +119,27 @@ async def one_round(target: Target, mode: str, procs: list[ClientProc],
     if any(a["compress"] for a in answers):
         raise RuntimeError("a websocket negotiated compression")
     marks.append(await settle(node))
-    cpus.append(await node.cpu())
+    cpus.append(await node.cpus())
+    if profile:
+        await node.post("/profile", {"path": profile})
     await on_all(procs, reply_within=600, cmd="calls", events=["join", "leave"],
                  repeat=args.pairs)
     marks.append(await settle(node))
-    cpus.append(await node.cpu())
+    if profile:
+        await node.post("/profile", {"path": None})
+    cpus.append(await node.cpus())
     await on_all(procs, reply_within=600, cmd="calls", events=["save"], repeat=args.saves)
     marks.append(await settle(node))
-    cpus.append(await node.cpu())
+    cpus.append(await node.cpus())
     await on_all(procs, reply_within=120, cmd="disconnect")
     marks.append(await settle_empty(node))
-    cpus.append(await node.cpu())
+    cpus.append(await node.cpus())
     if not record:
         return
     target.storm_wall.setdefault(mode, []).append(wall)
     for n, phase in enumerate(PHASES):
-        target.cpu.setdefault((mode, phase), []).append(cpus[n + 1] - cpus[n])
+        target.cpu.setdefault((mode, phase), []).append(cpus[n + 1][0] - cpus[n][0])
+        target.loop_cpu.setdefault((mode, phase), []).append(cpus[n + 1][1] - cpus[n][1])
         target.writes.setdefault((mode, phase), []).append(_counts(marks[n], marks[n + 1]))
 
 
@@ -158,11 +167,14 @@ def report(targets: list[Target], args: argparse.Namespace, elapsed: float,
             calls = median([w[0] for w in writes])
             saved = median([w[1] for w in writes])
             deletes = median([w[2] for w in writes])
+            loop_off = median(target.loop_cpu[("off", phase)])
+            loop_on = median(target.loop_cpu[("on", phase)])
             rows.append([target.label, phase, median(off), median(on),
-                         f"{median(on) / median(off):.2f}x",
+                         f"{median(on) / median(off):.2f}x", loop_off, loop_on,
                          " ".join(f"{r:.2f}" for r in paired),
                          f"{calls:,.0f} / {saved:,.0f} / {deletes:,.0f}"])
     print(table(["store", "phase", "CPU s off", "CPU s on", "on / off",
+                 "loop thread s off", "loop thread s on",
                  "per round on/off", "on: save txns / sessions / deletes"], rows))
     print()
     print(table(["store", "storm wall s off", "storm wall s on", "on / off"],
@@ -179,7 +191,7 @@ def report(targets: list[Target], args: argparse.Namespace, elapsed: float,
         print("note:", note)
 
 
-async def main() -> None:
+def options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stores", default="sqlite,postgres,redis,memory",
@@ -192,6 +204,9 @@ async def main() -> None:
     parser.add_argument("--client-procs", type=int, default=4)
     parser.add_argument("--at-once", type=int, default=50,
                         help="connects in flight per client process during the storm")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="after the measured rounds, one more round per state with the "
+                             "room churn phase under cProfile: DIR/<store>-<state>.prof")
     parser.add_argument("--quick", action="store_true",
                         help="300 clients, 5 pairs, 5 saves, SQLite and PostgreSQL")
     args = parser.parse_args()
@@ -199,6 +214,14 @@ async def main() -> None:
         args.clients, args.pairs, args.saves = 300, 5, 5
         if args.stores == parser.get_default("stores"):
             args.stores = "sqlite,postgres"
+    if args.profile:
+        args.profile = Path(args.profile).resolve()  # the server runs in another cwd
+        args.profile.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+async def main() -> None:
+    args = options()
 
     started, load_start = time.monotonic(), load_average()
     targets: list[Target] = []
@@ -223,6 +246,12 @@ async def main() -> None:
                 for target in targets:
                     for mode in (MODES if n % 2 == 0 else MODES[::-1]):
                         await one_round(target, mode, procs, args)
+            if args.profile:
+                for target in targets:
+                    for mode in MODES:
+                        path = str(args.profile / f"{target.spec.url.split(':')[0]}-{mode}.prof")
+                        await one_round(target, mode, procs, args, record=False,
+                                        profile=path)
         finally:
             await asyncio.gather(*(p.stop() for p in procs),
                                  *(t.node.stop() for t in targets), return_exceptions=True)

@@ -13,9 +13,14 @@ connection's negotiated ``compress`` is checked and reported). Two kinds of clie
 
 Commands (``cmd`` key):
 
-* ``connect`` ``{url, n, room, durable, where, client}``: connect ``n`` more clients of
-  kind ``client`` (``durable``: track offsets / use ``durable_adapter.AsyncClient``);
-  ``where`` asks each which server process holds it.
+* ``connect`` ``{url, n, room, durable, where, client, at_once}``: connect ``n`` more
+  clients of kind ``client`` (``durable``: track offsets / use
+  ``durable_adapter.AsyncClient``), ``at_once`` (25) at a time; ``where`` asks each which
+  server process holds it.
+* ``calls`` ``{events, repeat}``: every client, concurrently with the others, calls
+  (emits with an ack, awaited) each event of ``events`` in turn with argument ``i``,
+  for ``i`` in ``range(repeat)``; answers the calls made.
+* ``disconnect``: every client leaves on purpose (DISCONNECT packet), and is forgotten.
 * ``arm`` ``{total}``: each client notes the time its count of ``ev`` events reaches
   ``total`` (counted since that client object was created).
 * ``wait`` ``{within}``: wait until every client reached its total; answers the
@@ -83,8 +88,8 @@ class Member:
         ws = getattr(self.client.eio, "ws", None)
         return int(getattr(ws, "compress", 0) or 0)
 
-    async def call(self, event: str, within: float) -> Any:
-        return await self.client.call(event, timeout=within)
+    async def call(self, event: str, within: float, *args: Any) -> Any:
+        return await self.client.call(event, *args[:1], timeout=within)
 
     def is_recovered(self) -> bool:
         return bool(self.durable and self.client.is_recovered())
@@ -196,12 +201,12 @@ class RawMember:
         if self.count == self.target:
             self.done_at = time.monotonic()
 
-    async def call(self, event: str, within: float) -> Any:
+    async def call(self, event: str, within: float, *args: Any) -> Any:
         assert self.ws is not None
         self.next_ack += 1
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.acks[self.next_ack] = future
-        await self.ws.send_str(f"42{self.next_ack}" + json.dumps([event]))
+        await self.ws.send_str(f"42{self.next_ack}" + json.dumps([event, *args]))
         answer = await asyncio.wait_for(future, within)
         return answer[0]
 
@@ -246,11 +251,12 @@ class Clients:
         self.kind: Any = RawMember
 
     async def connect(self, url: str, n: int, room: str | None, durable: bool,
-                      where: bool, client: str = "raw") -> dict[str, Any]:
+                      where: bool, client: str = "raw", at_once: int = CONNECT_AT_ONCE
+                      ) -> dict[str, Any]:
         self.room = room
         self.kind = KINDS[client]
         fresh = [self.kind(durable) for _ in range(n)]
-        gate = asyncio.Semaphore(CONNECT_AT_ONCE)
+        gate = asyncio.Semaphore(at_once)
 
         async def one(member: Any) -> None:
             async with gate:
@@ -265,6 +271,22 @@ class Clients:
             nodes[member.node] += 1
         return {"connected": len(fresh), "nodes": nodes,
                 "compress": max(m.compress() for m in fresh)}
+
+    async def calls(self, events: list[str], repeat: int, within: float = 60.0
+                    ) -> dict[str, Any]:
+        async def one(member: Any) -> int:
+            for i in range(repeat):
+                for event in events:
+                    await member.call(event, within, i)
+            return repeat * len(events)
+
+        made = await asyncio.gather(*(one(m) for m in self.members))
+        return {"calls": sum(made)}
+
+    async def disconnect(self) -> dict[str, Any]:
+        members, self.members = self.members, []
+        await asyncio.gather(*(m.disconnect() for m in members))
+        return {"disconnected": len(members)}
 
     def arm(self, total: int) -> dict[str, Any]:
         for member in self.members:
@@ -334,6 +356,10 @@ async def main() -> None:
         try:
             if kind == "connect":
                 answer = await clients.connect(**command)
+            elif kind == "calls":
+                answer = await clients.calls(**command)
+            elif kind == "disconnect":
+                answer = await clients.disconnect()
             elif kind == "arm":
                 answer = clients.arm(**command)
             elif kind == "wait":

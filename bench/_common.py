@@ -168,9 +168,14 @@ class Node:
             return await response.json()
 
     async def cpu(self) -> float:
+        return (await self.cpus())[0]
+
+    async def cpus(self) -> tuple[float, float]:
+        """CPU seconds so far: the whole process, and its event loop thread."""
         async with aiohttp.ClientSession() as http, http.get(
                 self.control_url + "/cpu", timeout=aiohttp.ClientTimeout(total=10)) as r:
-            return float((await r.json())["cpu"])
+            answer = await r.json()
+            return float(answer["cpu"]), float(answer.get("loop_thread", "nan"))
 
     async def stop(self) -> None:
         if self.process.returncode is not None:

@@ -9,10 +9,22 @@ benchmark can drive one worker of several sharing P through SO_REUSEPORT):
   ``ev`` to ``room``, at most ``window`` at a time (concurrent, as a busy server's
   handlers are; our store batches them). ``stamp`` puts ``time.monotonic()`` of the emit
   in the payload (CLOCK_MONOTONIC is one clock for every process of the machine).
-* ``GET /cpu``: this process's CPU seconds (user + system) so far.
+* ``GET /cpu``: this process's CPU seconds (user + system) so far, and the event loop
+  thread's alone (``loop_thread``).
 * ``GET /metrics``: the Prometheus metrics, with ``--metrics on`` (``off`` counts none).
 * ``POST /metrics-state`` ``{"on": true|false}``: count from now on, or stop counting
   (``--metrics on`` or ``off`` only), so one process can be measured both ways.
+* ``POST /write-through`` ``{"on": true|false}``: sessions written through from now on
+  (as ``connection_state_recovery={"write_through": True}``), or only at drops; set it
+  while no client is connected. ``--write-through on|off`` is the state at start.
+* ``POST /profile`` ``{"path": P}``: start a cProfile of this process's event loop
+  thread; ``{"path": null}`` stops it and writes the stats to the path given at start.
+* ``POST /settle``: wait until the session writer has written everything marked so far;
+  answers the Engine.IO sockets open, and the ``save_sessions`` / ``delete_sessions``
+  calls (and sessions written) since the start.
+
+Socket.IO events for churn benchmarks (each acknowledged): ``join`` / ``leave`` ``i``
+enter / leave room ``churn-i``; ``save`` ``i`` calls ``save_session`` with a small dict.
 
 Compression is off: ``http_compression=False`` (long-polling), and the websocket stays
 uncompressed because the bench clients do not offer permessage-deflate (aiohttp's
@@ -57,14 +69,15 @@ def make_store(url: str, schema: str | None, poll_interval: float | None) -> Any
     return url  # memory://, redis://: the server builds it from the URL
 
 
-def build(kind: str, store: Any, name: str, with_metrics: bool = False
-          ) -> tuple[web.Application, Any]:
+def build(kind: str, store: Any, name: str, with_metrics: bool = False,
+          write_through: bool = True) -> tuple[web.Application, Any]:
     common: dict[str, Any] = {"async_mode": "aiohttp", "http_compression": False}
     if kind == "plain":
         sio = socketio.AsyncServer(**common)
     else:
         sio = durable_adapter.AsyncServer(
-            store=store, connection_state_recovery={"max_disconnection_duration": 600},
+            store=store, connection_state_recovery={"max_disconnection_duration": 600,
+                                                   "write_through": write_through},
             **common)
 
     @sio.on("connect")
@@ -76,6 +89,21 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False
     @sio.on("where")
     async def where(sid: str) -> str:
         return name
+
+    @sio.on("join")
+    async def join(sid: str, i: Any = 0) -> int:
+        await sio.enter_room(sid, f"churn-{i}")
+        return 1
+
+    @sio.on("leave")
+    async def leave(sid: str, i: Any = 0) -> int:
+        await sio.leave_room(sid, f"churn-{i}")
+        return 1
+
+    @sio.on("save")
+    async def save(sid: str, i: Any = 0) -> int:
+        await sio.save_session(sid, {"i": i, "user": sid, "pad": "x" * 50})
+        return 1
 
     async def emit(request: web.Request) -> web.Response:
         body = await request.json()
@@ -97,12 +125,61 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False
 
     async def cpu(request: web.Request) -> web.Response:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return web.json_response({"cpu": usage.ru_utime + usage.ru_stime})
+        # the event loop's thread alone: the rest is driver threads (aiosqlite)
+        return web.json_response({"cpu": usage.ru_utime + usage.ru_stime,
+                                  "loop_thread": time.thread_time()})
+
+    # counts of the store's session writes, for the write-through bench (a counter
+    # per call: nothing against a transaction)
+    writes = {"save_calls": 0, "saved": 0, "delete_calls": 0}
+    if kind == "ours":
+        durable_store = sio.store
+        save_sessions, delete_sessions = durable_store.save_sessions, \
+            durable_store.delete_sessions
+
+        async def counted_save(sessions: Any, **kwargs: Any) -> None:
+            writes["save_calls"] += 1
+            writes["saved"] += len(sessions)
+            await save_sessions(sessions, **kwargs)
+
+        async def counted_delete(*args: Any, **kwargs: Any) -> Any:
+            writes["delete_calls"] += 1
+            return await delete_sessions(*args, **kwargs)
+
+        durable_store.save_sessions = counted_save
+        durable_store.delete_sessions = counted_delete
+
+    async def write_through_state(request: web.Request) -> web.Response:
+        sio.sessions.live = bool((await request.json())["on"])
+        return web.json_response({"on": sio.sessions.live})
+
+    profiling: dict[str, Any] = {}
+
+    async def profile(request: web.Request) -> web.Response:
+        import cProfile
+
+        path = (await request.json()).get("path")
+        if path:
+            profiling["profile"], profiling["path"] = cProfile.Profile(), path
+            profiling["profile"].enable()
+        elif profiling:
+            profiling["profile"].disable()
+            profiling["profile"].dump_stats(profiling.pop("path"))
+            profiling.clear()
+        return web.json_response({"profiling": bool(profiling)})
+
+    async def settle(request: web.Request) -> web.Response:
+        if kind == "ours":
+            await sio.sessions.flush()
+        return web.json_response({"sockets": len(sio.eio.sockets), **writes})
 
     app = web.Application()
     sio.attach(app)
     app.router.add_post("/emit", emit)
     app.router.add_get("/cpu", cpu)
+    app.router.add_post("/write-through", write_through_state)
+    app.router.add_post("/settle", settle)
+    app.router.add_post("/profile", profile)
     async def metrics_state(request: web.Request) -> web.Response:
         if (await request.json())["on"]:
             metrics.enable()
@@ -130,6 +207,9 @@ async def main() -> None:
     parser.add_argument("--metrics", choices=("default", "on", "off"), default="default",
                         help="on: count (needs prometheus-client) and serve /metrics; "
                              "off: count nothing; default: as installed, no /metrics")
+    parser.add_argument("--write-through", choices=("on", "off"), default="on",
+                        help="sessions written through from connect on (default), or "
+                             "only at drops (ours only)")
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("BENCH_NODE_LOG", "WARNING"))
     refusals = logging.getLogger("durable_adapter.server")
@@ -143,7 +223,8 @@ async def main() -> None:
         metrics.disable()
     store = make_store(args.store, args.schema, args.poll_interval)
     app, sio = build(args.kind, store, args.name,
-                     with_metrics=args.metrics in ("on", "off"))
+                     with_metrics=args.metrics in ("on", "off"),
+                     write_through=args.write_through == "on")
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", args.port, reuse_port=args.reuse_port or None)

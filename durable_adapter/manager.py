@@ -64,6 +64,8 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         self.last_sent: dict[tuple[str, str], int] = {}
         #: (namespace, sid) -> room stays of a live socket, saved with its session
         self.memberships: dict[tuple[str, str], MembershipLog] = {}
+        #: (namespace, sid) -> the rooms it is in, in join order (see :meth:`get_rooms`)
+        self._rooms_of: dict[tuple[str, str], dict[str, None]] = {}
         self._waiters: dict[int, asyncio.Future[None]] = {}
         #: this node's committed packets not yet delivered (a lower seq of another node
         #: is still on its way), with their frames encoded at emit
@@ -484,6 +486,8 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
     def basic_enter_room(self, sid: str, namespace: str, room: str | None,
                          eio_sid: str | None = None) -> None:
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if room is not None:
+            self._rooms_of.setdefault((namespace, sid), {})[room] = None
         if room is not None and room != sid and self.recovers(namespace):
             log = self.memberships.setdefault((namespace, sid), MembershipLog())
             log.join(room, self.delivered)
@@ -491,10 +495,21 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
 
     def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
         super().basic_leave_room(sid, namespace, room)
+        rooms = self._rooms_of.get((namespace, sid))
+        if rooms is not None and room is not None:
+            rooms.pop(room, None)
+            if not rooms:
+                del self._rooms_of[(namespace, sid)]
         log = self.memberships.get((namespace, sid))
         if log is not None and room is not None:
             log.leave(room, self.delivered)
             self.on_session_change(namespace, sid)
+
+    def get_rooms(self, sid: str, namespace: str) -> list[str]:
+        """The rooms ``sid`` is in. python-socketio's scans every room of the namespace
+        (each socket's own room included: O(sockets) per call); a written-through
+        session asks at each of its socket's changes."""
+        return list(self._rooms_of.get((namespace, sid), ()))
 
     def membership(self, sid: str, namespace: str) -> MembershipLog:
         """A copy of ``sid``'s room stays, to save with its session."""

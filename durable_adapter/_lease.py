@@ -3,8 +3,10 @@
 The lease is renewed every third of its expiry. A reconnect whose session is owned by a
 node with a valid lease asks that node to let go (:mod:`._cluster`); one owned by a node
 whose lease expired (killed, frozen, cut off) is taken over at once. A node that could
-not renew for a whole expiry must assume its sessions were taken, and is told through
-``on_lost`` to close its sockets: never two live sockets with one sid.
+not renew for a whole expiry may have had sessions taken meanwhile: once it renews again
+it is told through ``on_regained`` to check, and closes the sockets whose sessions now
+belong to another node (never two live sockets with one sid). Closing every socket at
+the lapse instead would turn a slow store into a reconnect storm.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ class Lease:
         self.store = store
         self.node = node
         self.expiry = expiry
-        #: awaited when the lease could not be renewed for a whole expiry
-        self.on_lost: Callable[[], Awaitable[None]] | None = None
+        #: awaited at the first renewal after one that lapsed (a whole expiry without)
+        self.on_regained: Callable[[], Awaitable[None]] | None = None
         self._renewed_at = 0.0  # monotonic time of the last renewal that committed
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -59,7 +61,7 @@ class Lease:
         self._renewed_at = started
 
     async def _keep(self) -> None:
-        lost = False
+        lapsed = False
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.expiry / 3)
@@ -68,19 +70,20 @@ class Lease:
             try:
                 # bounded: a store that hangs is a store that fails
                 await asyncio.wait_for(asyncio.shield(self._renew()), self.expiry / 3)
-                if lost:
-                    logger.warning("the lease of %s is held again", self.node)
-                lost = False
             except Exception as exc:
                 logger.warning("renewing the lease of %s failed: %s", self.node, exc,
                                extra={"action": "lease_renew_failed"})
-                if not lost and time.monotonic() - self._renewed_at >= self.expiry:
-                    lost = True
-                    logger.error("the lease of %s expired: closing its sockets, whose "
-                                 "sessions other nodes may take over", self.node,
-                                 extra={"action": "lease_lost"})
-                    if self.on_lost is not None:
-                        try:
-                            await self.on_lost()
-                        except Exception:
-                            logger.exception("closing the sockets after the lease was lost")
+                if not lapsed and time.monotonic() - self._renewed_at >= self.expiry:
+                    lapsed = True
+                    logger.error("the lease of %s lapsed: other nodes may take its "
+                                 "sessions over", self.node, extra={"action": "lease_lapsed"})
+                continue
+            if lapsed:
+                lapsed = False
+                logger.warning("the lease of %s is held again", self.node,
+                               extra={"action": "lease_regained"})
+                if self.on_regained is not None:
+                    try:
+                        await self.on_regained()
+                    except Exception:
+                        logger.exception("checking the sessions after the lease lapsed")

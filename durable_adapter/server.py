@@ -108,6 +108,8 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         #: user's) waits for it instead of starting another
         self._shutdown_run: asyncio.Future[None] | None = None
         #: (namespace, pid hash) of restores under way here: one at a time per session
+        #: sockets closed because their session moved to another node: not saved
+        self._disowned: set[tuple[str, str]] = set()
         #: set once the restore ends, whatever its outcome
         self._restoring: dict[tuple[str, str], asyncio.Event] = {}
         self.sessions: SessionWriter | None = None
@@ -117,7 +119,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                                           live=self.recovery.write_through)
             manager.on_session_change = self._session_changed
             manager.let_go = self._let_go
-            manager.lease.on_lost = self._lease_lost
+            manager.lease.on_regained = self._lease_regained
             self._wrap_generate_id()
             redact_pids(self.logger)  # CONNECT packets carry pids: never log them whole
             redact_pids(self.eio.logger)
@@ -274,17 +276,26 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             await self._evict(holder[1])
         await self._session_writer().flush()
 
-    async def _lease_lost(self) -> None:
-        """This node may be taken for dead: its sockets' sessions may live on elsewhere."""
-        for namespace in list(self.manager.get_namespaces()):
-            if not self._recovers(namespace):
-                continue
-            for _sid, eio_sid in list(self.manager.get_participants(namespace, None)):
-                socket = self.eio.sockets.get(eio_sid)
-                if socket is not None:
-                    with contextlib.suppress(Exception):
-                        await socket.close(wait=False, abort=True,
-                                           reason=self.reason.TRANSPORT_CLOSE)
+    async def _lease_regained(self) -> None:
+        """The lease lapsed for a while: a session whose client reconnected elsewhere
+        meanwhile may belong to another node now. Its socket here is closed, unsaved."""
+        manager = self.durable_manager
+        assert self.recovery is not None
+        for (namespace, pid_hash), sid in list(self._live_pids.items()):
+            taken = await self.store.take_session(
+                namespace, pid_hash, node=manager.host_id, now=time.time(),
+                window=self.recovery.max_disconnection_duration)
+            if taken is not None and not isinstance(taken, OwnedBy):
+                continue  # still this node's
+            eio_sid = manager.eio_sid_from_sid(sid, namespace)
+            socket = self.eio.sockets.get(eio_sid) if eio_sid else None
+            logger.warning("closing %s [%s]: its session moved on while the lease lapsed",
+                           sid, namespace, extra={"action": "lease_fenced"})
+            self._disowned.add((namespace, sid))  # nothing to save: not ours any more
+            if socket is not None:
+                with contextlib.suppress(Exception):
+                    await socket.close(wait=False, abort=True,
+                                       reason=self.reason.TRANSPORT_CLOSE)
 
     # -- connect ---------------------------------------------------------------
 
@@ -745,7 +756,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
     async def _save_session(self, eio_sid: str, sid: str, namespace: str) -> None:
         """Awaited before the socket is forgotten: a fast reconnect finds it stored."""
         pid = self._pids.get((namespace, sid))
-        if pid is None:
+        if pid is None or (namespace, sid) in self._disowned:
             return
         try:
             eio_session = await self.eio.get_session(eio_sid)
@@ -798,6 +809,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         self._resume_seq.pop((namespace, sid), None)
         self._recovered.discard((namespace, sid))
         self._failures.pop((namespace, sid), None)
+        self._disowned.discard((namespace, sid))
 
 
 _socketio.check_server_surface()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -152,3 +153,27 @@ async def test_room_and_session_changes_are_written_through_from_any_node(
         assert "vip" in taken.rooms and sid in taken.rooms
         assert taken.data == {"cart": ["tea"]}
         await peer.close()
+
+
+async def test_a_node_back_from_a_lapsed_lease_closes_the_sockets_taken_meanwhile(
+        shared: StoreMaker) -> None:
+    async with running(shared) as a, running(shared) as b:
+        old = Peer()
+        await old.connect(a.url)
+        sid = old.sid()
+        state = old.client.recovery_state()
+        await a.sio._session_writer().flush()
+        # A cannot reach the store for a while: its lease runs out
+        lease = a.sio.durable_manager.lease
+        await lease.stop(drop=False)
+        await a.sio.store.renew_lease(lease.node, now=time.time() - 2, expiry=1)
+        moved = Peer()
+        await moved.connect(b.url, state)  # taken from a dead node: no handover asked
+        assert moved.client.is_recovered(), b.last["failure"]
+        assert a.sio.manager.is_connected(sid, "/")  # A has not noticed yet
+        await a.sio._lease_regained()  # what A does once it renews again
+        await until(lambda: not a.sio.manager.is_connected(sid, "/"), "A to close its socket")
+        assert b.sio.manager.is_connected(sid, "/")
+        assert a.sio._live_pids == {} and a.sio._pids == {}
+        await old.close()
+        await moved.close()

@@ -132,13 +132,11 @@ class SessionWriter:
             self._idle.set()
 
     async def _pass(self) -> bool:
-        """One transaction for the live sockets marked and the drops queued, then the
-        deletes; False when the store failed (live marks are kept for a retry)."""
+        """One transaction for the live sockets marked and the drops queued, then one
+        for the deletes queued; False when the store failed (live marks are kept for a
+        retry). A socket is dropped or deleted once, after its last live write."""
         dirty, self._dirty = list(self._dirty), {}
-        ops: list[_Op] = []
-        while self._ops and self._ops[0].session is not None:
-            ops.append(self._ops.popleft())
-        delete = self._ops.popleft() if not ops and self._ops else None
+        ops, self._ops = list(self._ops), deque()
         sessions: list[Session] = []
         for namespace, sid in dirty:
             try:
@@ -149,22 +147,23 @@ class SessionWriter:
             if session is not None:
                 sessions.append(session)
         sessions.extend(op.session for op in ops if op.session is not None)
+        deleted = [op.deleted for op in ops if op.deleted is not None]
         try:
             if sessions:
                 await self._store.save_sessions(sessions, node=self._node)
-            if delete is not None and delete.deleted is not None:
-                await self._store.delete_sessions(*delete.deleted)
+            if deleted:
+                await self._store.delete_sessions_of(deleted)
         except Exception as exc:
             metrics.store_error("save_session")
             logger.warning("writing %d sessions failed: %s", len(sessions), exc,
                            extra={"action": "session_write_failed"})
             for key in dirty:
                 self._dirty.setdefault(key, None)
-            for op in [*ops, *([delete] if delete else [])]:
+            for op in ops:
                 if not op.done.done():
                     op.done.set_exception(exc)
             return False
-        for op in [*ops, *([delete] if delete else [])]:
+        for op in ops:
             if not op.done.done():
                 op.done.set_result(None)
         return True

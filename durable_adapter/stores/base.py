@@ -287,6 +287,12 @@ class Store(abc.ABC):
     async def delete_sessions(self, namespace: str, sid: str) -> None:
         """Forget every stored session of ``sid`` (server-side disconnect)."""
 
+    async def delete_sessions_of(self, sockets: Sequence[tuple[str, str]]) -> None:
+        """:meth:`delete_sessions` for each ``(namespace, sid)``; stores that can do it
+        in one transaction override this (many sockets leaving at once)."""
+        for namespace, sid in sockets:
+            await self.delete_sessions(namespace, sid)
+
     @abc.abstractmethod
     async def purge(self, *, now: float, retention: float, batch_size: int = 1000) -> PurgeResult:
         """Delete, in batches: packets older than ``retention`` seconds; disconnected

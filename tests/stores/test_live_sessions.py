@@ -368,3 +368,15 @@ async def test_redis_a_taken_session_loses_its_ttl_and_a_released_one_gets_it(
         await bounded(store.release_session(disconnected(at=t), node="a"))
         assert 0 < await store.redis.pttl(key) <= WINDOW * 1000
         assert await store.redis.smembers(store.keys.owned_prefix + "a") == set()
+
+
+async def test_sessions_of_many_sockets_are_deleted_at_once(store: Store) -> None:
+    """Many sockets leaving at once: each socket's rows go, live or not, the others stay."""
+    t = time.time()
+    await store.renew_lease("a", now=t, expiry=LEASE)
+    await store.save_sessions([live("a", f"{index:064d}", sid=f"sid{index}")
+                               for index in range(30)], node="a")
+    await store.delete_sessions_of([("/", f"sid{index}") for index in range(0, 30, 2)])
+    for index in range(30):
+        taken = await take(store, "a", t, f"{index:064d}")
+        assert (taken is None) == (index % 2 == 0), index

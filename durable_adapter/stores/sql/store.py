@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, tuple_
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -70,6 +70,7 @@ T = TypeVar("T")
 
 POLL_INTERVAL = 0.05  # seconds between change checks when nothing woke the follower
 BATCH_MAX = 500  # packets per append transaction
+DELETE_CHUNK = 400  # sockets per DELETE statement (SQLite binds at most 32766 values)
 
 
 def _shielded(
@@ -418,10 +419,16 @@ class SQLStore(controls.SQLControl, Store):
 
     @_shielded
     async def delete_sessions(self, namespace: str, sid: str) -> None:
+        await self.delete_sessions_of([(namespace, sid)])
+
+    @_shielded
+    async def delete_sessions_of(self, sockets: Sequence[tuple[str, str]]) -> None:
+        """Every socket's sessions in one transaction."""
         async with self._write() as connection:
-            await connection.execute(
-                delete(sessions).where(sessions.c.namespace == namespace, sessions.c.sid == sid)
-            )
+            for start in range(0, len(sockets), DELETE_CHUNK):
+                chunk = sockets[start:start + DELETE_CHUNK]
+                await connection.execute(delete(sessions).where(
+                    tuple_(sessions.c.namespace, sessions.c.sid).in_(chunk)))
 
     # -- retention --------------------------------------------------------------
 

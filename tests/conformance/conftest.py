@@ -76,6 +76,15 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreS
         spec.cleanup()
 
 
+@pytest.fixture
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreSpec]:
+    """The store named by ``parametrize("store", [...], indirect=True)``."""
+    spec = STORE_FACTORIES[request.param](tmp_path)
+    yield spec
+    if isinstance(spec, StoreMaker):
+        spec.cleanup()
+
+
 class Node:
     """One server with a default connect handler that records what it saw."""
 

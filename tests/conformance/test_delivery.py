@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from durable_adapter.stores.base import NewPacket
 from tests._harness import WAIT
-from tests.conformance.conftest import STORE_FACTORIES, Peer, StoreMaker, StoreSpec, running
+from tests.conformance.conftest import Peer, StoreSpec, running
 
 PROMPT = 3.0  # seconds: well under the 10 s an emit waits for a stalled delivery
 DEEP = 600  # nesting python-socketio cannot encode (RecursionError), JSON can store
-
-
-@pytest.fixture
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreSpec]:
-    """The store named by ``parametrize("store", [...], indirect=True)``."""
-    spec = STORE_FACTORIES[request.param](tmp_path)
-    yield spec
-    if isinstance(spec, StoreMaker):
-        spec.cleanup()
 
 
 def nested(depth: int) -> list[Any]:

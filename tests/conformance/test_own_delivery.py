@@ -8,7 +8,6 @@ first; a failed commit delivers nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +17,9 @@ from durable_adapter.exceptions import StoreError
 from durable_adapter.stores import store_from_url
 from durable_adapter.stores.base import NewPacket
 from durable_adapter.stores.sql.store import SQLStore
-from tests.conformance.conftest import STORE_FACTORIES, Peer, StoreMaker, StoreSpec, running
+from tests.conformance.conftest import Peer, StoreMaker, StoreSpec, running
 
 EMITS = 50
-
-
-@pytest.fixture
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreSpec]:
-    spec = STORE_FACTORIES[request.param](tmp_path)
-    yield spec
-    if isinstance(spec, StoreMaker):
-        spec.cleanup()
 
 
 def count_follower_reads(store: SQLStore) -> list[int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,32 +22,11 @@ import pytest
 import durable_adapter
 from durable_adapter.migrate import migrate
 from tests._harness import WAIT
+from tests.cluster.harness import free_port, listening
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = 5
 EXIT_WITHIN = 5.0  # seconds from SIGTERM to the process's exit (issue 11)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-async def listening(port: int) -> None:
-    """Until 127.0.0.1:``port`` accepts a connection."""
-    deadline = asyncio.get_running_loop().time() + WAIT
-    while True:
-        try:
-            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            assert asyncio.get_running_loop().time() < deadline, f"nothing listens on {port}"
-            await asyncio.sleep(0.02)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return
 
 
 @asynccontextmanager

@@ -41,6 +41,11 @@ class Batcher(Generic[Request, Result]):
         #: calls made so far (for tests and metrics)
         self.calls = 0
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a call (not those of the call under way)."""
+        return len(self._queue)
+
     async def submit(self, request: Request) -> Result:
         """Queue ``request`` and wait for its answer."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()

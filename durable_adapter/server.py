@@ -375,18 +375,23 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         if failure is not None:
             return self._refuse(failure)
         pid_hash = hash_pid(pid)
+        key = (namespace, pid_hash)
+        if key in self._restoring:
+            # another connection of this node is restoring it right now: one wins. A
+            # take-over counts too: from its detach until the new connection registers
+            # the sid, the sid is nowhere, and a restore from the store (this node owns
+            # the row) would register it a second time
+            return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
+        self._restoring[key] = asyncio.Event()
         holder = self._live_holder(namespace, pid_hash)
         if holder is not None:
-            return await self._take_over(eio_sid, namespace, pid, offset, *holder)
-        if (namespace, pid_hash) in self._restoring:
-            # another connection of this node is restoring it right now: one wins
-            return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
-        self._restoring[(namespace, pid_hash)] = asyncio.Event()
-        attempt = await self._restore_stored(eio_sid, namespace, pid, pid_hash, offset)
-        if attempt.restore is None:
-            self._restoring.pop((namespace, pid_hash)).set()
+            attempt = await self._take_over(eio_sid, namespace, pid, offset, *holder)
         else:
-            attempt.restoring = (namespace, pid_hash)
+            attempt = await self._restore_stored(eio_sid, namespace, pid, pid_hash, offset)
+        if attempt.restore is None:
+            self._restoring.pop(key).set()
+        else:
+            attempt.restoring = key
         return attempt
 
     async def _restore_stored(self, eio_sid: str, namespace: str, pid: str, pid_hash: str,

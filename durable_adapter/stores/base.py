@@ -320,13 +320,15 @@ class Store(abc.ABC):
         The rules are :func:`decide_take`'s. Of concurrent calls for one row (across
         processes) exactly one gets a takeable session; the others see its new owner.
         Returns the session with ``owner=node``, :class:`OwnedBy` when a live node holds
-        it, or None (absent or expired). :meth:`take_sessions` of one request.
+        it, or None (absent or expired). By default :meth:`take_sessions` of one request.
         """
+        if type(self).take_sessions is Store.take_sessions:
+            raise NotImplementedError(
+                f"{type(self).__name__} implements neither take_session nor take_sessions")
         request = TakeRequest(namespace, pid_hash, force_from)
         (result,) = await self.take_sessions([request], node=node, now=now, window=window)
         return result
 
-    @abc.abstractmethod
     async def take_sessions(self, requests: Sequence[TakeRequest], *, node: str, now: float,
                             window: float) -> list[TakeResult]:
         """:meth:`take_session` for many sessions at once, in one transaction (one
@@ -335,7 +337,16 @@ class Store(abc.ABC):
         duplicate requests in one batch exactly one gets the session
         (:func:`decide_takes`). On SQL and Redis a stored session that cannot be decoded
         is logged and answered None (it cannot be recovered) and fails no other request.
+
+        A store implements this or :meth:`take_session`; by default each request is a
+        :meth:`take_session` of its own.
         """
+        if type(self).take_session is Store.take_session:
+            raise NotImplementedError(
+                f"{type(self).__name__} implements neither take_session nor take_sessions")
+        return await take_one_by_one(requests, lambda request: self.take_session(
+            request.namespace, request.pid_hash, node=node, now=now, window=window,
+            force_from=request.force_from))
 
     async def release_session(self, session: Session, *, node: str) -> None:
         """Write ``session`` as disconnected (owner None), unless another node owns its

@@ -17,6 +17,7 @@ import pytest
 
 from durable_adapter.stores.base import LIVE_EXPIRY, OwnedBy, Session, Store, TakeRequest
 from durable_adapter.stores.base import TakeResult as Result
+from durable_adapter.stores.memory import MemoryStore
 
 from .conftest import WAIT
 from .test_live_sessions import LEASE, WINDOW, disconnected, instances, live, owner_of
@@ -188,3 +189,42 @@ async def test_overlapping_batches_of_several_nodes_give_each_row_to_one(
             assert all(a == OwnedBy(winners[pid_hash]) for a in got
                        if not isinstance(a, Session)), got
             assert await owner_of(stores[-1], t, pid_hash) == winners[pid_hash]
+
+
+# -- the default of a store that takes one row at a time ----------------------------------
+
+
+class OneByOne(MemoryStore):
+    """A store written against the single-row API only: it implements take_session."""
+
+    take_sessions = Store.take_sessions  # the default: one take_session per request
+
+    async def take_session(self, namespace: str, pid_hash: str, *, node: str, now: float,
+                           window: float, force_from: str | None = None) -> Result:
+        (result,) = await MemoryStore.take_sessions(
+            self, [TakeRequest(namespace, pid_hash, force_from)], node=node, now=now,
+            window=window)
+        return result
+
+
+async def test_a_store_with_take_session_only_takes_batches_one_by_one() -> None:
+    store = OneByOne()
+    await store.open()
+    t = time.time()
+    await bounded(store.save_sessions([disconnected(pid(1), at=t), live("a", pid(2))]))
+    answers = await take_all(store, "a", t, [
+        TakeRequest("/", pid(1)), TakeRequest("/", pid(2)), TakeRequest("/", pid(1)),
+        TakeRequest("/", pid(2)), TakeRequest("/", pid(3))])
+    assert [type(a).__name__ for a in answers] == \
+        ["Session", "Session", "NoneType", "NoneType", "NoneType"]
+
+
+async def test_a_store_with_neither_take_method_says_so() -> None:
+    class Neither(MemoryStore):
+        take_sessions = Store.take_sessions
+        take_session = Store.take_session
+
+    with pytest.raises(NotImplementedError, match="neither"):
+        await Neither().take_session("/", pid(1), node="a", now=0.0, window=WINDOW)
+    with pytest.raises(NotImplementedError, match="neither"):
+        await Neither().take_sessions([], node="a", now=0.0, window=WINDOW)

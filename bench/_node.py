@@ -246,4 +246,17 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # BENCH_NODE_PROFILE=path: cProfile the whole process, stats written to path at exit
+    profile_to = os.environ.get("BENCH_NODE_PROFILE")
+    if profile_to:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            asyncio.run(main())
+        finally:
+            profiler.disable()
+            profiler.dump_stats(f"{profile_to}.{os.getpid()}")
+    else:
+        asyncio.run(main())

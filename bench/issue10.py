@@ -130,18 +130,21 @@ async def live(node: Node, procs: list[ClientProc], room: str, count: int) -> No
 
 
 async def drop_and_recover(node: Node, procs: list[ClientProc], room: str, missed: int,
-                           spread: float) -> tuple[int, list[float], float]:
+                           spread: float) -> tuple[int, list[float], float, float]:
     """Drop every client, emit ``missed`` events, reconnect (spread over ``spread`` s).
     Returns how many recovered, each one's seconds from its reconnect until it had every
-    missed event, and the seconds from the first reconnect until the last had them."""
+    missed event, the seconds from the first reconnect until the last had them, and the
+    server's CPU seconds from the reconnects until then."""
     await on_all(procs, reply_within=LIMIT, cmd="drop")
     await node.post("/emit", {"count": missed, "room": room, "window": 100}, within=LIMIT)
+    cpu = await node.cpu()
     answers = await on_all(procs, reply_within=LIMIT, cmd="reconnect", url=node.url,
                            total=missed, spread=spread)
     recovered = sum(a["recovered"] for a in answers)
     if not recovered:
-        return 0, [], float("nan")
+        return 0, [], float("nan"), float("nan")
     results = await on_all(procs, reply_within=LIMIT + 10, cmd="wait", within=LIMIT)
+    cpu = await node.cpu() - cpu
     starts = [s for r in results for s in r["started"]]
     done = [d for r in results for d in r["done"]]
     counts = [c for r in results for c in r["counts"]]
@@ -150,7 +153,7 @@ async def drop_and_recover(node: Node, procs: list[ClientProc], room: str, misse
                            f"{max(counts, default=0)} events, expected {missed}")
     each = [d - s for d, s in zip(done, starts, strict=True)]
     whole = max(done) - min(starts) if done else float("nan")
-    return recovered, each, whole
+    return recovered, each, whole, cpu
 
 
 async def recovery(node: Node, args: argparse.Namespace) -> dict[str, Any]:
@@ -158,7 +161,7 @@ async def recovery(node: Node, args: argparse.Namespace) -> dict[str, Any]:
     procs = await connect(node, args.client_procs, args.rec_clients, "rec", True)
     try:
         await live(node, procs, "rec", 1)
-        n, each, _ = await drop_and_recover(node, procs, "rec", args.missed, 0.0)
+        n, each, _, _ = await drop_and_recover(node, procs, "rec", args.missed, 0.0)
         out["rec_p95"] = pct(each, 95) * 1000 if each else "-"
         out["rec_n"] = f"{n}/{args.rec_clients}"
     finally:
@@ -166,9 +169,10 @@ async def recovery(node: Node, args: argparse.Namespace) -> dict[str, Any]:
     procs = await connect(node, args.storm_procs, args.storm, "storm", True)
     try:
         await live(node, procs, "storm", 1)
-        n, _, whole = await drop_and_recover(node, procs, "storm", args.storm_missed,
-                                             args.storm_spread)
+        n, _, whole, cpu = await drop_and_recover(node, procs, "storm", args.storm_missed,
+                                                  args.storm_spread)
         out["storm"] = whole * 1000 if n else "-"
+        out["storm_cpu"] = cpu * 1000 if n else "-"
         out["storm_n"] = f"{n}/{args.storm}"
     finally:
         await asyncio.gather(*(p.stop() for p in procs), return_exceptions=True)
@@ -305,6 +309,8 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
          f"({args.storm_missed} missed), all recovered at ms", *cells("storm")],
         ["  recovered", *cells("storm_n")],
         ["  vs JS", *vs("storm", js)],
+        ["  server CPU from the first reconnect until all recovered, ms",
+         *cells("storm_cpu")],
         [f"store append, {args.append_rows:,} rows by 1000 tasks (rows/s)", *cells("append")],
         ["raw batched INSERT, 500 per transaction (rows/s)", *cells("raw_insert")],
         ["  store append / raw INSERT", *vs_own("append", "raw_insert")],

@@ -15,6 +15,7 @@ import socketio
 from socketio import packet as sio_packet
 
 from . import _socketio, metrics
+from ._batch import Batcher
 from ._codec import copy_value
 from ._membership import membership_of
 from ._offsets import hash_pid, is_valid_pid, new_pid
@@ -38,13 +39,22 @@ from ._write_through import SessionWriter
 from .exceptions import ConfigurationError, DurableAdapterError
 from .manager import DurableManager
 from .stores import Store, store_from_url
-from .stores.base import LIVE_EXPIRY, OwnedBy, Session, StoredPacket
+from .stores.base import (
+    LIVE_EXPIRY,
+    HistoryBounds,
+    OwnedBy,
+    Session,
+    StoredPacket,
+    TakeRequest,
+    TakeResult,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STORE_URL = "sqlite+aiosqlite:///durable_adapter.sqlite3"
 _DEFAULTS: Mapping[str, Any] = {}  # recovery on, every option at its default
 SID_RELEASE_WAIT = 5.0  # seconds a restore waits for the old socket of its sid to go
+TAKE_BATCH_MAX = 500  # sessions taken in one store transaction during a reconnect storm
 
 #: set while Engine.IO closes a whole connection: a 'client disconnect' seen then is an
 #: Engine.IO CLOSE (the JS client's abrupt close over polling), not a namespace leave
@@ -112,6 +122,12 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         self._disowned: set[tuple[str, str]] = set()
         #: set once the restore ends, whatever its outcome
         self._restoring: dict[tuple[str, str], asyncio.Event] = {}
+        #: concurrent restores share store calls: one transaction takes many sessions,
+        #: one query reads the bounds for every restore waiting for them
+        self._takes: Batcher[TakeRequest, TakeResult] = Batcher(
+            self._take_batch, batch_max=TAKE_BATCH_MAX, name="taking sessions")
+        self._bounds_reads: Batcher[None, HistoryBounds] = Batcher(
+            self._read_bounds, batch_max=1_000_000, name="reading the bounds")
         self.sessions: SessionWriter | None = None
         if self.recovery is not None:
             manager = self.durable_manager
@@ -370,18 +386,23 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         if failure is not None:
             return self._refuse(failure)
         pid_hash = hash_pid(pid)
+        key = (namespace, pid_hash)
+        if key in self._restoring:
+            # another connection of this node is restoring it right now: one wins. A
+            # take-over counts too: from its detach until the new connection registers
+            # the sid, the sid is nowhere, and a restore from the store (this node owns
+            # the row) would register it a second time
+            return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
+        self._restoring[key] = asyncio.Event()
         holder = self._live_holder(namespace, pid_hash)
         if holder is not None:
-            return await self._take_over(eio_sid, namespace, pid, offset, *holder)
-        if (namespace, pid_hash) in self._restoring:
-            # another connection of this node is restoring it right now: one wins
-            return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
-        self._restoring[(namespace, pid_hash)] = asyncio.Event()
-        attempt = await self._restore_stored(eio_sid, namespace, pid, pid_hash, offset)
-        if attempt.restore is None:
-            self._restoring.pop((namespace, pid_hash)).set()
+            attempt = await self._take_over(eio_sid, namespace, pid, offset, *holder)
         else:
-            attempt.restoring = (namespace, pid_hash)
+            attempt = await self._restore_stored(eio_sid, namespace, pid, pid_hash, offset)
+        if attempt.restore is None:
+            self._restoring.pop(key).set()
+        else:
+            attempt.restoring = key
         return attempt
 
     async def _restore_stored(self, eio_sid: str, namespace: str, pid: str, pid_hash: str,
@@ -432,25 +453,41 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         if old_sid is not None and self._leaving(old_sid, namespace):
             # a fast reconnect: the old socket here is closing and saving this session
             await self._sid_released(old_sid, namespace)
-        assert self.recovery is not None
-        window = self.recovery.max_disconnection_duration
-        taken = await self.store.take_session(namespace, pid_hash, node=manager.host_id,
-                                              now=time.time(), window=window)
+        taken = await self._takes.submit(TakeRequest(namespace, pid_hash))
         if isinstance(taken, OwnedBy):
+            assert self.recovery is not None
             await manager.request_handover(taken.node, namespace, pid_hash,
                                            self.recovery.handover_timeout)
             # let go (saved as dropped), or silent past the timeout (taken as dead)
-            taken = await self.store.take_session(
-                namespace, pid_hash, node=manager.host_id, now=time.time(), window=window,
-                force_from=taken.node)
+            taken = await self._takes.submit(
+                TakeRequest(namespace, pid_hash, force_from=taken.node))
         return None if isinstance(taken, OwnedBy) else taken
+
+    async def _take_batch(self, requests: list[TakeRequest]) -> list[TakeResult]:
+        """The takes of concurrent restores, in one store call."""
+        assert self.recovery is not None
+        return await self.store.take_sessions(
+            requests, node=self.durable_manager.host_id, now=time.time(),
+            window=self.recovery.max_disconnection_duration)
+
+    async def _read_bounds(self, requests: list[None]) -> list[HistoryBounds]:
+        """One read of the bounds for every restore waiting for them."""
+        bounds = await self.store.bounds()
+        return [bounds] * len(requests)
+
+    async def _bounds(self) -> HistoryBounds:
+        """The store's bounds as of a query that started after this call: concurrent
+        callers share a query only when it started after each of them asked (a queued
+        request waits for the next query, never joins one already running), so a purge
+        committed before a caller asked is always in what it gets."""
+        return await self._bounds_reads.submit(None)
 
     async def _top_for(self, session: Session) -> int | None:
         """The last committed seq, which a client's offset cannot be ahead of: needed
         only for a session taken from a live row (its node died before saving it)."""
         if session.expires_at < LIVE_EXPIRY:
             return None
-        return (await self.store.bounds()).top
+        return (await self._bounds()).top
 
     def _leaving(self, sid: str, namespace: str) -> bool:
         """True when ``sid`` is gone or its connection is closing (saving its session)."""
@@ -512,12 +549,14 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         hold.upto = max(hold.upto, start)
         cap = self.recovery.max_replay_packets if self.recovery else 0
         try:
-            failure = check_window(start, hold.upto, await self.store.bounds(), cap)
+            failure = check_window(start, hold.upto, await self._bounds(), cap)
             if failure is None:
                 restore.replay = await self._read_replay(namespace, restore.session, start,
                                                          hold.upto)
-                # a purge that ran while we read could have left holes: look again
-                failure = check_window(start, hold.upto, await self.store.bounds(), cap)
+                # a purge that ran while we read could have left holes: look again. The
+                # bounds come from a query that started after the read ended (_bounds),
+                # so a purge that committed during the read is seen
+                failure = check_window(start, hold.upto, await self._bounds(), cap)
         except Exception:
             logger.exception("reading the replay failed")
             failure = RecoveryFailure.STORE_UNAVAILABLE

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -99,6 +99,23 @@ class OwnedBy:
     """:meth:`Store.take_session`'s answer when a live node (valid lease) holds the session."""
 
     node: str
+
+
+@dataclass(frozen=True)
+class TakeRequest:
+    """One session :meth:`Store.take_sessions` is asked to take (see
+    :meth:`Store.take_session` for ``force_from``)."""
+
+    namespace: str
+    pid_hash: str
+    force_from: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.namespace, self.pid_hash
+
+
+TakeResult = Session | OwnedBy | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,6 +202,48 @@ def decide_take(*, owner: str | None, expires_at: float, lease_expires: float | 
     return TAKE if (lease_expires or 0.0) + window > now else None
 
 
+def decide_takes(requests: Sequence[TakeRequest],
+                 found: Mapping[tuple[str, str], tuple[str | None, float]],
+                 leases: Mapping[str, float], *, node: str, now: float, window: float
+                 ) -> list[Literal["take", "mine"] | OwnedBy | None]:
+    """:func:`decide_take` for each request of one batch, in order, given the stored
+    rows' ``(owner, expires_at)`` by key (absent: no row) and the owners' leases (absent:
+    no lease). A batch hands each row out once: a request for a row that an earlier
+    request of the batch got is answered None (as a second restore of one session on
+    one node is refused), so of duplicates exactly one gets the session."""
+    given: set[tuple[str, str]] = set()
+    verdicts: list[Literal["take", "mine"] | OwnedBy | None] = []
+    for request in requests:
+        row = found.get(request.key)
+        if row is None or request.key in given:
+            verdicts.append(None)
+            continue
+        owner, expires_at = row
+        verdict = decide_take(
+            owner=owner, expires_at=expires_at,
+            lease_expires=None if owner is None else leases.get(owner),
+            node=node, now=now, window=window, force_from=request.force_from)
+        if verdict == TAKE or verdict == MINE:
+            given.add(request.key)
+        verdicts.append(verdict)
+    return verdicts
+
+
+async def take_one_by_one(requests: Sequence[TakeRequest],
+                          take: Callable[[TakeRequest], Awaitable[TakeResult]]
+                          ) -> list[TakeResult]:
+    """:meth:`Store.take_sessions` for a store that takes one row at a time (each take
+    atomic on its own), with :func:`decide_takes`' rule for duplicates."""
+    given: set[tuple[str, str]] = set()
+    results: list[TakeResult] = []
+    for request in requests:
+        result = None if request.key in given else await take(request)
+        if isinstance(result, Session):
+            given.add(request.key)
+        results.append(result)
+    return results
+
+
 class PacketListener(Protocol):
     """Receives committed packets, in seq order, each exactly once per node."""
 
@@ -254,17 +313,40 @@ class Store(abc.ABC):
         owned by nobody and rows owned by ``node`` are written. Without: unconditional.
         """
 
-    @abc.abstractmethod
     async def take_session(self, namespace: str, pid_hash: str, *, node: str, now: float,
-                           window: float, force_from: str | None = None
-                           ) -> Session | OwnedBy | None:
+                           window: float, force_from: str | None = None) -> TakeResult:
         """Make ``node`` the owner of the session ``(namespace, pid_hash)``, atomically.
 
         The rules are :func:`decide_take`'s. Of concurrent calls for one row (across
         processes) exactly one gets a takeable session; the others see its new owner.
         Returns the session with ``owner=node``, :class:`OwnedBy` when a live node holds
-        it, or None (absent or expired).
+        it, or None (absent or expired). By default :meth:`take_sessions` of one request.
         """
+        if type(self).take_sessions is Store.take_sessions:
+            raise NotImplementedError(
+                f"{type(self).__name__} implements neither take_session nor take_sessions")
+        request = TakeRequest(namespace, pid_hash, force_from)
+        (result,) = await self.take_sessions([request], node=node, now=now, window=window)
+        return result
+
+    async def take_sessions(self, requests: Sequence[TakeRequest], *, node: str, now: float,
+                            window: float) -> list[TakeResult]:
+        """:meth:`take_session` for many sessions at once, in one transaction (one
+        script) where the store has them: each answer as :meth:`take_session` would
+        give it, in the order of ``requests``; each row is taken atomically, and of
+        duplicate requests in one batch exactly one gets the session
+        (:func:`decide_takes`). On SQL and Redis a stored session that cannot be decoded
+        is logged and answered None (it cannot be recovered) and fails no other request.
+
+        A store implements this or :meth:`take_session`; by default each request is a
+        :meth:`take_session` of its own.
+        """
+        if type(self).take_session is Store.take_session:
+            raise NotImplementedError(
+                f"{type(self).__name__} implements neither take_session nor take_sessions")
+        return await take_one_by_one(requests, lambda request: self.take_session(
+            request.namespace, request.pid_hash, node=node, now=now, window=window,
+            force_from=request.force_from))
 
     async def release_session(self, session: Session, *, node: str) -> None:
         """Write ``session`` as disconnected (owner None), unless another node owns its

@@ -21,8 +21,10 @@ from .base import (
     Session,
     Store,
     StoredPacket,
+    TakeRequest,
+    TakeResult,
     check_purge_args,
-    decide_take,
+    decide_takes,
 )
 
 
@@ -123,23 +125,23 @@ class MemoryStore(Store):
                 continue  # taken over by another node: its row now
             self._sessions[key] = dataclasses.replace(session, data=copy_value(session.data))
 
-    async def take_session(self, namespace: str, pid_hash: str, *, node: str, now: float,
-                           window: float, force_from: str | None = None
-                           ) -> Session | OwnedBy | None:
+    async def take_sessions(self, requests: Sequence[TakeRequest], *, node: str, now: float,
+                            window: float) -> list[TakeResult]:
         # no await between reading and writing: atomic for every server sharing this object
-        key = (namespace, pid_hash)
-        stored = self._sessions.get(key)
-        if stored is None:
-            return None
-        verdict = decide_take(
-            owner=stored.owner, expires_at=stored.expires_at,
-            lease_expires=self._leases.get(stored.owner) if stored.owner else None,
-            node=node, now=now, window=window, force_from=force_from)
-        if verdict is None or isinstance(verdict, OwnedBy):
-            return verdict
-        if verdict == TAKE:
-            stored = self._sessions[key] = dataclasses.replace(stored, owner=node)
-        return dataclasses.replace(stored, data=copy_value(stored.data))
+        found = {r.key: (s.owner, s.expires_at) for r in requests
+                 if (s := self._sessions.get(r.key)) is not None}
+        verdicts = decide_takes(requests, found, self._leases, node=node, now=now,
+                                window=window)
+        results: list[TakeResult] = []
+        for request, verdict in zip(requests, verdicts, strict=True):
+            if verdict is None or isinstance(verdict, OwnedBy):
+                results.append(verdict)
+                continue
+            stored = self._sessions[request.key]
+            if verdict == TAKE:
+                stored = self._sessions[request.key] = dataclasses.replace(stored, owner=node)
+            results.append(dataclasses.replace(stored, data=copy_value(stored.data)))
+        return results
 
     async def renew_lease(self, node: str, *, now: float, expiry: float) -> None:
         self._leases[node] = now + expiry

@@ -68,9 +68,12 @@ from ..base import (
     Session,
     Store,
     StoredPacket,
+    TakeRequest,
+    TakeResult,
     check_new_packet,
     check_purge_args,
     decide_take,
+    take_one_by_one,
 )
 from ..errors import driver_errors
 from . import schema, setup
@@ -339,11 +342,16 @@ class MongoStore(Store):
                 if node is None or not schema.only_taken_over(exc.details):
                     raise
 
-    async def take_session(self, namespace: str, pid_hash: str, *, node: str, now: float,
-                           window: float, force_from: str | None = None
-                           ) -> Session | OwnedBy | None:
+    async def take_sessions(self, requests: Sequence[TakeRequest], *, node: str, now: float,
+                            window: float) -> list[TakeResult]:
+        return await take_one_by_one(requests, lambda request: self._take(
+            request, node=node, now=now, window=window))
+
+    async def _take(self, request: TakeRequest, *, node: str, now: float, window: float
+                    ) -> TakeResult:
         # read, decide, then compare-and-set the owner: of concurrent takes one sets it,
         # the others read again and see the new owner
+        namespace, pid_hash, force_from = request.namespace, request.pid_hash, request.force_from
         key = schema.session_key(namespace, pid_hash)
         with self._errors(f"writing to the store at {self._where()} failed"):
             for _ in range(TAKE_ATTEMPTS):

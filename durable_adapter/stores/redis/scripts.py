@@ -223,38 +223,58 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
 return written
 """
 
-# KEYS = session, leases, expiry, owners, epoch; ARGV = node, now, window, force_from or '',
-# owned prefix. The rules of base.decide_take, in one script: of concurrent takes the
-# first makes its node the owner and the others then see it. Returns {0} (absent or
-# expired), {1, value} (the caller's now), or {2, owner} (owned by a live node), each
-# with the history's epoch last (false once it is gone), as CLAIM_SESSION's.
-TAKE_SESSION = """
-local epoch = redis.call('GET', KEYS[5]) or false
-local key = KEYS[1]
-local value = redis.call('HGET', key, 'v')
-if not value then return {0, false, epoch} end
-local node, now, owned = ARGV[1], tonumber(ARGV[2]), ARGV[5]
-local owner = redis.call('HGET', key, 'o')
-if owner == node then return {1, value, epoch} end
-if owner then
-  if ARGV[4] ~= owner then
-    local lease = redis.call('ZSCORE', KEYS[2], owner)
-    if lease and tonumber(lease) > now then return {2, owner, epoch} end
-    if tonumber(lease or '0') + tonumber(ARGV[3]) <= now then return {0, false, epoch} end
+# KEYS = leases, expiry, owners, epoch, then one session per request; ARGV = node, now,
+# window, owned prefix, then each request's force_from or ''. The rules of
+# base.decide_takes, in one script: of concurrent takes of a row the first makes its node
+# the owner and the others then see it; of duplicates in one call only the first gets it.
+# Returns {epoch (false once the history is gone), answers}, two items per request: 0,
+# false (absent, expired, or given to an earlier duplicate); 1, value (the caller's now);
+# 2, owner (owned by a live node).
+TAKE_SESSIONS = """
+local epoch = redis.call('GET', KEYS[4]) or false
+local node, now, window, owned = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local answers, given = {}, {}
+for i = 5, #KEYS do
+  local key, force = KEYS[i], ARGV[i]
+  local code, answer = 0, false
+  local value = redis.call('HGET', key, 'v')
+  if value and not given[key] then
+    local owner = redis.call('HGET', key, 'o')
+    local take = true
+    if owner == node then
+      take = false
+      code, answer = 1, value
+    elseif owner then
+      if force ~= owner then
+        local lease = redis.call('ZSCORE', KEYS[1], owner)
+        if lease and tonumber(lease) > now then
+          take = false
+          code, answer = 2, owner
+        elseif tonumber(lease or '0') + window <= now then
+          take = false
+        end
+      end
+    else
+      local expires = tonumber(redis.call('HGET', key, 'e') or '')
+      if expires and expires <= now then take = false end
+    end
+    if take then
+      if owner then redis.call('SREM', owned .. owner, key) end
+      redis.call('HSET', key, 'o', node)
+      redis.call('PERSIST', key)
+      redis.call('ZREM', KEYS[2], key)
+      redis.call('SADD', owned .. node, key)
+      redis.call('SADD', KEYS[3], node)
+      local index = redis.call('HGET', key, 'i')
+      if index then redis.call('PERSIST', index) end
+      code, answer = 1, value
+    end
+    if code == 1 then given[key] = true end
   end
-  redis.call('SREM', owned .. owner, key)
-else
-  local expires = tonumber(redis.call('HGET', key, 'e') or '')
-  if expires and expires <= now then return {0, false, epoch} end
+  answers[#answers + 1] = code
+  answers[#answers + 1] = answer
 end
-redis.call('HSET', key, 'o', node)
-redis.call('PERSIST', key)
-redis.call('ZREM', KEYS[3], key)
-redis.call('SADD', owned .. node, key)
-redis.call('SADD', KEYS[4], node)
-local index = redis.call('HGET', key, 'i')
-if index then redis.call('PERSIST', index) end
-return {1, value, epoch}
+return {epoch, answers}
 """
 
 # KEYS = session, expiry, epoch; ARGV = owned prefix. Of two concurrent claims only one

@@ -68,6 +68,8 @@ from ..base import (
     Session,
     Store,
     StoredPacket,
+    TakeRequest,
+    TakeResult,
     check_new_packet,
     check_purge_args,
 )
@@ -181,7 +183,7 @@ class RedisStore(Store):
         client = self._given_client or Redis.from_url(self._url or "", retry=_NO_RETRY)
         self._redis = client
         self._scripts = {name: client.register_script(getattr(scripts, name)) for name in (
-            "APPEND", "BOUNDS", "CONTROL", "SAVE_SESSIONS", "TAKE_SESSION", "CLAIM_SESSION",
+            "APPEND", "BOUNDS", "CONTROL", "SAVE_SESSIONS", "TAKE_SESSIONS", "CLAIM_SESSION",
             "DELETE_SESSIONS", "PURGE_SESSIONS", "PURGE_OWNED")}
         try:
             with self._errors(f"cannot reach the store at {self._where()}"):
@@ -343,24 +345,38 @@ class RedisStore(Store):
         session = self._decode_session(value, pid_hash)  # claimed (deleted): a refusal
         return session if session.expires_at > now else None
 
-    async def take_session(self, namespace: str, pid_hash: str, *, node: str, now: float,
-                           window: float, force_from: str | None = None
-                           ) -> Session | OwnedBy | None:
-        keys = [self.keys.session(namespace, pid_hash), self.keys.leases, self.keys.expiry,
-                self.keys.owners, self.keys.epoch]
-        args = [node, repr(now), repr(window), force_from or "", self.keys.owned_prefix]
-        answer = await self._run("TAKE_SESSION", keys, args, "taking a session")
-        # the session's epoch is judged against the history as it is now (a Redis that
+    async def take_sessions(self, requests: Sequence[TakeRequest], *, node: str, now: float,
+                            window: float) -> list[TakeResult]:
+        if not requests:
+            return []
+        keys = [self.keys.leases, self.keys.expiry, self.keys.owners, self.keys.epoch]
+        keys += [self.keys.session(r.namespace, r.pid_hash) for r in requests]
+        args = [node, repr(now), repr(window), self.keys.owned_prefix]
+        args += [r.force_from or "" for r in requests]
+        epoch, answers = await self._run("TAKE_SESSIONS", keys, args, "taking sessions")
+        # the sessions' epochs are judged against the history as it is now (a Redis that
         # lost its history but kept its sessions refuses their offsets)
-        if answer[2] is None:
+        if epoch is None:
             await self._bounds()
         else:
-            self._adopt(answer[2])
-        if answer[0] == 0:
+            self._adopt(epoch)
+        results: list[TakeResult] = []
+        for index, request in enumerate(requests):
+            code, answer = answers[2 * index], answers[2 * index + 1]
+            if code == 2:
+                results.append(OwnedBy(answer.decode()))
+            elif code == 1:
+                results.append(self._taken(answer, request.pid_hash, node))
+            else:
+                results.append(None)
+        return results
+
+    def _taken(self, value: bytes, pid_hash: str, node: str) -> Session | None:
+        try:
+            return dataclasses.replace(self._decode_session(value, pid_hash), owner=node)
+        except StoreError:  # one bad row must not fail the batch
+            logger.exception("a taken session cannot be decoded; it cannot be recovered")
             return None
-        if answer[0] == 2:
-            return OwnedBy(answer[1].decode())
-        return dataclasses.replace(self._decode_session(answer[1], pid_hash), owner=node)
 
     async def renew_lease(self, node: str, *, now: float, expiry: float) -> None:
         with self._errors(f"renewing the lease at {self._where()} failed"):

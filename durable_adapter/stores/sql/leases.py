@@ -1,38 +1,43 @@
 """The SQL store's live sessions and node leases: conditional upserts, the take-over
 transaction, and the purge of a dead node's sessions.
 
-A take is one write transaction: the session row is read ``FOR UPDATE`` (PostgreSQL: of
-concurrent takes under READ COMMITTED, the later ones wait for the row lock and then read
-the winner's owner; SQLite: the whole transaction holds the database write lock from its
-``BEGIN IMMEDIATE``), its owner's lease is read, and :func:`.base.decide_take` rules.
+A take (of one session or of a batch) is one write transaction: the session rows are
+read ``FOR UPDATE`` (PostgreSQL: of concurrent takes under READ COMMITTED, the later ones
+wait for the row lock and then read the winner's owner; SQLite: the whole transaction
+holds the database write lock from its ``BEGIN IMMEDIATE``), their owners' leases are
+read, and :func:`.base.decide_takes` rules.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..base import TAKE, OwnedBy, Session, decide_take
+from ..base import TAKE, OwnedBy, Session, TakeRequest, TakeResult, decide_takes
 from . import dialect
 from .schema import nodes, session_from_row, session_values, sessions
 
+logger = logging.getLogger(__name__)
+
 _KEY_COLUMNS = ("namespace", "pid_hash")
-
-
-def _session_key(namespace: str, pid_hash: str) -> ColumnElement[bool]:
-    return and_(sessions.c.namespace == namespace, sessions.c.pid_hash == pid_hash)
+#: keys per SELECT or UPDATE of a take: two bound parameters each, well under SQLite's
+#: oldest limit of 999 parameters per statement
+KEYS_PER_STATEMENT = 400
 
 
 async def upsert_sessions(connection: AsyncConnection, sessions_: Sequence[Session],
                           node: str | None) -> None:
     """Write every session with one executemany; with ``node``, rows another node owns
     are left alone (``ON CONFLICT DO UPDATE ... WHERE``)."""
-    # one row per key: PostgreSQL refuses a statement that updates one row twice
-    rows = list({(s.namespace, s.pid_hash): session_values(s) for s in sessions_}.values())
+    # one row per key: PostgreSQL refuses a statement that updates one row twice; in key
+    # order, as takes lock them, so a save and a take of overlapping rows cannot deadlock
+    by_key = {(s.namespace, s.pid_hash): session_values(s) for s in sessions_}
+    rows = [by_key[key] for key in sorted(by_key)]
     if not rows:
         return
     statement = dialect.insert_for(connection, sessions)
@@ -46,29 +51,59 @@ async def upsert_sessions(connection: AsyncConnection, sessions_: Sequence[Sessi
         rows)
 
 
-async def take_session(connection: AsyncConnection, namespace: str, pid_hash: str, *,
-                       node: str, now: float, window: float, force_from: str | None
-                       ) -> Session | OwnedBy | None:
-    """The take-over, inside the caller's write transaction."""
-    row = (await connection.execute(
-        select(sessions).where(_session_key(namespace, pid_hash)).with_for_update()
-    )).first()
-    if row is None:
-        return None
-    lease: Any = None
-    if row.owner is not None and row.owner != node:
-        lease = (await connection.execute(
-            select(nodes.c.expires_at).where(nodes.c.id == row.owner))).scalar()
-    verdict = decide_take(owner=row.owner, expires_at=row.expires_at, lease_expires=lease,
-                          node=node, now=now, window=window, force_from=force_from)
-    if verdict is None or isinstance(verdict, OwnedBy):
-        return verdict
-    session = session_from_row(row)
-    if verdict == TAKE:
-        await connection.execute(
-            update(sessions).where(_session_key(namespace, pid_hash)).values(owner=node))
-        session = dataclasses.replace(session, owner=node)
-    return session
+async def take_sessions(connection: AsyncConnection, requests: Sequence[TakeRequest], *,
+                        node: str, now: float, window: float) -> list[TakeResult]:
+    """The take-over of many rows, inside the caller's write transaction: the rows
+    locked in key order (two nodes taking overlapping batches wait for each other
+    instead of deadlocking), one query for their owners' leases, one UPDATE per chunk."""
+    keys = sorted({request.key for request in requests})
+    found: dict[tuple[str, str], Any] = {}
+    for chunk in _chunks(keys):
+        query = select(sessions).where(_key_in(chunk)).with_for_update()
+        if connection.dialect.name == "postgresql":
+            # byte order, as Python's sort of ``keys`` (the database's collation may differ)
+            query = query.order_by(sessions.c.namespace.collate("C"),
+                                   sessions.c.pid_hash.collate("C"))
+        for row in (await connection.execute(query)).all():
+            found[(row.namespace, row.pid_hash)] = row
+    decoded: dict[tuple[str, str], Session] = {}
+    for key, row in list(found.items()):
+        try:
+            decoded[key] = session_from_row(row)
+        except Exception:  # one bad row must not fail the batch: it is not taken
+            logger.exception("the stored session %s... cannot be decoded", key[1][:8])
+            del found[key]
+    owners = {row.owner for row in found.values() if row.owner not in (None, node)}
+    leases: dict[str, float] = {}
+    if owners:
+        leases = {lease.id: lease.expires_at for lease in (await connection.execute(
+            select(nodes.c.id, nodes.c.expires_at).where(nodes.c.id.in_(owners)))).all()}
+    verdicts = decide_takes(
+        requests, {key: (row.owner, row.expires_at) for key, row in found.items()}, leases,
+        node=node, now=now, window=window)
+    taken = sorted({r.key for r, verdict in zip(requests, verdicts, strict=True)
+                    if verdict == TAKE})
+    for chunk in _chunks(taken):
+        await connection.execute(update(sessions).where(_key_in(chunk)).values(owner=node))
+    results: list[TakeResult] = []
+    for request, verdict in zip(requests, verdicts, strict=True):
+        if verdict is None or isinstance(verdict, OwnedBy):
+            results.append(verdict)
+        elif verdict == TAKE:
+            results.append(dataclasses.replace(decoded[request.key], owner=node))
+        else:
+            results.append(decoded[request.key])
+    return results
+
+
+def _key_in(keys: Sequence[tuple[str, str]]) -> ColumnElement[bool]:
+    return tuple_(sessions.c.namespace, sessions.c.pid_hash).in_(keys)
+
+
+def _chunks(keys: list[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+    """Keys in runs of :data:`KEYS_PER_STATEMENT`, in their order."""
+    for start in range(0, len(keys), KEYS_PER_STATEMENT):
+        yield keys[start:start + KEYS_PER_STATEMENT]
 
 
 async def renew_lease(connection: AsyncConnection, node: str, expires_at: float) -> None:

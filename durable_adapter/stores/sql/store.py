@@ -36,12 +36,13 @@ from ...exceptions import ConfigurationError, StoreError
 from ..base import (
     HistoryBounds,
     NewPacket,
-    OwnedBy,
     PacketListener,
     PurgeResult,
     Session,
     Store,
     StoredPacket,
+    TakeRequest,
+    TakeResult,
     check_new_packet,
     check_purge_args,
 )
@@ -384,12 +385,13 @@ class SQLStore(controls.SQLControl, Store):
             await leases.upsert_sessions(connection, sessions_, node)
 
     @_shielded
-    async def take_session(self, namespace: str, pid_hash: str, *, node: str, now: float,
-                           window: float, force_from: str | None = None
-                           ) -> Session | OwnedBy | None:
+    async def take_sessions(self, requests: Sequence[TakeRequest], *, node: str, now: float,
+                            window: float) -> list[TakeResult]:
+        if not requests:
+            return []
         async with self._write() as connection:
-            return await leases.take_session(connection, namespace, pid_hash, node=node,
-                                             now=now, window=window, force_from=force_from)
+            return await leases.take_sessions(connection, requests, node=node, now=now,
+                                              window=window)
 
     @_shielded
     async def renew_lease(self, node: str, *, now: float, expiry: float) -> None:

@@ -48,6 +48,7 @@ from .stores.base import (
     TakeRequest,
     TakeResult,
 )
+from .stores.memory import MemoryStore
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +132,11 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         self.sessions: SessionWriter | None = None
         if self.recovery is not None:
             manager = self.durable_manager
-            self.sessions = SessionWriter(self.store, manager.host_id, self._current_session,
-                                          live=self.recovery.write_through)
+            # a memory store dies with the process: its live sessions could serve no
+            # other node, and this one finds its own live sockets without them
+            self.sessions = SessionWriter(
+                self.store, manager.host_id, self._current_session,
+                live=self.recovery.write_through and not isinstance(self.store, MemoryStore))
             manager.on_session_change = self._session_changed
             manager.let_go = self._let_go
             manager.lease.on_regained = self._lease_regained

@@ -49,6 +49,7 @@ from aiohttp import web
 
 import durable_adapter
 from durable_adapter import metrics
+from durable_adapter.stores.memory import MemoryStore
 
 
 def make_store(url: str, schema: str | None, poll_interval: float | None) -> Any:
@@ -150,7 +151,9 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
         durable_store.delete_sessions = counted_delete
 
     async def write_through_state(request: web.Request) -> web.Response:
-        sio.sessions.live = bool((await request.json())["on"])
+        # as the server decides at start: a memory store's sessions are never live-written
+        memory = isinstance(sio.store, MemoryStore)
+        sio.sessions.live = bool((await request.json())["on"]) and not memory
         return web.json_response({"on": sio.sessions.live})
 
     profiling: dict[str, Any] = {}

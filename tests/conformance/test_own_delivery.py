@@ -23,15 +23,17 @@ EMITS = 50
 
 
 def count_follower_reads(store: SQLStore) -> list[int]:
-    """Counts the follower's page reads on a real store (wraps the method, no fake)."""
+    """Counts the running follower's page reads on a real store (wraps its reader)."""
     reads: list[int] = []
-    read = store._follow_page
+    follower = store._follower
+    assert follower is not None
+    read = follower._read
 
     async def counted(**kwargs: Any) -> Any:
         reads.append(kwargs["after"])
         return await read(**kwargs)
 
-    store._follow_page = counted  # type: ignore[method-assign]
+    follower._read = counted  # type: ignore[method-assign]
     return reads
 
 

@@ -31,9 +31,11 @@ RETRY_MIN, RETRY_MAX = 1.0, 60.0  # seconds of back-off after a failed read, dou
 
 
 class _Reader(Protocol):
-    """A page after ``after``: the packets that decode, and the last seq read."""
+    """A page after ``after``: the packets that decode, the last seq read, and whether
+    the page was full."""
 
-    async def __call__(self, *, after: int, limit: int) -> tuple[list[StoredPacket], int]: ...
+    async def __call__(self, *, after: int, limit: int
+                       ) -> tuple[list[StoredPacket], int, bool]: ...
 
 
 class _ControlReader(Protocol):
@@ -132,7 +134,7 @@ class SQLFollower:
             if self._delivered is not None:
                 # delivered without us (this node's own packets): never read them back
                 self._cursor = max(self._cursor, self._delivered())
-            batch, through = await self._read(after=self._cursor, limit=FOLLOW_PAGE)
+            batch, through, full = await self._read(after=self._cursor, limit=FOLLOW_PAGE)
             records = await self._read_control(after=self._control_cursor, limit=FOLLOW_PAGE)
             if through == self._cursor and not records:
                 return
@@ -153,6 +155,11 @@ class SQLFollower:
             await self._hand(listener, batch[done:])
             # past the rows that could not be decoded too: they are never read again
             self._cursor = max(self._cursor, through)
+            if not full and len(records) < FOLLOW_PAGE and not waited:
+                # caught up as of this read: what commits later rings again (a doorbell,
+                # this process's commit, the poll), rather than reading until a page
+                # comes back empty, which a node emitting without pause never lets happen
+                return
 
     async def _hand(self, listener: PacketListener, batch: list[StoredPacket]) -> None:
         if batch:  # counted as delivered even if the listener fails: again would duplicate

@@ -348,14 +348,16 @@ class SQLStore(controls.SQLControl, Store):
         return [decode_or_refuse(packet_from_row, row, row.seq) for row in rows]
 
     @_shielded
-    async def _follow_page(self, *, after: int, limit: int) -> tuple[list[StoredPacket], int]:
+    async def _follow_page(self, *, after: int, limit: int
+                           ) -> tuple[list[StoredPacket], int, bool]:
         """The follower's read: the packets after ``after`` that decode (a row that
-        cannot is logged and skipped, never read again), and the last seq read."""
+        cannot is logged and skipped, never read again), the last seq read, and whether
+        the page was full (more may follow at once)."""
         query = select(packets).where(packets.c.seq > after).order_by(packets.c.seq).limit(limit)
         async with self._read() as connection:
             rows = (await connection.execute(query)).all()
         return decode_each(packet_from_row, rows, lambda row: row.seq), \
-            rows[-1].seq if rows else after
+            rows[-1].seq if rows else after, len(rows) >= limit
 
     @_shielded
     async def bounds(self) -> HistoryBounds:

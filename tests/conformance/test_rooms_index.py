@@ -7,22 +7,13 @@ change of its socket).
 from __future__ import annotations
 
 from tests._harness import WAIT
-from tests.conformance.conftest import Node, Peer, running
-
-
-def _handlers(node: Node) -> None:
-    @node.sio.on("join")
-    async def join(sid: str, room: str) -> None:
-        await node.sio.enter_room(sid, room)
-
-    @node.sio.on("leave")
-    async def leave(sid: str, room: str) -> None:
-        await node.sio.leave_room(sid, room)
+from tests.conformance.conftest import Peer, running
+from tests.conformance.test_room_history import _rooms_handlers
 
 
 async def test_rooms_follow_enter_leave_close_room_drop_and_recovery() -> None:
     async with running("memory://") as node:
-        _handlers(node)
+        _rooms_handlers(node)
         first, second = Peer(), Peer()
         await first.connect(node.url)
         await second.connect(node.url)

@@ -22,6 +22,7 @@ import pytest
 import durable_adapter
 from durable_adapter.migrate import migrate
 from tests._harness import WAIT
+from tests._redis import redis_url
 from tests.cluster.harness import free_port, listening
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,8 +87,18 @@ class Member:
 
 @pytest.mark.parametrize("kind", ["aiohttp", "uvicorn"])
 async def test_sigterm_saves_sessions_and_exits(kind: str, database_url: str) -> None:
-    store = database_url
-    await asyncio.wait_for(migrate(store), WAIT)  # what a deployment runs first
+    await asyncio.wait_for(migrate(database_url), WAIT)  # what a deployment runs first
+    await sigterm_then_recover(kind, database_url)
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "uvicorn"])
+async def test_sigterm_saves_sessions_and_exits_on_redis(kind: str) -> None:
+    await sigterm_then_recover(kind, redis_url())
+
+
+async def sigterm_then_recover(kind: str, store: str) -> None:
+    """SIGTERM with websocket clients connected: the process exits within
+    ``EXIT_WITHIN`` and every client recovers on the next process, each event once."""
     members = [Member() for _ in range(CLIENTS)]
     async with app_process(kind, store) as (process, url):
         await asyncio.gather(*(member.connect(url) for member in members))

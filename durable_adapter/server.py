@@ -424,8 +424,13 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             # its sid is still live here: never two sockets with one sid
             await self._put_back(session)
             return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
-        start, failure = replay_start(session, offset, self.store.epoch,
-                                      top=await self._top_for(session))
+        try:
+            top = await self._top_for(session)
+        except Exception:  # a refusal, never an exception reaching python-socketio
+            logger.exception("reading the history's bounds failed")
+            await self._put_back(session)
+            return self._refuse(RecoveryFailure.STORE_UNAVAILABLE)
+        start, failure = replay_start(session, offset, self.store.epoch, top=top)
         if start is None:
             await self._put_back(session)
             return self._refuse(failure or RecoveryFailure.MALFORMED)
@@ -697,11 +702,15 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _put_back(self, session: Session) -> None:
         """A session taken for a restore that did not happen is left for a later try."""
-        if session.expires_at >= LIVE_EXPIRY:  # taken from a dead node: counts from now
+        if session.expires_at >= LIVE_EXPIRY:
+            # taken from a dead node: it expires from now, and as a dropped session its
+            # client's offset is judged against its position, which the dead node wrote
+            # before sending what followed: what this node delivered is a better floor
             now = time.time()
             duration = self.recovery.max_disconnection_duration if self.recovery else 0.0
-            session = dataclasses.replace(session, disconnected_at=now,
-                                          expires_at=now + duration)
+            session = dataclasses.replace(
+                session, disconnected_at=now, expires_at=now + duration,
+                position=max(session.position, self.durable_manager.delivered))
         try:
             await self.store.release_session(session, node=self.durable_manager.host_id)
         except Exception:

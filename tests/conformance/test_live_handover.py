@@ -14,9 +14,12 @@ import functools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from durable_adapter import RecoveryFailure
+from durable_adapter.exceptions import StoreError
 from durable_adapter.stores.base import OwnedBy
 from durable_adapter.stores.redis.store import RedisStore
 from durable_adapter.stores.sql import SQLStore
@@ -177,3 +180,39 @@ async def test_a_node_back_from_a_lapsed_lease_closes_the_sockets_taken_meanwhil
         assert a.sio._live_pids == {} and a.sio._pids == {}
         await old.close()
         await moved.close()
+
+
+async def test_a_store_failure_while_taking_a_dead_node_s_session_keeps_it(
+        shared: StoreMaker) -> None:
+    """Taken from a dead node, the session needs the history's top (the client's offset
+    is judged against it): if that read fails, a refusal, and the session stays."""
+    async with running(shared) as a, running(shared) as b:
+        old = Peer()
+        await old.connect(a.url)
+        sid = old.sid()
+        await a.sio.emit("tick", "seen")
+        await old.inbox["/"].wait_for(1)
+        state = old.client.recovery_state()
+        await a.sio._session_writer().flush()
+        lease = a.sio.durable_manager.lease
+        await lease.stop(drop=False)  # A dies without a word: its lease runs out
+        await a.sio.store.renew_lease(lease.node, now=time.time() - 2, expiry=1)
+        await b.sio.durable_manager.start()  # B is up (its first connect reads the top)
+        bounds = b.sio.store.bounds
+
+        async def failing() -> Any:
+            raise StoreError("the store went away")
+
+        b.sio.store.bounds = failing  # type: ignore[method-assign]
+        refused = Peer()
+        await refused.connect(b.url, state)
+        assert not refused.client.is_recovered()
+        assert b.last["failure"] is RecoveryFailure.STORE_UNAVAILABLE
+        await refused.close()
+        b.sio.store.bounds = bounds  # type: ignore[method-assign]
+        again = Peer()
+        await again.connect(b.url, state)
+        assert again.client.is_recovered(), b.last["failure"]
+        assert again.sid() == sid
+        await old.close()
+        await again.close()

@@ -115,8 +115,11 @@ class RecentHistory:
         self._reads = {}
         self._generation += 1
 
-    def add(self, packet: StoredPacket) -> None:
-        """``packet`` was delivered by this node, after every packet added before it."""
+    def add(self, packet: StoredPacket, frames: list[eio_packet.Packet] | None = None
+            ) -> None:
+        """``packet`` was delivered by this node, after every packet added before it;
+        ``frames``: what it encodes to, when known (kept, and its size counted from them
+        rather than by walking the data)."""
         if not self.max_bytes:
             return
         seq = packet.seq
@@ -125,10 +128,14 @@ class RecentHistory:
             # claiming nothing older
             self._drop_window()
             self._lo = seq - 1
-        size = ENTRY_OVERHEAD + payload_size(packet.data)
+        data_size = payload_size(packet.data) if frames is None \
+            else sum(len(frame.data) for frame in frames)
+        size = ENTRY_OVERHEAD + data_size
         self._window[seq] = _Kept(packet, size, next(self._ticks))
         self._hi = seq
         self._bytes += size
+        if frames is not None:
+            self.keep_frames(seq, frames)
         self._evict()
 
     def read(self, after: int, until: int, namespace: str) -> list[StoredPacket] | None:

@@ -305,9 +305,8 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         # advance first: a socket saved mid-packet records this packet as seen,
         # and a room joined or left from here on counts after it (_membership)
         self.delivered = stored.seq
-        self.recent.add(stored)
-        if parts is not None:  # this node's own, encoded at emit: replays reuse them
-            self.recent.keep_frames(stored.seq, parts)
+        # this node's own come with their frames, encoded at emit: replays reuse them
+        self.recent.add(stored, parts)
         if (self.recovers(stored.namespace) and stored.namespace in self.rooms) \
                 or self.holds.get(stored.namespace):
             try:

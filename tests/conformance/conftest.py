@@ -173,3 +173,16 @@ class Peer:
             await asyncio.wait_for(self.client.eio.disconnect(abort=True), WAIT)
         except Exception:
             pass
+
+
+async def away_after_one(node: Node) -> tuple[str, dict[str, Any]]:
+    """A client gets tick 1, drops, and misses tick 2: its sid, and the state it comes
+    back with (owed exactly tick 2)."""
+    peer = Peer()
+    await peer.connect(node.url)
+    await node.sio.emit("tick", 1)
+    await peer.inbox["/"].wait_for(1)
+    sid = peer.sid()
+    state = await peer.drop(node)
+    await node.sio.emit("tick", 2)
+    return sid, state

@@ -10,7 +10,7 @@ import socketio
 
 from durable_adapter import RecoveryFailure
 from tests._harness import WAIT, Inbox
-from tests.conformance.conftest import Peer, make_store, running
+from tests.conformance.conftest import Peer, away_after_one, make_store, running
 
 
 async def test_restores_sid_rooms_data_and_missed_events(store_url: str) -> None:
@@ -269,13 +269,7 @@ async def test_a_forged_pid_leaves_the_real_session_to_its_owner(
 async def test_two_reconnects_with_one_pid_exactly_one_wins(store_url: str) -> None:
     """A cloned client: never two sockets with one sid; the session ends with one of them."""
     async with running(store_url) as node:
-        peer = Peer()
-        await peer.connect(node.url)
-        await node.sio.emit("tick", 1)
-        await peer.inbox["/"].wait_for(1)
-        sid = peer.sid()
-        state = await peer.drop(node)
-        await node.sio.emit("tick", 2)
+        sid, state = await away_after_one(node)
 
         first, second = Peer(), Peer()
         await asyncio.gather(first.connect(node.url, state), second.connect(node.url, state))
@@ -475,13 +469,7 @@ def test_sessions_survive_a_server_restart(store_url: str) -> None:
 
     async def first_life() -> dict[str, Any]:
         async with running(store_url) as node:
-            peer = Peer()
-            await peer.connect(node.url)
-            await node.sio.emit("tick", 1)
-            await peer.inbox["/"].wait_for(1)
-            sid = peer.sid()
-            state = await peer.drop(node)
-            await node.sio.emit("tick", 2)
+            sid, state = await away_after_one(node)
             return {"state": state, "sid": sid}
 
     async def second_life(before: dict[str, Any]) -> None:

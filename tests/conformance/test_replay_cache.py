@@ -20,7 +20,7 @@ from durable_adapter._recent import ENTRY_OVERHEAD, RecentHistory
 from durable_adapter.stores.base import NewPacket, Store, StoredPacket
 from durable_adapter.stores.memory import MemoryStore
 from tests._harness import WAIT, until
-from tests.conformance.conftest import Node, Peer, StoreSpec, running
+from tests.conformance.conftest import Node, Peer, StoreSpec, away_after_one, running
 from tests.conformance.test_restore_paths import FlakyStore
 from tests.conformance.test_room_history import (
     LIVE,
@@ -257,12 +257,7 @@ async def test_fifty_clients_recovering_one_history_read_it_at_most_once(
 async def test_a_store_failure_on_a_shared_read_keeps_the_session() -> None:
     store = FlakyStore()
     async with running(store) as node:
-        peer = Peer()
-        await peer.connect(node.url)
-        await node.sio.emit("tick", 1)
-        await peer.inbox["/"].wait_for(1)
-        state = await peer.drop(node)
-        await node.sio.emit("tick", 2)
+        _, state = await away_after_one(node)
         _forget_recent(node)
 
         store.fail_next_read = True

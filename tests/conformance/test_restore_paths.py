@@ -19,7 +19,7 @@ from durable_adapter.exceptions import StoreError
 from durable_adapter.stores.memory import MemoryStore
 from tests._harness import WAIT, drop_transport, serving
 from tests._raw import RawSocket, connect_frame, payload
-from tests.conformance.conftest import Peer, StoreSpec, make_store, running
+from tests.conformance.conftest import Peer, StoreSpec, away_after_one, make_store, running
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
@@ -124,13 +124,7 @@ async def test_a_store_failure_while_reading_the_replay_keeps_the_session() -> N
     store = FlakyStore()
     # no recent history kept in memory: the replay reads the store
     async with running(store, history_cache_bytes=0) as node:
-        peer = Peer()
-        await peer.connect(node.url)
-        await node.sio.emit("tick", 1)
-        await peer.inbox["/"].wait_for(1)
-        sid = peer.sid()
-        state = await peer.drop(node)
-        await node.sio.emit("tick", 2)
+        sid, state = await away_after_one(node)
 
         store.fail_next_read = True
         unlucky = Peer()

@@ -153,8 +153,8 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
     async def write_through_state(request: web.Request) -> web.Response:
         # as the server decides at start: a memory store's sessions are never live-written
         memory = isinstance(sio.store, MemoryStore)
-        sio.sessions.live = bool((await request.json())["on"]) and not memory
-        return web.json_response({"on": sio.sessions.live})
+        sio.durable_manager.sessions.live = bool((await request.json())["on"]) and not memory
+        return web.json_response({"on": sio.durable_manager.sessions.live})
 
     profiling: dict[str, Any] = {}
 
@@ -173,7 +173,7 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
 
     async def settle(request: web.Request) -> web.Response:
         if kind == "ours":
-            await sio.sessions.flush()
+            await sio.durable_manager.sessions.flush()
         return web.json_response({"sockets": len(sio.eio.sockets), **writes})
 
     app = web.Application()

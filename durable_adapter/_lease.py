@@ -2,11 +2,15 @@
 
 The lease is renewed every third of its expiry. A reconnect whose session is owned by a
 node with a valid lease asks that node to let go (:mod:`._cluster`); one owned by a node
-whose lease expired (killed, frozen, cut off) is taken over at once. A node that could
-not renew for a whole expiry may have had sessions taken meanwhile: once it renews again
-it is told through ``on_regained`` to check, and closes the sockets whose sessions now
-belong to another node (never two live sockets with one sid). Closing every socket at
-the lapse instead would turn a slow store into a reconnect storm.
+whose lease expired (killed, frozen, cut off) is taken over at once.
+
+A lapse is judged by time, not by errors: any renewal that commits more than an expiry
+after the previous one did (the store failed meanwhile, or the event loop stood still:
+SIGSTOP, CPU throttling, a long synchronous handler) leaves a moment in which other
+nodes could take this node's sessions. The node is then told through ``on_regained``,
+in a task of its own while renewals go on, and closes only the sockets whose sessions
+now belong to another node (never two live sockets with one sid). Closing every socket
+at the lapse instead would turn a slow store into a reconnect storm.
 """
 
 from __future__ import annotations
@@ -22,19 +26,32 @@ from .stores.base import Store
 
 logger = logging.getLogger(__name__)
 
+STOP_GRACE = 1.0  # seconds a stopping lease gives a store call under way
+
 
 class Lease:
     """Keeps ``node``'s lease alive in ``store`` while started."""
 
-    def __init__(self, store: Store, node: str, expiry: float) -> None:
+    def __init__(self, store: Store, node: str, expiry: float, *,
+                 on_regained: Callable[[], Awaitable[None]] | None = None) -> None:
+        """:param on_regained: run (in a task) after a renewal that followed a lapse."""
         self.store = store
         self.node = node
         self.expiry = expiry
-        #: awaited at the first renewal after one that lapsed (a whole expiry without)
-        self.on_regained: Callable[[], Awaitable[None]] | None = None
+        self.on_regained = on_regained
         self._renewed_at = 0.0  # monotonic time of the last renewal that committed
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._check: asyncio.Task[None] | None = None
+        self._check_again = False
+        #: lapses seen so far (a renewal more than an expiry after the previous one)
+        self.lapses = 0
+
+    @property
+    def lapsed(self) -> bool:
+        """True when the last renewal that committed is more than an expiry ago: other
+        nodes may be taking this node's sessions right now."""
+        return time.monotonic() - self._renewed_at >= self.expiry
 
     async def start(self) -> None:
         """Take the lease (a failure raises: the node cannot own sessions), then renew."""
@@ -45,23 +62,28 @@ class Lease:
     async def stop(self, *, drop: bool) -> None:
         """Stop renewing; with ``drop``, give the lease up (its sessions were saved)."""
         self._stop.set()
-        if self._task is not None:
-            task, self._task = self._task, None
-            await finish_or_cancel(task)
+        for running in (self._task, self._check):
+            if running is not None:  # a renewal hung on a failing store is cut short
+                await finish_or_cancel(running, STOP_GRACE)
+        self._task = self._check = None
         if drop:
             try:
-                await self.store.drop_lease(self.node)
+                await asyncio.wait_for(self.store.drop_lease(self.node), STOP_GRACE)
             except Exception:  # it expires by itself
                 logger.warning("could not drop the lease of %s", self.node, exc_info=True)
 
-    async def _renew(self) -> None:
+    async def _renew(self) -> bool:
+        """Renew; True when this renewal ends a lapse (the previous one that committed
+        was more than an expiry before this one committed)."""
         started = time.monotonic()
         await self.store.renew_lease(self.node, now=time.time(), expiry=self.expiry)
+        lapsed = self._renewed_at > 0 and time.monotonic() - self._renewed_at >= self.expiry
         # counted from before the write: the lease may have been seen as of then
         self._renewed_at = started
+        return lapsed
 
     async def _keep(self) -> None:
-        lapsed = False
+        warned = False
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.expiry / 3)
@@ -69,21 +91,35 @@ class Lease:
                 return
             try:
                 # bounded: a store that hangs is a store that fails
-                await asyncio.wait_for(asyncio.shield(self._renew()), self.expiry / 3)
+                regained = await asyncio.wait_for(asyncio.shield(self._renew()),
+                                                  self.expiry / 3)
             except Exception as exc:
                 logger.warning("renewing the lease of %s failed: %s", self.node, exc,
                                extra={"action": "lease_renew_failed"})
-                if not lapsed and time.monotonic() - self._renewed_at >= self.expiry:
-                    lapsed = True
+                if not warned and self.lapsed:
+                    warned = True
                     logger.error("the lease of %s lapsed: other nodes may take its "
                                  "sessions over", self.node, extra={"action": "lease_lapsed"})
                 continue
-            if lapsed:
-                lapsed = False
-                logger.warning("the lease of %s is held again", self.node,
+            warned = False
+            if regained:
+                self.lapses += 1
+                logger.warning("the lease of %s is held again after a lapse", self.node,
                                extra={"action": "lease_regained"})
-                if self.on_regained is not None:
-                    try:
-                        await self.on_regained()
-                    except Exception:
-                        logger.exception("checking the sessions after the lease lapsed")
+                self._start_check()
+
+    def _start_check(self) -> None:
+        if self.on_regained is None:
+            return
+        self._check_again = True  # a check under way may have read before this lapse
+        if self._check is None or self._check.done():
+            self._check = asyncio.create_task(self._run_checks(self.on_regained),
+                                              name=f"lease check {self.node}")
+
+    async def _run_checks(self, check: Callable[[], Awaitable[None]]) -> None:
+        while self._check_again and not self._stop.is_set():
+            self._check_again = False
+            try:
+                await check()
+            except Exception:
+                logger.exception("checking the sessions after the lease lapsed")

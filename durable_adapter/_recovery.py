@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from engineio import packet as eio_packet
-
-from ._membership import MembershipLog
 from ._offsets import parse_offset
 from ._recent import DEFAULT_MAX_BYTES as DEFAULT_HISTORY_CACHE_BYTES
 from .exceptions import ConfigurationError
-from .stores.base import LIVE_EXPIRY, HistoryBounds, Session, StoredPacket
+from .stores.base import LIVE_EXPIRY, HistoryBounds, Session
 
 DEFAULT_MAX_DISCONNECTION_DURATION = 120.0  # seconds, as the JS server
 DEFAULT_MAX_REPLAY_PACKETS = 100_000  # packets scanned for one restore; over it: refused
@@ -109,69 +105,6 @@ class RecoveryOptions:
                    lease_expiry=float(seconds["lease_expiry"]),
                    handover_timeout=float(seconds["handover_timeout"]),
                    write_through=write_through, history_cache_bytes=cache)
-
-
-@dataclass(eq=False)
-class Hold:
-    """Packets for a socket being restored, kept until its replay has been sent.
-
-    Until the restored sid is registered in the manager's rooms, packets are matched
-    against the session's rooms; afterwards the manager's own rooms decide.
-    """
-
-    sid: str
-    eio_sid: str
-    rooms: frozenset[str]
-    upto: int
-    registered: bool = False
-    held: list[tuple[int | None, list[eio_packet.Packet]]] = field(default_factory=list)
-
-
-@dataclass(eq=False, kw_only=True)
-class Takeover:
-    """A live socket whose session a restore is taking: detached from its rooms, not
-    closed, so that a refused restore can give it back untouched."""
-
-    eio_sid: str
-    rooms: list[str | None]
-    last_sent: int | None
-    membership: MembershipLog
-    start_seq: int
-    resume_seq: int
-    was_recovered: bool
-
-
-@dataclass(eq=False, kw_only=True)
-class Restore:
-    """A recovery under way on one connection: the claimed session and its replay."""
-
-    pid: str
-    session: Session
-    hold: Hold
-    #: where the next recovery without an offset starts, once this one is accepted
-    resume_seq: int
-    takeover: Takeover | None = None
-    replay: list[StoredPacket] = field(default_factory=list)
-    sid_issued: bool = False
-    data_restored: bool = False
-    completed: bool = False
-
-
-@dataclass(eq=False, kw_only=True)
-class Attempt:
-    """A CONNECT to a recovering namespace: the sid it got, and, when it carried a pid,
-    either a Restore or the reason it was refused."""
-
-    restore: Restore | None = None
-    failure: RecoveryFailure | None = None
-    sid: str | None = None
-    #: (namespace, pid hash) this attempt is restoring: no other attempt of this node
-    #: may restore it meanwhile
-    restoring: tuple[str, str] | None = None
-
-
-#: the recovery attempt of the CONNECT being handled in this task
-current_attempt: ContextVar[Attempt | None] = ContextVar("durable_adapter_attempt", default=None)
 
 
 def split_auth(data: Any) -> tuple[Any, object, object]:

@@ -13,26 +13,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import socketio
 from engineio import packet as eio_packet
 
 from . import _socketio, metrics
+from ._attempt import Hold, current_attempt
 from ._cluster import ClusterOps, in_control_handler
 from ._lease import Lease
 from ._membership import MembershipLog, membership_of
 from ._offsets import format_offset
 from ._packets import encode_event, encode_with_offset, set_offset
 from ._recent import RecentHistory
-from ._recovery import DEFAULT_LEASE_EXPIRY, Hold, current_attempt
+from ._recovery import DEFAULT_LEASE_EXPIRY
+from ._sockets import SocketRegistry, SocketState
+from ._write_through import WRITE_WAIT, SessionWriter
 from .exceptions import StoreError
-from .stores.base import NewPacket, Store, StoredPacket
+from .stores.base import NewPacket, Session, Store, StoredPacket
 
 logger = logging.getLogger(__name__)
 
 DELIVERY_WAIT = 10.0  # seconds an emit waits for its packet to reach local sockets
+STORE_CLOSE_WAIT = 2.0  # seconds a stopping node gives the store to close
 
 
 def _as_args(data: Any) -> list[Any]:
@@ -54,18 +58,27 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
     """Client manager of :class:`durable_adapter.AsyncServer`; not used on its own."""
 
     def __init__(self, store: Store, *, recovery_namespaces: frozenset[str] | None,
-                 lease_expiry: float = DEFAULT_LEASE_EXPIRY) -> None:
+                 build_session: Callable[[str, str], Awaitable[Session | None]],
+                 let_go: Callable[[str, str], Awaitable[None]],
+                 on_lease_regained: Callable[[], Awaitable[None]],
+                 lease_expiry: float = DEFAULT_LEASE_EXPIRY,
+                 write_through: bool = True) -> None:
+        """
+        :param build_session: the session of a live socket as the store keeps it while
+            it lives, None when it has none to store (the server reads its data).
+        :param let_go: closes this node's socket of ``(namespace, pid hash)`` as a drop,
+            for another node whose client reconnected there.
+        :param on_lease_regained: checks which sessions are still this node's after its
+            lease lapsed (run in a task of its own while renewals go on).
+        """
         super().__init__()
         self.store = store
         #: None means every namespace recovers (except ``/admin``)
         self.recovery_namespaces = recovery_namespaces
         self.delivered = 0
         self.holds: dict[str, dict[str, Hold]] = {}
-        self.last_sent: dict[tuple[str, str], int] = {}
-        #: (namespace, sid) -> room stays of a live socket, saved with its session
-        self.memberships: dict[tuple[str, str], MembershipLog] = {}
-        #: (namespace, sid) -> the rooms it is in, in join order (see :meth:`get_rooms`)
-        self._rooms_of: dict[tuple[str, str], dict[str, None]] = {}
+        #: one record per socket of this node
+        self.sockets = SocketRegistry()
         self._waiters: dict[int, asyncio.Future[None]] = {}
         #: this node's committed packets not yet delivered (a lower seq of another node
         #: is still on its way), with their frames encoded at emit
@@ -79,13 +92,17 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         self.delivering: asyncio.Task[Any] | None = None
         #: False once :meth:`stop_sending` ran (shutdown): no stored packet goes out
         self.sending = True
-        #: told when a socket's rooms change (its session is written through)
-        self.on_session_change: Callable[[str, str], None] = lambda namespace, sid: None
         #: frames per seq and a window of delivered packets, for replays (``_recent``)
         self.recent = RecentHistory()
+        self.let_go = let_go
         self._init_cluster()
         #: this node's liveness, as other nodes see it in the store
-        self.lease = Lease(store, self.host_id, lease_expiry)
+        self.lease = Lease(store, self.host_id, lease_expiry, on_regained=on_lease_regained)
+        # a memory store dies with the process: its live sessions could serve no other
+        # node, and this one finds its own live sockets without them
+        #: the one writer of this node's sessions
+        self.sessions = SessionWriter(store, self.host_id, build_session,
+                                      live=write_through)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -128,13 +145,21 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
                 waiter.set_result(None)
         self._waiters.clear()
 
-    async def stop(self) -> None:
+    async def stop(self, *, drop_lease: bool = True) -> None:
+        """Stop following and close the store, each step bounded (an outage must not
+        keep a shutdown from ending). ``drop_lease``: give the lease up; only once the
+        sessions were saved, otherwise it expires and other nodes take their
+        written-through rows."""
         self._stopped = True
+        await self.sessions.close()
         if self._started:
             self._started = False
             await metrics.unwatch(self)
-            await self.lease.stop(drop=True)
-            await self.store.close()
+            await self.lease.stop(drop=drop_lease)
+            try:
+                await asyncio.wait_for(self.store.close(), STORE_CLOSE_WAIT)
+            except Exception:
+                logger.warning("closing the store did not finish cleanly", exc_info=True)
         for waiter in self._waiters.values():
             waiter.cancel()
         self._waiters.clear()
@@ -343,12 +368,22 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
             parts = self.encode_stored(stored)
         if parts is None:
             return
+        if self.sessions.busy:
+            # a socket is sent no packet ahead of its stored session: a room change
+            # still being written lands first (bounded: a failing store delays once)
+            unwritten = [(namespace, sid) for sid, _ in targets
+                         if self.sessions.pending((namespace, sid))]
+            if unwritten:
+                await self.sessions.committed(unwritten, strict=False)
         holds = self.holds.get(namespace, {})
+        sockets = self.sockets
         for sid, eio_sid in targets:
-            if stored.seq <= self.last_sent.get((namespace, sid), 0):
-                continue  # restored from a node ahead of this one: the client has it
-            self.last_sent[(namespace, sid)] = stored.seq
             hold = holds.get(sid)
+            state = sockets.get(namespace, sid)
+            if state is not None:
+                if stored.seq <= (state.last_sent or 0):
+                    continue  # restored from a node ahead of this one: the client has it
+                state.last_sent = stored.seq
             if hold is not None:
                 hold.held.append((stored.seq, parts))
                 continue
@@ -362,9 +397,10 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
             self.delivered = after
             self._own.clear()  # committed to the history that is gone
             self.recent.clear()
-            self.last_sent.clear()
-            for key, log in self.memberships.items():
-                self.memberships[key] = log.restarted(after)
+            for state in self.sockets:
+                state.last_sent = None
+                if state.membership is not None:
+                    state.membership = state.membership.restarted(after)
             for waiter in self._waiters.values():  # their packets were lost with it
                 if not waiter.done():
                     waiter.set_result(None)
@@ -397,7 +433,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         From then on the socket is sent nothing at or below ``hold.upto``: this node may
         still be behind the node the client left, and will deliver packets it already has.
         """
-        key = (namespace, hold.sid)
+        state = self.sockets.get(namespace, hold.sid)
         while hold.held:
             batch, hold.held = hold.held, []
             for seq, parts in batch:
@@ -405,49 +441,48 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
                     continue
                 for part in parts:
                     await self.server._send_eio_packet(hold.eio_sid, part)
-                if seq is not None:
-                    self.last_sent[key] = max(self.last_sent.get(key, 0), seq)
-        if hold.upto > self.delivered:
-            self.last_sent[key] = max(self.last_sent.get(key, 0), hold.upto)
+                if seq is not None and state is not None:
+                    state.last_sent = max(state.last_sent or 0, seq)
+        if hold.upto > self.delivered and state is not None:
+            state.last_sent = max(state.last_sent or 0, hold.upto)
         self.close_hold(namespace, hold.sid)
 
-    def restore_rooms(self, sid: str, namespace: str, rooms: Iterable[str],
-                      membership: MembershipLog | None = None) -> None:
-        if membership is not None:  # the stays go on: re-entering its rooms is no new join
-            self.memberships[(namespace, sid)] = membership.copy()
+    def restore_rooms(self, state: SocketState, rooms: Iterable[str],
+                      membership: MembershipLog) -> None:
+        """Put a restored socket back in its rooms; its stays go on (no new join)."""
+        state.membership = membership.copy()
         for room in rooms:
-            if room == sid:
+            if room == state.sid:
                 continue
             try:
-                self.basic_enter_room(sid, namespace, room)
+                super().basic_enter_room(state.sid, state.namespace, room)
+                state.rooms[room] = None
             except ValueError:  # 5.17+: a stored room that is now another live sid's room
-                logger.warning("not restoring room %r of %s: it is a sid room", room, sid)
-                self.basic_leave_room(sid, namespace, room)
+                logger.warning("not restoring room %r of %s: it is a sid room", room,
+                               state.sid)
+                state.membership.leave(room, self.delivered)
 
-    def detach(self, sid: str, namespace: str
-               ) -> tuple[list[str | None], int | None, MembershipLog]:
-        """Take a live ``sid`` out of every room (its connection stays open), so that
-        a restore can register it on another connection; returns what :meth:`reattach`
-        needs to put it back."""
-        membership = self.membership(sid, namespace)
+    def detach(self, sid: str, namespace: str) -> SocketState | None:
+        """Take a live ``sid`` out of every room and out of the registry (its
+        connection stays open), so that a restore can register it on another
+        connection; :meth:`reattach` puts the returned record back."""
+        state = self.sockets.remove(namespace, sid)
         rooms = [room for room, members in self.rooms.get(namespace, {}).items()
                  if sid in members]
         for room in sorted(rooms, key=lambda r: r is None):  # the None room last
-            self.basic_leave_room(sid, namespace, room)
-        self.memberships.pop((namespace, sid), None)
-        return rooms, self.last_sent.pop((namespace, sid), None), membership
+            super().basic_leave_room(sid, namespace, room)
+        return state
 
-    def reattach(self, sid: str, namespace: str, eio_sid: str, rooms: list[str | None],
-                 last_sent: int | None, membership: MembershipLog) -> None:
-        """Undo :meth:`detach`: ``sid`` is back on ``eio_sid`` with its rooms, and its
-        room stays go on as if it had never left (what was held went to it)."""
-        self.basic_enter_room(sid, namespace, None, eio_sid=eio_sid)
-        for room in sorted((r for r in rooms if r is not None), key=lambda r: r != sid):
-            self.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
-        self.memberships[(namespace, sid)] = membership
-        if last_sent is not None:
-            self.last_sent[(namespace, sid)] = max(
-                last_sent, self.last_sent.get((namespace, sid), last_sent))
+    def reattach(self, state: SocketState, held_upto: int | None) -> None:
+        """Undo :meth:`detach`: the socket is back on its connection with its rooms,
+        and its room stays go on as if it had never left (what was held went to it)."""
+        sid, namespace = state.sid, state.namespace
+        self.sockets.add(state)
+        super().basic_enter_room(sid, namespace, None, eio_sid=state.eio_sid)
+        for room in sorted(state.rooms, key=lambda r: r != sid):
+            super().basic_enter_room(sid, namespace, room, eio_sid=state.eio_sid)
+        if held_upto is not None:
+            state.last_sent = max(held_upto, state.last_sent or 0)
 
     # -- the sid of a restored socket -----------------------------------------
 
@@ -457,9 +492,12 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         if attempt is not None:
             attempt.sid = sid  # the server frees what it kept for it if it is refused
         restore = attempt.restore if attempt else None
-        if restore is not None and restore.session.sid == sid:
-            self.restore_rooms(sid, namespace, restore.session.rooms,
-                               membership_of(restore.session))
+        state = self.sockets.get(namespace, sid)
+        if restore is not None and restore.session.sid == sid and state is not None:
+            session = restore.session
+            state.start_seq, state.resume_seq = session.start_seq, restore.resume_seq
+            state.recovered = True
+            self.restore_rooms(state, session.rooms, membership_of(session))
             restore.hold.registered = True
 
     if _socketio.HAS_PRE_CONNECT:
@@ -478,42 +516,75 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
     # -- bookkeeping -----------------------------------------------------------
 
     def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
-        self.last_sent.pop((namespace, sid), None)
+        self.sockets.remove(namespace, sid)  # first: its rooms go, nothing to write
         super().basic_disconnect(sid, namespace, **kwargs)
-        self.memberships.pop((namespace, sid), None)
 
     def basic_enter_room(self, sid: str, namespace: str, room: str | None,
                          eio_sid: str | None = None) -> None:
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
-        if room is not None:
-            self._rooms_of.setdefault((namespace, sid), {})[room] = None
-        if room is not None and room != sid and self.recovers(namespace):
-            log = self.memberships.setdefault((namespace, sid), MembershipLog())
-            log.join(room, self.delivered)
-            self.on_session_change(namespace, sid)
+        state = self.sockets.get(namespace, sid)
+        if state is None:
+            if eio_sid is None:
+                eio_sid = self.eio_sid_from_sid(sid, namespace)
+            if eio_sid is None:
+                return
+            state = self.sockets.add(SocketState(
+                namespace=namespace, sid=sid, eio_sid=eio_sid, start_seq=self.delivered,
+                resume_seq=self.delivered,
+                membership=MembershipLog() if self.recovers(namespace) else None))
+        if room is None:
+            return
+        state.rooms[room] = None
+        if room != sid and state.membership is not None:
+            state.membership.join(room, self.delivered)
+            self.sessions.mark(namespace, sid)
 
     def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
         super().basic_leave_room(sid, namespace, room)
-        rooms = self._rooms_of.get((namespace, sid))
-        if rooms is not None and room is not None:
-            rooms.pop(room, None)
-            if not rooms:
-                del self._rooms_of[(namespace, sid)]
-        log = self.memberships.get((namespace, sid))
-        if log is not None and room is not None:
-            log.leave(room, self.delivered)
-            self.on_session_change(namespace, sid)
+        state = self.sockets.get(namespace, sid)
+        if state is None or room is None:
+            return
+        state.rooms.pop(room, None)
+        if state.membership is not None:
+            state.membership.leave(room, self.delivered)
+            self.sessions.mark(namespace, sid)
+
+    async def enter_room(self, sid: str, namespace: str, room: str,
+                         eio_sid: str | None = None) -> None:
+        """python-socketio's; returns once the socket's stored session has the room."""
+        await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
+        await self.session_committed(namespace, sid)
+
+    async def leave_room(self, sid: str, namespace: str, room: str) -> None:
+        """python-socketio's; returns once the socket's stored session lost the room."""
+        await super().leave_room(sid, namespace, room)
+        await self.session_committed(namespace, sid)
+
+    async def close_room(self, room: str, namespace: str) -> None:
+        """python-socketio's; returns once the stored sessions of this node's sockets
+        that were in ``room`` lost it."""
+        members = [sid for sid, _ in self.get_participants(namespace, room)] \
+            if room in self.rooms.get(namespace, {}) else []
+        await super().close_room(room, namespace)
+        await self.sessions.committed([(namespace, sid) for sid in members
+                                       if self._accepted(namespace, sid)])
+
+    async def session_committed(self, namespace: str, sid: str) -> None:
+        """Wait until ``sid``'s session as of now is committed (nothing to wait for
+        before its connect handler accepted it: its CONNECT reply writes it)."""
+        if self._accepted(namespace, sid):
+            await self.sessions.committed([(namespace, sid)], within=WRITE_WAIT)
+
+    def _accepted(self, namespace: str, sid: str) -> bool:
+        state = self.sockets.get(namespace, sid)
+        return state is not None and state.recoverable and self.sessions.live
 
     def get_rooms(self, sid: str, namespace: str) -> list[str]:
         """The rooms ``sid`` is in. python-socketio's scans every room of the namespace
         (each socket's own room included: O(sockets) per call); a written-through
         session asks at each of its socket's changes."""
-        return list(self._rooms_of.get((namespace, sid), ()))
-
-    def membership(self, sid: str, namespace: str) -> MembershipLog:
-        """A copy of ``sid``'s room stays, to save with its session."""
-        log = self.memberships.get((namespace, sid))
-        return MembershipLog() if log is None else log.copy()
+        state = self.sockets.get(namespace, sid)
+        return [] if state is None else list(state.rooms)
 
 
 _socketio.check_manager_surface()

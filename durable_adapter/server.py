@@ -1,13 +1,16 @@
-"""``AsyncServer``: python-socketio's server with durable connection state recovery."""
+"""``AsyncServer``: python-socketio's server with durable connection state recovery.
+
+The server keeps python-socketio's hooks and the public API. What it keeps per socket is
+one :class:`~._sockets.SocketState` in the manager's registry; the restore of a session is
+the :class:`~._restore.Restorer`'s; the writes of sessions are the
+:class:`~._write_through.SessionWriter`'s.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
-import dataclasses
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,47 +18,27 @@ import socketio
 from socketio import packet as sio_packet
 
 from . import _socketio, metrics
-from ._batch import Batcher
-from ._codec import copy_value
-from ._membership import membership_of
-from ._offsets import hash_pid, is_valid_pid, new_pid
-from ._recovery import (
-    REPLAY_PAGE,
-    Attempt,
-    RecoveryFailure,
-    RecoveryOptions,
-    Restore,
-    Takeover,
-    check_offset,
-    check_window,
-    current_attempt,
-    next_resume_seq,
-    replay_start,
-    resume_seq_of,
-    split_auth,
-)
+from ._attempt import Attempt, current_attempt
+from ._codec import check_session_data, copy_value
+from ._offsets import new_pid
+from ._recovery import RecoveryFailure, RecoveryOptions, split_auth
 from ._redact import redact_pids
-from ._write_through import SessionWriter
+from ._restore import Restorer
+from ._write_through import WRITE_WAIT
 from .exceptions import ConfigurationError, DurableAdapterError
 from .manager import DurableManager
 from .stores import Store, store_from_url
-from .stores.base import (
-    LIVE_EXPIRY,
-    HistoryBounds,
-    OwnedBy,
-    Session,
-    StoredPacket,
-    TakeRequest,
-    TakeResult,
-)
+from .stores.base import Session
 from .stores.memory import MemoryStore
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STORE_URL = "sqlite+aiosqlite:///durable_adapter.sqlite3"
 _DEFAULTS: Mapping[str, Any] = {}  # recovery on, every option at its default
-SID_RELEASE_WAIT = 5.0  # seconds a restore waits for the old socket of its sid to go
-TAKE_BATCH_MAX = 500  # sessions taken in one store transaction during a reconnect storm
+#: seconds a shutdown gives the store for the final save (an outage must not keep the
+#: process from exiting: its sockets then recover from their written-through rows)
+SHUTDOWN_SAVE_WAIT = 2.0
+OWNERS_BATCH = 500  # sessions checked per store call after a lease lapse
 
 #: set while Engine.IO closes a whole connection: a 'client disconnect' seen then is an
 #: Engine.IO CLOSE (the JS client's abrupt close over polling), not a namespace leave
@@ -89,6 +72,14 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
     def __init__(self, *args: Any, store: str | Store | None = None,
                  connection_state_recovery: Mapping[str, Any] | None = _DEFAULTS,
                  **kwargs: Any) -> None:
+        """
+        :param store: a store URL or a :class:`~durable_adapter.Store` (see above).
+        :param connection_state_recovery: a dict of :class:`RecoveryOptions` fields, or
+            ``None`` for python-socketio's behaviour.
+        :param args: python-socketio's.
+        :param kwargs: python-socketio's; ``client_manager`` cannot be combined with
+            recovery (the store is the message queue).
+        """
         self.recovery: RecoveryOptions | None = None
         if connection_state_recovery is not None:
             self.recovery = RecoveryOptions.from_mapping(connection_state_recovery)
@@ -99,47 +90,25 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                     "the store is the message queue (pass store= instead)")
             self.store = store if isinstance(store, Store) else store_from_url(
                 store or DEFAULT_STORE_URL)
-            manager = DurableManager(self.store, recovery_namespaces=self.recovery.namespaces,
-                                     lease_expiry=self.recovery.lease_expiry)
+            manager = DurableManager(
+                self.store, recovery_namespaces=self.recovery.namespaces,
+                lease_expiry=self.recovery.lease_expiry,
+                build_session=self._current_session, let_go=self._let_go,
+                on_lease_regained=self._check_ownership,
+                # a memory store dies with the process: its live sessions could serve
+                # no other node, and this one finds its own live sockets without them
+                write_through=self.recovery.write_through
+                and not isinstance(self.store, MemoryStore))
             manager.recent.max_bytes = self.recovery.history_cache_bytes
             kwargs["client_manager"] = manager
         super().__init__(*args, **kwargs)
-        self._pids: dict[tuple[str, str], str] = {}
-        #: (namespace, pid hash) -> sid of the live socket holding that pid
-        self._live_pids: dict[tuple[str, str], str] = {}
-        self._start_seq: dict[tuple[str, str], int] = {}
-        self._resume_seq: dict[tuple[str, str], int] = {}
-        self._recovered: set[tuple[str, str]] = set()
-        self._failures: dict[tuple[str, str], RecoveryFailure] = {}
         self._evicting: set[str] = set()
-        #: (namespace, eio_sid) of connections whose socket a restore is taking over
-        self._detached: set[tuple[str, str]] = set()
-        self._shut_down = False
         #: the one shutdown run: a second ``shutdown()`` (the app's hook, then the
         #: user's) waits for it instead of starting another
         self._shutdown_run: asyncio.Future[None] | None = None
-        #: (namespace, pid hash) of restores under way here: one at a time per session
-        #: sockets closed because their session moved to another node: not saved
-        self._disowned: set[tuple[str, str]] = set()
-        #: set once the restore ends, whatever its outcome
-        self._restoring: dict[tuple[str, str], asyncio.Event] = {}
-        #: concurrent restores share store calls: one transaction takes many sessions,
-        #: one query reads the bounds for every restore waiting for them
-        self._takes: Batcher[TakeRequest, TakeResult] = Batcher(
-            self._take_batch, batch_max=TAKE_BATCH_MAX, name="taking sessions")
-        self._bounds_reads: Batcher[None, HistoryBounds] = Batcher(
-            self._read_bounds, batch_max=1_000_000, name="reading the bounds")
-        self.sessions: SessionWriter | None = None
+        self._restorer: Restorer | None = None
         if self.recovery is not None:
-            manager = self.durable_manager
-            # a memory store dies with the process: its live sessions could serve no
-            # other node, and this one finds its own live sockets without them
-            self.sessions = SessionWriter(
-                self.store, manager.host_id, self._current_session,
-                live=self.recovery.write_through and not isinstance(self.store, MemoryStore))
-            manager.on_session_change = self._session_changed
-            manager.let_go = self._let_go
-            manager.lease.on_regained = self._lease_regained
+            self._restorer = Restorer(self.durable_manager, self.recovery, self)
             self._wrap_generate_id()
             redact_pids(self.logger)  # CONNECT packets carry pids: never log them whole
             redact_pids(self.eio.logger)
@@ -154,17 +123,33 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         return manager
 
     def is_recovered(self, sid: str, namespace: str | None = None) -> bool:
-        """True when ``sid`` got its state back on its latest connection."""
-        return (namespace or "/", sid) in self._recovered
+        """True when ``sid`` got its state back on its latest connection.
+
+        :param sid: the socket's sid.
+        :param namespace: its namespace (default ``/``).
+        """
+        state = self._state(namespace or "/", sid)
+        return state is not None and state.recovered
 
     def recovery_failure(self, sid: str, namespace: str | None = None) -> RecoveryFailure | None:
-        """Why ``sid``'s client asked to recover and got a fresh session, else None."""
-        return self._failures.get((namespace or "/", sid))
+        """Why ``sid``'s client asked to recover and got a fresh session, else None.
+
+        :param sid: the socket's sid.
+        :param namespace: its namespace (default ``/``).
+        """
+        state = self._state(namespace or "/", sid)
+        return None if state is None else state.failure
 
     async def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None,
                    skip_sid: Any = None, namespace: str | None = None, callback: Any = None,
                    ignore_queue: bool = False, volatile: bool = False) -> None:
-        """python-socketio's ``emit``; ``volatile=True`` sends live only: no offset, no replay."""
+        """python-socketio's ``emit``: stored, then sent with its offset.
+
+        Returns once the packet is committed and handed to this node's sockets.
+
+        :param volatile: True sends it live only: no offset, no replay.
+        Every other parameter is python-socketio's.
+        """
         if not volatile:
             await super().emit(event, data, to=to, room=room, skip_sid=skip_sid,
                                namespace=namespace, callback=callback,
@@ -175,24 +160,42 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def save_session(self, sid: str, session: Any, namespace: str | None = None
                            ) -> None:
-        """python-socketio's ``save_session``; the session is written through to the store."""
+        """python-socketio's ``save_session``; returns once the session is committed.
+
+        :raises SessionDataError: the session holds something the store cannot keep
+            (JSON values and bytes only); nothing is saved then.
+        """
+        namespace = namespace or "/"
+        if self._recovers(namespace):
+            check_session_data(session)  # refused here: it would fail at every write
         await super().save_session(sid, session, namespace=namespace)
-        self._session_changed(namespace or "/", sid)
+        if self._recovers(namespace):
+            self.durable_manager.sessions.mark(namespace, sid)
+            await self.durable_manager.session_committed(namespace, sid)
 
     async def disconnect(self, sid: str, namespace: str | None = None,
                          ignore_queue: bool = False) -> None:
-        """Disconnect ``sid`` for good: its stored session, if any, is deleted too."""
+        """Disconnect ``sid`` for good: its stored session, if any, is deleted too.
+
+        :param sid: the socket's sid (on this node or another).
+        :param namespace: its namespace (default ``/``).
+        :param ignore_queue: python-socketio's.
+        """
         namespace = namespace or "/"
         await super().disconnect(sid, namespace=namespace, ignore_queue=ignore_queue)
         if self._recovers(namespace):
-            await self.durable_manager.start()
-            await self._delete_sessions(namespace, sid)
-            self._forget(sid, namespace)
+            manager = self.durable_manager
+            await manager.start()
+            await manager.sessions.deleted(namespace, sid)
 
     def attach(self, app: Any, socketio_path: str = "socket.io") -> None:
         """python-socketio's ``attach``; on aiohttp it also registers :meth:`shutdown`
         on ``app.on_shutdown``, which aiohttp runs before it waits for open
-        connections: the sessions are saved and the websockets closed by then."""
+        connections: the sessions are saved and the websockets closed by then.
+
+        :param app: the web application.
+        :param socketio_path: python-socketio's.
+        """
         super().attach(app, socketio_path)
         on_shutdown = getattr(app, "on_shutdown", None)
         if self.async_mode == "aiohttp" and on_shutdown is not None:
@@ -207,115 +210,125 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
 
         Delivery stops first: each socket is saved at exactly what it was sent and is
         sent no stored packet after its save (one more would put its client's offset
-        ahead of the saved session, and the recovery would be refused). Idempotent: a
-        second call waits for the first to finish.
+        ahead of the saved session, and the recovery would be refused). Every wait on
+        the store is bounded: under an outage it ends within seconds, the sockets
+        closed as drops, the lease left to expire (their written-through rows then
+        recover on another node). Idempotent: a second call waits for the first.
         """
         if self._shutdown_run is None:
             self._shutdown_run = asyncio.ensure_future(self._shutdown())
         await asyncio.shield(self._shutdown_run)
 
     async def _shutdown(self) -> None:
-        self._shut_down = True
+        saved = False
         if self.recovery is not None:
-            manager = self.durable_manager
-            await manager.stop_sending()
-            sessions = self._session_writer()
-            await sessions.flush()  # live writes made so far land before the drops
-            saved: list[Session] = []
-            for namespace in list(manager.get_namespaces()):
-                if not self._recovers(namespace):
-                    continue
-                for sid, eio_sid in list(manager.get_participants(namespace, None)):
-                    if sid in manager.holds.get(namespace, {}):
-                        continue  # still replaying: what it was sent is not known here
-                    try:
-                        session = await self._session_of(eio_sid, sid, namespace)
-                    except Exception:  # its transport is gone already: nothing to read
-                        logger.exception("could not read the session of %s [%s]", sid,
-                                         namespace)
-                        continue
-                    # saved once: the transport closing later must not save it again
-                    self._pids.pop((namespace, sid), None)
-                    if session is not None:
-                        saved.append(session)
-            await sessions.close()
-            if saved and manager.started:
-                try:
-                    await self.store.save_sessions(saved, node=manager.host_id)
-                except Exception:
-                    logger.exception("could not save %d sessions at shutdown; they will not "
-                                     "recover", len(saved))
+            saved = await self._save_all()
         await self._close_transports()
         await super().shutdown()
         if self.recovery is not None:
-            await self.durable_manager.stop()
+            await self.durable_manager.stop(drop_lease=saved)
 
-    # -- write-through ---------------------------------------------------------
+    async def _save_all(self) -> bool:
+        """Save every live socket as dropped; True once that committed (bounded)."""
+        manager = self.durable_manager
+        await manager.stop_sending()
+        sessions = manager.sessions
+        await sessions.flush(SHUTDOWN_SAVE_WAIT)  # live writes made so far land first
+        drops: list[Session] = []
+        for state in manager.sockets:
+            if state.sid in manager.holds.get(state.namespace, {}) or not state.recoverable:
+                continue  # still replaying (what it was sent is not known), or nothing
+            try:
+                drops.append(await self._session_of(state.namespace, state.sid, live=False))
+            except Exception:  # its transport is gone already: nothing to read
+                logger.exception("could not read the session of %s [%s]", state.sid,
+                                 state.namespace)
+            state.accepted = False  # saved once: its transport closing must not again
+        await sessions.close()
+        if not drops or not manager.started:
+            return True
+        try:
+            await asyncio.wait_for(manager.store.save_sessions(drops, node=manager.host_id),
+                                   SHUTDOWN_SAVE_WAIT)
+            return True
+        except Exception:
+            logger.exception("could not save %d sessions at shutdown; they recover from "
+                             "their written-through state once the lease expires",
+                             len(drops))
+            return False
 
-    def _session_writer(self) -> SessionWriter:
-        assert self.sessions is not None, "recovery is off"
-        return self.sessions
+    # -- the sessions of live sockets -----------------------------------------
 
-    def _session_changed(self, namespace: str, sid: str) -> None:
-        if self.sessions is not None and (namespace, sid) in self._pids \
-                and self._recovers(namespace):
-            self.sessions.mark(namespace, sid)
+    def _state(self, namespace: str, sid: str) -> Any:
+        if self.recovery is None:
+            return None
+        return self.durable_manager.sockets.get(namespace, sid)
 
     async def _current_session(self, namespace: str, sid: str) -> Session | None:
         """The session of a live socket as the store keeps it while it lives."""
-        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
-        if eio_sid is None or not self.manager.is_connected(sid, namespace) \
-                or (namespace, eio_sid) in self._detached:
+        state = self._state(namespace, sid)
+        # registered (pre-connected included: its CONNECT reply waits for this write)
+        if state is None or not state.recoverable \
+                or (namespace, state.eio_sid) in self._restorer_().detached:
             return None
-        return await self._session_of(eio_sid, sid, namespace, live=True)
+        return await self._session_of(namespace, sid, live=True)
 
-    async def _delete_written(self, namespace: str, sid: str) -> None:
-        if self.sessions is None or not self.sessions.live:
-            return  # nothing was written before the drop
-        try:
-            await self.sessions.deleted(namespace, sid)
-        except Exception:
-            logger.exception("could not delete the session of %s [%s]", sid, namespace)
+    async def _session_of(self, namespace: str, sid: str, *, live: bool) -> Session:
+        """What ``sid`` leaves behind as of now (``live``: while it lives)."""
+        manager = self.durable_manager
+        state = manager.sockets.get(namespace, sid)
+        assert state is not None and self.recovery is not None
+        eio_session = await self.eio.get_session(state.eio_sid)
+        return state.session(eio_session.get(namespace, {}), epoch=self.store.epoch,
+                             delivered=manager.delivered,
+                             duration=self.recovery.max_disconnection_duration,
+                             owner=manager.host_id if live else None)
 
-    async def _delete_sessions(self, namespace: str, sid: str) -> None:
-        if self.sessions is not None:
-            await self.sessions.deleted(namespace, sid)
-        else:
-            await self.store.delete_sessions(namespace, sid)
+    def _restorer_(self) -> Restorer:
+        assert self._restorer is not None, "recovery is off"
+        return self._restorer
 
     async def _let_go(self, namespace: str, pid_hash: str) -> None:
-        """Another node's reconnect asks for this session: close its socket here as a
-        drop (its session saved, owner none), so the other node can take it."""
-        restoring = self._restoring.get((namespace, pid_hash))
-        if restoring is not None:  # taken here a moment ago: let that restore end first
-            assert self.recovery is not None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(restoring.wait(), self.recovery.handover_timeout)
-        holder = self._live_holder(namespace, pid_hash)
-        if holder is not None:
-            await self._evict(holder[1])
-        await self._session_writer().flush()
+        await self._restorer_().let_go(namespace, pid_hash)
 
-    async def _lease_regained(self) -> None:
+    async def _check_ownership(self) -> None:
         """The lease lapsed for a while: a session whose client reconnected elsewhere
-        meanwhile may belong to another node now. Its socket here is closed, unsaved."""
+        meanwhile may belong to another node now. Read-only, in batches: a socket whose
+        row another node owns, or released (owner none), is closed, unsaved; one whose
+        row is still this node's, or absent (its first write had not landed, or
+        write-through is off), stays and is written."""
         manager = self.durable_manager
-        assert self.recovery is not None
-        for (namespace, pid_hash), sid in list(self._live_pids.items()):
-            taken = await self.store.take_session(
-                namespace, pid_hash, node=manager.host_id, now=time.time(),
-                window=self.recovery.max_disconnection_duration)
-            if taken is not None and not isinstance(taken, OwnedBy):
-                continue  # still this node's
-            eio_sid = manager.eio_sid_from_sid(sid, namespace)
-            socket = self.eio.sockets.get(eio_sid) if eio_sid else None
-            logger.warning("closing %s [%s]: its session moved on while the lease lapsed",
-                           sid, namespace, extra={"action": "lease_fenced"})
-            self._disowned.add((namespace, sid))  # nothing to save: not ours any more
-            if socket is not None:
-                with contextlib.suppress(Exception):
-                    await socket.close(wait=False, abort=True,
-                                       reason=self.reason.TRANSPORT_CLOSE)
+        states = [state for state in manager.sockets if state.recoverable]
+        for first in range(0, len(states), OWNERS_BATCH):
+            batch = states[first:first + OWNERS_BATCH]
+            keys = [(state.namespace, state.pid_hash or "") for state in batch]
+            owners = await self._read_owners(keys)
+            for state, key in zip(batch, keys, strict=True):
+                if key not in owners:
+                    manager.sessions.mark(state.namespace, state.sid)
+                    continue
+                if owners[key] == manager.host_id or manager.sockets.get(
+                        state.namespace, state.sid) is not state:
+                    continue
+                logger.warning("closing %s [%s]: its session moved on while the lease "
+                               "lapsed", state.sid, state.namespace,
+                               extra={"action": "lease_fenced"})
+                state.disowned = True  # nothing to save: not ours any more
+                await self.evict(state.eio_sid, abort=True)
+
+    async def _read_owners(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str],
+                                                                      str | None]:
+        """The owners of ``keys``, retried (bounded) while the store fails."""
+        attempts = 5
+        for attempt in range(attempts):
+            try:
+                return await asyncio.wait_for(self.store.owners(keys), WRITE_WAIT)
+            except Exception as exc:
+                if attempt == attempts - 1:
+                    raise
+                logger.warning("reading session owners failed (%s); retrying", exc)
+                await asyncio.sleep(0.2 * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     # -- connect ---------------------------------------------------------------
 
@@ -344,10 +357,10 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         namespace = namespace or "/"
-        if self.recovery is None:
+        if self._restorer is None:
             await super()._handle_connect(eio_sid, namespace, data)
             return
-        if not self._connection_open(eio_sid) or (namespace, eio_sid) in self._detached:
+        if not self.connection_open(eio_sid) or (namespace, eio_sid) in self._restorer.detached:
             # an evicted connection, or one whose socket a restore is taking: a socket
             # registered for it now would outlive it (nothing would disconnect it)
             return
@@ -361,254 +374,103 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             # a connection already in the namespace gets python-socketio's refusal, and
             # its CONNECT must not touch anyone's session
             metrics.recovery_started()
-            attempt = await self._prepare_restore(eio_sid, namespace, pid, offset)
+            attempt = await self._restorer.prepare(eio_sid, namespace, pid, offset)
             metrics.recovery_refused(namespace, attempt.failure)
         token = current_attempt.set(attempt)
         try:
             await super()._handle_connect(eio_sid, namespace, auth)
-            await self._complete_restore(eio_sid, namespace, attempt)
+            await self._restorer.complete(eio_sid, namespace, attempt)
         finally:
             current_attempt.reset(token)
-            await self._end_attempt(eio_sid, namespace, attempt)
+            await self._restorer.end(eio_sid, namespace, attempt)
 
-    def _connection_open(self, eio_sid: str) -> bool:
+    async def _trigger_event(self, event: str, namespace: str, *args: Any) -> Any:
+        attempt = current_attempt.get() if event == "connect" else None
+        if attempt is None or self.recovery is None or not args:
+            return await super()._trigger_event(event, namespace, *args)
+        state = self._state(namespace, args[0])
+        if state is not None and attempt.failure is not None:
+            state.failure = attempt.failure  # visible to the connect handler
+        restore = attempt.restore
+        accepted: Any = True
+        if restore is not None and args[0] == restore.session.sid:
+            # only now that the sid is registered on this connection: a CONNECT
+            # python-socketio refuses earlier leaves the connection's session alone
+            if not restore.data_restored:
+                eio_session = await self.eio.get_session(restore.hold.eio_sid)
+                eio_session[namespace] = copy_value(restore.session.data)
+                restore.data_restored = True
+        if restore is None or args[0] != restore.session.sid \
+                or not self.recovery.skip_middlewares:
+            accepted = await super()._trigger_event(event, namespace, *args)
+        if accepted is not False and state is not None:
+            # nothing of a socket its handler has not accepted may be takeable; with
+            # always_connect its CONNECT reply went out already: it is written now
+            state.accepted = True
+            if self.always_connect and state.pid is not None:
+                await self._write_connected(state)
+        return accepted
+
+    async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        if pkt.packet_type != sio_packet.CONNECT or not isinstance(pkt.data, dict) \
+                or "sid" not in pkt.data or not self._recovers(pkt.namespace or "/"):
+            await super()._send_packet(eio_sid, pkt)
+            return
+        namespace, sid = pkt.namespace or "/", pkt.data["sid"]
+        manager = self.durable_manager
+        state = manager.sockets.get(namespace, sid)
+        if state is None:  # pragma: no cover - python-socketio registers it first
+            await super()._send_packet(eio_sid, pkt)
+            return
+        attempt = current_attempt.get()
+        restore = attempt.restore if attempt else None
+        if restore is not None and restore.session.sid == sid:
+            pid = restore.pid
+        else:
+            pid = new_pid()
+            state.start_seq = state.resume_seq = manager.delivered
+        manager.sockets.set_pid(state, pid)
+        if state.accepted:
+            # its row commits before its client holds the pid that names it
+            await self._write_connected(state)
+        pkt.data = {**pkt.data, "pid": pid}
+        await super()._send_packet(eio_sid, pkt)
+
+    async def _write_connected(self, state: Any) -> None:
+        manager = self.durable_manager
+        manager.sessions.mark(state.namespace, state.sid)
+        try:
+            await manager.session_committed(state.namespace, state.sid)
+        except Exception as exc:  # it still connects: its drop, if any, is saved
+            logger.warning("the session of %s [%s] is not stored yet: %s", state.sid,
+                           state.namespace, exc, extra={"action": "session_write_failed"})
+
+    # -- the server's Engine.IO connections (the restore's ports) --------------
+
+    def connection_open(self, eio_sid: str) -> bool:
         socket = self.eio.sockets.get(eio_sid)
         return socket is not None and not socket.closing and not socket.closed
 
-    async def _prepare_restore(self, eio_sid: str, namespace: str, pid: object,
-                               offset: object) -> Attempt:
-        """Claim the session and read its replay, or say why not (contract item 2).
+    async def eio_session(self, eio_sid: str) -> dict[str, Any]:
+        session: dict[str, Any] = await self.eio.get_session(eio_sid)
+        return session
 
-        Whatever goes wrong here ends in a refusal (a fresh session), never in an
-        exception reaching python-socketio. What can be checked without the session is
-        checked before claiming it, and a transient failure puts it back.
+    async def evict(self, eio_sid: str, *, abort: bool = False) -> None:
+        """Close a connection for good: its namespaces are saved as after a drop (unless
+        disowned), and its transport is shut, so nothing it sends later registers.
+
+        :param abort: close without an Engine.IO CLOSE packet (its client reconnects).
         """
-        if not is_valid_pid(pid):
-            return self._refuse(RecoveryFailure.MALFORMED)
-        assert isinstance(pid, str)
-        failure = check_offset(offset, self.store.epoch)
-        if failure is not None:
-            return self._refuse(failure)
-        pid_hash = hash_pid(pid)
-        key = (namespace, pid_hash)
-        if key in self._restoring:
-            # another connection of this node is restoring it right now: one wins. A
-            # take-over counts too: from its detach until the new connection registers
-            # the sid, the sid is nowhere, and a restore from the store (this node owns
-            # the row) would register it a second time
-            return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
-        self._restoring[key] = asyncio.Event()
-        holder = self._live_holder(namespace, pid_hash)
-        if holder is not None:
-            attempt = await self._take_over(eio_sid, namespace, pid, offset, *holder)
-        else:
-            attempt = await self._restore_stored(eio_sid, namespace, pid, pid_hash, offset)
-        if attempt.restore is None:
-            self._restoring.pop(key).set()
-        else:
-            attempt.restoring = key
-        return attempt
-
-    async def _restore_stored(self, eio_sid: str, namespace: str, pid: str, pid_hash: str,
-                              offset: object) -> Attempt:
-        """Take the stored session of ``pid`` and read its replay, or say why not."""
-        try:
-            session = await self._take(namespace, pid_hash)
-        except Exception:
-            logger.exception("claiming a session failed")
-            return self._refuse(RecoveryFailure.STORE_UNAVAILABLE)
-        metrics.session_claimed(session)
-        if session is None:
-            return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
-        if not await self._sid_released(session.sid, namespace):
-            # its sid is still live here: never two sockets with one sid
-            await self._put_back(session)
-            return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
-        try:
-            top = await self._top_for(session)
-        except Exception:  # a refusal, never an exception reaching python-socketio
-            logger.exception("reading the history's bounds failed")
-            await self._put_back(session)
-            return self._refuse(RecoveryFailure.STORE_UNAVAILABLE)
-        start, failure = replay_start(session, offset, self.store.epoch, top=top)
-        if start is None:
-            await self._put_back(session)
-            return self._refuse(failure or RecoveryFailure.MALFORMED)
-        if start < membership_of(session).since:  # which rooms it was in is forgotten
-            await self._put_back(session)
-            return self._refuse(RecoveryFailure.NOT_RETAINED)
-        manager = self.durable_manager
-        restore = Restore(pid=pid, session=session,
-                          resume_seq=next_resume_seq(session, offset, start),
-                          hold=manager.open_hold(namespace, session.sid, eio_sid, session.rooms))
-        failure = await self._load_replay(namespace, restore, start)
-        if failure is not None:
-            manager.close_hold(namespace, session.sid)
-            if failure is RecoveryFailure.STORE_UNAVAILABLE:
-                await self._put_back(session)
-            return self._refuse(failure)
-        return Attempt(restore=restore)
-
-    async def _take(self, namespace: str, pid_hash: str) -> Session | None:
-        """Take the session of ``pid_hash`` over for this node, if it is recoverable.
-
-        Owned by a live node: that node is asked to close the old socket first (a
-        half-open connection there, a client that moved) and the session is taken once
-        it let go, or when it does not answer in time (taken for dead). Owned by a node
-        whose lease expired (killed): taken at once, as last written.
-        """
-        manager = self.durable_manager
-        old_sid = self._live_pids.get((namespace, pid_hash))
-        if old_sid is not None and self._leaving(old_sid, namespace):
-            # a fast reconnect: the old socket here is closing and saving this session
-            await self._sid_released(old_sid, namespace)
-        taken = await self._takes.submit(TakeRequest(namespace, pid_hash))
-        if isinstance(taken, OwnedBy):
-            assert self.recovery is not None
-            await manager.request_handover(taken.node, namespace, pid_hash,
-                                           self.recovery.handover_timeout)
-            # let go (saved as dropped), or silent past the timeout (taken as dead)
-            taken = await self._takes.submit(
-                TakeRequest(namespace, pid_hash, force_from=taken.node))
-        return None if isinstance(taken, OwnedBy) else taken
-
-    async def _take_batch(self, requests: list[TakeRequest]) -> list[TakeResult]:
-        """The takes of concurrent restores, in one store call."""
-        assert self.recovery is not None
-        return await self.store.take_sessions(
-            requests, node=self.durable_manager.host_id, now=time.time(),
-            window=self.recovery.max_disconnection_duration)
-
-    async def _read_bounds(self, requests: list[None]) -> list[HistoryBounds]:
-        """One read of the bounds for every restore waiting for them."""
-        bounds = await self.store.bounds()
-        return [bounds] * len(requests)
-
-    async def _bounds(self) -> HistoryBounds:
-        """The store's bounds as of a query that started after this call: concurrent
-        callers share a query only when it started after each of them asked (a queued
-        request waits for the next query, never joins one already running), so a purge
-        committed before a caller asked is always in what it gets."""
-        return await self._bounds_reads.submit(None)
-
-    async def _top_for(self, session: Session) -> int | None:
-        """The last committed seq, which a client's offset cannot be ahead of: needed
-        only for a session taken from a live row (its node died before saving it)."""
-        if session.expires_at < LIVE_EXPIRY:
-            return None
-        return (await self._bounds()).top
-
-    def _leaving(self, sid: str, namespace: str) -> bool:
-        """True when ``sid`` is gone or its connection is closing (saving its session)."""
-        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
-        return eio_sid is None or not self._connection_open(eio_sid)
-
-    def _live_holder(self, namespace: str, pid_hash: str) -> tuple[str, str] | None:
-        """(sid, eio_sid) of the live socket of this pid, if its connection is open."""
-        sid = self._live_pids.get((namespace, pid_hash))
-        if sid is None or not self.manager.is_connected(sid, namespace):
-            return None
-        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
-        if eio_sid is None or not self._connection_open(eio_sid):
-            return None
-        return sid, eio_sid
-
-    async def _take_over(self, eio_sid: str, namespace: str, pid: str, offset: object,
-                         sid: str, old_eio: str) -> Attempt:
-        """A reconnect can beat the detection of its dead transport (socket.io #4880): the
-        old socket is detached, not closed, so a refused restore can give it back; it
-        is closed once the restore is accepted. Of two connections presenting one pid,
-        the later takes over: the earlier one's client sees its transport close (the
-        application's disconnect handler does not run for that sid: it lives on).
-        """
-        manager = self.durable_manager
-        try:
-            data = copy_value((await self.eio.get_session(old_eio)).get(namespace, {}))
-        except Exception:  # gone meanwhile, or data that could not be stored anyway
-            return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
-        if self._live_holder(namespace, hash_pid(pid)) != (sid, old_eio):
-            return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
-        session = self._live_session(sid, namespace, pid, data)
-        start, failure = replay_start(session, offset, self.store.epoch)
-        if start is None:
-            return self._refuse(failure or RecoveryFailure.MALFORMED)
-        if start < membership_of(session).since:
-            return self._refuse(RecoveryFailure.NOT_RETAINED)
-        rooms, last_sent, membership = manager.detach(sid, namespace)
-        self._detached.add((namespace, old_eio))
-        takeover = Takeover(eio_sid=old_eio, rooms=rooms, last_sent=last_sent,
-                            membership=membership, start_seq=session.start_seq,
-                            resume_seq=resume_seq_of(session),
-                            was_recovered=(namespace, sid) in self._recovered)
-        self._recovered.discard((namespace, sid))
-        restore = Restore(pid=pid, session=session, takeover=takeover,
-                          resume_seq=next_resume_seq(session, offset, start),
-                          hold=manager.open_hold(namespace, sid, eio_sid, session.rooms))
-        failure = await self._load_replay(namespace, restore, start)
-        if failure is not None:
-            await self._give_back(namespace, restore, takeover)
-            return self._refuse(failure)
-        return Attempt(restore=restore)
-
-    async def _load_replay(self, namespace: str, restore: Restore, start: int
-                           ) -> RecoveryFailure | None:
-        hold = restore.hold
-        # this node may lag behind the one the client left: what the client already
-        # has (up to ``start``) must not come again from the hold
-        hold.upto = max(hold.upto, start)
-        cap = self.recovery.max_replay_packets if self.recovery else 0
-        try:
-            failure = check_window(start, hold.upto, await self._bounds(), cap)
-            if failure is None:
-                restore.replay = await self._read_replay(namespace, restore.session, start,
-                                                         hold.upto)
-                # a purge that ran while we read could have left holes: look again. The
-                # bounds come from a query that started after the read ended (_bounds),
-                # so a purge that committed during the read is seen
-                failure = check_window(start, hold.upto, await self._bounds(), cap)
-        except Exception:
-            logger.exception("reading the replay failed")
-            failure = RecoveryFailure.STORE_UNAVAILABLE
-        return failure
-
-    async def _sid_released(self, sid: str, namespace: str) -> bool:
-        """Wait (briefly) for the old connection of ``sid`` to finish disconnecting.
-
-        Its session is saved before the application's disconnect handler runs, so a fast
-        reconnect can claim it while the old socket is still registered.
-        """
-        deadline = time.monotonic() + SID_RELEASE_WAIT
-        while self.manager.eio_sid_from_sid(sid, namespace) is not None:
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.01)
-        return True
-
-    async def _read_replay(self, namespace: str, session: Session, start: int, upto: int
-                           ) -> list[StoredPacket]:
-        """The packets of ``(start, upto]`` that ``session`` is owed, in seq order: from
-        this node's recent history when it holds them, else from the store, each page
-        read once for all the restores asking for it at once (``_recent``)."""
-        membership = membership_of(session)
-        packets = await self.durable_manager.recent.replay(
-            self.store.read, start, upto, namespace, page=REPLAY_PAGE)
-        return [p for p in packets if membership.was_for(p, session.sid)]
-
-    @staticmethod
-    def _refuse(failure: RecoveryFailure) -> Attempt:
-        logger.info("recovery refused: %s", failure.value, extra={"action": "recovery_refused"})
-        return Attempt(failure=failure)
-
-    async def _complete_restore(self, eio_sid: str, namespace: str, attempt: Attempt) -> None:
-        """The connect handler accepted: only now close a taken-over socket and replay."""
-        restore = attempt.restore
-        if restore is None or attempt.sid != restore.session.sid \
-                or not self.manager.is_connected(attempt.sid, namespace):
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None:
             return
-        if restore.takeover is not None:
-            self._detached.discard((namespace, restore.takeover.eio_sid))
-            await self._evict(restore.takeover.eio_sid)
-        await self._send_replay(eio_sid, namespace, restore)
+        self._evicting.add(eio_sid)
+        try:
+            await socket.close(wait=False, abort=abort, reason=self.reason.TRANSPORT_CLOSE)
+        finally:
+            self._evicting.discard(eio_sid)
+            self.eio.sockets.pop(eio_sid, None)
+            socket.queue.put_nowait(None)  # ends its writer, which closes the websocket
 
     async def _close_transports(self) -> None:
         """Close every connection as a dropped one (no Engine.IO CLOSE packet: its
@@ -621,156 +483,6 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                 logger.exception("could not close connection %s at shutdown", socket.sid)
             socket.queue.put_nowait(None)  # ends its writer, which closes the websocket
         self.eio.sockets.clear()
-
-    async def _evict(self, eio_sid: str) -> None:
-        """Close a taken-over connection for good: its other namespaces are saved as
-        after a drop, and its transport is shut, so nothing it sends later registers."""
-        socket = self.eio.sockets.get(eio_sid)
-        if socket is None:
-            return
-        self._evicting.add(eio_sid)
-        try:
-            await socket.close(wait=False, reason=self.reason.TRANSPORT_CLOSE)
-        finally:
-            self._evicting.discard(eio_sid)
-            self.eio.sockets.pop(eio_sid, None)
-            if socket.upgraded:
-                socket.queue.put_nowait(None)  # ends its writer, which closes the websocket
-
-    async def _end_attempt(self, eio_sid: str, namespace: str, attempt: Attempt) -> None:
-        """Whatever the outcome: a refused CONNECT leaves nothing behind.
-
-        python-socketio disconnects a refused sid through the manager, never through
-        ``_handle_disconnect``, so what we keep per sid is freed here.
-        """
-        sid = attempt.sid
-        manager = self.manager
-        if sid is not None and not manager.is_connected(sid, namespace) \
-                and manager.sid_from_eio_sid(eio_sid, namespace) == sid:
-            # the connect handler raised: python-socketio leaves the sid pre-connected
-            await manager.disconnect(sid, namespace, ignore_queue=True)
-        restore = attempt.restore
-        if restore is not None and not restore.completed:
-            await self._abandon_restore(eio_sid, namespace, restore)
-        if attempt.restoring is not None:
-            ended = self._restoring.pop(attempt.restoring, None)
-            if ended is not None:
-                ended.set()
-        if sid is not None and not manager.is_connected(sid, namespace):
-            self._forget(sid, namespace)
-
-    async def _abandon_restore(self, eio_sid: str, namespace: str, restore: Restore) -> None:
-        """Refused (or failed): the connection keeps no trace of the restore, and the
-        session goes back where it came from, for a later try."""
-        manager = self.durable_manager
-        sid = restore.session.sid
-        self._recovered.discard((namespace, sid))
-        if manager.is_connected(sid, namespace) \
-                and manager.sid_from_eio_sid(eio_sid, namespace) == sid:
-            manager.close_hold(namespace, sid)  # accepted, then the replay failed
-            return
-        if restore.data_restored:
-            with contextlib.suppress(KeyError):
-                (await self.eio.get_session(eio_sid)).pop(namespace, None)
-        if restore.takeover is not None:
-            await self._give_back(namespace, restore, restore.takeover)
-            return
-        manager.close_hold(namespace, sid)
-        await self._put_back(restore.session)
-
-    async def _give_back(self, namespace: str, restore: Restore, takeover: Takeover) -> None:
-        """Undo a take-over: the old socket gets its rooms back, and what was held for
-        it meanwhile; if its connection died meanwhile, its session is stored instead."""
-        manager = self.durable_manager
-        sid, hold = restore.session.sid, restore.hold
-        self._detached.discard((namespace, takeover.eio_sid))
-        if not self._connection_open(takeover.eio_sid):
-            manager.close_hold(namespace, sid)
-            await self._put_back(restore.session)
-            return
-        held = [seq for seq, _ in hold.held if seq is not None and seq > hold.upto]
-        manager.reattach(sid, namespace, takeover.eio_sid, takeover.rooms,
-                         max([*held, takeover.last_sent or 0]) or None, takeover.membership)
-        self._pids[(namespace, sid)] = restore.pid
-        self._live_pids[(namespace, hash_pid(restore.pid))] = sid
-        self._start_seq[(namespace, sid)] = takeover.start_seq
-        self._resume_seq[(namespace, sid)] = takeover.resume_seq
-        if takeover.was_recovered:
-            self._recovered.add((namespace, sid))
-        hold.eio_sid, hold.registered = takeover.eio_sid, True
-        await manager.release_hold(namespace, hold)
-
-    async def _put_back(self, session: Session) -> None:
-        """A session taken for a restore that did not happen is left for a later try."""
-        if session.expires_at >= LIVE_EXPIRY:
-            # taken from a dead node: it expires from now, and as a dropped session its
-            # client's offset is judged against its position, which the dead node wrote
-            # before sending what followed: what this node delivered is a better floor
-            now = time.time()
-            duration = self.recovery.max_disconnection_duration if self.recovery else 0.0
-            session = dataclasses.replace(
-                session, disconnected_at=now, expires_at=now + duration,
-                position=max(session.position, self.durable_manager.delivered))
-        try:
-            await self.store.release_session(session, node=self.durable_manager.host_id)
-        except Exception:
-            logger.exception("could not put back the session of %s [%s]; it will not recover",
-                             session.sid, session.namespace)
-
-    async def _trigger_event(self, event: str, namespace: str, *args: Any) -> Any:
-        attempt = current_attempt.get() if event == "connect" else None
-        if attempt is not None and self.recovery is not None:
-            if attempt.failure is not None and args:
-                # visible to the connect handler through recovery_failure(sid)
-                self._failures[(namespace, args[0])] = attempt.failure
-            restore = attempt.restore
-            if restore is not None and args and args[0] == restore.session.sid:
-                # only now that the sid is registered on this connection: a CONNECT
-                # python-socketio refuses earlier leaves the connection's session alone
-                if not restore.data_restored:
-                    eio_session = await self.eio.get_session(restore.hold.eio_sid)
-                    eio_session[namespace] = copy_value(restore.session.data)
-                    restore.data_restored = True
-                self._recovered.add((namespace, restore.session.sid))
-                if self.recovery.skip_middlewares:
-                    return True
-        return await super()._trigger_event(event, namespace, *args)
-
-    async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
-        if pkt.packet_type != sio_packet.CONNECT or not isinstance(pkt.data, dict) \
-                or "sid" not in pkt.data or not self._recovers(pkt.namespace or "/"):
-            await super()._send_packet(eio_sid, pkt)
-            return
-        namespace, sid = pkt.namespace or "/", pkt.data["sid"]
-        attempt = current_attempt.get()
-        restore = attempt.restore if attempt else None
-        if restore is not None and restore.session.sid == sid:
-            pid, start_seq = restore.pid, restore.session.start_seq
-            resume_seq = restore.resume_seq
-        else:
-            pid, start_seq = new_pid(), self.durable_manager.delivered
-            resume_seq = start_seq
-        self._pids[(namespace, sid)] = pid
-        self._live_pids[(namespace, hash_pid(pid))] = sid
-        self._start_seq[(namespace, sid)] = start_seq
-        self._resume_seq[(namespace, sid)] = resume_seq
-        pkt.data = {**pkt.data, "pid": pid}
-        await super()._send_packet(eio_sid, pkt)
-        self._session_changed(namespace, sid)  # in the store from its connect on
-
-    async def _send_replay(self, eio_sid: str, namespace: str, restore: Restore) -> None:
-        """Missed packets, then what arrived meanwhile: each once, in order, before live."""
-        manager = self.durable_manager
-        sid = restore.session.sid
-        for stored in restore.replay:
-            for part in manager.encode_stored(stored) or ():
-                await self._send_eio_packet(eio_sid, part)
-            manager.last_sent[(namespace, sid)] = stored.seq
-        await manager.release_hold(namespace, restore.hold)
-        restore.completed = True
-        metrics.recovered(namespace, len(restore.replay))
-        logger.info("recovered %s [%s]: %d missed packets", sid, namespace, len(restore.replay),
-                    extra={"action": "recovered"})
 
     # -- disconnect ------------------------------------------------------------
 
@@ -794,74 +506,32 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                                  reason: Any = None) -> None:
         namespace = namespace or "/"
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-        if sid is not None and self._recovers(namespace) \
-                and self.manager.is_connected(sid, namespace):
+        state = self._state(namespace, sid) if sid is not None else None
+        if state is not None and self.manager.is_connected(sid, namespace) \
+                and self._recovers(namespace) and state.recoverable:
             if self._is_recoverable(eio_sid, reason):
-                await self._save_session(eio_sid, sid, namespace)
-            elif (namespace, sid) in self._pids:
+                await self._save_dropped(state)
+            elif self.durable_manager.sessions.live:
                 # left on purpose: what was written through is not recoverable
-                await self._delete_written(namespace, sid)
+                await self._delete_written(namespace, state.sid)
         await super()._handle_disconnect(eio_sid, namespace, reason)
-        if sid is not None:
-            self._forget(sid, namespace)
 
-    async def _save_session(self, eio_sid: str, sid: str, namespace: str) -> None:
+    async def _save_dropped(self, state: Any) -> None:
         """Awaited before the socket is forgotten: a fast reconnect finds it stored."""
-        pid = self._pids.get((namespace, sid))
-        if pid is None or (namespace, sid) in self._disowned:
-            return
         try:
-            eio_session = await self.eio.get_session(eio_sid)
-            session = self._live_session(sid, namespace, pid, eio_session.get(namespace, {}))
-            await self._session_writer().dropped(session)
+            session = await self._session_of(state.namespace, state.sid, live=False)
+            await self.durable_manager.sessions.dropped(session)
             metrics.session_saved()
         except Exception:  # the disconnect goes on; only the recovery is lost
             metrics.store_error("save_session")
             logger.exception("could not save the session of %s [%s]; it will not recover",
-                             sid, namespace)
+                             state.sid, state.namespace)
 
-    def _live_session(self, sid: str, namespace: str, pid: str, data: Any, *,
-                      live: bool = False) -> Session:
-        """The session of a live socket, as its drop right now would leave it; with
-        ``live``, as the store keeps it while it lives (owned by this node)."""
-        manager = self.durable_manager
-        now = time.time()
-        duration = self.recovery.max_disconnection_duration if self.recovery else 0.0
-        return Session(
-            pid_hash=hash_pid(pid), namespace=namespace, sid=sid,
-            rooms=tuple(manager.get_rooms(sid, namespace)), data=data,
-            epoch=self.store.epoch, start_seq=self._start_seq.get((namespace, sid), 0),
-            # above what this node delivered when restored from a node ahead of it
-            position=max(manager.delivered, manager.last_sent.get((namespace, sid), 0)),
-            last_sent_seq=manager.last_sent.get((namespace, sid)),
-            disconnected_at=now, expires_at=LIVE_EXPIRY if live else now + duration,
-            membership=manager.membership(sid, namespace),
-            resume_seq=self._resume_seq.get((namespace, sid)),
-            owner=manager.host_id if live else None,
-        )
-
-    async def _session_of(self, eio_sid: str, sid: str, namespace: str, *,
-                          live: bool = False) -> Session | None:
-        """What ``sid`` leaves behind as of now (``live``: while it lives); None when it
-        holds no pid."""
-        pid = self._pids.get((namespace, sid))
-        if pid is None:
-            return None
-        eio_session = await self.eio.get_session(eio_sid)
-        return self._live_session(sid, namespace, pid, eio_session.get(namespace, {}),
-                                  live=live)
-
-    def _forget(self, sid: str, namespace: str) -> None:
-        if self.manager.is_connected(sid, namespace):
-            return
-        pid = self._pids.pop((namespace, sid), None)
-        if pid is not None and self._live_pids.get((namespace, hash_pid(pid))) == sid:
-            del self._live_pids[(namespace, hash_pid(pid))]
-        self._start_seq.pop((namespace, sid), None)
-        self._resume_seq.pop((namespace, sid), None)
-        self._recovered.discard((namespace, sid))
-        self._failures.pop((namespace, sid), None)
-        self._disowned.discard((namespace, sid))
+    async def _delete_written(self, namespace: str, sid: str) -> None:
+        try:
+            await self.durable_manager.sessions.deleted(namespace, sid)
+        except Exception:
+            logger.exception("could not delete the session of %s [%s]", sid, namespace)
 
 
 _socketio.check_server_surface()

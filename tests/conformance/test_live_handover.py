@@ -65,7 +65,7 @@ async def test_a_live_socket_on_another_node_is_handed_over(shared: StoreMaker) 
         await a.sio.emit("tick", "seen", to="lobby")
         await old.inbox["/"].wait_for(1)
         state = old.client.recovery_state()
-        await a.sio._session_writer().flush()
+        await a.sio.durable_manager.sessions.flush()
         await b.sio.emit("tick", "missed", to="lobby")  # the old path no longer carries it
 
         moved = Peer()
@@ -97,7 +97,7 @@ async def test_the_session_moves_back_and_forth_without_a_drop(shared: StoreMake
             await source.sio.emit("tick", round_)
             await previous[-1].inbox["/"].wait_for(1)
             state = previous[-1].client.recovery_state()
-            await source.sio._session_writer().flush()
+            await source.sio.durable_manager.sessions.flush()
             again = Peer()
             await again.connect(target.url, state)
             assert again.client.is_recovered(), target.last["failure"]
@@ -117,7 +117,7 @@ async def test_a_silent_owner_is_taken_for_dead_after_the_handover_timeout(
         await old.connect(a.url)
         sid = old.sid()
         state = old.client.recovery_state()
-        await a.sio._session_writer().flush()
+        await a.sio.durable_manager.sessions.flush()
 
         async def silent(namespace: str, pid_hash: str) -> None:
             await asyncio.Event().wait()  # a node whose loop is stuck never answers
@@ -128,7 +128,7 @@ async def test_a_silent_owner_is_taken_for_dead_after_the_handover_timeout(
         assert moved.client.is_recovered(), b.last["failure"]
         assert moved.sid() == sid
         taken = await b.sio.store.take_session(
-            "/", next(iter(b.sio._live_pids))[1], node="someone else", now=0.0, window=0.0)
+            "/", b.sio.durable_manager.sockets.get("/", sid).pid_hash, node="someone else", now=0.0, window=0.0)
         assert taken == OwnedBy(b.sio.durable_manager.host_id)
         await old.close()
         await moved.close()
@@ -142,12 +142,12 @@ async def test_room_and_session_changes_are_written_through_from_any_node(
         peer = Peer()
         await peer.connect(a.url)
         sid = peer.sid()
-        pid_hash = next(key for key, value in a.sio._live_pids.items() if value == sid)[1]
+        pid_hash = a.sio.durable_manager.sockets.get("/", sid).pid_hash
         await b.sio.enter_room(sid, "vip")  # B asks A over the control channel
         await until(lambda: "vip" in a.sio.rooms(sid), "A to put the socket in the room")
         async with a.sio.session(sid) as session:
             session["cart"] = ["tea"]
-        await a.sio._session_writer().flush()
+        await a.sio.durable_manager.sessions.flush()
         # as another node finds it when A is taken for dead
         taken = await b.sio.store.take_session(
             "/", pid_hash, node="a node that outlived A", now=0.0, window=0.0,
@@ -165,7 +165,7 @@ async def test_a_node_back_from_a_lapsed_lease_closes_the_sockets_taken_meanwhil
         await old.connect(a.url)
         sid = old.sid()
         state = old.client.recovery_state()
-        await a.sio._session_writer().flush()
+        await a.sio.durable_manager.sessions.flush()
         # A cannot reach the store for a while: its lease runs out
         lease = a.sio.durable_manager.lease
         await lease.stop(drop=False)
@@ -174,10 +174,10 @@ async def test_a_node_back_from_a_lapsed_lease_closes_the_sockets_taken_meanwhil
         await moved.connect(b.url, state)  # taken from a dead node: no handover asked
         assert moved.client.is_recovered(), b.last["failure"]
         assert a.sio.manager.is_connected(sid, "/")  # A has not noticed yet
-        await a.sio._lease_regained()  # what A does once it renews again
+        await a.sio._check_ownership()  # what A does once it renews again
         await until(lambda: not a.sio.manager.is_connected(sid, "/"), "A to close its socket")
         assert b.sio.manager.is_connected(sid, "/")
-        assert a.sio._live_pids == {} and a.sio._pids == {}
+        assert len(a.sio.durable_manager.sockets) == 0
         await old.close()
         await moved.close()
 
@@ -193,7 +193,7 @@ async def test_a_store_failure_while_taking_a_dead_node_s_session_keeps_it(
         await a.sio.emit("tick", "seen")
         await old.inbox["/"].wait_for(1)
         state = old.client.recovery_state()
-        await a.sio._session_writer().flush()
+        await a.sio.durable_manager.sessions.flush()
         lease = a.sio.durable_manager.lease
         await lease.stop(drop=False)  # A dies without a word: its lease runs out
         await a.sio.store.renew_lease(lease.node, now=time.time() - 2, expiry=1)

@@ -42,7 +42,7 @@ async def test_a_second_shutdown_waits_for_the_first_and_saves_nothing_twice() -
         client = durable_adapter.AsyncClient(reconnection=False)
         await client.connect(url, transports=["websocket"], wait_timeout=WAIT)
         sid = client.get_sid()
-        await sio._session_writer().flush()  # written through at its connect
+        await sio.durable_manager.sessions.flush()  # written through at its connect
         batches, release = hold_batches(sio)
         first = asyncio.create_task(sio.shutdown())  # the framework's hook...
         await until(lambda: bool(batches), "the first shutdown to be saving")

@@ -33,7 +33,7 @@ class Counted:
         self.takes: list[int] = []
         self.bounds = 0
         take, bounds = store.take_sessions, store.bounds
-        batcher = node.sio._takes
+        batcher = node.sio._restorer.takes
 
         async def take_sessions(requests: Sequence[TakeRequest], **kwargs: Any
                                 ) -> list[TakeResult]:

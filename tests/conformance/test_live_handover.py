@@ -127,8 +127,9 @@ async def test_a_silent_owner_is_taken_for_dead_after_the_handover_timeout(
         await moved.connect(b.url, state)
         assert moved.client.is_recovered(), b.last["failure"]
         assert moved.sid() == sid
+        pid_hash = b.sio.durable_manager.sockets.get("/", sid).pid_hash
         taken = await b.sio.store.take_session(
-            "/", b.sio.durable_manager.sockets.get("/", sid).pid_hash, node="someone else", now=0.0, window=0.0)
+            "/", pid_hash, node="someone else", now=0.0, window=0.0)
         assert taken == OwnedBy(b.sio.durable_manager.host_id)
         await old.close()
         await moved.close()

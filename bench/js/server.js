@@ -1,4 +1,4 @@
-// Reference server for bench/issue10.py: JS socket.io 4.8, its in-memory adapter,
+// Reference server for bench/against_js.py: JS socket.io 4.8, its in-memory adapter,
 // connection state recovery on. It speaks the same control surface as bench/_node.py
 // so the Python driver treats it like any other row:
 //

@@ -1,4 +1,6 @@
-"""Issue 10's table in one run: JS socket.io, plain python-socketio and ours side by side.
+"""Ours against JS socket.io (and plain python-socketio), side by side in one run.
+
+Every figure of issue 10's table, measured in one run.
 
 Columns (servers, each its own process on 127.0.0.1, measured one after the other with
 the same load generator, bench/_clients.py's raw protocol client, which speaks what the
@@ -26,11 +28,11 @@ Figures (rows):
   concurrent tasks against a raw batched INSERT of the same rows (500 per transaction).
 
 Then each figure as ratios against the baselines of the same run (JS, python-socketio,
-the raw commit, the raw INSERT), and the issue's targets, met or missed.
+the raw commit, the raw INSERT), and issue 10's targets, met or missed.
 
-    python bench/issue10.py                 # the issue's sizes, about 10 minutes
-    python bench/issue10.py --quick         # small sizes, about 2 minutes
-    python bench/issue10.py --servers js,postgres --events 500
+    python bench/against_js.py              # the issue's sizes, about 10 minutes
+    python bench/against_js.py --quick      # small sizes, about 2 minutes
+    python bench/against_js.py --servers js,postgres --events 500
 """
 
 from __future__ import annotations
@@ -321,7 +323,7 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def targets(results: dict[str, dict[str, Any]]) -> list[str]:
-    """The issue's targets against this run's figures."""
+    """Issue 10's targets against this run's figures."""
     out = []
 
     def check(name: str, value: Any, base: Any, limit: float, at_most: bool) -> None:
@@ -400,7 +402,7 @@ async def main() -> None:
             else:
                 results[key] = outcome
 
-    print(f"issue 10: one run, servers one after the other on 127.0.0.1, raw protocol "
+    print(f"against_js: one run, servers one after the other on 127.0.0.1, raw protocol "
           f"clients (bench/_clients.py), websocket, no compression, payload ~{args.size} B; "
           f"{time.monotonic() - started:.0f} s; load average {load_before:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} cores)")

@@ -22,6 +22,7 @@ from engineio import packet as eio_packet
 from . import _socketio, metrics
 from ._attempt import Hold, current_attempt
 from ._cluster import ClusterOps, in_control_handler
+from ._codec import copy_value
 from ._lease import Lease
 from ._membership import MembershipLog, membership_of
 from ._offsets import format_offset
@@ -205,6 +206,12 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         # reused for this node's own delivery, with the offset put in once it is known
         data = [event, *args]
         parts = encode_with_offset(self.server.packet_class, namespace, data)
+        if parts is None:
+            # not encoded yet (a packet class other than the JSON one): this node's
+            # recent history keeps it to encode later, and the application may change
+            # its objects after the emit returns; the store keeps it as of now, so must
+            # every replay
+            data = copy_value(data)
         await self.start()
         packet = NewPacket(namespace=namespace, data=data, rooms=rooms,
                            except_rooms=except_rooms)

@@ -14,12 +14,13 @@ import time
 from typing import Any
 
 import pytest
+from socketio import packet as sio_packet
 
 from durable_adapter import RecoveryFailure
 from durable_adapter._recent import ENTRY_OVERHEAD, RecentHistory
 from durable_adapter.stores.base import NewPacket, Store, StoredPacket
 from durable_adapter.stores.memory import MemoryStore
-from tests._harness import WAIT, until
+from tests._harness import WAIT, serving, until
 from tests.conformance.conftest import Node, Peer, StoreSpec, away_after_one, running
 from tests.conformance.test_restore_paths import FlakyStore
 from tests.conformance.test_room_history import (
@@ -353,3 +354,29 @@ async def test_concurrent_reads_of_one_page_share_one_query() -> None:
         assert all([p.seq for p in r] == [1, 2, 3, 4, 5] for r in results)
         assert recent.window == (0, 5)  # joined the (empty) window
         assert [p.seq for p in recent.read(2, 5, "/") or []] == [3, 4, 5]
+
+
+class _OwnJsonPacket(sio_packet.Packet):  # type: ignore[misc]
+    """python-socketio's JSON packets under another class: the frames of a stored emit
+    are then encoded at delivery, not at emit (as with ``serializer="msgpack"``)."""
+
+
+async def test_a_replay_from_memory_sends_the_payload_as_emitted_not_as_mutated_since(
+        ) -> None:
+    node = Node("memory://")
+    node.sio.packet_class = _OwnJsonPacket
+    async with serving(node.sio) as url:
+        node.url = url
+        peer = Peer()
+        await peer.connect(node.url)
+        await node.sio.emit("tick", {"n": 1})
+        await peer.inbox["/"].wait_for(1)
+        state = await peer.drop(node)
+        payload = {"n": 2}
+        await node.sio.emit("tick", payload)
+        payload["n"] = "changed after the emit returned"
+        again = Peer()
+        await again.connect(node.url, state)
+        assert again.client.is_recovered()
+        assert await again.inbox["/"].wait_for(1) == [{"n": 2}]
+        await again.close()

@@ -21,12 +21,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from ._tasks import finish_or_cancel
+from ._tasks import Backoff, finish_or_cancel
 from .stores.base import Store
 
 logger = logging.getLogger(__name__)
 
 STOP_GRACE = 1.0  # seconds a stopping lease gives a store call under way
+CHECK_RETRY_MIN = 0.5  # seconds before a failed ownership check runs again
 
 
 class Lease:
@@ -117,9 +118,15 @@ class Lease:
                                               name=f"lease check {self.node}")
 
     async def _run_checks(self, check: Callable[[], Awaitable[None]]) -> None:
+        backoff = Backoff(CHECK_RETRY_MIN, self.expiry)
         while self._check_again and not self._stop.is_set():
             self._check_again = False
             try:
                 await check()
+                backoff.reset()
             except Exception:
-                logger.exception("checking the sessions after the lease lapsed")
+                # not given up: a socket this node no longer owns must still be found
+                logger.exception("checking the sessions after the lease lapsed; again in "
+                                 "%.1f s", backoff.delay)
+                self._check_again = True
+                await backoff.wait(self._stop)

@@ -79,6 +79,9 @@ class SessionWriter:
         self._build = build
         self.live = live
         self._dirty: dict[Key, None] = {}
+        #: drops whose write failed: tried again with the next writes, or the row would
+        #: stay owned by this live node, unrecoverable and never purged
+        self._unsaved_drops: dict[Key, Session] = {}
         self._ops: deque[_Op] = deque()
         self._upcoming: _Pass | None = None  # the write the marked sockets wait for
         self._running: _Pass | None = None
@@ -99,6 +102,7 @@ class SessionWriter:
         if not self.live or self._closing:
             return
         self._dirty[(namespace, sid)] = None
+        self._unsaved_drops.pop((namespace, sid), None)  # a live socket again: superseded
         self._kick()
 
     def pending(self, key: Key) -> bool:
@@ -163,11 +167,18 @@ class SessionWriter:
         return not self.failing
 
     async def _drained(self) -> None:
-        while self._dirty or self._ops or not self._idle.is_set():
+        while self._dirty or self._ops or self._unsaved_drops or not self._idle.is_set():
             self._kick()
             await self._idle.wait()
             if self.failing:
                 return  # the marks stay for the retry; the caller goes on
+
+    def take_unsaved_drops(self) -> list[Session]:
+        """The drops whose write failed so far, handed to the caller (a shutdown's
+        final save)."""
+        drops = list(self._unsaved_drops.values())
+        self._unsaved_drops.clear()
+        return drops
 
     async def close(self) -> None:
         self._closing = True
@@ -187,6 +198,7 @@ class SessionWriter:
     async def _queue(self, op: _Op) -> None:
         for key in op.keys:  # superseded: the socket is gone
             self._dirty.pop(key, None)
+            self._unsaved_drops.pop(key, None)
         self._ops.append(op)
         self._kick()
         await op.done
@@ -201,7 +213,7 @@ class SessionWriter:
         backoff = Backoff(RETRY_MIN, RETRY_MAX)
         try:
             while not (self._closing and not self._ops):
-                if not self._dirty and not self._ops:
+                if not self._dirty and not self._ops and not self._unsaved_drops:
                     self._idle.set()
                     self._wake.clear()
                     await self._wake.wait()
@@ -261,7 +273,9 @@ class SessionWriter:
                 drops.append((op.session, op))
             except SessionDataError as exc:
                 self._settle(op.done, exc)
-        sessions = [*live, *(session for session, _ in drops)]
+        retried = list(self._unsaved_drops.values())
+        self._unsaved_drops.clear()
+        sessions = [*live, *(session for session, _ in drops), *retried]
         failed = await self._save(sessions)
         deleted = [op.deleted for op in ops if op.deleted is not None]
         delete_error: Exception | None = None
@@ -282,7 +296,13 @@ class SessionWriter:
                 running.errors[key] = error
                 self._dirty.setdefault(key, None)  # kept for the retry
         for session, op in drops:
-            self._settle(op.done, failed.get((session.namespace, session.sid)))
+            unwritten = failed.get((session.namespace, session.sid))
+            self._settle(op.done, unwritten)
+            if unwritten is not None:
+                self._unsaved_drops[(session.namespace, session.sid)] = session
+        for session in retried:
+            if (session.namespace, session.sid) in failed:
+                self._unsaved_drops.setdefault((session.namespace, session.sid), session)
         for op in ops:
             if op.deleted is not None:
                 self._settle(op.done, delete_error)

@@ -245,6 +245,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                                  state.namespace)
             state.accepted = False  # saved once: its transport closing must not again
         await sessions.close()
+        drops.extend(sessions.take_unsaved_drops())
         if not drops or not manager.started:
             return True
         try:

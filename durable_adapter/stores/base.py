@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from .._membership import MembershipLog
 from ..exceptions import StoreError
@@ -96,15 +96,16 @@ LIVE_EXPIRY = 1e18
 
 @dataclass(frozen=True)
 class OwnedBy:
-    """:meth:`Store.take_session`'s answer when a live node (valid lease) holds the session."""
+    """:meth:`Store.take_sessions`' answer when a live node (valid lease) holds the session."""
 
     node: str
 
 
 @dataclass(frozen=True)
 class TakeRequest:
-    """One session :meth:`Store.take_sessions` is asked to take (see
-    :meth:`Store.take_session` for ``force_from``)."""
+    """One session :meth:`Store.take_sessions` is asked to take. ``force_from``: the node
+    that handed it over (or did not answer in time): taken from it even while its lease
+    is alive."""
 
     namespace: str
     pid_hash: str
@@ -146,102 +147,6 @@ class ControlMessage:
     origin: str
     body: dict[str, Any] = field(default_factory=dict)
     target: str | None = None
-
-
-def check_new_packet(packet: NewPacket) -> None:
-    """What every store's :meth:`Store.append` checks first: a :class:`NewPacket` whose
-    namespace every store can keep (no NUL, which PostgreSQL's text refuses, and valid
-    UTF-8), else :class:`StoreError`. Checked before the packet joins a batch, so it
-    fails its own emit only."""
-    if not isinstance(packet, NewPacket):
-        raise TypeError(f"append() takes a NewPacket, got {type(packet).__name__}")
-    namespace = packet.namespace
-    if "\x00" in namespace:
-        raise StoreError(f"namespace {namespace!r} cannot be stored: it contains NUL")
-    try:
-        namespace.encode()
-    except UnicodeEncodeError as exc:
-        raise StoreError(f"namespace {namespace!r} cannot be stored: {exc}") from None
-
-
-def check_purge_args(retention: float, batch_size: int) -> None:
-    """The argument checks every :meth:`Store.purge` starts with."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    if retention < 0:
-        raise ValueError(f"retention must be >= 0, got {retention!r}")
-
-
-#: :func:`decide_take`'s verdicts besides OwnedBy and None: make the caller the owner
-#: (``TAKE``), or the caller owns it already (``MINE``: returned as it is).
-TAKE: Literal["take"] = "take"
-MINE: Literal["mine"] = "mine"
-
-
-def decide_take(*, owner: str | None, expires_at: float, lease_expires: float | None,
-                node: str, now: float, window: float, force_from: str | None
-                ) -> Literal["take", "mine"] | OwnedBy | None:
-    """What :meth:`Store.take_session` does with a stored session, from its row and its
-    owner's lease (``lease_expires`` None: no lease row, which counts as expired at 0).
-
-    - disconnected (owner None): taken while ``expires_at > now``, else None (expired);
-    - owned by ``node``: MINE (the caller checked its own sockets already);
-    - owned by a node whose lease is alive: ``OwnedBy(owner)``, unless ``force_from``
-      names it (it handed the session over, or did not answer in time): then taken;
-    - owned by a node whose lease expired (killed): taken for ``window`` seconds after
-      the lease expired (the session's last written state), None after.
-    """
-    if owner is None:
-        return TAKE if expires_at > now else None
-    if owner == node:
-        return MINE
-    if force_from == owner:
-        return TAKE
-    if lease_expires is not None and lease_expires > now:
-        return OwnedBy(owner)
-    return TAKE if (lease_expires or 0.0) + window > now else None
-
-
-def decide_takes(requests: Sequence[TakeRequest],
-                 found: Mapping[tuple[str, str], tuple[str | None, float]],
-                 leases: Mapping[str, float], *, node: str, now: float, window: float
-                 ) -> list[Literal["take", "mine"] | OwnedBy | None]:
-    """:func:`decide_take` for each request of one batch, in order, given the stored
-    rows' ``(owner, expires_at)`` by key (absent: no row) and the owners' leases (absent:
-    no lease). A batch hands each row out once: a request for a row that an earlier
-    request of the batch got is answered None (as a second restore of one session on
-    one node is refused), so of duplicates exactly one gets the session."""
-    given: set[tuple[str, str]] = set()
-    verdicts: list[Literal["take", "mine"] | OwnedBy | None] = []
-    for request in requests:
-        row = found.get(request.key)
-        if row is None or request.key in given:
-            verdicts.append(None)
-            continue
-        owner, expires_at = row
-        verdict = decide_take(
-            owner=owner, expires_at=expires_at,
-            lease_expires=None if owner is None else leases.get(owner),
-            node=node, now=now, window=window, force_from=request.force_from)
-        if verdict == TAKE or verdict == MINE:
-            given.add(request.key)
-        verdicts.append(verdict)
-    return verdicts
-
-
-async def take_one_by_one(requests: Sequence[TakeRequest],
-                          take: Callable[[TakeRequest], Awaitable[TakeResult]]
-                          ) -> list[TakeResult]:
-    """:meth:`Store.take_sessions` for a store that takes one row at a time (each take
-    atomic on its own), with :func:`decide_takes`' rule for duplicates."""
-    given: set[tuple[str, str]] = set()
-    results: list[TakeResult] = []
-    for request in requests:
-        result = None if request.key in given else await take(request)
-        if isinstance(result, Session):
-            given.add(request.key)
-        results.append(result)
-    return results
 
 
 class PacketListener(Protocol):
@@ -313,40 +218,22 @@ class Store(abc.ABC):
         owned by nobody and rows owned by ``node`` are written. Without: unconditional.
         """
 
-    async def take_session(self, namespace: str, pid_hash: str, *, node: str, now: float,
-                           window: float, force_from: str | None = None) -> TakeResult:
-        """Make ``node`` the owner of the session ``(namespace, pid_hash)``, atomically.
-
-        The rules are :func:`decide_take`'s. Of concurrent calls for one row (across
-        processes) exactly one gets a takeable session; the others see its new owner.
-        Returns the session with ``owner=node``, :class:`OwnedBy` when a live node holds
-        it, or None (absent or expired). By default :meth:`take_sessions` of one request.
-        """
-        if type(self).take_sessions is Store.take_sessions:
-            raise NotImplementedError(
-                f"{type(self).__name__} implements neither take_session nor take_sessions")
-        request = TakeRequest(namespace, pid_hash, force_from)
-        (result,) = await self.take_sessions([request], node=node, now=now, window=window)
-        return result
-
+    @abc.abstractmethod
     async def take_sessions(self, requests: Sequence[TakeRequest], *, node: str, now: float,
                             window: float) -> list[TakeResult]:
-        """:meth:`take_session` for many sessions at once, in one transaction (one
-        script) where the store has them: each answer as :meth:`take_session` would
-        give it, in the order of ``requests``; each row is taken atomically, and of
-        duplicate requests in one batch exactly one gets the session
-        (:func:`decide_takes`). On SQL and Redis a stored session that cannot be decoded
-        is logged and answered None (it cannot be recovered) and fails no other request.
+        """Make ``node`` the owner of each requested session, in one transaction (one
+        script) where the store has them; the answers in the order of ``requests``.
 
-        A store implements this or :meth:`take_session`; by default each request is a
-        :meth:`take_session` of its own.
+        The rules are :func:`.rules.decide_take`'s. Each row is taken atomically: of
+        concurrent takes of one row (across processes) exactly one gets a takeable
+        session, the others see its new owner; of duplicate requests in one batch exactly
+        one gets it (:func:`.rules.decide_takes`). Each answer is the session with
+        ``owner=node``, :class:`OwnedBy` when a live node holds it, or None (absent,
+        expired, or given to an earlier duplicate). On SQL and Redis a stored session that
+        cannot be decoded is logged and answered None (it cannot be recovered) and fails
+        no other request. A store that takes one row at a time uses
+        :func:`.rules.take_one_by_one`.
         """
-        if type(self).take_session is Store.take_session:
-            raise NotImplementedError(
-                f"{type(self).__name__} implements neither take_session nor take_sessions")
-        return await take_one_by_one(requests, lambda request: self.take_session(
-            request.namespace, request.pid_hash, node=node, now=now, window=window,
-            force_from=request.force_from))
 
     async def release_session(self, session: Session, *, node: str) -> None:
         """Write ``session`` as disconnected (owner None), unless another node owns its

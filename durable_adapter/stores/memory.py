@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 from .._codec import check_session_data, copy_value
 from .base import (
-    TAKE,
     HistoryBounds,
     NewPacket,
     OwnedBy,
@@ -23,9 +22,8 @@ from .base import (
     StoredPacket,
     TakeRequest,
     TakeResult,
-    check_purge_args,
-    decide_takes,
 )
+from .rules import TAKE, check_purge_args, decide_takes
 
 
 class MemoryStore(Store):

@@ -1,7 +1,7 @@
 """Live sessions and node leases, on every store of ``conftest.STORE_FACTORIES``.
 
 A live session is written with its owning node; another node takes it over
-(:meth:`Store.take_session`) only when the owner's lease expired (within the recovery
+(:meth:`Store.take_sessions`) only when the owner's lease expired (within the recovery
 window after it), or when the owner handed it over (``force_from``). Times are passed
 explicitly (``now``) around one real base time ``T``: no test waits for a clock.
 At the end, 50 concurrent take-overs of one row on separate store instances (separate
@@ -19,16 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from durable_adapter.stores.base import (
-    LIVE_EXPIRY,
-    MINE,
-    TAKE,
-    OwnedBy,
-    Session,
-    Store,
-    decide_take,
-)
+from durable_adapter.stores.base import LIVE_EXPIRY, OwnedBy, Session, Store, TakeRequest
 from durable_adapter.stores.redis import RedisStore
+from durable_adapter.stores.rules import MINE, TAKE, decide_take
 from durable_adapter.stores.sql import SQLStore
 from durable_adapter.stores.sql.postgres import PostgresStore
 from tests._postgres import POSTGRES_URL, postgres_schema
@@ -60,8 +53,9 @@ def disconnected(pid_hash: str = PID, *, at: float, **fields: object) -> Session
 
 async def take(store: Store, node: str, now: float, pid_hash: str = PID,
                force_from: str | None = None) -> Session | OwnedBy | None:
-    return await bounded(store.take_session("/", pid_hash, node=node, now=now, window=WINDOW,
-                                            force_from=force_from))
+    (result,) = await bounded(store.take_sessions(
+        [TakeRequest("/", pid_hash, force_from)], node=node, now=now, window=WINDOW))
+    return result
 
 
 async def owner_of(store: Store, now: float, pid_hash: str = PID) -> str | None:
@@ -96,7 +90,7 @@ def test_decide_take(owner: str | None, expires_at: float, lease: float | None,
                        now=now, window=WINDOW, force_from=force_from) == verdict
 
 
-# -- take_session -----------------------------------------------------------------------
+# -- take_sessions, one row at a time -------------------------------------------------
 
 
 async def test_take_of_an_absent_session_is_none(store: Store) -> None:
@@ -183,7 +177,8 @@ async def test_take_is_bound_to_its_namespace(store: Store) -> None:
     t = time.time()
     await bounded(store.save_sessions([disconnected(at=t, namespace="/chat")]))
     assert await take(store, "a", t) is None
-    taken = await bounded(store.take_session("/chat", PID, node="a", now=t, window=WINDOW))
+    (taken,) = await bounded(store.take_sessions([TakeRequest("/chat", PID)], node="a", now=t,
+                                                 window=WINDOW))
     assert isinstance(taken, Session) and taken.namespace == "/chat"
 
 

@@ -58,7 +58,6 @@ from ..._codec import check_session_data
 from ..._tasks import STOP_TIMEOUT, finish_or_cancel
 from ...exceptions import ConfigurationError, ExperimentalWarning, StoreError
 from ..base import (
-    MINE,
     ControlMessage,
     HistoryBounds,
     NewPacket,
@@ -70,12 +69,9 @@ from ..base import (
     StoredPacket,
     TakeRequest,
     TakeResult,
-    check_new_packet,
-    check_purge_args,
-    decide_take,
-    take_one_by_one,
 )
 from ..errors import driver_errors
+from ..rules import MINE, check_new_packet, check_purge_args, decide_take, take_one_by_one
 from . import schema, setup
 from .follow import (
     READY_TIMEOUT,

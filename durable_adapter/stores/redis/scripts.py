@@ -225,7 +225,7 @@ return written
 
 # KEYS = leases, expiry, owners, epoch, then one session per request; ARGV = node, now,
 # window, owned prefix, then each request's force_from or ''. The rules of
-# base.decide_takes, in one script: of concurrent takes of a row the first makes its node
+# rules.decide_takes, in one script: of concurrent takes of a row the first makes its node
 # the owner and the others then see it; of duplicates in one call only the first gets it.
 # Returns {epoch (false once the history is gone), answers}, two items per request: 0,
 # false (absent, expired, or given to an earlier duplicate); 1, value (the caller's now);

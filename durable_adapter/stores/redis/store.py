@@ -70,12 +70,11 @@ from ..base import (
     StoredPacket,
     TakeRequest,
     TakeResult,
-    check_new_packet,
-    check_purge_args,
 )
 from ..batch_writer import BatchWriter
 from ..delivery import decode_or_refuse
 from ..errors import driver_errors
+from ..rules import check_new_packet, check_purge_args
 from . import scripts
 from .follow import Entry, RedisFollower, entry_seq, split_id
 from .scripts import parse_url

@@ -5,7 +5,7 @@ A take (of one session or of a batch) is one write transaction: the session rows
 read ``FOR UPDATE`` (PostgreSQL: of concurrent takes under READ COMMITTED, the later ones
 wait for the row lock and then read the winner's owner; SQLite: the whole transaction
 holds the database write lock from its ``BEGIN IMMEDIATE``), their owners' leases are
-read, and :func:`.base.decide_takes` rules.
+read, and :func:`.rules.decide_takes` rules.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..base import TAKE, OwnedBy, Session, TakeRequest, TakeResult, decide_takes
+from ..base import OwnedBy, Session, TakeRequest, TakeResult
+from ..rules import TAKE, decide_takes
 from . import dialect
 from .schema import nodes, session_from_row, session_values, sessions
 

@@ -43,12 +43,11 @@ from ..base import (
     StoredPacket,
     TakeRequest,
     TakeResult,
-    check_new_packet,
-    check_purge_args,
 )
 from ..batch_writer import BatchWriter
 from ..delivery import decode_each, decode_or_refuse
 from ..errors import driver_errors
+from ..rules import check_new_packet, check_purge_args
 from . import append as appends
 from . import control as controls
 from . import dialect, leases

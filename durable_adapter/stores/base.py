@@ -205,10 +205,6 @@ class Store(abc.ABC):
         """The current epoch, top and purge watermark."""
 
     @abc.abstractmethod
-    async def save_session(self, session: Session) -> None:
-        """Store (or replace) the session for ``(namespace, pid_hash)``."""
-
-    @abc.abstractmethod
     async def save_sessions(self, sessions: Sequence[Session], *, node: str | None = None
                             ) -> None:
         """Upsert every session in one transaction (one script, one bulk write).
@@ -247,10 +243,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def drop_lease(self, node: str) -> None:
         """Delete the lease (clean shutdown, once the node released its sessions)."""
-
-    @abc.abstractmethod
-    async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
-        """Atomically remove and return an unexpired session; ``None`` if absent or lost race."""
 
     @abc.abstractmethod
     async def delete_sessions(self, namespace: str, sid: str) -> None:

@@ -109,9 +109,6 @@ class MemoryStore(Store):
     async def bounds(self) -> HistoryBounds:
         return HistoryBounds(epoch=self.epoch, top=self._top, purged_through=self._purged_through)
 
-    async def save_session(self, session: Session) -> None:
-        await self.save_sessions([session])
-
     async def save_sessions(self, sessions: Sequence[Session], *, node: str | None = None
                             ) -> None:
         for session in sessions:
@@ -146,12 +143,6 @@ class MemoryStore(Store):
 
     async def drop_lease(self, node: str) -> None:
         self._leases.pop(node, None)
-
-    async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
-        session = self._sessions.pop((namespace, pid_hash), None)
-        if session is None or session.expires_at <= now:
-            return None
-        return session
 
     async def delete_sessions(self, namespace: str, sid: str) -> None:
         for key, session in list(self._sessions.items()):

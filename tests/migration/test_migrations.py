@@ -111,8 +111,9 @@ async def test_sessions_saved_before_0003_survive_it_without_a_membership_log(
             ("a" * 64, encode_value({"user": "ada"}), expires))
     await asyncio.wait_for(migrate(url), WAIT)
     async with SQLStore(url, auto_migrate=False) as store:
-        session = await store.claim_session("/", "a" * 64, time.time())
-    assert session is not None and session.membership is None
+        (session,) = await store.take_sessions([TakeRequest("/", "a" * 64)], node="n1",
+                                               now=time.time(), window=60)
+    assert isinstance(session, Session) and session.membership is None
     assert (session.rooms, session.data, session.start_seq) == (("sid1", "lobby"),
                                                                 {"user": "ada"}, 2)
 

@@ -246,14 +246,6 @@ async def test_delete_sessions_deletes_live_ones_too(store: Store) -> None:
     assert await take(store, "a", t, "e" * 64) == live("a", "e" * 64)
 
 
-async def test_claim_still_removes_a_disconnected_session(store: Store) -> None:
-    t = time.time()
-    saved = disconnected(at=t)
-    await bounded(store.save_sessions([saved]))
-    assert await bounded(store.claim_session("/", PID, t)) == saved
-    assert await take(store, "a", t) is None
-
-
 # -- purge ------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ At the end, tests only the SQL store can pass: several instances on one SQLite f
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
 import threading
@@ -20,7 +21,14 @@ import pytest
 
 from durable_adapter._membership import MembershipLog
 from durable_adapter.exceptions import ConfigurationError, SessionDataError, StoreError
-from durable_adapter.stores.base import NewPacket, Session, Store, StoredPacket
+from durable_adapter.stores.base import (
+    NewPacket,
+    OwnedBy,
+    Session,
+    Store,
+    StoredPacket,
+    TakeRequest,
+)
 from durable_adapter.stores.sql import SQLStore
 
 from .conftest import WAIT, sqlite_url
@@ -122,72 +130,87 @@ async def test_binary_payloads_and_rooms_round_trip(store: Store) -> None:
 # -- sessions ---------------------------------------------------------------------
 
 
-async def test_claim_returns_the_saved_session_once(store: Store) -> None:
-    await bounded(store.save_session(session()))
-    newer = session()
-    newer = Session(**{**newer.__dict__, "position": 7, "last_sent_seq": 6})
-    await bounded(store.save_session(newer))  # replaces the first
-    claimed = await bounded(store.claim_session("/", PID, time.time()))
-    assert claimed == newer
-    assert await bounded(store.claim_session("/", PID, time.time())) is None
+async def save(store: Store, *sessions: Session, node: str | None = None) -> None:
+    await bounded(store.save_sessions(list(sessions), node=node))
+
+
+async def take_back(store: Store, pid_hash: str = PID, namespace: str = "/", *,
+                    node: str = "reader", now: float | None = None) -> Session | None:
+    """The stored session as a node's take finds it, with its stored owner (None) put back
+    for comparison; None when absent or expired."""
+    (taken,) = await bounded(store.take_sessions(
+        [TakeRequest(namespace, pid_hash)], node=node,
+        now=time.time() if now is None else now, window=60.0))
+    assert not isinstance(taken, OwnedBy), taken
+    return None if taken is None else dataclasses.replace(taken, owner=None)
+
+
+async def test_a_take_returns_the_last_saved_session_to_one_node(store: Store) -> None:
+    await save(store, session())
+    newer = dataclasses.replace(session(), position=7, last_sent_seq=6)
+    await save(store, newer)  # replaces the first
+    await store.renew_lease("a", now=time.time(), expiry=60)
+    (taken,) = await bounded(store.take_sessions([TakeRequest("/", PID)], node="a",
+                                                 now=time.time(), window=60))
+    assert taken == dataclasses.replace(newer, owner="a")
+    (again,) = await bounded(store.take_sessions([TakeRequest("/", PID)], node="b",
+                                                 now=time.time(), window=60))
+    assert again == OwnedBy("a")
 
 
 async def test_session_keeps_its_room_stays(store: Store) -> None:
     log = MembershipLog(since=2, rooms={"room1": [(3, 5), (8, None)], "a.b$": [(4, 9)]})
-    await bounded(store.save_session(Session(**{**session().__dict__, "membership": log})))
-    claimed = await bounded(store.claim_session("/", PID, time.time()))
-    assert claimed is not None and claimed.membership == log
-    await bounded(store.save_session(session(pid_hash="b" * 64)))  # no log: as before it
-    claimed = await bounded(store.claim_session("/", "b" * 64, time.time()))
-    assert claimed is not None and claimed.membership is None
+    await save(store, dataclasses.replace(session(), membership=log))
+    taken = await take_back(store)
+    assert taken is not None and taken.membership == log
+    await save(store, session(pid_hash="b" * 64))  # no log: as before it
+    taken = await take_back(store, "b" * 64)
+    assert taken is not None and taken.membership is None
 
 
 async def test_session_keeps_where_an_offsetless_recovery_resumes(store: Store) -> None:
-    await bounded(store.save_session(Session(**{**session().__dict__, "resume_seq": 41})))
-    claimed = await bounded(store.claim_session("/", PID, time.time()))
-    assert claimed is not None and claimed.resume_seq == 41
+    await save(store, dataclasses.replace(session(), resume_seq=41))
+    taken = await take_back(store)
+    assert taken is not None and taken.resume_seq == 41
 
 
-async def test_claim_is_bound_to_its_namespace(store: Store) -> None:
-    await bounded(store.save_session(session(namespace="/chat")))
-    assert await bounded(store.claim_session("/", PID, time.time())) is None
-    assert await bounded(store.claim_session("/chat", PID, time.time())) is not None
+async def test_a_session_is_bound_to_its_namespace(store: Store) -> None:
+    await save(store, session(namespace="/chat"))
+    assert await take_back(store, PID, "/") is None
+    assert await take_back(store, PID, "/chat") is not None
 
 
-async def test_two_concurrent_claims_exactly_one_wins(store: Store) -> None:
+async def test_two_concurrent_takes_exactly_one_wins(store: Store) -> None:
     pids = [f"{i:064x}" for i in range(20)]
-    for pid in pids:
-        await bounded(store.save_session(session(pid)))
+    await save(store, *(session(pid) for pid in pids))
     now = time.time()
+    for node in ("a", "b"):
+        await store.renew_lease(node, now=now, expiry=60)
     for pid in pids:
-        results = await bounded(
-            asyncio.gather(store.claim_session("/", pid, now), store.claim_session("/", pid, now))
-        )
-        assert sum(result is not None for result in results) == 1
+        results = await bounded(asyncio.gather(*(store.take_sessions(
+            [TakeRequest("/", pid)], node=node, now=now, window=60) for node in ("a", "b"))))
+        assert sum(isinstance(result, Session) for (result,) in results) == 1
 
 
 async def test_expired_session_is_not_returned(store: Store) -> None:
-    await bounded(store.save_session(session(expires_in=-1)))
-    assert await bounded(store.claim_session("/", PID, time.time())) is None
+    await save(store, session(expires_in=-1))
+    assert await take_back(store) is None
 
 
 async def test_session_data_must_be_storable(store: Store) -> None:
-    bad = Session(**{**session().__dict__, "data": {"socket": object()}})
+    bad = dataclasses.replace(session(), data={"socket": object()})
     with pytest.raises(SessionDataError):
-        await bounded(store.save_session(bad))
+        await save(store, bad)
 
 
 async def test_delete_sessions_forgets_every_session_of_a_sid(store: Store) -> None:
-    await bounded(store.save_session(session("1" * 64, sid="gone")))
-    await bounded(store.save_session(session("2" * 64, sid="gone")))
-    await bounded(store.save_session(session("3" * 64, sid="stays")))
-    await bounded(store.save_session(session("4" * 64, sid="gone", namespace="/other")))
+    await save(store, session("1" * 64, sid="gone"), session("2" * 64, sid="gone"),
+               session("3" * 64, sid="stays"), session("4" * 64, sid="gone", namespace="/other"))
     await bounded(store.delete_sessions("/", "gone"))
-    now = time.time()
-    assert await store.claim_session("/", "1" * 64, now) is None
-    assert await store.claim_session("/", "2" * 64, now) is None
-    assert await store.claim_session("/", "3" * 64, now) is not None
-    assert await store.claim_session("/other", "4" * 64, now) is not None
+    assert await take_back(store, "1" * 64) is None
+    assert await take_back(store, "2" * 64) is None
+    assert await take_back(store, "3" * 64) is not None
+    assert await take_back(store, "4" * 64, "/other") is not None
 
 
 # -- retention --------------------------------------------------------------------
@@ -201,19 +224,18 @@ async def test_purge_removes_old_packets_and_expired_sessions(store: Store) -> N
     await asyncio.sleep(0.02)
     for i in range(5, 8):
         await bounded(store.append(packet(i)))
-    await bounded(store.save_session(session("1" * 64, expires_in=-1)))
-    await bounded(store.save_session(session("2" * 64, expires_in=-1)))
-    await bounded(store.save_session(session("3" * 64, expires_in=60)))
+    await save(store, session("1" * 64, expires_in=-1), session("2" * 64, expires_in=-1),
+               session("3" * 64, expires_in=60))
 
     result = await bounded(store.purge(now=cutoff + 10, retention=10, batch_size=2))
     assert (result.packets, result.sessions, result.purged_through) == (5, 2, 5)
     bounds = await store.bounds()
     assert (bounds.top, bounds.purged_through) == (8, 5)
     assert [p.seq for p in await store.read(after=0, limit=100)] == [6, 7, 8]
-    assert await store.claim_session("/", "3" * 64, time.time()) is not None
 
     again = await bounded(store.purge(now=cutoff + 10, retention=10))
     assert (again.packets, again.sessions, again.purged_through) == (0, 0, 5)
+    assert await take_back(store, "3" * 64) is not None
 
 
 # -- following --------------------------------------------------------------------
@@ -292,7 +314,7 @@ async def test_sqlite_survives_close_and_reopen(tmp_path: Path) -> None:
     for i in range(3):
         await bounded(store.append(packet(i)))
     saved = session()
-    await bounded(store.save_session(saved))
+    await save(store, saved)
     await bounded(store.close())
 
     reopened = SQLStore(sqlite_url(tmp_path))
@@ -303,7 +325,7 @@ async def test_sqlite_survives_close_and_reopen(tmp_path: Path) -> None:
         assert [p.data for p in await reopened.read(after=0, limit=10)] == [
             ["event", i] for i in range(3)
         ]
-        assert await reopened.claim_session("/", PID, time.time()) == saved
+        assert await take_back(reopened) == saved
         assert await bounded(reopened.append(packet(3))) == 4
     finally:
         await bounded(reopened.close())

@@ -225,7 +225,7 @@ def session_document(session: Session) -> dict[str, Any]:
         "position": session.position,
         "last_sent_seq": session.last_sent_seq,
         "disconnected_at": session.disconnected_at,
-        "expires_ts": session.expires_at,  # exact: every claim compares against it
+        "expires_ts": session.expires_at,  # exact: every take compares against it
         "membership": None if session.membership is None else session.membership.to_value(),
         "resume_seq": session.resume_seq,
         "owner": session.owner,

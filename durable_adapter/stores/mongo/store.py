@@ -317,9 +317,6 @@ class MongoStore(Store):
 
     # -- sessions ---------------------------------------------------------------
 
-    async def save_session(self, session: Session) -> None:
-        await self.save_sessions([session])
-
     async def save_sessions(self, sessions: Sequence[Session], *, node: str | None = None
                             ) -> None:
         """One unordered bulk write; with ``node``, sessions another node took are skipped
@@ -381,14 +378,6 @@ class MongoStore(Store):
     async def drop_lease(self, node: str) -> None:
         with self._errors(f"writing to the store at {self._where()} failed"):
             await self._nodes.delete_one({"_id": node})
-
-    async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
-        # one findAndModify: of two concurrent claims only one gets the document
-        with self._errors(f"writing to the store at {self._where()} failed"):
-            document = await self._sessions.find_one_and_delete(
-                {"_id": schema.session_key(namespace, pid_hash), "expires_ts": {"$gt": now}}
-            )
-        return None if document is None else schema.session_from_document(document)
 
     async def delete_sessions(self, namespace: str, sid: str) -> None:
         with self._errors(f"writing to the store at {self._where()} failed"):

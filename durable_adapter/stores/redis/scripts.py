@@ -277,19 +277,6 @@ end
 return {epoch, answers}
 """
 
-# KEYS = session, expiry, epoch; ARGV = owned prefix. Of two concurrent claims only one
-# gets the value. Returns {value or nil, current epoch or nil}.
-CLAIM_SESSION = """
-local value = redis.call('HGET', KEYS[1], 'v')
-if value then
-  local owner = redis.call('HGET', KEYS[1], 'o')
-  if owner then redis.call('SREM', ARGV[1] .. owner, KEYS[1]) end
-  redis.call('DEL', KEYS[1])
-end
-redis.call('ZREM', KEYS[2], KEYS[1])
-return {value or false, redis.call('GET', KEYS[3]) or false}
-"""
-
 # KEYS = sid index, expiry; ARGV = session key prefix of the namespace, sid, owned prefix.
 DELETE_SESSIONS = """
 local removed = 0

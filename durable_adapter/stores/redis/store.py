@@ -31,7 +31,7 @@ they count against ``MAXLEN``. Nodes skip control messages older than their ``fo
 
 Sessions are hashes, indexed per ``(namespace, sid)`` for
 :meth:`RedisStore.delete_sessions`. A disconnected one has a TTL of its remaining
-lifetime and is claimed or taken by a script. A live one (``owner`` set) has no TTL and
+lifetime and is taken by a script. A live one (``owner`` set) has no TTL and
 is listed in its owner's index; it goes with the owner's lease (a zset of leases), which
 the take-over script and the purge read (:mod:`.scripts`).
 """
@@ -182,7 +182,7 @@ class RedisStore(Store):
         client = self._given_client or Redis.from_url(self._url or "", retry=_NO_RETRY)
         self._redis = client
         self._scripts = {name: client.register_script(getattr(scripts, name)) for name in (
-            "APPEND", "BOUNDS", "CONTROL", "SAVE_SESSIONS", "TAKE_SESSIONS", "CLAIM_SESSION",
+            "APPEND", "BOUNDS", "CONTROL", "SAVE_SESSIONS", "TAKE_SESSIONS",
             "DELETE_SESSIONS", "PURGE_SESSIONS", "PURGE_OWNED")}
         try:
             with self._errors(f"cannot reach the store at {self._where()}"):
@@ -294,9 +294,6 @@ class RedisStore(Store):
 
     # -- sessions ---------------------------------------------------------------
 
-    async def save_session(self, session: Session) -> None:
-        await self.save_sessions([session])
-
     async def save_sessions(self, sessions: Sequence[Session], *, node: str | None = None
                             ) -> None:
         """Every session in one script call (atomic)."""
@@ -330,19 +327,6 @@ class RedisStore(Store):
             return Session(**{**fields, "rooms": tuple(fields["rooms"])})
         except Exception as exc:
             raise StoreError(f"the session of {pid_hash[:8]}... cannot be decoded") from exc
-
-    async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
-        keys = [self.keys.session(namespace, pid_hash), self.keys.expiry, self.keys.epoch]
-        value, epoch = await self._run("CLAIM_SESSION", keys, [self.keys.owned_prefix],
-                                       "claiming a session")
-        if epoch is None:  # the history is gone: start the next one now
-            await self._bounds()
-        else:
-            self._adopt(epoch)
-        if value is None:
-            return None
-        session = self._decode_session(value, pid_hash)  # claimed (deleted): a refusal
-        return session if session.expires_at > now else None
 
     async def take_sessions(self, requests: Sequence[TakeRequest], *, node: str, now: float,
                             window: float) -> list[TakeResult]:

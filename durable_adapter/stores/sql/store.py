@@ -60,7 +60,6 @@ from .schema import (
     packet_from_row,
     packet_values,
     packets,
-    session_from_row,
     sessions,
 )
 
@@ -371,9 +370,6 @@ class SQLStore(controls.SQLControl, Store):
 
     # -- sessions ---------------------------------------------------------------
 
-    async def save_session(self, session: Session) -> None:
-        await self.save_sessions([session])
-
     @_shielded
     async def save_sessions(self, sessions_: Sequence[Session], *, node: str | None = None
                             ) -> None:
@@ -403,22 +399,6 @@ class SQLStore(controls.SQLControl, Store):
     async def drop_lease(self, node: str) -> None:
         async with self._write() as connection:
             await leases.drop_lease(connection, node)
-
-    @_shielded
-    async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
-        # one DELETE ... RETURNING: of two concurrent claims only one gets the row
-        statement = (
-            delete(sessions)
-            .where(
-                sessions.c.namespace == namespace,
-                sessions.c.pid_hash == pid_hash,
-                sessions.c.expires_at > now,
-            )
-            .returning(*sessions.c)
-        )
-        async with self._write() as connection:
-            row = (await connection.execute(statement)).first()
-        return None if row is None else session_from_row(row)
 
     @_shielded
     async def delete_sessions(self, namespace: str, sid: str) -> None:

@@ -158,7 +158,7 @@ class SessionWriter:
             if sessions:
                 await self._store.save_sessions(sessions, node=self._node)
             if deleted:
-                await self._store.delete_sessions_of(deleted)
+                await self._store.delete_sessions(deleted)
         except Exception as exc:
             metrics.store_error("save_session")
             logger.warning("writing %d sessions failed: %s", len(sessions), exc,

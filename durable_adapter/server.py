@@ -281,7 +281,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         if self.sessions is not None:
             await self.sessions.deleted(namespace, sid)
         else:
-            await self.store.delete_sessions(namespace, sid)
+            await self.store.delete_sessions([(namespace, sid)])
 
     async def _let_go(self, namespace: str, pid_hash: str) -> None:
         """Another node's reconnect asks for this session: close its socket here as a

@@ -245,14 +245,10 @@ class Store(abc.ABC):
         """Delete the lease (clean shutdown, once the node released its sessions)."""
 
     @abc.abstractmethod
-    async def delete_sessions(self, namespace: str, sid: str) -> None:
-        """Forget every stored session of ``sid`` (server-side disconnect)."""
-
-    async def delete_sessions_of(self, sockets: Sequence[tuple[str, str]]) -> None:
-        """:meth:`delete_sessions` for each ``(namespace, sid)``; stores that can do it
-        in one transaction override this (many sockets leaving at once)."""
-        for namespace, sid in sockets:
-            await self.delete_sessions(namespace, sid)
+    async def delete_sessions(self, sockets: Sequence[tuple[str, str]]) -> None:
+        """Forget every stored session, live or disconnected, of each ``(namespace, sid)``
+        in ``sockets`` (server-side disconnects: not recoverable), in one transaction
+        (one script, one bulk write). Nothing stored for a pair is no error."""
 
     @abc.abstractmethod
     async def purge(self, *, now: float, retention: float, batch_size: int = 1000) -> PurgeResult:

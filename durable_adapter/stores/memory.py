@@ -144,9 +144,10 @@ class MemoryStore(Store):
     async def drop_lease(self, node: str) -> None:
         self._leases.pop(node, None)
 
-    async def delete_sessions(self, namespace: str, sid: str) -> None:
+    async def delete_sessions(self, sockets: Sequence[tuple[str, str]]) -> None:
+        gone = set(sockets)
         for key, session in list(self._sessions.items()):
-            if session.namespace == namespace and session.sid == sid:
+            if (session.namespace, session.sid) in gone:
                 del self._sessions[key]
 
     async def purge(self, *, now: float, retention: float, batch_size: int = 1000) -> PurgeResult:

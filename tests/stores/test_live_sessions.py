@@ -241,7 +241,7 @@ async def test_delete_sessions_deletes_live_ones_too(store: Store) -> None:
     t = time.time()
     await store.renew_lease("a", now=t, expiry=LEASE)
     await bounded(store.save_sessions([live("a", sid="gone"), live("a", "e" * 64)], node="a"))
-    await bounded(store.delete_sessions("/", "gone"))
+    await bounded(store.delete_sessions([("/", "gone")]))
     assert await take(store, "a", t) is None
     assert await take(store, "a", t, "e" * 64) == live("a", "e" * 64)
 
@@ -363,7 +363,7 @@ async def test_sessions_of_many_sockets_are_deleted_at_once(store: Store) -> Non
     await store.renew_lease("a", now=t, expiry=LEASE)
     await store.save_sessions([live("a", f"{index:064d}", sid=f"sid{index}")
                                for index in range(30)], node="a")
-    await store.delete_sessions_of([("/", f"sid{index}") for index in range(0, 30, 2)])
+    await store.delete_sessions([("/", f"sid{index}") for index in range(0, 30, 2)])
     for index in range(30):
         taken = await take(store, "a", t, f"{index:064d}")
         assert (taken is None) == (index % 2 == 0), index

@@ -206,11 +206,14 @@ async def test_session_data_must_be_storable(store: Store) -> None:
 async def test_delete_sessions_forgets_every_session_of_a_sid(store: Store) -> None:
     await save(store, session("1" * 64, sid="gone"), session("2" * 64, sid="gone"),
                session("3" * 64, sid="stays"), session("4" * 64, sid="gone", namespace="/other"))
-    await bounded(store.delete_sessions("/", "gone"))
+    await bounded(store.delete_sessions([("/", "gone")]))
     assert await take_back(store, "1" * 64) is None
     assert await take_back(store, "2" * 64) is None
     assert await take_back(store, "3" * 64) is not None
     assert await take_back(store, "4" * 64, "/other") is not None
+    await bounded(store.delete_sessions([]))  # nothing to do
+    await bounded(store.delete_sessions([("/", "never"), ("/other", "gone"), ("/other", "gone")]))
+    assert await take_back(store, "4" * 64, "/other") is None
 
 
 # -- retention --------------------------------------------------------------------

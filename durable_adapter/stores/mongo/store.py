@@ -45,7 +45,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne, ReturnDocument
+from pymongo import ASCENDING, AsyncMongoClient, DeleteMany, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
@@ -379,9 +379,14 @@ class MongoStore(Store):
         with self._errors(f"writing to the store at {self._where()} failed"):
             await self._nodes.delete_one({"_id": node})
 
-    async def delete_sessions(self, namespace: str, sid: str) -> None:
+    async def delete_sessions(self, sockets: Sequence[tuple[str, str]]) -> None:
+        """One unordered bulk write: a delete per socket, on the ``(ns, sid)`` index."""
+        if not sockets:
+            return
+        requests = [DeleteMany({"ns": namespace, "sid": sid}, hint="ns_sid")
+                    for namespace, sid in dict.fromkeys(sockets)]
         with self._errors(f"writing to the store at {self._where()} failed"):
-            await self._sessions.delete_many({"ns": namespace, "sid": sid}, hint="ns_sid")
+            await self._sessions.bulk_write(requests, ordered=False)
 
     # -- retention --------------------------------------------------------------
 

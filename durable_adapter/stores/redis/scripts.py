@@ -277,20 +277,25 @@ end
 return {epoch, answers}
 """
 
-# KEYS = sid index, expiry; ARGV = session key prefix of the namespace, sid, owned prefix.
+# KEYS = expiry, then the sid index of each socket; ARGV = owned prefix, then (session key
+# prefix of the namespace, sid) per socket. Deletes every session of each socket, live or
+# disconnected, and its index. Returns the sessions deleted.
 DELETE_SESSIONS = """
 local removed = 0
-for _, pid_hash in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local key = ARGV[1] .. pid_hash
-  if redis.call('HGET', key, 'sid') == ARGV[2] then
-    local owner = redis.call('HGET', key, 'o')
-    if owner then redis.call('SREM', ARGV[3] .. owner, key) end
-    redis.call('DEL', key)
-    redis.call('ZREM', KEYS[2], key)
-    removed = removed + 1
+for i = 2, #KEYS do
+  local index, prefix, sid = KEYS[i], ARGV[2 * i - 2], ARGV[2 * i - 1]
+  for _, pid_hash in ipairs(redis.call('SMEMBERS', index)) do
+    local key = prefix .. pid_hash
+    if redis.call('HGET', key, 'sid') == sid then
+      local owner = redis.call('HGET', key, 'o')
+      if owner then redis.call('SREM', ARGV[1] .. owner, key) end
+      redis.call('DEL', key)
+      redis.call('ZREM', KEYS[1], key)
+      removed = removed + 1
+    end
   end
+  redis.call('DEL', index)
 end
-redis.call('DEL', KEYS[1])
 return removed
 """
 

@@ -369,10 +369,16 @@ class RedisStore(Store):
         with self._errors(f"dropping the lease at {self._where()} failed"):
             await self.redis.zrem(self.keys.leases, node)
 
-    async def delete_sessions(self, namespace: str, sid: str) -> None:
-        keys = [self.keys.sid_index(namespace, sid), self.keys.expiry]
-        await self._run("DELETE_SESSIONS", keys, [self.keys.session_prefix(namespace), sid,
-                                                  self.keys.owned_prefix], "deleting sessions")
+    async def delete_sessions(self, sockets: Sequence[tuple[str, str]]) -> None:
+        """Every socket's sessions in one script call (atomic)."""
+        if not sockets:
+            return
+        keys = [self.keys.expiry]
+        args: list[Any] = [self.keys.owned_prefix]
+        for namespace, sid in dict.fromkeys(sockets):
+            keys.append(self.keys.sid_index(namespace, sid))
+            args += [self.keys.session_prefix(namespace), sid]
+        await self._run("DELETE_SESSIONS", keys, args, "deleting sessions")
 
     # -- retention --------------------------------------------------------------
 

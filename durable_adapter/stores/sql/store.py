@@ -401,12 +401,10 @@ class SQLStore(controls.SQLControl, Store):
             await leases.drop_lease(connection, node)
 
     @_shielded
-    async def delete_sessions(self, namespace: str, sid: str) -> None:
-        await self.delete_sessions_of([(namespace, sid)])
-
-    @_shielded
-    async def delete_sessions_of(self, sockets: Sequence[tuple[str, str]]) -> None:
-        """Every socket's sessions in one transaction."""
+    async def delete_sessions(self, sockets: Sequence[tuple[str, str]]) -> None:
+        """Every socket's sessions in one transaction, a DELETE per chunk of sockets."""
+        if not sockets:
+            return
         async with self._write() as connection:
             for start in range(0, len(sockets), DELETE_CHUNK):
                 chunk = sockets[start:start + DELETE_CHUNK]

@@ -10,8 +10,8 @@ store amortises by batching the appends of one node into one transaction.
 A store also has an ``epoch``: a random id of its history. A new database, a wiped
 memory store or a Redis that lost its data gets a new epoch, and offsets carrying an old
 epoch are refused instead of misread. A follower that finds its history replaced while
-it runs (Redis) starts over at the new one's beginning, and first tells the listener
-registered with :meth:`Store.on_history_reset`: seqs then start again.
+it runs (Redis) starts over at the new one's beginning, and first tells the ``on_reset``
+listener given to :meth:`Store.follow`: seqs then start again.
 """
 
 from __future__ import annotations
@@ -259,17 +259,20 @@ class Store(abc.ABC):
         nodes stay."""
 
     @abc.abstractmethod
-    async def follow(self, listener: PacketListener, *, after: int) -> None:
-        """Start handing packets with ``seq > after`` to ``listener`` in seq order.
+    async def follow(self, listener: PacketListener, *, after: int,
+                     skip_delivered: Callable[[], int] | None = None,
+                     on_reset: HistoryResetListener | None = None) -> None:
+        """Start handing packets with ``seq > after`` to ``listener`` in seq order, each
+        once; a second call replaces the follower (configured anew, all in this call).
 
         Packets this node appends reach the listener too: a node delivers its own emits
-        through the same ordered path as everyone else's.
+        through the same ordered path as everyone else's. ``skip_delivered``: how far the
+        listener got without the follower (every seq up to ``skip_delivered()`` was
+        delivered already: a node delivers its own packets from memory), so a store that
+        can skip reading them back does. ``on_reset``: told, in order with the packets,
+        when the follower starts over on a replaced history (only a store whose history
+        can vanish under running nodes does: Redis).
         """
-
-    def skip_delivered(self, position: Callable[[], int]) -> None:  # noqa: B027
-        """Tell the follower how far its listener got without it: every seq up to
-        ``position()`` was delivered already (a node delivers its own packets from
-        memory), so a store that can skip reading them back does. Optional."""
 
     async def publish_control(self, message: ControlMessage) -> None:  # noqa: B027
         """Send ``message`` to the other nodes; single-node stores have none."""
@@ -277,11 +280,6 @@ class Store(abc.ABC):
     def on_control(self, listener: ControlListener) -> None:
         """Register the receiver of other nodes' control messages."""
         self._control_listener = listener
-
-    def on_history_reset(self, listener: HistoryResetListener) -> None:
-        """Register who is told when the follower starts over on a replaced history
-        (only a store whose history can vanish under running nodes does: Redis)."""
-        self._reset_listener = listener
 
     async def __aenter__(self) -> Store:
         await self.open()

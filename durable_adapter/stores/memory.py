@@ -8,11 +8,12 @@ import dataclasses
 import secrets
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .._codec import check_session_data, copy_value
 from .base import (
     HistoryBounds,
+    HistoryResetListener,
     NewPacket,
     OwnedBy,
     PacketListener,
@@ -170,7 +171,11 @@ class MemoryStore(Store):
             sessions=len(expired), packets=removed, purged_through=self._purged_through
         )
 
-    async def follow(self, listener: PacketListener, *, after: int) -> None:
+    async def follow(self, listener: PacketListener, *, after: int,
+                     skip_delivered: Callable[[], int] | None = None,
+                     on_reset: HistoryResetListener | None = None) -> None:
+        # skip_delivered: nothing is read back, appends are handed over as they are made;
+        # on_reset: this history never changes under its node
         self._listener = listener
         self._cursor = after
         await self._deliver_pending()

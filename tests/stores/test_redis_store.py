@@ -136,8 +136,7 @@ async def test_running_nodes_follow_a_new_history_started_below_their_cursors(
     async def on_reset(after: int) -> None:
         resets.append((after, len(seen.packets)))
 
-    store.on_history_reset(on_reset)
-    await bounded(store.follow(seen, after=0))
+    await bounded(store.follow(seen, after=0, on_reset=on_reset))
     for i in range(5):
         await bounded(store.append(packet(i)))
     await seen.wait_for(5)
@@ -163,8 +162,7 @@ async def test_history_resets_under_concurrent_appends_stress(
     async def on_reset(after: int) -> None:
         resets.append(after)
 
-    store.on_history_reset(on_reset)
-    await bounded(store.follow(seen, after=0))
+    await bounded(store.follow(seen, after=0, on_reset=on_reset))
     for round_ in range(5):
         delete_prefix(prefix)
         async with RedisStore(store_url(prefix), block_ms=200) as fresh:

@@ -270,7 +270,44 @@ async def test_follow_starts_after_the_cursor(store: Store) -> None:
     assert collector.seqs == [4, 5, 6]
 
 
+async def test_follow_with_nothing_delivered_elsewhere_delivers_everything(
+        store: Store) -> None:
+    """``skip_delivered`` says how far the listener got without the follower: at 0, every
+    packet still comes (a store may also ignore it); ``on_reset`` is only kept."""
+    collector = Collector()
+
+    async def on_reset(after: int) -> None:
+        raise AssertionError("the history was not replaced")
+
+    await bounded(store.follow(collector, after=0, skip_delivered=lambda: 0,
+                               on_reset=on_reset))
+    for i in range(3):
+        await bounded(store.append(packet(i)))
+    await collector.wait_for(3)
+    assert collector.seqs == [1, 2, 3]
+
+
 # -- the SQL store on SQLite: several instances, durability, errors ----------------
+
+
+async def test_sqlite_follower_skips_what_the_node_delivered_until_followed_anew(
+        tmp_path: Path) -> None:
+    async with SQLStore(sqlite_url(tmp_path), poll_interval=0.02) as store:
+        delivered = [0]
+        skipping = Collector()
+        await bounded(store.follow(skipping, after=0, skip_delivered=lambda: delivered[0]))
+        await bounded(store.following.wait())
+        delivered[0] = 3  # as a node does for its own packets
+        for i in range(5):
+            await bounded(store.append(packet(i)))
+        await skipping.wait_for(2)
+        assert skipping.seqs == [4, 5]
+        # a new follow() is configured by its own arguments only: nothing is skipped now
+        everything = Collector()
+        await bounded(store.follow(everything, after=5))
+        await bounded(store.append(packet(5)))
+        await everything.wait_for(1)
+        assert everything.seqs == [6]
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pymongo import ASCENDING, AsyncMongoClient, DeleteMany, ReplaceOne, ReturnDocument
@@ -60,6 +60,7 @@ from ...exceptions import ConfigurationError, ExperimentalWarning, StoreError
 from ..base import (
     ControlMessage,
     HistoryBounds,
+    HistoryResetListener,
     NewPacket,
     OwnedBy,
     PacketListener,
@@ -448,7 +449,11 @@ class MongoStore(Store):
 
     # -- following --------------------------------------------------------------
 
-    async def follow(self, listener: PacketListener, *, after: int) -> None:
+    async def follow(self, listener: PacketListener, *, after: int,
+                     skip_delivered: Callable[[], int] | None = None,
+                     on_reset: HistoryResetListener | None = None) -> None:
+        # skip_delivered: the change stream brings every packet, the node's own too;
+        # on_reset: a new database is a new epoch, refused at open, not replaced under it
         if self._db is None:
             raise StoreError("the store is not open")
         follower = PacketFollower(

@@ -44,7 +44,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -61,6 +61,7 @@ from ...exceptions import ConfigurationError, StoreError
 from ..base import (
     ControlMessage,
     HistoryBounds,
+    HistoryResetListener,
     NewPacket,
     OwnedBy,
     PacketListener,
@@ -434,7 +435,10 @@ class RedisStore(Store):
 
     # -- following --------------------------------------------------------------
 
-    async def follow(self, listener: PacketListener, *, after: int) -> None:
+    async def follow(self, listener: PacketListener, *, after: int,
+                     skip_delivered: Callable[[], int] | None = None,
+                     on_reset: HistoryResetListener | None = None) -> None:
+        # skip_delivered: every entry is read once with XREAD anyway, the node's own too
         if self._redis is None:
             raise StoreError("the store is not open")
         await self._stop_follower()  # one follower per store: the new one replaces it
@@ -448,7 +452,7 @@ class RedisStore(Store):
             client=client, stream=self.keys.packets, epoch=self.epoch, cursor=after,
             control_floor=control_floor, block_ms=self.block_ms, listener=listener,
             control_listener=lambda: getattr(self, "_control_listener", None),
-            reset_listener=lambda: getattr(self, "_reset_listener", None),
+            reset_listener=on_reset,
             decode_packet=self._decode_packet, decode_control=self._decode_control,
             history=self._bounds, following=self.following)
         self._follower_task = asyncio.create_task(follower.run(), name=f"{self!r} follower")

@@ -35,6 +35,7 @@ from ..._tasks import STOP_TIMEOUT, finish_or_cancel
 from ...exceptions import ConfigurationError, StoreError
 from ..base import (
     HistoryBounds,
+    HistoryResetListener,
     NewPacket,
     PacketListener,
     PurgeResult,
@@ -455,9 +456,6 @@ class SQLStore(controls.SQLControl, Store):
 
     # -- following --------------------------------------------------------------
 
-    def skip_delivered(self, position: Callable[[], int]) -> None:
-        self._delivered = position
-
     def _committed(self, numbers: list[int]) -> None:
         """This process committed rows: wake the follower, unless the node delivers them
         from memory (checked once the appending callers, resumed first, have done so)."""
@@ -471,10 +469,14 @@ class SQLStore(controls.SQLControl, Store):
         if self._delivered is None or self._delivered() < top:
             self._wakeup.set()
 
-    async def follow(self, listener: PacketListener, *, after: int) -> None:
+    async def follow(self, listener: PacketListener, *, after: int,
+                     skip_delivered: Callable[[], int] | None = None,
+                     on_reset: HistoryResetListener | None = None) -> None:
+        # on_reset: a database's history is not replaced under running nodes
         if self._engine is None or self._writer is None:
             raise StoreError("the store is not open")
         await self._stop_follower()  # one follower per store: the new one replaces it
+        self._delivered = skip_delivered
         control_cursor = await self._control_top()  # control messages are live only
         follower = self._follower = SQLFollower(
             engine=self.engine,

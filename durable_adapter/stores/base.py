@@ -20,7 +20,7 @@ import abc
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from .._membership import MembershipLog
 from ..exceptions import StoreError
@@ -172,6 +172,14 @@ class Store(abc.ABC):
             seq = await store.append(NewPacket(namespace="/", data=["hi"]))
     """
 
+    #: The capability "other processes can use this store": the nodes of a cluster, an
+    #: :class:`~durable_adapter.Emitter`, the cleanup worker. True for SQL, Redis and
+    #: MongoDB; False for :class:`~.memory.MemoryStore`, held in one process's memory. A
+    #: store that is not shared has one node: no other node can take a session over (so
+    #: none need be written through while its socket is live), and
+    #: :meth:`publish_control` has nobody to send to. Every concrete store sets it.
+    shared: ClassVar[bool]
+
     #: set by :meth:`open` (or earlier): the id of this store's history
     _epoch: str | None = None
 
@@ -274,8 +282,11 @@ class Store(abc.ABC):
         can vanish under running nodes does: Redis).
         """
 
-    async def publish_control(self, message: ControlMessage) -> None:  # noqa: B027
-        """Send ``message`` to the other nodes; single-node stores have none."""
+    @abc.abstractmethod
+    async def publish_control(self, message: ControlMessage) -> None:
+        """Send ``message`` to the other nodes (their :meth:`on_control` listeners), in
+        order with the packets appended before it. A store that is not :attr:`shared`
+        has no other node: its implementation is an explicit no-op."""
 
     def on_control(self, listener: ControlListener) -> None:
         """Register the receiver of other nodes' control messages."""

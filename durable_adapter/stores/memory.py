@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from .._codec import check_session_data, copy_value
 from .base import (
+    ControlMessage,
     HistoryBounds,
     HistoryResetListener,
     NewPacket,
@@ -33,6 +34,8 @@ class MemoryStore(Store):
     Appends are delivered to the follower synchronously, in seq order, before
     :meth:`append` returns, so the single node sees its own emits in commit order.
     """
+
+    shared = False  # one process's memory: no other node, no Emitter, no cleanup worker
 
     def __init__(self, url: str = "memory://") -> None:
         self._epoch = secrets.token_hex(4)
@@ -179,3 +182,7 @@ class MemoryStore(Store):
         self._listener = listener
         self._cursor = after
         await self._deliver_pending()
+
+    async def publish_control(self, message: ControlMessage) -> None:
+        # not shared (Store.shared): there is no other node to send it to
+        return None

@@ -22,6 +22,7 @@ import pytest
 from durable_adapter._membership import MembershipLog
 from durable_adapter.exceptions import ConfigurationError, SessionDataError, StoreError
 from durable_adapter.stores.base import (
+    ControlMessage,
     NewPacket,
     OwnedBy,
     Session,
@@ -29,6 +30,7 @@ from durable_adapter.stores.base import (
     StoredPacket,
     TakeRequest,
 )
+from durable_adapter.stores.memory import MemoryStore
 from durable_adapter.stores.sql import SQLStore
 
 from .conftest import WAIT, sqlite_url
@@ -86,6 +88,15 @@ def session(
 
 async def bounded(awaitable: Awaitable[T]) -> T:
     return await asyncio.wait_for(awaitable, WAIT)
+
+
+# -- capabilities -----------------------------------------------------------------
+
+
+async def test_a_store_says_whether_other_processes_can_use_it(store: Store) -> None:
+    assert type(store).shared is (not isinstance(store, MemoryStore))
+    # with nobody following (or, not shared, nobody there at all): no error
+    await bounded(store.publish_control(ControlMessage(method="m", origin="n")))
 
 
 # -- packets ----------------------------------------------------------------------

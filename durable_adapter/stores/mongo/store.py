@@ -116,6 +116,8 @@ class MongoStore(Store):
             seq = await store.append(NewPacket(namespace="/", data=["hi"]))
     """
 
+    shared = True  # every node and Emitter on the same database and prefix
+
     def __init__(
         self,
         url: str | AsyncMongoClient[Any],

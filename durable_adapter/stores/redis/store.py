@@ -117,6 +117,8 @@ class RedisStore(Store):
     the ``CLIENT SETNAME`` of its connection.
     """
 
+    shared = True  # every node and Emitter on the same Redis and prefix
+
     def __init__(
         self,
         url: str | Redis,

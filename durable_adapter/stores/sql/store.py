@@ -131,6 +131,8 @@ class SQLStore(controls.SQLControl, Store):
     :attr:`following` is set once the follower task runs.
     """
 
+    shared = True  # every node, Emitter and cleanup worker on the same database
+
     #: what :meth:`_errors` turns into :class:`StoreError` (the append path calls the
     #: driver itself, so its errors come unwrapped by SQLAlchemy)
     _driver_errors: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, sqlite3.Error)

@@ -239,6 +239,16 @@ class Store(abc.ABC):
         :func:`.rules.take_one_by_one`.
         """
 
+    @abc.abstractmethod
+    async def owners(self, keys: Sequence[tuple[str, str]]
+                     ) -> dict[tuple[str, str], str | None]:
+        """The current owner of each stored session of ``keys`` (``(namespace, pid_hash)``
+        pairs): the node whose socket is live with it, or None when it is disconnected.
+        A key with no stored session is absent from the answer (a disconnected session
+        that expired may be either: Redis drops it by its TTL). Read-only, and one round
+        trip for the whole batch (one script, one find; SQL: one SELECT per 400 keys).
+        """
+
     async def release_session(self, session: Session, *, node: str) -> None:
         """Write ``session`` as disconnected (owner None), unless another node owns its
         row now (a put-back after a failed restore, a drop)."""

@@ -142,6 +142,11 @@ class MemoryStore(Store):
             results.append(dataclasses.replace(stored, data=copy_value(stored.data)))
         return results
 
+    async def owners(self, keys: Sequence[tuple[str, str]]
+                     ) -> dict[tuple[str, str], str | None]:
+        return {key: stored.owner for key in keys
+                if (stored := self._sessions.get(key)) is not None}
+
     async def renew_lease(self, node: str, *, now: float, expiry: float) -> None:
         self._leases[node] = now + expiry
 

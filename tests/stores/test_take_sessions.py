@@ -76,10 +76,10 @@ async def test_a_mixed_batch_answers_each_row_by_the_rules(store: Store) -> None
     ]
     # what was taken is b's now; what was refused is as it was
     for key in (1, 3, 5, 6):
-        assert await owner_of(store, t, pid(key)) == "b", key
-    assert await owner_of(store, t, pid(4)) == "alive"
-    assert await owner_of(store, t - WINDOW - LEASE, pid(7)) == "long-dead"
-    assert await owner_of(store, t, pid(2)) is None
+        assert await owner_of(store, pid(key)) == "b", key
+    assert await owner_of(store, pid(4)) == "alive"
+    assert await owner_of(store, pid(7)) == "long-dead"
+    assert await owner_of(store, pid(2)) is None
 
 
 async def test_each_answer_equals_that_of_a_take_alone(store: Store) -> None:
@@ -189,7 +189,7 @@ async def test_overlapping_batches_of_several_nodes_give_each_row_to_one(
         for pid_hash, got in seen.items():
             assert all(a == OwnedBy(winners[pid_hash]) for a in got
                        if not isinstance(a, Session)), got
-            assert await owner_of(stores[-1], t, pid_hash) == winners[pid_hash]
+            assert await owner_of(stores[-1], pid_hash) == winners[pid_hash]
 
 
 # -- a store that takes one row at a time -----------------------------------------------

@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bson.binary import Binary
@@ -286,6 +286,23 @@ def take_filter(key: str, owner: str | None, now: float) -> dict[str, Any]:
 def take_update(node: str) -> dict[str, Any]:
     """Make ``node`` the owner; the TTL date goes: an owned session goes with its lease."""
     return {"$set": {"owner": node}, "$unset": {"expires_at": ""}}
+
+
+#: the fields :meth:`~.store.MongoStore.owners` reads of a session document
+OWNER_FIELDS = {"_id": False, "ns": True, "pid_hash": True, "owner": True}
+
+
+def owners_filter(keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """The session documents of ``(namespace, pid_hash)`` keys: one ``$in`` on ``_id``."""
+    return {"_id": {"$in": [session_key(namespace, pid_hash) for namespace, pid_hash in keys]}}
+
+
+def owners_from_documents(documents: Iterable[Mapping[str, Any]]
+                          ) -> dict[tuple[str, str], str | None]:
+    """Each found document's key and owner (None: disconnected, or saved before owners
+    were stored)."""
+    return {(document["ns"], document["pid_hash"]): document.get("owner")
+            for document in documents}
 
 
 def dead_owners(owners: Sequence[str], leases: Mapping[str, float], cutoff: float

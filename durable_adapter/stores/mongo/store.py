@@ -373,6 +373,18 @@ class MongoStore(Store):
                     return schema.session_from_document(taken)
         raise StoreError(f"taking the session {pid_hash[:8]}... lost {TAKE_ATTEMPTS} races")
 
+    async def owners(self, keys: Sequence[tuple[str, str]]
+                     ) -> dict[tuple[str, str], str | None]:
+        """One find with ``$in`` on ``_id``, the owners only."""
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return {}
+        with self._errors(f"reading the store at {self._where()} failed"):
+            documents = await self._sessions.find(
+                schema.owners_filter(unique), projection=schema.OWNER_FIELDS,
+                batch_size=len(unique)).to_list()
+        return schema.owners_from_documents(documents)
+
     async def renew_lease(self, node: str, *, now: float, expiry: float) -> None:
         with self._errors(f"writing to the store at {self._where()} failed"):
             await self._nodes.update_one(

@@ -299,6 +299,20 @@ end
 return removed
 """
 
+# KEYS = sessions; no ARGV. Read-only. Returns one item per key: false (no session), ''
+# (a disconnected one) or the owning node.
+OWNERS = """
+local answers = {}
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    answers[i] = redis.call('HGET', KEYS[i], 'o') or ''
+  else
+    answers[i] = false
+  end
+end
+return answers
+"""
+
 # KEYS = leases, owners; ARGV = cutoff, batch size, owned prefix. Deletes up to a batch
 # of the sessions owned by nodes whose lease expired at or before the cutoff (no lease:
 # expired at 0), then the leases expired before it that own nothing. Returns {sessions

@@ -185,7 +185,7 @@ class RedisStore(Store):
         client = self._given_client or Redis.from_url(self._url or "", retry=_NO_RETRY)
         self._redis = client
         self._scripts = {name: client.register_script(getattr(scripts, name)) for name in (
-            "APPEND", "BOUNDS", "CONTROL", "SAVE_SESSIONS", "TAKE_SESSIONS",
+            "APPEND", "BOUNDS", "CONTROL", "SAVE_SESSIONS", "TAKE_SESSIONS", "OWNERS",
             "DELETE_SESSIONS", "PURGE_SESSIONS", "PURGE_OWNED")}
         try:
             with self._errors(f"cannot reach the store at {self._where()}"):
@@ -363,6 +363,18 @@ class RedisStore(Store):
         except StoreError:  # one bad row must not fail the batch
             logger.exception("a taken session cannot be decoded; it cannot be recovered")
             return None
+
+    async def owners(self, keys: Sequence[tuple[str, str]]
+                     ) -> dict[tuple[str, str], str | None]:
+        """One read-only script call."""
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return {}
+        answers = await self._run(
+            "OWNERS", [self.keys.session(namespace, pid_hash) for namespace, pid_hash in unique],
+            [], "reading session owners")
+        return {key: answer.decode() or None
+                for key, answer in zip(unique, answers, strict=True) if answer is not None}
 
     async def renew_lease(self, node: str, *, now: float, expiry: float) -> None:
         with self._errors(f"renewing the lease at {self._where()} failed"):

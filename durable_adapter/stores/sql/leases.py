@@ -97,6 +97,18 @@ async def take_sessions(connection: AsyncConnection, requests: Sequence[TakeRequ
     return results
 
 
+async def read_owners(connection: AsyncConnection, keys: Sequence[tuple[str, str]]
+                      ) -> dict[tuple[str, str], str | None]:
+    """The owner of each stored row of ``keys`` (absent: no row), a SELECT per chunk."""
+    found: dict[tuple[str, str], str | None] = {}
+    for chunk in _chunks(list(dict.fromkeys(keys))):
+        query = select(sessions.c.namespace, sessions.c.pid_hash, sessions.c.owner).where(
+            _key_in(chunk))
+        for row in (await connection.execute(query)).all():
+            found[(row.namespace, row.pid_hash)] = row.owner
+    return found
+
+
 def _key_in(keys: Sequence[tuple[str, str]]) -> ColumnElement[bool]:
     return tuple_(sessions.c.namespace, sessions.c.pid_hash).in_(keys)
 

@@ -394,6 +394,14 @@ class SQLStore(controls.SQLControl, Store):
                                               window=window)
 
     @_shielded
+    async def owners(self, keys: Sequence[tuple[str, str]]
+                     ) -> dict[tuple[str, str], str | None]:
+        if not keys:
+            return {}
+        async with self._read() as connection:
+            return await leases.read_owners(connection, keys)
+
+    @_shielded
     async def renew_lease(self, node: str, *, now: float, expiry: float) -> None:
         async with self._write() as connection:
             await leases.renew_lease(connection, node, now + expiry)

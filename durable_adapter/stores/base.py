@@ -12,6 +12,9 @@ memory store or a Redis that lost its data gets a new epoch, and offsets carryin
 epoch are refused instead of misread. A follower that finds its history replaced while
 it runs (Redis) starts over at the new one's beginning, and first tells the ``on_reset``
 listener given to :meth:`Store.follow`: seqs then start again.
+
+:class:`Store`'s docstring lists the contract in one place; :mod:`.rules` holds what
+every store implements alike.
 """
 
 from __future__ import annotations
@@ -163,13 +166,68 @@ HistoryResetListener = Callable[[int], Awaitable[None]]
 
 
 class Store(abc.ABC):
-    """A durable history of packets plus the sessions of disconnected sockets.
+    """A durable history of packets plus the sessions of sockets, live and disconnected.
 
     Usage::
 
         store = store_from_url("sqlite+aiosqlite:///app.db")
         async with store:
             seq = await store.append(NewPacket(namespace="/", data=["hi"]))
+
+    **The contract**, one form per operation (each member's docstring has the details;
+    the rules every store applies alike are in :mod:`.rules`):
+
+    Capability and lifecycle
+
+    - :attr:`shared` (class attribute): other processes can use this store; False only
+      for a store in one process's memory.
+    - :attr:`epoch`: the id of this history, known once :meth:`open` returned.
+    - :meth:`open`: connect and set up the history (a second call does nothing); an
+      unreachable store raises :class:`StoreError`. :meth:`close`: stop the follower and
+      release what :meth:`open` acquired. ``async with store`` does both.
+
+    Packets
+
+    - :meth:`append`: store one packet durably and return its seq: dense, in commit
+      order, from one counter per store. A failed write raises :class:`StoreError`.
+    - :meth:`read`: the packets ``after < seq <= until`` (of one namespace if given) in
+      seq order, at most ``limit``; one that cannot be decoded raises rather than leave a
+      hole.
+    - :meth:`bounds`: the epoch, the top and the purge watermark.
+    - :meth:`follow`: one follower per store, configured in the one call: each packet
+      after ``after`` handed to the listener once, in seq order, this node's own too.
+
+    Sessions, keyed by ``(namespace, pid_hash)``
+
+    - :meth:`save_sessions`: upsert a batch in one write; with ``node``, rows another node
+      took over are left alone. Data that cannot be stored raises
+      :class:`~durable_adapter.exceptions.SessionDataError` before anything is written.
+    - :meth:`take_sessions`: make ``node`` the owner of each takeable session, atomically
+      per row (:func:`.rules.decide_takes`): of concurrent takes of a row, one wins.
+    - :meth:`release_session`: write one session back disconnected, unless another node
+      owns its row now.
+    - :meth:`owners`: read-only, one round trip: the owner (None: disconnected) of each
+      stored session of the given keys; a key with no session is absent.
+    - :meth:`delete_sessions`: forget every session, live or not, of each
+      ``(namespace, sid)``, in one transaction.
+
+    Leases of nodes
+
+    - :meth:`renew_lease`: the node is alive until ``now + expiry``; :meth:`drop_lease`:
+      it is gone (a clean shutdown). A session whose owner's lease expired can be taken
+      within the recovery window after it.
+
+    Retention
+
+    - :meth:`purge`: delete in batches old packets (raising the watermark, never
+      opening a hole above it), expired disconnected sessions, dead nodes' sessions and
+      their leases; live sessions of live nodes stay.
+
+    Between nodes
+
+    - :meth:`publish_control`: send a :class:`ControlMessage` to the other nodes (a no-op
+      where the store is not :attr:`shared`); :meth:`on_control`: register this node's
+      receiver of theirs.
     """
 
     #: The capability "other processes can use this store": the nodes of a cluster, an
@@ -192,7 +250,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def open(self) -> None:
-        """Connect; a store that cannot be reached raises :class:`StoreError`."""
+        """Connect and set up the history (a second call does nothing); a store that
+        cannot be reached raises :class:`StoreError`."""
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -294,9 +353,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def publish_control(self, message: ControlMessage) -> None:
-        """Send ``message`` to the other nodes (their :meth:`on_control` listeners), in
-        order with the packets appended before it. A store that is not :attr:`shared`
-        has no other node: its implementation is an explicit no-op."""
+        """Send ``message`` to the other nodes (their :meth:`on_control` listeners); SQL
+        and Redis place it between the packets appended before and after it. A store
+        that is not :attr:`shared` has no other node: its implementation is an explicit
+        no-op."""
 
     def on_control(self, listener: ControlListener) -> None:
         """Register the receiver of other nodes' control messages."""

@@ -90,6 +90,18 @@ async def bounded(awaitable: Awaitable[T]) -> T:
     return await asyncio.wait_for(awaitable, WAIT)
 
 
+# -- the contract in one place ------------------------------------------------------
+
+
+def test_the_store_docstring_lists_every_member_of_the_contract() -> None:
+    members = {name for name in dir(Store) if not name.startswith("_")} | {"shared"}
+    listed = {name for name in members
+              if f":meth:`{name}`" in (Store.__doc__ or "")
+              or f":attr:`{name}`" in (Store.__doc__ or "")}
+    assert listed == members
+    assert len(members) <= 18  # one form per operation: keep it small
+
+
 # -- capabilities -----------------------------------------------------------------
 
 

@@ -281,7 +281,7 @@ class SessionWriter:
         delete_error: Exception | None = None
         if deleted:
             try:
-                await self._store.delete_sessions_of(deleted)
+                await self._store.delete_sessions(deleted)
             except Exception as exc:
                 delete_error = exc
         ok = not failed and delete_error is None

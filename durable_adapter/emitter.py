@@ -120,7 +120,7 @@ class Emitter:
         a server-side disconnect is not recoverable (contract item 7)."""
         await self.open()
         await self._publish("disconnect", sid=sid, namespace=namespace)
-        await self.store.delete_sessions(namespace, sid)
+        await self.store.delete_sessions([(namespace, sid)])
 
     async def enter_room(self, sid: str, room: str, namespace: str = "/") -> None:
         """Put the connected socket ``sid`` in ``room``, on whichever node holds it."""

@@ -121,10 +121,10 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
                 # held before any session names this node as its owner
                 await self.lease.start()
                 self.delivered = (await self.store.bounds()).top
-                self.store.on_history_reset(self._history_reset)
                 # the follower need not read what this node delivered from memory
-                self.store.skip_delivered(lambda: self.delivered)
-                await self.store.follow(self._deliver, after=self.delivered)
+                await self.store.follow(self._deliver, after=self.delivered,
+                                        skip_delivered=lambda: self.delivered,
+                                        on_reset=self._history_reset)
             except BaseException:
                 await self.lease.stop(drop=False)
                 await self.store.close()

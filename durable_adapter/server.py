@@ -29,7 +29,6 @@ from .exceptions import ConfigurationError, DurableAdapterError
 from .manager import DurableManager
 from .stores import Store, store_from_url
 from .stores.base import Session
-from .stores.memory import MemoryStore
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +96,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                 on_lease_regained=self._check_ownership,
                 # a memory store dies with the process: its live sessions could serve
                 # no other node, and this one finds its own live sockets without them
-                write_through=self.recovery.write_through
-                and not isinstance(self.store, MemoryStore))
+                write_through=self.recovery.write_through and self.store.shared)
             manager.recent.max_bytes = self.recovery.history_cache_bytes
             kwargs["client_manager"] = manager
         super().__init__(*args, **kwargs)

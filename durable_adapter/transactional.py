@@ -28,7 +28,8 @@ from sqlalchemy.orm import Session
 from ._packets import check_sendable
 from .exceptions import ConfigurationError, StoreError
 from .manager import _as_args, _as_rooms
-from .stores.base import NewPacket, check_new_packet
+from .stores.base import NewPacket
+from .stores.rules import check_new_packet
 from .stores.sql.schema import SINGLETON_ID, counter, packet_values, packets
 
 _NO_TRANSACTIONS = {

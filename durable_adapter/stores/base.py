@@ -10,17 +10,20 @@ store amortises by batching the appends of one node into one transaction.
 A store also has an ``epoch``: a random id of its history. A new database, a wiped
 memory store or a Redis that lost its data gets a new epoch, and offsets carrying an old
 epoch are refused instead of misread. A follower that finds its history replaced while
-it runs (Redis) starts over at the new one's beginning, and first tells the listener
-registered with :meth:`Store.on_history_reset`: seqs then start again.
+it runs (Redis) starts over at the new one's beginning, and first tells the ``on_reset``
+listener given to :meth:`Store.follow`: seqs then start again.
+
+:class:`Store`'s docstring lists the contract in one place; :mod:`.rules` holds what
+every store implements alike.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Protocol
 
 from .._membership import MembershipLog
 from ..exceptions import StoreError
@@ -96,15 +99,16 @@ LIVE_EXPIRY = 1e18
 
 @dataclass(frozen=True)
 class OwnedBy:
-    """:meth:`Store.take_session`'s answer when a live node (valid lease) holds the session."""
+    """:meth:`Store.take_sessions`' answer when a live node (valid lease) holds the session."""
 
     node: str
 
 
 @dataclass(frozen=True)
 class TakeRequest:
-    """One session :meth:`Store.take_sessions` is asked to take (see
-    :meth:`Store.take_session` for ``force_from``)."""
+    """One session :meth:`Store.take_sessions` is asked to take. ``force_from``: the node
+    that handed it over (or did not answer in time): taken from it even while its lease
+    is alive."""
 
     namespace: str
     pid_hash: str
@@ -148,102 +152,6 @@ class ControlMessage:
     target: str | None = None
 
 
-def check_new_packet(packet: NewPacket) -> None:
-    """What every store's :meth:`Store.append` checks first: a :class:`NewPacket` whose
-    namespace every store can keep (no NUL, which PostgreSQL's text refuses, and valid
-    UTF-8), else :class:`StoreError`. Checked before the packet joins a batch, so it
-    fails its own emit only."""
-    if not isinstance(packet, NewPacket):
-        raise TypeError(f"append() takes a NewPacket, got {type(packet).__name__}")
-    namespace = packet.namespace
-    if "\x00" in namespace:
-        raise StoreError(f"namespace {namespace!r} cannot be stored: it contains NUL")
-    try:
-        namespace.encode()
-    except UnicodeEncodeError as exc:
-        raise StoreError(f"namespace {namespace!r} cannot be stored: {exc}") from None
-
-
-def check_purge_args(retention: float, batch_size: int) -> None:
-    """The argument checks every :meth:`Store.purge` starts with."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    if retention < 0:
-        raise ValueError(f"retention must be >= 0, got {retention!r}")
-
-
-#: :func:`decide_take`'s verdicts besides OwnedBy and None: make the caller the owner
-#: (``TAKE``), or the caller owns it already (``MINE``: returned as it is).
-TAKE: Literal["take"] = "take"
-MINE: Literal["mine"] = "mine"
-
-
-def decide_take(*, owner: str | None, expires_at: float, lease_expires: float | None,
-                node: str, now: float, window: float, force_from: str | None
-                ) -> Literal["take", "mine"] | OwnedBy | None:
-    """What :meth:`Store.take_session` does with a stored session, from its row and its
-    owner's lease (``lease_expires`` None: no lease row, which counts as expired at 0).
-
-    - disconnected (owner None): taken while ``expires_at > now``, else None (expired);
-    - owned by ``node``: MINE (the caller checked its own sockets already);
-    - owned by a node whose lease is alive: ``OwnedBy(owner)``, unless ``force_from``
-      names it (it handed the session over, or did not answer in time): then taken;
-    - owned by a node whose lease expired (killed): taken for ``window`` seconds after
-      the lease expired (the session's last written state), None after.
-    """
-    if owner is None:
-        return TAKE if expires_at > now else None
-    if owner == node:
-        return MINE
-    if force_from == owner:
-        return TAKE
-    if lease_expires is not None and lease_expires > now:
-        return OwnedBy(owner)
-    return TAKE if (lease_expires or 0.0) + window > now else None
-
-
-def decide_takes(requests: Sequence[TakeRequest],
-                 found: Mapping[tuple[str, str], tuple[str | None, float]],
-                 leases: Mapping[str, float], *, node: str, now: float, window: float
-                 ) -> list[Literal["take", "mine"] | OwnedBy | None]:
-    """:func:`decide_take` for each request of one batch, in order, given the stored
-    rows' ``(owner, expires_at)`` by key (absent: no row) and the owners' leases (absent:
-    no lease). A batch hands each row out once: a request for a row that an earlier
-    request of the batch got is answered None (as a second restore of one session on
-    one node is refused), so of duplicates exactly one gets the session."""
-    given: set[tuple[str, str]] = set()
-    verdicts: list[Literal["take", "mine"] | OwnedBy | None] = []
-    for request in requests:
-        row = found.get(request.key)
-        if row is None or request.key in given:
-            verdicts.append(None)
-            continue
-        owner, expires_at = row
-        verdict = decide_take(
-            owner=owner, expires_at=expires_at,
-            lease_expires=None if owner is None else leases.get(owner),
-            node=node, now=now, window=window, force_from=request.force_from)
-        if verdict == TAKE or verdict == MINE:
-            given.add(request.key)
-        verdicts.append(verdict)
-    return verdicts
-
-
-async def take_one_by_one(requests: Sequence[TakeRequest],
-                          take: Callable[[TakeRequest], Awaitable[TakeResult]]
-                          ) -> list[TakeResult]:
-    """:meth:`Store.take_sessions` for a store that takes one row at a time (each take
-    atomic on its own), with :func:`decide_takes`' rule for duplicates."""
-    given: set[tuple[str, str]] = set()
-    results: list[TakeResult] = []
-    for request in requests:
-        result = None if request.key in given else await take(request)
-        if isinstance(result, Session):
-            given.add(request.key)
-        results.append(result)
-    return results
-
-
 class PacketListener(Protocol):
     """Receives committed packets, in seq order, each exactly once per node."""
 
@@ -258,14 +166,78 @@ HistoryResetListener = Callable[[int], Awaitable[None]]
 
 
 class Store(abc.ABC):
-    """A durable history of packets plus the sessions of disconnected sockets.
+    """A durable history of packets plus the sessions of sockets, live and disconnected.
 
     Usage::
 
         store = store_from_url("sqlite+aiosqlite:///app.db")
         async with store:
             seq = await store.append(NewPacket(namespace="/", data=["hi"]))
+
+    **The contract**, one form per operation (each member's docstring has the details;
+    the rules every store applies alike are in :mod:`.rules`):
+
+    Capability and lifecycle
+
+    - :attr:`shared` (class attribute): other processes can use this store; False only
+      for a store in one process's memory.
+    - :attr:`epoch`: the id of this history, known once :meth:`open` returned.
+    - :meth:`open`: connect and set up the history (a second call does nothing); an
+      unreachable store raises :class:`StoreError`. :meth:`close`: stop the follower and
+      release what :meth:`open` acquired. ``async with store`` does both.
+
+    Packets
+
+    - :meth:`append`: store one packet durably and return its seq: dense, in commit
+      order, from one counter per store. A failed write raises :class:`StoreError`.
+    - :meth:`read`: the packets ``after < seq <= until`` (of one namespace if given) in
+      seq order, at most ``limit``; one that cannot be decoded raises rather than leave a
+      hole.
+    - :meth:`bounds`: the epoch, the top and the purge watermark.
+    - :meth:`follow`: one follower per store, configured in the one call: each packet
+      after ``after`` handed to the listener once, in seq order, this node's own too.
+
+    Sessions, keyed by ``(namespace, pid_hash)``
+
+    - :meth:`save_sessions`: upsert a batch in one write; with ``node``, only absent rows
+      and rows ``node`` owns are written (one another node took, or that was released
+      since, is left alone: the writer no longer owns it). Data that cannot be stored raises
+      :class:`~durable_adapter.exceptions.SessionDataError` before anything is written.
+    - :meth:`take_sessions`: make ``node`` the owner of each takeable session, atomically
+      per row (:func:`.rules.decide_takes`): of concurrent takes of a row, one wins.
+    - :meth:`release_session`: write one session back disconnected, unless another node
+      owns its row now.
+    - :meth:`owners`: read-only, one round trip: the owner (None: disconnected) of each
+      stored session of the given keys; a key with no session is absent.
+    - :meth:`delete_sessions`: forget every session, live or not, of each
+      ``(namespace, sid)``, in one transaction.
+
+    Leases of nodes
+
+    - :meth:`renew_lease`: the node is alive until ``now + expiry``; :meth:`drop_lease`:
+      it is gone (a clean shutdown). A session whose owner's lease expired can be taken
+      within the recovery window after it.
+
+    Retention
+
+    - :meth:`purge`: delete in batches old packets (raising the watermark, never
+      opening a hole above it), expired disconnected sessions, dead nodes' sessions and
+      their leases; live sessions of live nodes stay.
+
+    Between nodes
+
+    - :meth:`publish_control`: send a :class:`ControlMessage` to the other nodes (a no-op
+      where the store is not :attr:`shared`); :meth:`on_control`: register this node's
+      receiver of theirs.
     """
+
+    #: The capability "other processes can use this store": the nodes of a cluster, an
+    #: :class:`~durable_adapter.Emitter`, the cleanup worker. True for SQL, Redis and
+    #: MongoDB; False for :class:`~.memory.MemoryStore`, held in one process's memory. A
+    #: store that is not shared has one node: no other node can take a session over (so
+    #: none need be written through while its socket is live), and
+    #: :meth:`publish_control` has nobody to send to. Every concrete store sets it.
+    shared: ClassVar[bool]
 
     #: set by :meth:`open` (or earlier): the id of this store's history
     _epoch: str | None = None
@@ -279,7 +251,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def open(self) -> None:
-        """Connect; a store that cannot be reached raises :class:`StoreError`."""
+        """Connect and set up the history (a second call does nothing); a store that
+        cannot be reached raises :class:`StoreError`."""
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -300,53 +273,43 @@ class Store(abc.ABC):
         """The current epoch, top and purge watermark."""
 
     @abc.abstractmethod
-    async def save_session(self, session: Session) -> None:
-        """Store (or replace) the session for ``(namespace, pid_hash)``."""
-
-    @abc.abstractmethod
     async def save_sessions(self, sessions: Sequence[Session], *, node: str | None = None
                             ) -> None:
         """Upsert every session in one transaction (one script, one bulk write).
 
-        With ``node``: a session whose stored row is owned by another node (its owner is
-        neither None nor ``node``: it was taken over) is left as it is; absent rows, rows
-        owned by nobody and rows owned by ``node`` are written. Without: unconditional.
+        With ``node``: absent rows and rows owned by ``node`` are written; a row owned by
+        another node (taken over) or by nobody (released at a drop, maybe by a node that
+        took it meanwhile) is left as it is: a node writes only what it still owns, so a
+        node back from a lapsed lease never overwrites a newer state. Without:
+        unconditional.
         """
 
-    async def take_session(self, namespace: str, pid_hash: str, *, node: str, now: float,
-                           window: float, force_from: str | None = None) -> TakeResult:
-        """Make ``node`` the owner of the session ``(namespace, pid_hash)``, atomically.
-
-        The rules are :func:`decide_take`'s. Of concurrent calls for one row (across
-        processes) exactly one gets a takeable session; the others see its new owner.
-        Returns the session with ``owner=node``, :class:`OwnedBy` when a live node holds
-        it, or None (absent or expired). By default :meth:`take_sessions` of one request.
-        """
-        if type(self).take_sessions is Store.take_sessions:
-            raise NotImplementedError(
-                f"{type(self).__name__} implements neither take_session nor take_sessions")
-        request = TakeRequest(namespace, pid_hash, force_from)
-        (result,) = await self.take_sessions([request], node=node, now=now, window=window)
-        return result
-
+    @abc.abstractmethod
     async def take_sessions(self, requests: Sequence[TakeRequest], *, node: str, now: float,
                             window: float) -> list[TakeResult]:
-        """:meth:`take_session` for many sessions at once, in one transaction (one
-        script) where the store has them: each answer as :meth:`take_session` would
-        give it, in the order of ``requests``; each row is taken atomically, and of
-        duplicate requests in one batch exactly one gets the session
-        (:func:`decide_takes`). On SQL and Redis a stored session that cannot be decoded
-        is logged and answered None (it cannot be recovered) and fails no other request.
+        """Make ``node`` the owner of each requested session, in one transaction (one
+        script) where the store has them; the answers in the order of ``requests``.
 
-        A store implements this or :meth:`take_session`; by default each request is a
-        :meth:`take_session` of its own.
+        The rules are :func:`.rules.decide_take`'s. Each row is taken atomically: of
+        concurrent takes of one row (across processes) exactly one gets a takeable
+        session, the others see its new owner; of duplicate requests in one batch exactly
+        one gets it (:func:`.rules.decide_takes`). Each answer is the session with
+        ``owner=node``, :class:`OwnedBy` when a live node holds it, or None (absent,
+        expired, or given to an earlier duplicate). On SQL and Redis a stored session that
+        cannot be decoded is logged and answered None (it cannot be recovered) and fails
+        no other request. A store that takes one row at a time uses
+        :func:`.rules.take_one_by_one`.
         """
-        if type(self).take_session is Store.take_session:
-            raise NotImplementedError(
-                f"{type(self).__name__} implements neither take_session nor take_sessions")
-        return await take_one_by_one(requests, lambda request: self.take_session(
-            request.namespace, request.pid_hash, node=node, now=now, window=window,
-            force_from=request.force_from))
+
+    @abc.abstractmethod
+    async def owners(self, keys: Sequence[tuple[str, str]]
+                     ) -> dict[tuple[str, str], str | None]:
+        """The current owner of each stored session of ``keys`` (``(namespace, pid_hash)``
+        pairs): the node whose socket is live with it, or None when it is disconnected.
+        A key with no stored session is absent from the answer (a disconnected session
+        that expired may be either: Redis drops it by its TTL). Read-only, and one round
+        trip for the whole batch (one script, one find; SQL: one SELECT per 400 keys).
+        """
 
     async def release_session(self, session: Session, *, node: str) -> None:
         """Write ``session`` as disconnected (owner None), unless another node owns its
@@ -362,18 +325,10 @@ class Store(abc.ABC):
         """Delete the lease (clean shutdown, once the node released its sessions)."""
 
     @abc.abstractmethod
-    async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
-        """Atomically remove and return an unexpired session; ``None`` if absent or lost race."""
-
-    @abc.abstractmethod
-    async def delete_sessions(self, namespace: str, sid: str) -> None:
-        """Forget every stored session of ``sid`` (server-side disconnect)."""
-
-    async def delete_sessions_of(self, sockets: Sequence[tuple[str, str]]) -> None:
-        """:meth:`delete_sessions` for each ``(namespace, sid)``; stores that can do it
-        in one transaction override this (many sockets leaving at once)."""
-        for namespace, sid in sockets:
-            await self.delete_sessions(namespace, sid)
+    async def delete_sessions(self, sockets: Sequence[tuple[str, str]]) -> None:
+        """Forget every stored session, live or disconnected, of each ``(namespace, sid)``
+        in ``sockets`` (server-side disconnects: not recoverable), in one transaction
+        (one script, one bulk write). Nothing stored for a pair is no error."""
 
     @abc.abstractmethod
     async def purge(self, *, now: float, retention: float, batch_size: int = 1000) -> PurgeResult:
@@ -384,29 +339,31 @@ class Store(abc.ABC):
         nodes stay."""
 
     @abc.abstractmethod
-    async def follow(self, listener: PacketListener, *, after: int) -> None:
-        """Start handing packets with ``seq > after`` to ``listener`` in seq order.
+    async def follow(self, listener: PacketListener, *, after: int,
+                     skip_delivered: Callable[[], int] | None = None,
+                     on_reset: HistoryResetListener | None = None) -> None:
+        """Start handing packets with ``seq > after`` to ``listener`` in seq order, each
+        once; a second call replaces the follower (configured anew, all in this call).
 
         Packets this node appends reach the listener too: a node delivers its own emits
-        through the same ordered path as everyone else's.
+        through the same ordered path as everyone else's. ``skip_delivered``: how far the
+        listener got without the follower (every seq up to ``skip_delivered()`` was
+        delivered already: a node delivers its own packets from memory), so a store that
+        can skip reading them back does. ``on_reset``: told, in order with the packets,
+        when the follower starts over on a replaced history (only a store whose history
+        can vanish under running nodes does: Redis).
         """
 
-    def skip_delivered(self, position: Callable[[], int]) -> None:  # noqa: B027
-        """Tell the follower how far its listener got without it: every seq up to
-        ``position()`` was delivered already (a node delivers its own packets from
-        memory), so a store that can skip reading them back does. Optional."""
-
-    async def publish_control(self, message: ControlMessage) -> None:  # noqa: B027
-        """Send ``message`` to the other nodes; single-node stores have none."""
+    @abc.abstractmethod
+    async def publish_control(self, message: ControlMessage) -> None:
+        """Send ``message`` to the other nodes (their :meth:`on_control` listeners); SQL
+        and Redis place it between the packets appended before and after it. A store
+        that is not :attr:`shared` has no other node: its implementation is an explicit
+        no-op."""
 
     def on_control(self, listener: ControlListener) -> None:
         """Register the receiver of other nodes' control messages."""
         self._control_listener = listener
-
-    def on_history_reset(self, listener: HistoryResetListener) -> None:
-        """Register who is told when the follower starts over on a replaced history
-        (only a store whose history can vanish under running nodes does: Redis)."""
-        self._reset_listener = listener
 
     async def __aenter__(self) -> Store:
         await self.open()

@@ -8,12 +8,13 @@ import dataclasses
 import secrets
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .._codec import check_session_data, copy_value
 from .base import (
-    TAKE,
+    ControlMessage,
     HistoryBounds,
+    HistoryResetListener,
     NewPacket,
     OwnedBy,
     PacketListener,
@@ -23,9 +24,8 @@ from .base import (
     StoredPacket,
     TakeRequest,
     TakeResult,
-    check_purge_args,
-    decide_takes,
 )
+from .rules import TAKE, check_purge_args, decide_takes
 
 
 class MemoryStore(Store):
@@ -34,6 +34,8 @@ class MemoryStore(Store):
     Appends are delivered to the follower synchronously, in seq order, before
     :meth:`append` returns, so the single node sees its own emits in commit order.
     """
+
+    shared = False  # one process's memory: no other node, no Emitter, no cleanup worker
 
     def __init__(self, url: str = "memory://") -> None:
         self._epoch = secrets.token_hex(4)
@@ -111,9 +113,6 @@ class MemoryStore(Store):
     async def bounds(self) -> HistoryBounds:
         return HistoryBounds(epoch=self.epoch, top=self._top, purged_through=self._purged_through)
 
-    async def save_session(self, session: Session) -> None:
-        await self.save_sessions([session])
-
     async def save_sessions(self, sessions: Sequence[Session], *, node: str | None = None
                             ) -> None:
         for session in sessions:
@@ -121,8 +120,8 @@ class MemoryStore(Store):
         for session in sessions:
             key = (session.namespace, session.pid_hash)
             stored = self._sessions.get(key)
-            if node is not None and stored is not None and stored.owner not in (None, node):
-                continue  # taken over by another node: its row now
+            if node is not None and stored is not None and stored.owner != node:
+                continue  # taken over or released: not this node's row any more
             self._sessions[key] = dataclasses.replace(session, data=copy_value(session.data))
 
     async def take_sessions(self, requests: Sequence[TakeRequest], *, node: str, now: float,
@@ -143,21 +142,21 @@ class MemoryStore(Store):
             results.append(dataclasses.replace(stored, data=copy_value(stored.data)))
         return results
 
+    async def owners(self, keys: Sequence[tuple[str, str]]
+                     ) -> dict[tuple[str, str], str | None]:
+        return {key: stored.owner for key in keys
+                if (stored := self._sessions.get(key)) is not None}
+
     async def renew_lease(self, node: str, *, now: float, expiry: float) -> None:
         self._leases[node] = now + expiry
 
     async def drop_lease(self, node: str) -> None:
         self._leases.pop(node, None)
 
-    async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
-        session = self._sessions.pop((namespace, pid_hash), None)
-        if session is None or session.expires_at <= now:
-            return None
-        return session
-
-    async def delete_sessions(self, namespace: str, sid: str) -> None:
+    async def delete_sessions(self, sockets: Sequence[tuple[str, str]]) -> None:
+        gone = set(sockets)
         for key, session in list(self._sessions.items()):
-            if session.namespace == namespace and session.sid == sid:
+            if (session.namespace, session.sid) in gone:
                 del self._sessions[key]
 
     async def purge(self, *, now: float, retention: float, batch_size: int = 1000) -> PurgeResult:
@@ -180,7 +179,15 @@ class MemoryStore(Store):
             sessions=len(expired), packets=removed, purged_through=self._purged_through
         )
 
-    async def follow(self, listener: PacketListener, *, after: int) -> None:
+    async def follow(self, listener: PacketListener, *, after: int,
+                     skip_delivered: Callable[[], int] | None = None,
+                     on_reset: HistoryResetListener | None = None) -> None:
+        # skip_delivered: nothing is read back, appends are handed over as they are made;
+        # on_reset: this history never changes under its node
         self._listener = listener
         self._cursor = after
         await self._deliver_pending()
+
+    async def publish_control(self, message: ControlMessage) -> None:
+        # not shared (Store.shared): there is no other node to send it to
+        return None

@@ -20,7 +20,7 @@ import pytest
 
 from durable_adapter import RecoveryFailure
 from durable_adapter.exceptions import StoreError
-from durable_adapter.stores.base import OwnedBy
+from durable_adapter.stores.base import OwnedBy, TakeRequest
 from durable_adapter.stores.redis.store import RedisStore
 from durable_adapter.stores.sql import SQLStore
 from durable_adapter.stores.sql.postgres import PostgresStore
@@ -128,8 +128,8 @@ async def test_a_silent_owner_is_taken_for_dead_after_the_handover_timeout(
         assert moved.client.is_recovered(), b.last["failure"]
         assert moved.sid() == sid
         pid_hash = b.sio.durable_manager.sockets.get("/", sid).pid_hash
-        taken = await b.sio.store.take_session(
-            "/", pid_hash, node="someone else", now=0.0, window=0.0)
+        (taken,) = await b.sio.store.take_sessions(
+            [TakeRequest("/", pid_hash)], node="someone else", now=0.0, window=0.0)
         assert taken == OwnedBy(b.sio.durable_manager.host_id)
         await old.close()
         await moved.close()
@@ -150,9 +150,9 @@ async def test_room_and_session_changes_are_written_through_from_any_node(
             session["cart"] = ["tea"]
         await a.sio.durable_manager.sessions.flush()
         # as another node finds it when A is taken for dead
-        taken = await b.sio.store.take_session(
-            "/", pid_hash, node="a node that outlived A", now=0.0, window=0.0,
-            force_from=a.sio.durable_manager.host_id)
+        (taken,) = await b.sio.store.take_sessions(
+            [TakeRequest("/", pid_hash, force_from=a.sio.durable_manager.host_id)],
+            node="a node that outlived A", now=0.0, window=0.0)
         assert not isinstance(taken, OwnedBy) and taken is not None
         assert "vip" in taken.rooms and sid in taken.rooms
         assert taken.data == {"cart": ["tea"]}

@@ -7,6 +7,7 @@ room's whole history judged by the rooms it has now (issue 14, item 4d).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from durable_adapter import RecoveryFailure, _membership
 from durable_adapter._membership import MembershipLog
 from durable_adapter._offsets import hash_pid
-from durable_adapter.stores.base import Session, StoredPacket
+from durable_adapter.stores.base import Session, StoredPacket, TakeRequest
 from tests._harness import WAIT
 from tests.conformance.conftest import Node, Peer, running
 
@@ -125,9 +126,11 @@ async def test_session_saved_without_a_log_recovers_with_its_rooms(store_url: st
         pid = state["/"]["pid"]
         assert pid is not None
         store = node.sio.store
-        saved = await store.claim_session("/", hash_pid(pid), time.time())
-        assert saved is not None and saved.membership is not None
-        await store.save_session(Session(**{**saved.__dict__, "membership": None}))
+        (saved,) = await store.take_sessions([TakeRequest("/", hash_pid(pid))], node="editor",
+                                             now=time.time(), window=60)
+        assert isinstance(saved, Session) and saved.membership is not None
+        # written back disconnected, as the version before the log left it
+        await store.save_sessions([dataclasses.replace(saved, membership=None, owner=None)])
         await node.sio.emit("tick", "missed", to="priv")
 
         state["/"]["offset"] = None

@@ -108,10 +108,10 @@ async def test_cleanup_pass_moves_the_worker_metrics(registry: Any, tmp_path: Pa
         for i in range(5):
             await store.append(NewPacket(namespace="/", data=["tick", i]))
         now = time.time()
-        await store.save_session(Session(
+        await store.save_sessions([Session(
             pid_hash="h" * 64, namespace="/", sid="gone", rooms=(), data={},
             epoch=store.epoch, start_seq=0, position=5, last_sent_seq=None,
-            disconnected_at=now - 10, expires_at=now - 1))
+            disconnected_at=now - 10, expires_at=now - 1)])
         # absent, not 0, before a pass: servers and standby workers report none
         assert registry.get_sample_value(
             "durable_adapter_cleanup_last_success_timestamp_seconds") is None

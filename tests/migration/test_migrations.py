@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from durable_adapter._codec import encode_value
 from durable_adapter.exceptions import ConfigurationError
 from durable_adapter.migrate import head_revisions, migrate
-from durable_adapter.stores.base import Session
+from durable_adapter.stores.base import Session, TakeRequest
 from durable_adapter.stores.sql import SQLStore
 from durable_adapter.stores.sql.schema import VERSION_TABLE, metadata
 from tests._postgres import POSTGRES_URL, postgres_schema
@@ -111,8 +111,9 @@ async def test_sessions_saved_before_0003_survive_it_without_a_membership_log(
             ("a" * 64, encode_value({"user": "ada"}), expires))
     await asyncio.wait_for(migrate(url), WAIT)
     async with SQLStore(url, auto_migrate=False) as store:
-        session = await store.claim_session("/", "a" * 64, time.time())
-    assert session is not None and session.membership is None
+        (session,) = await store.take_sessions([TakeRequest("/", "a" * 64)], node="n1",
+                                               now=time.time(), window=60)
+    assert isinstance(session, Session) and session.membership is None
     assert (session.rooms, session.data, session.start_seq) == (("sid1", "lobby"),
                                                                 {"user": "ada"}, 2)
 
@@ -132,7 +133,8 @@ async def test_sessions_saved_before_0005_are_disconnected_ones_and_survive_a_do
     await asyncio.wait_for(migrate(url), WAIT)
     async with SQLStore(url, auto_migrate=False) as store:
         await store.renew_lease("n1", now=time.time(), expiry=10)
-        taken = await store.take_session("/", "a" * 64, node="n1", now=time.time(), window=60)
+        (taken,) = await store.take_sessions([TakeRequest("/", "a" * 64)], node="n1",
+                                             now=time.time(), window=60)
     assert isinstance(taken, Session) and taken.owner == "n1" and taken.position == 5
     done = _alembic("-x", f"url={url}", "downgrade", "0004")
     assert done.returncode == 0, done.stderr

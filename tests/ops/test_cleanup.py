@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from durable_adapter import cleanup
 from durable_adapter._cleanup_lock import NoLock
 from durable_adapter.exceptions import ConfigurationError, StoreError
-from durable_adapter.stores.base import NewPacket, PurgeResult, Session
+from durable_adapter.stores.base import NewPacket, PurgeResult, Session, TakeRequest
 from durable_adapter.stores.memory import MemoryStore
 from durable_adapter.stores.sql import SQLStore
 from durable_adapter.stores.sql.schema import packets, sessions
@@ -53,14 +53,14 @@ async def _once(target: Target, **options: Any) -> cleanup.CleanupSummary:
 
 async def test_expired_sessions_are_removed_and_live_ones_kept(target: Target) -> None:
     async with target.store() as store:
-        for i in range(7):
-            await store.save_session(_session(f"old{i}", expires_in=-1))
-        await store.save_session(_session("recoverable", expires_in=30))
+        await store.save_sessions([_session(f"old{i}", expires_in=-1) for i in range(7)]
+                                  + [_session("recoverable", expires_in=30)])
         summary = await _once(target)
         assert summary.sessions == 7
         assert await _count(store, sessions) == 1
-        claimed = await store.claim_session("/", "recoverable", time.time())
-        assert claimed is not None and claimed.sid == "sid-recoverable"
+        (taken,) = await store.take_sessions([TakeRequest("/", "recoverable")], node="n",
+                                             now=time.time(), window=MAX_DISCONNECTION)
+        assert isinstance(taken, Session) and taken.sid == "sid-recoverable"
 
 
 async def test_needed_packets_kept_unneeded_removed(target: Target) -> None:
@@ -69,7 +69,8 @@ async def test_needed_packets_kept_unneeded_removed(target: Target) -> None:
         # the first 6 are older than the retention: no recoverable session can need them
         await _backdate(store, seqs[5], RETENTION + 10)
         # a session disconnected just now needs everything after its position
-        await store.save_session(_session("p", expires_in=MAX_DISCONNECTION, position=seqs[5]))
+        await store.save_sessions([_session("p", expires_in=MAX_DISCONNECTION,
+                                            position=seqs[5])])
         summary = await _once(target)
         assert (summary.packets, summary.sessions) == (6, 0)
         assert summary.purged_through == seqs[5]

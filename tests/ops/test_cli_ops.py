@@ -153,11 +153,10 @@ async def _expired_sessions(url: str, count: int) -> None:
     now = time.time()
     kind = SQLStore if url.startswith("sqlite") else PostgresStore
     async with kind(url, auto_migrate=False) as store:
-        for i in range(count):
-            await store.save_session(Session(
-                pid_hash=f"h{i}", namespace="/", sid=f"s{i}", rooms=(), data={}, epoch="e",
-                start_seq=0, position=0, last_sent_seq=None, disconnected_at=now - 10,
-                expires_at=now - 1))
+        await store.save_sessions([Session(
+            pid_hash=f"h{i}", namespace="/", sid=f"s{i}", rooms=(), data={}, epoch="e",
+            start_seq=0, position=0, last_sent_seq=None, disconnected_at=now - 10,
+            expires_at=now - 1) for i in range(count)])
 
 
 def test_once_purges_and_exits_0(database_url: str) -> None:

@@ -2,8 +2,10 @@
 tombstones, standalone detection from a ``hello`` reply, options and URLs, documents
 through real BSON, and failing cleanly when nothing answers.
 
-The store against a replica set: the contract suite (``conftest.STORE_FACTORIES``) and
-``test_mongo_store.py``, when ``DURABLE_ADAPTER_MONGO_URL`` is set.
+Owners of many sessions (:meth:`MongoStore.owners`): one find, sent to a stand-in
+collection that records it. The store against a replica set: the contract suite
+(``conftest.STORE_FACTORIES``) and ``test_mongo_store.py``, when
+``DURABLE_ADAPTER_MONGO_URL`` is set.
 """
 
 from __future__ import annotations
@@ -289,7 +291,7 @@ def test_a_live_session_has_no_ttl_date_and_keeps_its_owner() -> None:
 
 def test_a_conditional_save_matches_only_rows_nobody_else_owns() -> None:
     assert schema.save_filter("k", None) == {"_id": "k"}
-    assert schema.save_filter("k", "n1") == {"_id": "k", "owner": {"$in": [None, "n1"]}}
+    assert schema.save_filter("k", "n1") == {"_id": "k", "owner": "n1"}
     taken = {"writeErrors": [{"index": 0, "code": 11000, "errmsg": "E11000 duplicate key"}],
              "writeConcernErrors": []}
     assert schema.only_taken_over(taken)
@@ -304,6 +306,67 @@ def test_a_take_compares_and_sets_the_owner_it_decided_on() -> None:
         "_id": "k", "owner": None, "expires_ts": {"$gt": 5.0}}
     assert schema.take_filter("k", "dead", 5.0) == {"_id": "k", "owner": "dead"}
     assert schema.take_update("n2") == {"$set": {"owner": "n2"}, "$unset": {"expires_at": ""}}
+
+
+def _projected(document: dict[str, Any]) -> dict[str, Any]:
+    """What the server returns of ``document`` under :data:`schema.OWNER_FIELDS`."""
+    return {k: v for k, v in roundtrip(document).items() if schema.OWNER_FIELDS.get(k)}
+
+
+def _stored(pid_hash: str, namespace: str, owner: str | None) -> Session:
+    return Session(
+        pid_hash=pid_hash, namespace=namespace, sid="sid1", rooms=("sid1",), data=None,
+        epoch="e", start_seq=0, position=0, last_sent_seq=None, disconnected_at=0.0,
+        expires_at=LIVE_EXPIRY if owner else time.time() + 60, owner=owner)
+
+
+def test_owners_are_read_with_one_in_on_the_id_and_mapped_back_to_keys() -> None:
+    keys = [("/", "ab" * 32), ("/chat", "ab" * 32), ("/", "cd" * 32)]
+    assert schema.owners_filter(keys) == {"_id": {"$in": [
+        schema.session_key(namespace, pid_hash) for namespace, pid_hash in keys]}}
+    documents = [schema.session_document(_stored("ab" * 32, "/", "node-1")),
+                 schema.session_document(_stored("ab" * 32, "/chat", None))]
+    older = {k: v for k, v in schema.session_document(_stored("cd" * 32, "/", None)).items()
+             if k != "owner"}  # saved before owners were stored
+    found = [_projected(d) for d in (*documents, older)]
+    assert all("data" not in d and "_id" not in d for d in found)  # the owners only
+    assert schema.owners_from_documents(found) == {
+        ("/", "ab" * 32): "node-1", ("/chat", "ab" * 32): None, ("/", "cd" * 32): None}
+
+
+class _Found:
+    def __init__(self, documents: list[dict[str, Any]]) -> None:
+        self.documents = documents
+
+    async def to_list(self) -> list[dict[str, Any]]:
+        return self.documents
+
+
+class _Sessions:
+    """A sessions collection that records the finds sent to it (no server)."""
+
+    def __init__(self, documents: list[dict[str, Any]]) -> None:
+        self.documents = documents
+        self.finds: list[tuple[dict[str, Any], dict[str, Any]]] = []
+
+    def find(self, query: dict[str, Any], **options: Any) -> _Found:
+        self.finds.append((query, options))
+        wanted = set(query["_id"]["$in"])
+        return _Found([_projected(d) for d in self.documents if d["_id"] in wanted])
+
+
+async def test_owners_of_a_batch_are_one_find_and_change_nothing() -> None:
+    store = MongoStore("mongodb://127.0.0.1:1/?replicaSet=rs0")
+    assert await store.owners([]) == {}  # nothing asked: no query, not even an open store
+    sessions = _Sessions([schema.session_document(_stored(f"{i:064x}", "/", owner))
+                          for i, owner in enumerate(["n1", None, "n2"])])
+    store._collection = lambda name: sessions  # type: ignore[assignment,method-assign,return-value]
+    keys = [("/", f"{i:064x}") for i in (0, 1, 2, 3, 0)]
+    assert await store.owners(keys) == {("/", f"{0:064x}"): "n1", ("/", f"{1:064x}"): None,
+                                        ("/", f"{2:064x}"): "n2"}
+    ((query, options),) = sessions.finds  # one find for the whole batch
+    assert query == schema.owners_filter([("/", f"{i:064x}") for i in range(4)])
+    assert options["projection"] == schema.OWNER_FIELDS
 
 
 def test_dead_owners_are_those_whose_lease_expired_by_the_cutoff() -> None:

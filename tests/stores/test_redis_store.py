@@ -18,7 +18,7 @@ from durable_adapter.stores.redis import RedisStore, parse_url
 from tests._redis import REDIS_URL, delete_prefix, redis_prefix, store_url
 
 from .conftest import WAIT
-from .test_store_contract import Collector, bounded, packet, session
+from .test_store_contract import Collector, bounded, packet, session, take_back
 
 # -- configuration (no server needed) --------------------------------------------
 
@@ -111,7 +111,7 @@ async def test_a_lost_history_gets_a_new_epoch_above_old_cursors(
     for i in range(5):
         await bounded(store.append(packet(i)))
     old_epoch = store.epoch
-    await bounded(store.save_session(session()))
+    await bounded(store.save_sessions([session()]))
     seen = Collector()
     await bounded(store.follow(seen, after=5))
     assert delete_prefix(prefix) > 0  # what FLUSHALL or a restart without persistence does
@@ -123,7 +123,7 @@ async def test_a_lost_history_gets_a_new_epoch_above_old_cursors(
     assert (bounds.epoch, bounds.top, bounds.purged_through) == (store.epoch, seq, seq - 1)
     await seen.wait_for(1)  # the follower goes on with the new history
     assert seen.seqs == [seq]
-    assert await bounded(store.claim_session("/", session().pid_hash, time.time())) is None
+    assert await take_back(store) is None
 
 
 async def test_running_nodes_follow_a_new_history_started_below_their_cursors(
@@ -136,8 +136,7 @@ async def test_running_nodes_follow_a_new_history_started_below_their_cursors(
     async def on_reset(after: int) -> None:
         resets.append((after, len(seen.packets)))
 
-    store.on_history_reset(on_reset)
-    await bounded(store.follow(seen, after=0))
+    await bounded(store.follow(seen, after=0, on_reset=on_reset))
     for i in range(5):
         await bounded(store.append(packet(i)))
     await seen.wait_for(5)
@@ -163,8 +162,7 @@ async def test_history_resets_under_concurrent_appends_stress(
     async def on_reset(after: int) -> None:
         resets.append(after)
 
-    store.on_history_reset(on_reset)
-    await bounded(store.follow(seen, after=0))
+    await bounded(store.follow(seen, after=0, on_reset=on_reset))
     for round_ in range(5):
         delete_prefix(prefix)
         async with RedisStore(store_url(prefix), block_ms=200) as fresh:
@@ -225,11 +223,11 @@ async def test_deleting_stream_and_epoch_starts_a_new_history(
     for i in range(5):
         await bounded(store.append(packet(i)))
     old_epoch = store.epoch
-    await bounded(store.save_session(session()))
+    await bounded(store.save_sessions([session()]))
     async with client_async() as admin:
         await admin.delete(store.keys.packets, store.keys.epoch)
-    claimed = await bounded(store.claim_session("/", session().pid_hash, time.time()))
-    assert claimed is not None and store.epoch != old_epoch  # the server refuses it
+    # the take answers with the history as it is now: the server refuses the session's epoch
+    assert await take_back(store) is not None and store.epoch != old_epoch
     bounds = await bounded(store.bounds())
     assert bounds.purged_through == bounds.top >= 5  # nothing of the old one is readable
     assert await bounded(store.read(after=0, limit=10)) == []

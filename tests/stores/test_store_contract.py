@@ -7,6 +7,7 @@ At the end, tests only the SQL store can pass: several instances on one SQLite f
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
 import threading
@@ -20,7 +21,16 @@ import pytest
 
 from durable_adapter._membership import MembershipLog
 from durable_adapter.exceptions import ConfigurationError, SessionDataError, StoreError
-from durable_adapter.stores.base import NewPacket, Session, Store, StoredPacket
+from durable_adapter.stores.base import (
+    ControlMessage,
+    NewPacket,
+    OwnedBy,
+    Session,
+    Store,
+    StoredPacket,
+    TakeRequest,
+)
+from durable_adapter.stores.memory import MemoryStore
 from durable_adapter.stores.sql import SQLStore
 
 from .conftest import WAIT, sqlite_url
@@ -80,6 +90,27 @@ async def bounded(awaitable: Awaitable[T]) -> T:
     return await asyncio.wait_for(awaitable, WAIT)
 
 
+# -- the contract in one place ------------------------------------------------------
+
+
+def test_the_store_docstring_lists_every_member_of_the_contract() -> None:
+    members = {name for name in dir(Store) if not name.startswith("_")} | {"shared"}
+    listed = {name for name in members
+              if f":meth:`{name}`" in (Store.__doc__ or "")
+              or f":attr:`{name}`" in (Store.__doc__ or "")}
+    assert listed == members
+    assert len(members) <= 18  # one form per operation: keep it small
+
+
+# -- capabilities -----------------------------------------------------------------
+
+
+async def test_a_store_says_whether_other_processes_can_use_it(store: Store) -> None:
+    assert type(store).shared is (not isinstance(store, MemoryStore))
+    # with nobody following (or, not shared, nobody there at all): no error
+    await bounded(store.publish_control(ControlMessage(method="m", origin="n")))
+
+
 # -- packets ----------------------------------------------------------------------
 
 
@@ -122,72 +153,90 @@ async def test_binary_payloads_and_rooms_round_trip(store: Store) -> None:
 # -- sessions ---------------------------------------------------------------------
 
 
-async def test_claim_returns_the_saved_session_once(store: Store) -> None:
-    await bounded(store.save_session(session()))
-    newer = session()
-    newer = Session(**{**newer.__dict__, "position": 7, "last_sent_seq": 6})
-    await bounded(store.save_session(newer))  # replaces the first
-    claimed = await bounded(store.claim_session("/", PID, time.time()))
-    assert claimed == newer
-    assert await bounded(store.claim_session("/", PID, time.time())) is None
+async def save(store: Store, *sessions: Session, node: str | None = None) -> None:
+    await bounded(store.save_sessions(list(sessions), node=node))
+
+
+async def take_back(store: Store, pid_hash: str = PID, namespace: str = "/", *,
+                    node: str = "reader", now: float | None = None) -> Session | None:
+    """The stored session as a node's take finds it, with its stored owner (None) put back
+    for comparison; None when absent or expired."""
+    (taken,) = await bounded(store.take_sessions(
+        [TakeRequest(namespace, pid_hash)], node=node,
+        now=time.time() if now is None else now, window=60.0))
+    assert not isinstance(taken, OwnedBy), taken
+    return None if taken is None else dataclasses.replace(taken, owner=None)
+
+
+async def test_a_take_returns_the_last_saved_session_to_one_node(store: Store) -> None:
+    await save(store, session())
+    newer = dataclasses.replace(session(), position=7, last_sent_seq=6)
+    await save(store, newer)  # replaces the first
+    await store.renew_lease("a", now=time.time(), expiry=60)
+    (taken,) = await bounded(store.take_sessions([TakeRequest("/", PID)], node="a",
+                                                 now=time.time(), window=60))
+    assert taken == dataclasses.replace(newer, owner="a")
+    (again,) = await bounded(store.take_sessions([TakeRequest("/", PID)], node="b",
+                                                 now=time.time(), window=60))
+    assert again == OwnedBy("a")
 
 
 async def test_session_keeps_its_room_stays(store: Store) -> None:
     log = MembershipLog(since=2, rooms={"room1": [(3, 5), (8, None)], "a.b$": [(4, 9)]})
-    await bounded(store.save_session(Session(**{**session().__dict__, "membership": log})))
-    claimed = await bounded(store.claim_session("/", PID, time.time()))
-    assert claimed is not None and claimed.membership == log
-    await bounded(store.save_session(session(pid_hash="b" * 64)))  # no log: as before it
-    claimed = await bounded(store.claim_session("/", "b" * 64, time.time()))
-    assert claimed is not None and claimed.membership is None
+    await save(store, dataclasses.replace(session(), membership=log))
+    taken = await take_back(store)
+    assert taken is not None and taken.membership == log
+    await save(store, session(pid_hash="b" * 64))  # no log: as before it
+    taken = await take_back(store, "b" * 64)
+    assert taken is not None and taken.membership is None
 
 
 async def test_session_keeps_where_an_offsetless_recovery_resumes(store: Store) -> None:
-    await bounded(store.save_session(Session(**{**session().__dict__, "resume_seq": 41})))
-    claimed = await bounded(store.claim_session("/", PID, time.time()))
-    assert claimed is not None and claimed.resume_seq == 41
+    await save(store, dataclasses.replace(session(), resume_seq=41))
+    taken = await take_back(store)
+    assert taken is not None and taken.resume_seq == 41
 
 
-async def test_claim_is_bound_to_its_namespace(store: Store) -> None:
-    await bounded(store.save_session(session(namespace="/chat")))
-    assert await bounded(store.claim_session("/", PID, time.time())) is None
-    assert await bounded(store.claim_session("/chat", PID, time.time())) is not None
+async def test_a_session_is_bound_to_its_namespace(store: Store) -> None:
+    await save(store, session(namespace="/chat"))
+    assert await take_back(store, PID, "/") is None
+    assert await take_back(store, PID, "/chat") is not None
 
 
-async def test_two_concurrent_claims_exactly_one_wins(store: Store) -> None:
+async def test_two_concurrent_takes_exactly_one_wins(store: Store) -> None:
     pids = [f"{i:064x}" for i in range(20)]
-    for pid in pids:
-        await bounded(store.save_session(session(pid)))
+    await save(store, *(session(pid) for pid in pids))
     now = time.time()
+    for node in ("a", "b"):
+        await store.renew_lease(node, now=now, expiry=60)
     for pid in pids:
-        results = await bounded(
-            asyncio.gather(store.claim_session("/", pid, now), store.claim_session("/", pid, now))
-        )
-        assert sum(result is not None for result in results) == 1
+        results = await bounded(asyncio.gather(*(store.take_sessions(
+            [TakeRequest("/", pid)], node=node, now=now, window=60) for node in ("a", "b"))))
+        assert sum(isinstance(result, Session) for (result,) in results) == 1
 
 
 async def test_expired_session_is_not_returned(store: Store) -> None:
-    await bounded(store.save_session(session(expires_in=-1)))
-    assert await bounded(store.claim_session("/", PID, time.time())) is None
+    await save(store, session(expires_in=-1))
+    assert await take_back(store) is None
 
 
 async def test_session_data_must_be_storable(store: Store) -> None:
-    bad = Session(**{**session().__dict__, "data": {"socket": object()}})
+    bad = dataclasses.replace(session(), data={"socket": object()})
     with pytest.raises(SessionDataError):
-        await bounded(store.save_session(bad))
+        await save(store, bad)
 
 
 async def test_delete_sessions_forgets_every_session_of_a_sid(store: Store) -> None:
-    await bounded(store.save_session(session("1" * 64, sid="gone")))
-    await bounded(store.save_session(session("2" * 64, sid="gone")))
-    await bounded(store.save_session(session("3" * 64, sid="stays")))
-    await bounded(store.save_session(session("4" * 64, sid="gone", namespace="/other")))
-    await bounded(store.delete_sessions("/", "gone"))
-    now = time.time()
-    assert await store.claim_session("/", "1" * 64, now) is None
-    assert await store.claim_session("/", "2" * 64, now) is None
-    assert await store.claim_session("/", "3" * 64, now) is not None
-    assert await store.claim_session("/other", "4" * 64, now) is not None
+    await save(store, session("1" * 64, sid="gone"), session("2" * 64, sid="gone"),
+               session("3" * 64, sid="stays"), session("4" * 64, sid="gone", namespace="/other"))
+    await bounded(store.delete_sessions([("/", "gone")]))
+    assert await take_back(store, "1" * 64) is None
+    assert await take_back(store, "2" * 64) is None
+    assert await take_back(store, "3" * 64) is not None
+    assert await take_back(store, "4" * 64, "/other") is not None
+    await bounded(store.delete_sessions([]))  # nothing to do
+    await bounded(store.delete_sessions([("/", "never"), ("/other", "gone"), ("/other", "gone")]))
+    assert await take_back(store, "4" * 64, "/other") is None
 
 
 # -- retention --------------------------------------------------------------------
@@ -201,19 +250,18 @@ async def test_purge_removes_old_packets_and_expired_sessions(store: Store) -> N
     await asyncio.sleep(0.02)
     for i in range(5, 8):
         await bounded(store.append(packet(i)))
-    await bounded(store.save_session(session("1" * 64, expires_in=-1)))
-    await bounded(store.save_session(session("2" * 64, expires_in=-1)))
-    await bounded(store.save_session(session("3" * 64, expires_in=60)))
+    await save(store, session("1" * 64, expires_in=-1), session("2" * 64, expires_in=-1),
+               session("3" * 64, expires_in=60))
 
     result = await bounded(store.purge(now=cutoff + 10, retention=10, batch_size=2))
     assert (result.packets, result.sessions, result.purged_through) == (5, 2, 5)
     bounds = await store.bounds()
     assert (bounds.top, bounds.purged_through) == (8, 5)
     assert [p.seq for p in await store.read(after=0, limit=100)] == [6, 7, 8]
-    assert await store.claim_session("/", "3" * 64, time.time()) is not None
 
     again = await bounded(store.purge(now=cutoff + 10, retention=10))
     assert (again.packets, again.sessions, again.purged_through) == (0, 0, 5)
+    assert await take_back(store, "3" * 64) is not None
 
 
 # -- following --------------------------------------------------------------------
@@ -245,7 +293,44 @@ async def test_follow_starts_after_the_cursor(store: Store) -> None:
     assert collector.seqs == [4, 5, 6]
 
 
+async def test_follow_with_nothing_delivered_elsewhere_delivers_everything(
+        store: Store) -> None:
+    """``skip_delivered`` says how far the listener got without the follower: at 0, every
+    packet still comes (a store may also ignore it); ``on_reset`` is only kept."""
+    collector = Collector()
+
+    async def on_reset(after: int) -> None:
+        raise AssertionError("the history was not replaced")
+
+    await bounded(store.follow(collector, after=0, skip_delivered=lambda: 0,
+                               on_reset=on_reset))
+    for i in range(3):
+        await bounded(store.append(packet(i)))
+    await collector.wait_for(3)
+    assert collector.seqs == [1, 2, 3]
+
+
 # -- the SQL store on SQLite: several instances, durability, errors ----------------
+
+
+async def test_sqlite_follower_skips_what_the_node_delivered_until_followed_anew(
+        tmp_path: Path) -> None:
+    async with SQLStore(sqlite_url(tmp_path), poll_interval=0.02) as store:
+        delivered = [0]
+        skipping = Collector()
+        await bounded(store.follow(skipping, after=0, skip_delivered=lambda: delivered[0]))
+        await bounded(store.following.wait())
+        delivered[0] = 3  # as a node does for its own packets
+        for i in range(5):
+            await bounded(store.append(packet(i)))
+        await skipping.wait_for(2)
+        assert skipping.seqs == [4, 5]
+        # a new follow() is configured by its own arguments only: nothing is skipped now
+        everything = Collector()
+        await bounded(store.follow(everything, after=5))
+        await bounded(store.append(packet(5)))
+        await everything.wait_for(1)
+        assert everything.seqs == [6]
 
 
 @pytest.fixture
@@ -292,7 +377,7 @@ async def test_sqlite_survives_close_and_reopen(tmp_path: Path) -> None:
     for i in range(3):
         await bounded(store.append(packet(i)))
     saved = session()
-    await bounded(store.save_session(saved))
+    await save(store, saved)
     await bounded(store.close())
 
     reopened = SQLStore(sqlite_url(tmp_path))
@@ -303,7 +388,7 @@ async def test_sqlite_survives_close_and_reopen(tmp_path: Path) -> None:
         assert [p.data for p in await reopened.read(after=0, limit=10)] == [
             ["event", i] for i in range(3)
         ]
-        assert await reopened.claim_session("/", PID, time.time()) == saved
+        assert await take_back(reopened) == saved
         assert await bounded(reopened.append(packet(3))) == 4
     finally:
         await bounded(reopened.close())

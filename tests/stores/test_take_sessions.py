@@ -1,8 +1,8 @@
 """Batched take-overs (:meth:`Store.take_sessions`), on every store of
-``conftest.STORE_FACTORIES``: each answer is the one :meth:`Store.take_session` gives for
-that row alone, duplicates in one batch get the session once, and at the end several
-store instances (as several nodes) take overlapping batches at once: every row goes to
-exactly one of them, on SQLite, PostgreSQL and Redis.
+``conftest.STORE_FACTORIES``: each answer is the one a batch of that row alone gives,
+duplicates in one batch get the session once, and at the end several store instances (as
+several nodes) take overlapping batches at once: every row goes to exactly one of them,
+on SQLite, PostgreSQL and Redis.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from durable_adapter.stores.base import LIVE_EXPIRY, OwnedBy, Session, Store, TakeRequest
 from durable_adapter.stores.base import TakeResult as Result
 from durable_adapter.stores.memory import MemoryStore
+from durable_adapter.stores.rules import take_one_by_one
 
 from .conftest import WAIT
 from .test_live_sessions import LEASE, WINDOW, disconnected, instances, live, owner_of
@@ -74,10 +76,10 @@ async def test_a_mixed_batch_answers_each_row_by_the_rules(store: Store) -> None
     ]
     # what was taken is b's now; what was refused is as it was
     for key in (1, 3, 5, 6):
-        assert await owner_of(store, t, pid(key)) == "b", key
-    assert await owner_of(store, t, pid(4)) == "alive"
-    assert await owner_of(store, t - WINDOW - LEASE, pid(7)) == "long-dead"
-    assert await owner_of(store, t, pid(2)) is None
+        assert await owner_of(store, pid(key)) == "b", key
+    assert await owner_of(store, pid(4)) == "alive"
+    assert await owner_of(store, pid(7)) == "long-dead"
+    assert await owner_of(store, pid(2)) is None
 
 
 async def test_each_answer_equals_that_of_a_take_alone(store: Store) -> None:
@@ -95,8 +97,7 @@ async def test_each_answer_equals_that_of_a_take_alone(store: Store) -> None:
     requests = [TakeRequest("/", pid(i), force_from="alive" if i % 8 == 1 else None)
                 for i in range(25)]
     batched = await take_all(store, "a", t, requests)
-    alone = [await bounded(store.take_session("/x", r.pid_hash, node="a", now=t,
-                                              window=WINDOW, force_from=r.force_from))
+    alone = [(await take_all(store, "a", t, [TakeRequest("/x", r.pid_hash, r.force_from)]))[0]
              for r in requests]
     assert batched == [a if not isinstance(a, Session) else dataclasses.replace(a, namespace="/")
                        for a in alone]
@@ -188,26 +189,28 @@ async def test_overlapping_batches_of_several_nodes_give_each_row_to_one(
         for pid_hash, got in seen.items():
             assert all(a == OwnedBy(winners[pid_hash]) for a in got
                        if not isinstance(a, Session)), got
-            assert await owner_of(stores[-1], t, pid_hash) == winners[pid_hash]
+            assert await owner_of(stores[-1], pid_hash) == winners[pid_hash]
 
 
-# -- the default of a store that takes one row at a time ----------------------------------
+# -- a store that takes one row at a time -----------------------------------------------
 
 
 class OneByOne(MemoryStore):
-    """A store written against the single-row API only: it implements take_session."""
+    """A store whose own take is of one row: its batches go through take_one_by_one."""
 
-    take_sessions = Store.take_sessions  # the default: one take_session per request
+    async def take_sessions(self, requests: Sequence[TakeRequest], *, node: str, now: float,
+                            window: float) -> list[Result]:
+        return await take_one_by_one(requests, lambda request: self._take(
+            request, node=node, now=now, window=window))
 
-    async def take_session(self, namespace: str, pid_hash: str, *, node: str, now: float,
-                           window: float, force_from: str | None = None) -> Result:
-        (result,) = await MemoryStore.take_sessions(
-            self, [TakeRequest(namespace, pid_hash, force_from)], node=node, now=now,
-            window=window)
+    async def _take(self, request: TakeRequest, *, node: str, now: float, window: float
+                    ) -> Result:
+        (result,) = await MemoryStore.take_sessions(self, [request], node=node, now=now,
+                                                    window=window)
         return result
 
 
-async def test_a_store_with_take_session_only_takes_batches_one_by_one() -> None:
+async def test_a_store_taking_one_row_at_a_time_gives_duplicates_the_session_once() -> None:
     store = OneByOne()
     await store.open()
     t = time.time()
@@ -219,12 +222,9 @@ async def test_a_store_with_take_session_only_takes_batches_one_by_one() -> None
         ["Session", "Session", "NoneType", "NoneType", "NoneType"]
 
 
-async def test_a_store_with_neither_take_method_says_so() -> None:
-    class Neither(MemoryStore):
-        take_sessions = Store.take_sessions
-        take_session = Store.take_session
+def test_a_store_must_take_batches() -> None:
+    class Incomplete(MemoryStore):
+        take_sessions = Store.take_sessions  # abstract: no default any more
 
-    with pytest.raises(NotImplementedError, match="neither"):
-        await Neither().take_session("/", pid(1), node="a", now=0.0, window=WINDOW)
-    with pytest.raises(NotImplementedError, match="neither"):
-        await Neither().take_sessions([], node="a", now=0.0, window=WINDOW)
+    with pytest.raises(TypeError, match="take_sessions"):
+        Incomplete()

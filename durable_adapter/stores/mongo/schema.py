@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bson.binary import Binary
@@ -225,7 +225,7 @@ def session_document(session: Session) -> dict[str, Any]:
         "position": session.position,
         "last_sent_seq": session.last_sent_seq,
         "disconnected_at": session.disconnected_at,
-        "expires_ts": session.expires_at,  # exact: every claim compares against it
+        "expires_ts": session.expires_at,  # exact: every take compares against it
         "membership": None if session.membership is None else session.membership.to_value(),
         "resume_seq": session.resume_seq,
         "owner": session.owner,
@@ -260,11 +260,12 @@ def session_from_document(document: Mapping[str, Any]) -> Session:
 
 def save_filter(key: str, node: str | None) -> dict[str, Any]:
     """Which stored document a (conditional) save replaces: with ``node``, only one owned
-    by nobody or by ``node``. A document another node owns matches nothing, and the
-    upsert's insert then fails on the duplicate ``_id``: :func:`only_taken_over`."""
+    by ``node``. A document owned by another node or by nobody (released) matches
+    nothing, and the upsert's insert then fails on the duplicate ``_id``:
+    :func:`only_taken_over`."""
     if node is None:
         return {"_id": key}
-    return {"_id": key, "owner": {"$in": [None, node]}}
+    return {"_id": key, "owner": node}
 
 
 def only_taken_over(details: Mapping[str, Any]) -> bool:
@@ -286,6 +287,23 @@ def take_filter(key: str, owner: str | None, now: float) -> dict[str, Any]:
 def take_update(node: str) -> dict[str, Any]:
     """Make ``node`` the owner; the TTL date goes: an owned session goes with its lease."""
     return {"$set": {"owner": node}, "$unset": {"expires_at": ""}}
+
+
+#: the fields :meth:`~.store.MongoStore.owners` reads of a session document
+OWNER_FIELDS = {"_id": False, "ns": True, "pid_hash": True, "owner": True}
+
+
+def owners_filter(keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """The session documents of ``(namespace, pid_hash)`` keys: one ``$in`` on ``_id``."""
+    return {"_id": {"$in": [session_key(namespace, pid_hash) for namespace, pid_hash in keys]}}
+
+
+def owners_from_documents(documents: Iterable[Mapping[str, Any]]
+                          ) -> dict[tuple[str, str], str | None]:
+    """Each found document's key and owner (None: disconnected, or saved before owners
+    were stored)."""
+    return {(document["ns"], document["pid_hash"]): document.get("owner")
+            for document in documents}
 
 
 def dead_owners(owners: Sequence[str], leases: Mapping[str, float], cutoff: float

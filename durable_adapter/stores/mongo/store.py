@@ -42,10 +42,10 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne, ReturnDocument
+from pymongo import ASCENDING, AsyncMongoClient, DeleteMany, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
@@ -58,9 +58,9 @@ from ..._codec import check_session_data
 from ..._tasks import STOP_TIMEOUT, finish_or_cancel
 from ...exceptions import ConfigurationError, ExperimentalWarning, StoreError
 from ..base import (
-    MINE,
     ControlMessage,
     HistoryBounds,
+    HistoryResetListener,
     NewPacket,
     OwnedBy,
     PacketListener,
@@ -70,12 +70,9 @@ from ..base import (
     StoredPacket,
     TakeRequest,
     TakeResult,
-    check_new_packet,
-    check_purge_args,
-    decide_take,
-    take_one_by_one,
 )
 from ..errors import driver_errors
+from ..rules import MINE, check_new_packet, check_purge_args, decide_take, take_one_by_one
 from . import schema, setup
 from .follow import (
     READY_TIMEOUT,
@@ -118,6 +115,8 @@ class MongoStore(Store):
         async with MongoStore("mongodb://db1,db2/app?replicaSet=rs0") as store:
             seq = await store.append(NewPacket(namespace="/", data=["hi"]))
     """
+
+    shared = True  # every node and Emitter on the same database and prefix
 
     def __init__(
         self,
@@ -321,9 +320,6 @@ class MongoStore(Store):
 
     # -- sessions ---------------------------------------------------------------
 
-    async def save_session(self, session: Session) -> None:
-        await self.save_sessions([session])
-
     async def save_sessions(self, sessions: Sequence[Session], *, node: str | None = None
                             ) -> None:
         """One unordered bulk write; with ``node``, sessions another node took are skipped
@@ -377,6 +373,18 @@ class MongoStore(Store):
                     return schema.session_from_document(taken)
         raise StoreError(f"taking the session {pid_hash[:8]}... lost {TAKE_ATTEMPTS} races")
 
+    async def owners(self, keys: Sequence[tuple[str, str]]
+                     ) -> dict[tuple[str, str], str | None]:
+        """One find with ``$in`` on ``_id``, the owners only."""
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return {}
+        with self._errors(f"reading the store at {self._where()} failed"):
+            documents = await self._sessions.find(
+                schema.owners_filter(unique), projection=schema.OWNER_FIELDS,
+                batch_size=len(unique)).to_list()
+        return schema.owners_from_documents(documents)
+
     async def renew_lease(self, node: str, *, now: float, expiry: float) -> None:
         with self._errors(f"writing to the store at {self._where()} failed"):
             await self._nodes.update_one(
@@ -386,17 +394,14 @@ class MongoStore(Store):
         with self._errors(f"writing to the store at {self._where()} failed"):
             await self._nodes.delete_one({"_id": node})
 
-    async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
-        # one findAndModify: of two concurrent claims only one gets the document
+    async def delete_sessions(self, sockets: Sequence[tuple[str, str]]) -> None:
+        """One unordered bulk write: a delete per socket, on the ``(ns, sid)`` index."""
+        if not sockets:
+            return
+        requests = [DeleteMany({"ns": namespace, "sid": sid}, hint="ns_sid")
+                    for namespace, sid in dict.fromkeys(sockets)]
         with self._errors(f"writing to the store at {self._where()} failed"):
-            document = await self._sessions.find_one_and_delete(
-                {"_id": schema.session_key(namespace, pid_hash), "expires_ts": {"$gt": now}}
-            )
-        return None if document is None else schema.session_from_document(document)
-
-    async def delete_sessions(self, namespace: str, sid: str) -> None:
-        with self._errors(f"writing to the store at {self._where()} failed"):
-            await self._sessions.delete_many({"ns": namespace, "sid": sid}, hint="ns_sid")
+            await self._sessions.bulk_write(requests, ordered=False)
 
     # -- retention --------------------------------------------------------------
 
@@ -458,7 +463,11 @@ class MongoStore(Store):
 
     # -- following --------------------------------------------------------------
 
-    async def follow(self, listener: PacketListener, *, after: int) -> None:
+    async def follow(self, listener: PacketListener, *, after: int,
+                     skip_delivered: Callable[[], int] | None = None,
+                     on_reset: HistoryResetListener | None = None) -> None:
+        # skip_delivered: the change stream brings every packet, the node's own too;
+        # on_reset: a new database is a new epoch, refused at open, not replaced under it
         if self._db is None:
             raise StoreError("the store is not open")
         follower = PacketFollower(

@@ -69,7 +69,7 @@ class RedisFollower:
         block_ms: int,
         listener: PacketListener,
         control_listener: Callable[[], Callable[[ControlMessage], Awaitable[None]] | None],
-        reset_listener: Callable[[], HistoryResetListener | None],
+        reset_listener: HistoryResetListener | None,
         decode_packet: Callable[[Entry], StoredPacket],
         decode_control: Callable[[Entry], ControlMessage],
         history: Callable[[], Awaitable[HistoryBounds]],
@@ -172,10 +172,9 @@ class RedisFollower:
         self.epoch, self.cursor = bounds.epoch, bounds.purged_through
         self._position = f"{bounds.purged_through}-0"
         self._control_floor = (bounds.purged_through, 0)
-        listener = self._reset_listener()
-        if listener is not None:
+        if self._reset_listener is not None:
             try:
-                await listener(bounds.purged_through)
+                await self._reset_listener(bounds.purged_through)
             except Exception:
                 logger.exception("the history reset listener failed",
                                  extra={"action": "listener_failed"})

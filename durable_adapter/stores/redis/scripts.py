@@ -188,7 +188,8 @@ return redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], top .. '-*',
 # KEYS = expiry, owners, then (session, sid index) per session; ARGV = node ('' writes
 # unconditionally), owned prefix, forget expiry entries of sessions that expired before
 # this time, then (sid, pid_hash, blob, owner or '', expires_at, ttl ms) per session.
-# With a node, a session owned by another node (taken over) is left alone.
+# With a node, only an absent session or one the node owns is written (one taken over,
+# or released since, is left alone).
 SAVE_SESSIONS = """
 local node, owned = ARGV[1], ARGV[2]
 local written = 0
@@ -198,7 +199,7 @@ for i = 0, (#KEYS - 2) / 2 - 1 do
   local sid, pid, blob, owner, expires, ttl =
     ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
   local current = redis.call('HGET', key, 'o')
-  if node == '' or not current or current == node then
+  if node == '' or current == node or redis.call('EXISTS', key) == 0 then
     if current and current ~= owner then redis.call('SREM', owned .. current, key) end
     redis.call('DEL', key)
     redis.call('HSET', key, 'sid', sid, 'v', blob, 'e', expires, 'i', index, 'p', pid)
@@ -225,7 +226,7 @@ return written
 
 # KEYS = leases, expiry, owners, epoch, then one session per request; ARGV = node, now,
 # window, owned prefix, then each request's force_from or ''. The rules of
-# base.decide_takes, in one script: of concurrent takes of a row the first makes its node
+# rules.decide_takes, in one script: of concurrent takes of a row the first makes its node
 # the owner and the others then see it; of duplicates in one call only the first gets it.
 # Returns {epoch (false once the history is gone), answers}, two items per request: 0,
 # false (absent, expired, or given to an earlier duplicate); 1, value (the caller's now);
@@ -277,34 +278,40 @@ end
 return {epoch, answers}
 """
 
-# KEYS = session, expiry, epoch; ARGV = owned prefix. Of two concurrent claims only one
-# gets the value. Returns {value or nil, current epoch or nil}.
-CLAIM_SESSION = """
-local value = redis.call('HGET', KEYS[1], 'v')
-if value then
-  local owner = redis.call('HGET', KEYS[1], 'o')
-  if owner then redis.call('SREM', ARGV[1] .. owner, KEYS[1]) end
-  redis.call('DEL', KEYS[1])
-end
-redis.call('ZREM', KEYS[2], KEYS[1])
-return {value or false, redis.call('GET', KEYS[3]) or false}
-"""
-
-# KEYS = sid index, expiry; ARGV = session key prefix of the namespace, sid, owned prefix.
+# KEYS = expiry, then the sid index of each socket; ARGV = owned prefix, then (session key
+# prefix of the namespace, sid) per socket. Deletes every session of each socket, live or
+# disconnected, and its index. Returns the sessions deleted.
 DELETE_SESSIONS = """
 local removed = 0
-for _, pid_hash in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local key = ARGV[1] .. pid_hash
-  if redis.call('HGET', key, 'sid') == ARGV[2] then
-    local owner = redis.call('HGET', key, 'o')
-    if owner then redis.call('SREM', ARGV[3] .. owner, key) end
-    redis.call('DEL', key)
-    redis.call('ZREM', KEYS[2], key)
-    removed = removed + 1
+for i = 2, #KEYS do
+  local index, prefix, sid = KEYS[i], ARGV[2 * i - 2], ARGV[2 * i - 1]
+  for _, pid_hash in ipairs(redis.call('SMEMBERS', index)) do
+    local key = prefix .. pid_hash
+    if redis.call('HGET', key, 'sid') == sid then
+      local owner = redis.call('HGET', key, 'o')
+      if owner then redis.call('SREM', ARGV[1] .. owner, key) end
+      redis.call('DEL', key)
+      redis.call('ZREM', KEYS[1], key)
+      removed = removed + 1
+    end
+  end
+  redis.call('DEL', index)
+end
+return removed
+"""
+
+# KEYS = sessions; no ARGV. Read-only. Returns one item per key: false (no session), ''
+# (a disconnected one) or the owning node.
+OWNERS = """
+local answers = {}
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    answers[i] = redis.call('HGET', KEYS[i], 'o') or ''
+  else
+    answers[i] = false
   end
 end
-redis.call('DEL', KEYS[1])
-return removed
+return answers
 """
 
 # KEYS = leases, owners; ARGV = cutoff, batch size, owned prefix. Deletes up to a batch

@@ -31,7 +31,7 @@ they count against ``MAXLEN``. Nodes skip control messages older than their ``fo
 
 Sessions are hashes, indexed per ``(namespace, sid)`` for
 :meth:`RedisStore.delete_sessions`. A disconnected one has a TTL of its remaining
-lifetime and is claimed or taken by a script. A live one (``owner`` set) has no TTL and
+lifetime and is taken by a script. A live one (``owner`` set) has no TTL and
 is listed in its owner's index; it goes with the owner's lease (a zset of leases), which
 the take-over script and the purge read (:mod:`.scripts`).
 """
@@ -44,7 +44,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -61,6 +61,7 @@ from ...exceptions import ConfigurationError, StoreError
 from ..base import (
     ControlMessage,
     HistoryBounds,
+    HistoryResetListener,
     NewPacket,
     OwnedBy,
     PacketListener,
@@ -70,12 +71,11 @@ from ..base import (
     StoredPacket,
     TakeRequest,
     TakeResult,
-    check_new_packet,
-    check_purge_args,
 )
 from ..batch_writer import BatchWriter
 from ..delivery import decode_or_refuse
 from ..errors import driver_errors
+from ..rules import check_new_packet, check_purge_args
 from . import scripts
 from .follow import Entry, RedisFollower, entry_seq, split_id
 from .scripts import parse_url
@@ -116,6 +116,8 @@ class RedisStore(Store):
     :attr:`following` is set while the follower is connected; :attr:`follower_name` is
     the ``CLIENT SETNAME`` of its connection.
     """
+
+    shared = True  # every node and Emitter on the same Redis and prefix
 
     def __init__(
         self,
@@ -183,7 +185,7 @@ class RedisStore(Store):
         client = self._given_client or Redis.from_url(self._url or "", retry=_NO_RETRY)
         self._redis = client
         self._scripts = {name: client.register_script(getattr(scripts, name)) for name in (
-            "APPEND", "BOUNDS", "CONTROL", "SAVE_SESSIONS", "TAKE_SESSIONS", "CLAIM_SESSION",
+            "APPEND", "BOUNDS", "CONTROL", "SAVE_SESSIONS", "TAKE_SESSIONS", "OWNERS",
             "DELETE_SESSIONS", "PURGE_SESSIONS", "PURGE_OWNED")}
         try:
             with self._errors(f"cannot reach the store at {self._where()}"):
@@ -295,9 +297,6 @@ class RedisStore(Store):
 
     # -- sessions ---------------------------------------------------------------
 
-    async def save_session(self, session: Session) -> None:
-        await self.save_sessions([session])
-
     async def save_sessions(self, sessions: Sequence[Session], *, node: str | None = None
                             ) -> None:
         """Every session in one script call (atomic)."""
@@ -332,19 +331,6 @@ class RedisStore(Store):
         except Exception as exc:
             raise StoreError(f"the session of {pid_hash[:8]}... cannot be decoded") from exc
 
-    async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
-        keys = [self.keys.session(namespace, pid_hash), self.keys.expiry, self.keys.epoch]
-        value, epoch = await self._run("CLAIM_SESSION", keys, [self.keys.owned_prefix],
-                                       "claiming a session")
-        if epoch is None:  # the history is gone: start the next one now
-            await self._bounds()
-        else:
-            self._adopt(epoch)
-        if value is None:
-            return None
-        session = self._decode_session(value, pid_hash)  # claimed (deleted): a refusal
-        return session if session.expires_at > now else None
-
     async def take_sessions(self, requests: Sequence[TakeRequest], *, node: str, now: float,
                             window: float) -> list[TakeResult]:
         if not requests:
@@ -378,6 +364,18 @@ class RedisStore(Store):
             logger.exception("a taken session cannot be decoded; it cannot be recovered")
             return None
 
+    async def owners(self, keys: Sequence[tuple[str, str]]
+                     ) -> dict[tuple[str, str], str | None]:
+        """One read-only script call."""
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return {}
+        answers = await self._run(
+            "OWNERS", [self.keys.session(namespace, pid_hash) for namespace, pid_hash in unique],
+            [], "reading session owners")
+        return {key: answer.decode() or None
+                for key, answer in zip(unique, answers, strict=True) if answer is not None}
+
     async def renew_lease(self, node: str, *, now: float, expiry: float) -> None:
         with self._errors(f"renewing the lease at {self._where()} failed"):
             await self.redis.zadd(self.keys.leases, {node: now + expiry})
@@ -386,10 +384,16 @@ class RedisStore(Store):
         with self._errors(f"dropping the lease at {self._where()} failed"):
             await self.redis.zrem(self.keys.leases, node)
 
-    async def delete_sessions(self, namespace: str, sid: str) -> None:
-        keys = [self.keys.sid_index(namespace, sid), self.keys.expiry]
-        await self._run("DELETE_SESSIONS", keys, [self.keys.session_prefix(namespace), sid,
-                                                  self.keys.owned_prefix], "deleting sessions")
+    async def delete_sessions(self, sockets: Sequence[tuple[str, str]]) -> None:
+        """Every socket's sessions in one script call (atomic)."""
+        if not sockets:
+            return
+        keys = [self.keys.expiry]
+        args: list[Any] = [self.keys.owned_prefix]
+        for namespace, sid in dict.fromkeys(sockets):
+            keys.append(self.keys.sid_index(namespace, sid))
+            args += [self.keys.session_prefix(namespace), sid]
+        await self._run("DELETE_SESSIONS", keys, args, "deleting sessions")
 
     # -- retention --------------------------------------------------------------
 
@@ -445,7 +449,10 @@ class RedisStore(Store):
 
     # -- following --------------------------------------------------------------
 
-    async def follow(self, listener: PacketListener, *, after: int) -> None:
+    async def follow(self, listener: PacketListener, *, after: int,
+                     skip_delivered: Callable[[], int] | None = None,
+                     on_reset: HistoryResetListener | None = None) -> None:
+        # skip_delivered: every entry is read once with XREAD anyway, the node's own too
         if self._redis is None:
             raise StoreError("the store is not open")
         await self._stop_follower()  # one follower per store: the new one replaces it
@@ -459,7 +466,7 @@ class RedisStore(Store):
             client=client, stream=self.keys.packets, epoch=self.epoch, cursor=after,
             control_floor=control_floor, block_ms=self.block_ms, listener=listener,
             control_listener=lambda: getattr(self, "_control_listener", None),
-            reset_listener=lambda: getattr(self, "_reset_listener", None),
+            reset_listener=on_reset,
             decode_packet=self._decode_packet, decode_control=self._decode_control,
             history=self._bounds, following=self.following)
         self._follower_task = asyncio.create_task(follower.run(), name=f"{self!r} follower")

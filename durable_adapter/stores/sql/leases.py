@@ -5,7 +5,7 @@ A take (of one session or of a batch) is one write transaction: the session rows
 read ``FOR UPDATE`` (PostgreSQL: of concurrent takes under READ COMMITTED, the later ones
 wait for the row lock and then read the winner's owner; SQLite: the whole transaction
 holds the database write lock from its ``BEGIN IMMEDIATE``), their owners' leases are
-read, and :func:`.base.decide_takes` rules.
+read, and :func:`.rules.decide_takes` rules.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..base import TAKE, OwnedBy, Session, TakeRequest, TakeResult, decide_takes
+from ..base import OwnedBy, Session, TakeRequest, TakeResult
+from ..rules import TAKE, decide_takes
 from . import dialect
 from .schema import nodes, session_from_row, session_values, sessions
 
@@ -43,7 +44,8 @@ async def upsert_sessions(connection: AsyncConnection, sessions_: Sequence[Sessi
     statement = dialect.insert_for(connection, sessions)
     changed = {column.name: statement.excluded[column.name] for column in sessions.c
                if column.name not in _KEY_COLUMNS}
-    where = None if node is None else or_(sessions.c.owner.is_(None), sessions.c.owner == node)
+    # an existing row is rewritten only while the writer owns it
+    where = None if node is None else sessions.c.owner == node
     await connection.execute(
         statement.on_conflict_do_update(
             index_elements=[sessions.c.namespace, sessions.c.pid_hash], set_=changed,
@@ -94,6 +96,18 @@ async def take_sessions(connection: AsyncConnection, requests: Sequence[TakeRequ
         else:
             results.append(decoded[request.key])
     return results
+
+
+async def read_owners(connection: AsyncConnection, keys: Sequence[tuple[str, str]]
+                      ) -> dict[tuple[str, str], str | None]:
+    """The owner of each stored row of ``keys`` (absent: no row), a SELECT per chunk."""
+    found: dict[tuple[str, str], str | None] = {}
+    for chunk in _chunks(list(dict.fromkeys(keys))):
+        query = select(sessions.c.namespace, sessions.c.pid_hash, sessions.c.owner).where(
+            _key_in(chunk))
+        for row in (await connection.execute(query)).all():
+            found[(row.namespace, row.pid_hash)] = row.owner
+    return found
 
 
 def _key_in(keys: Sequence[tuple[str, str]]) -> ColumnElement[bool]:

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -30,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..._tasks import Backoff, finish_or_cancel
 from ...exceptions import ConfigurationError, StoreError
-from ..base import PacketListener
+from ..base import HistoryResetListener, PacketListener
 from . import append as appends
 from . import dialect
 from .store import BATCH_MAX, SQLStore
@@ -121,8 +122,11 @@ class PostgresStore(SQLStore):
         # is used, instead of failing the first append with it
         return dialect.create_engine(self.url, schema=self.schema, pool_pre_ping=True)
 
-    async def follow(self, listener: PacketListener, *, after: int) -> None:
-        await super().follow(listener, after=after)
+    async def follow(self, listener: PacketListener, *, after: int,
+                     skip_delivered: Callable[[], int] | None = None,
+                     on_reset: HistoryResetListener | None = None) -> None:
+        await super().follow(listener, after=after, skip_delivered=skip_delivered,
+                             on_reset=on_reset)
         # LISTEN only where someone follows: an Emitter (say in each Celery worker)
         # writes only and holds no LISTEN connection
         if self._listen_task is None:

@@ -35,6 +35,7 @@ from ..._tasks import STOP_TIMEOUT, finish_or_cancel
 from ...exceptions import ConfigurationError, StoreError
 from ..base import (
     HistoryBounds,
+    HistoryResetListener,
     NewPacket,
     PacketListener,
     PurgeResult,
@@ -43,12 +44,11 @@ from ..base import (
     StoredPacket,
     TakeRequest,
     TakeResult,
-    check_new_packet,
-    check_purge_args,
 )
 from ..batch_writer import BatchWriter
 from ..delivery import decode_each, decode_or_refuse
 from ..errors import driver_errors
+from ..rules import check_new_packet, check_purge_args
 from . import append as appends
 from . import control as controls
 from . import dialect, leases
@@ -61,7 +61,6 @@ from .schema import (
     packet_from_row,
     packet_values,
     packets,
-    session_from_row,
     sessions,
 )
 
@@ -131,6 +130,8 @@ class SQLStore(controls.SQLControl, Store):
 
     :attr:`following` is set once the follower task runs.
     """
+
+    shared = True  # every node, Emitter and cleanup worker on the same database
 
     #: what :meth:`_errors` turns into :class:`StoreError` (the append path calls the
     #: driver itself, so its errors come unwrapped by SQLAlchemy)
@@ -372,9 +373,6 @@ class SQLStore(controls.SQLControl, Store):
 
     # -- sessions ---------------------------------------------------------------
 
-    async def save_session(self, session: Session) -> None:
-        await self.save_sessions([session])
-
     @_shielded
     async def save_sessions(self, sessions_: Sequence[Session], *, node: str | None = None
                             ) -> None:
@@ -396,6 +394,14 @@ class SQLStore(controls.SQLControl, Store):
                                               window=window)
 
     @_shielded
+    async def owners(self, keys: Sequence[tuple[str, str]]
+                     ) -> dict[tuple[str, str], str | None]:
+        if not keys:
+            return {}
+        async with self._read() as connection:
+            return await leases.read_owners(connection, keys)
+
+    @_shielded
     async def renew_lease(self, node: str, *, now: float, expiry: float) -> None:
         async with self._write() as connection:
             await leases.renew_lease(connection, node, now + expiry)
@@ -406,28 +412,10 @@ class SQLStore(controls.SQLControl, Store):
             await leases.drop_lease(connection, node)
 
     @_shielded
-    async def claim_session(self, namespace: str, pid_hash: str, now: float) -> Session | None:
-        # one DELETE ... RETURNING: of two concurrent claims only one gets the row
-        statement = (
-            delete(sessions)
-            .where(
-                sessions.c.namespace == namespace,
-                sessions.c.pid_hash == pid_hash,
-                sessions.c.expires_at > now,
-            )
-            .returning(*sessions.c)
-        )
-        async with self._write() as connection:
-            row = (await connection.execute(statement)).first()
-        return None if row is None else session_from_row(row)
-
-    @_shielded
-    async def delete_sessions(self, namespace: str, sid: str) -> None:
-        await self.delete_sessions_of([(namespace, sid)])
-
-    @_shielded
-    async def delete_sessions_of(self, sockets: Sequence[tuple[str, str]]) -> None:
-        """Every socket's sessions in one transaction."""
+    async def delete_sessions(self, sockets: Sequence[tuple[str, str]]) -> None:
+        """Every socket's sessions in one transaction, a DELETE per chunk of sockets."""
+        if not sockets:
+            return
         async with self._write() as connection:
             for start in range(0, len(sockets), DELETE_CHUNK):
                 chunk = sockets[start:start + DELETE_CHUNK]
@@ -478,9 +466,6 @@ class SQLStore(controls.SQLControl, Store):
 
     # -- following --------------------------------------------------------------
 
-    def skip_delivered(self, position: Callable[[], int]) -> None:
-        self._delivered = position
-
     def _committed(self, numbers: list[int]) -> None:
         """This process committed rows: wake the follower, unless the node delivers them
         from memory (checked once the appending callers, resumed first, have done so)."""
@@ -494,10 +479,14 @@ class SQLStore(controls.SQLControl, Store):
         if self._delivered is None or self._delivered() < top:
             self._wakeup.set()
 
-    async def follow(self, listener: PacketListener, *, after: int) -> None:
+    async def follow(self, listener: PacketListener, *, after: int,
+                     skip_delivered: Callable[[], int] | None = None,
+                     on_reset: HistoryResetListener | None = None) -> None:
+        # on_reset: a database's history is not replaced under running nodes
         if self._engine is None or self._writer is None:
             raise StoreError("the store is not open")
         await self._stop_follower()  # one follower per store: the new one replaces it
+        self._delivered = skip_delivered
         control_cursor = await self._control_top()  # control messages are live only
         follower = self._follower = SQLFollower(
             engine=self.engine,

@@ -20,9 +20,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from ._cluster import pack
-from ._packets import check_sendable
+from ._packets import as_args, as_rooms, check_sendable
 from .exceptions import ConfigurationError
-from .manager import _as_args, _as_rooms
 from .stores import Store, store_from_url
 from .stores.base import ControlMessage, NewPacket
 
@@ -95,8 +94,8 @@ class Emitter:
         """
         if not isinstance(event, str):
             raise TypeError(f"event must be a str, got {type(event).__name__}")
-        args = _as_args(data)
-        rooms, except_rooms = _as_rooms(to or room), _as_rooms(skip_sid)
+        args = as_args(data)
+        rooms, except_rooms = as_rooms(to or room), as_rooms(skip_sid)
         await self.open()
         if volatile:  # live only: every node sends it to its matching sockets, if any
             await self._publish("emit_live", namespace=namespace, event=event,

@@ -24,6 +24,8 @@ from ._cluster import ClusterOps, in_control_handler
 from ._lease import Lease
 from ._membership import MembershipLog, membership_of
 from ._offsets import format_offset
+from ._packets import as_args as _as_args  # the names emit's body uses
+from ._packets import as_rooms as _as_rooms
 from ._packets import encode_event, encode_with_offset, set_offset
 from ._recent import RecentHistory
 from ._recovery import DEFAULT_LEASE_EXPIRY, Hold, current_attempt
@@ -33,21 +35,6 @@ from .stores.base import NewPacket, Store, StoredPacket
 logger = logging.getLogger(__name__)
 
 DELIVERY_WAIT = 10.0  # seconds an emit waits for its packet to reach local sockets
-
-
-def _as_args(data: Any) -> list[Any]:
-    """python-socketio's rule: a tuple is several arguments, None is none."""
-    if isinstance(data, tuple):
-        return list(data)
-    return [] if data is None else [data]
-
-
-def _as_rooms(rooms: Any) -> tuple[str, ...]:
-    if rooms is None:
-        return ()
-    if isinstance(rooms, str):
-        return (rooms,)
-    return tuple(r for r in rooms if r is not None)
 
 
 class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]

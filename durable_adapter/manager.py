@@ -16,11 +16,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import socketio
 from engineio import packet as eio_packet
 
 from . import _socketio, metrics
-from ._cluster import ClusterOps, in_control_handler
+from ._cluster import ClusterManager, LetGo, in_control_handler
 from ._lease import Lease
 from ._membership import MembershipLog, membership_of
 from ._offsets import format_offset
@@ -37,13 +36,17 @@ logger = logging.getLogger(__name__)
 DELIVERY_WAIT = 10.0  # seconds an emit waits for its packet to reach local sockets
 
 
-class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
-    """Client manager of :class:`durable_adapter.AsyncServer`; not used on its own."""
+class DurableManager(ClusterManager):
+    """Client manager of :class:`durable_adapter.AsyncServer`; not used on its own.
+
+    The layer over :class:`~._cluster.ClusterManager` (operations on other nodes'
+    sockets): stored emits, their ordered delivery, and holds during restores.
+    """
 
     def __init__(self, store: Store, *, recovery_namespaces: frozenset[str] | None,
-                 lease_expiry: float = DEFAULT_LEASE_EXPIRY) -> None:
-        super().__init__()
-        self.store = store
+                 lease_expiry: float = DEFAULT_LEASE_EXPIRY,
+                 let_go: LetGo | None = None) -> None:
+        super().__init__(store, let_go=let_go)
         #: None means every namespace recovers (except ``/admin``)
         self.recovery_namespaces = recovery_namespaces
         self.delivered = 0
@@ -70,7 +73,6 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         self.on_session_change: Callable[[str, str], None] = lambda namespace, sid: None
         #: frames per seq and a window of delivered packets, for replays (``_recent``)
         self.recent = RecentHistory()
-        self._init_cluster()
         #: this node's liveness, as other nodes see it in the store
         self.lease = Lease(store, self.host_id, lease_expiry)
 

@@ -10,11 +10,11 @@ from typing import Any
 
 from engineio import packet as eio_packet
 
-from ._membership import MembershipLog
 from ._offsets import parse_offset
 from ._recent import DEFAULT_MAX_BYTES as DEFAULT_HISTORY_CACHE_BYTES
 from .exceptions import ConfigurationError
 from .stores.base import LIVE_EXPIRY, HistoryBounds, Session, StoredPacket
+from .stores.membership import MembershipLog
 
 DEFAULT_MAX_DISCONNECTION_DURATION = 120.0  # seconds, as the JS server
 DEFAULT_MAX_REPLAY_PACKETS = 100_000  # packets scanned for one restore; over it: refused

@@ -21,7 +21,6 @@ from engineio import packet as eio_packet
 from . import _socketio, metrics
 from ._cluster import ClusterManager, LetGo, in_control_handler
 from ._lease import Lease
-from ._membership import MembershipLog, membership_of
 from ._offsets import format_offset
 from ._packets import as_args as _as_args  # the names emit's body uses
 from ._packets import as_rooms as _as_rooms
@@ -30,6 +29,7 @@ from ._recent import RecentHistory
 from ._recovery import DEFAULT_LEASE_EXPIRY, Hold, current_attempt
 from .exceptions import StoreError
 from .stores.base import NewPacket, Store, StoredPacket
+from .stores.membership import MembershipLog, membership_of
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ class DurableManager(ClusterManager):
     async def _deliver_seq(self, stored: StoredPacket,
                            parts: list[eio_packet.Packet] | None) -> None:
         # advance first: a socket saved mid-packet records this packet as seen,
-        # and a room joined or left from here on counts after it (_membership)
+        # and a room joined or left from here on counts after it (stores.membership)
         self.delivered = stored.seq
         # this node's own come with their frames, encoded at emit: replays reuse them
         self.recent.add(stored, parts)

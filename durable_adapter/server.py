@@ -17,7 +17,6 @@ from socketio import packet as sio_packet
 from . import _socketio, metrics
 from ._batch import Batcher
 from ._codec import copy_value
-from ._membership import membership_of
 from ._offsets import hash_pid, is_valid_pid, new_pid
 from ._recovery import (
     REPLAY_PAGE,
@@ -48,6 +47,7 @@ from .stores.base import (
     TakeRequest,
     TakeResult,
 )
+from .stores.membership import membership_of
 from .stores.memory import MemoryStore
 
 logger = logging.getLogger(__name__)

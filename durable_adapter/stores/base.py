@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from .._membership import MembershipLog
 from ..exceptions import StoreError
+from .membership import MembershipLog
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,9 +18,9 @@ from typing import TypeVar
 
 import pytest
 
-from durable_adapter._membership import MembershipLog
 from durable_adapter.exceptions import ConfigurationError, SessionDataError, StoreError
 from durable_adapter.stores.base import NewPacket, Session, Store, StoredPacket
+from durable_adapter.stores.membership import MembershipLog
 from durable_adapter.stores.sql import SQLStore
 
 from .conftest import WAIT, sqlite_url

@@ -26,7 +26,12 @@ from ._packets import as_args as _as_args  # the names emit's body uses
 from ._packets import as_rooms as _as_rooms
 from ._packets import encode_event, encode_with_offset, set_offset
 from ._recent import RecentHistory
-from ._recovery import DEFAULT_LEASE_EXPIRY, Hold, current_attempt
+from ._recovery import (
+    DEFAULT_HISTORY_CACHE_BYTES,
+    DEFAULT_LEASE_EXPIRY,
+    Hold,
+    current_attempt,
+)
 from .exceptions import StoreError
 from .stores.base import NewPacket, Store, StoredPacket
 from .stores.membership import MembershipLog, membership_of
@@ -72,7 +77,7 @@ class DurableManager(ClusterManager):
         #: told when a socket's rooms change (its session is written through)
         self.on_session_change: Callable[[str, str], None] = lambda namespace, sid: None
         #: frames per seq and a window of delivered packets, for replays (``_recent``)
-        self.recent = RecentHistory()
+        self.recent = RecentHistory(DEFAULT_HISTORY_CACHE_BYTES)
         #: this node's liveness, as other nodes see it in the store
         self.lease = Lease(store, self.host_id, lease_expiry)
 

@@ -297,7 +297,7 @@ class DurableManager(ClusterManager):
     async def _deliver_seq(self, stored: StoredPacket,
                            parts: list[eio_packet.Packet] | None) -> None:
         # advance first: a socket saved mid-packet records this packet as seen,
-        # and a room joined or left from here on counts after it (stores.membership)
+        # and a room joined or left from here on counts after it (_membership)
         self.delivered = stored.seq
         # this node's own come with their frames, encoded at emit: replays reuse them
         self.recent.add(stored, parts)

@@ -8,9 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml README.md ./
 COPY durable_adapter ./durable_adapter
-COPY migrations ./migrations
 RUN pip install ".[postgres,metrics]" && useradd --system --no-create-home durable
 
 USER durable

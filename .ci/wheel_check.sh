@@ -34,10 +34,11 @@ names = zipfile.ZipFile(sys.argv[1]).namelist()
 tops = {n.split("/", 1)[0] for n in names}
 stray = {t for t in tops if t != "durable_adapter" and not t.endswith(".dist-info")}
 assert not stray, f"top-level names besides durable_adapter: {sorted(stray)}"
-for needed in ("durable_adapter/_migrations/env.py", "durable_adapter/_migrations/script.py.mako",
+MIGRATIONS = "durable_adapter/stores/sql/migrations"
+for needed in (f"{MIGRATIONS}/env.py", f"{MIGRATIONS}/script.py.mako",
                "durable_adapter/py.typed", "durable_adapter/demo/index.html"):
     assert needed in names, f"{needed} missing from the wheel"
-assert any(n.startswith("durable_adapter/_migrations/versions/0001") for n in names)
+assert any(n.startswith(f"{MIGRATIONS}/versions/0001") for n in names)
 EOF
 
 step "the Dockerfile's COPY sources alone build the same package"
@@ -63,7 +64,8 @@ if git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
     | while read -r f; do [ -e "$SRC/$f" ] || echo "$f"; done)
   [ -z "$missing" ] || fail "files missing from the sdist: $missing"
 fi
-for f in README.md tests/conformance/test_recovery.py scripts/test.sh alembic.ini migrations/env.py; do
+for f in README.md tests/conformance/test_recovery.py scripts/test.sh alembic.ini \
+    durable_adapter/stores/sql/migrations/env.py; do
   [ -e "$SRC/$f" ] || fail "$f missing from the sdist"
 done
 
@@ -82,7 +84,7 @@ echo 'raise RuntimeError("the application'"'"'s own migrations package was impor
 cat >"$APP/at_head.py" <<'EOF'
 """Exit 1 unless the SQL store at argv[1] has its tables at the head revision."""
 import asyncio, sys
-from durable_adapter.migrate import is_current
+from durable_adapter.stores.sql.migrate import is_current
 from durable_adapter.stores.sql.dialect import create_engine, parse_url
 
 async def main(url: str) -> bool:

@@ -3,7 +3,8 @@
 The manager sends with it. Every emit that stores (the manager's, the emitters' in
 :mod:`.emitter` and :mod:`.transactional`) encodes through it once first, so a payload
 python-socketio cannot send (nested too deep, say) fails its own emit instead of
-entering the history that every node and every replay reads.
+entering the history that every node and every replay reads. All three read an emit's
+arguments here too, as python-socketio does (:func:`as_args`, :func:`as_rooms`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,23 @@ from socketio import packet as sio_packet
 OFFSET_SHAPE = "0" * 16 + "-1"
 #: how a JSON-encoded stored packet ends: its offset, the last argument
 _OFFSET_TAIL = f'"{OFFSET_SHAPE}"]'
+
+
+def as_args(data: Any) -> list[Any]:
+    """An emit's ``data`` as its arguments, by python-socketio's rule: a tuple is several
+    arguments, None is none, anything else is one."""
+    if isinstance(data, tuple):
+        return list(data)
+    return [] if data is None else [data]
+
+
+def as_rooms(rooms: Any) -> tuple[str, ...]:
+    """An emit's ``to``/``room``/``skip_sid``: one room or sid, several, or None for none."""
+    if rooms is None:
+        return ()
+    if isinstance(rooms, str):
+        return (rooms,)
+    return tuple(r for r in rooms if r is not None)
 
 
 def encode_event(packet_class: type[sio_packet.Packet], namespace: str, data: list[Any],

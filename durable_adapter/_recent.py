@@ -30,7 +30,6 @@ from engineio import packet as eio_packet
 
 from .stores.base import StoredPacket
 
-DEFAULT_MAX_BYTES = 32 * 2**20
 #: bytes counted per kept packet and per kept frame list besides the payload itself
 #: (the objects, their dict slots); a rough figure, so that many tiny packets count too
 ENTRY_OVERHEAD = 300
@@ -77,11 +76,13 @@ def payload_size(value: Any) -> int:
 class RecentHistory:
     """Frames per seq and a contiguous window of delivered packets, bounded in bytes.
 
-    ``max_bytes`` 0 keeps nothing (every replay reads the store, every delivery
-    encodes). Not thread-safe: used from the server's event loop only.
+    ``max_bytes`` is the option ``history_cache_bytes`` (its default, with the other
+    options': :data:`._recovery.DEFAULT_HISTORY_CACHE_BYTES`); 0 keeps nothing (every
+    replay reads the store, every delivery encodes). Not thread-safe: used from the
+    server's event loop only.
     """
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, max_bytes: int) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
             raise ValueError(f"max_bytes must be an integer >= 0, got {max_bytes!r}")
         self.max_bytes = max_bytes

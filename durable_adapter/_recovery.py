@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._offsets import parse_offset
-from ._recent import DEFAULT_MAX_BYTES as DEFAULT_HISTORY_CACHE_BYTES
 from .exceptions import ConfigurationError
 from .stores.base import LIVE_EXPIRY, HistoryBounds, Session
 
@@ -16,6 +15,7 @@ DEFAULT_MAX_DISCONNECTION_DURATION = 120.0  # seconds, as the JS server
 DEFAULT_MAX_REPLAY_PACKETS = 100_000  # packets scanned for one restore; over it: refused
 DEFAULT_LEASE_EXPIRY = 10.0  # seconds a node that stopped renewing its lease counts as alive
 DEFAULT_HANDOVER_TIMEOUT = 3.0  # seconds a reconnect waits for the live owner to let go
+DEFAULT_HISTORY_CACHE_BYTES = 32 * 2**20  # memory for the recent history (``_recent``)
 REPLAY_PAGE = 1000  # packets read per query during a restore
 
 

@@ -25,7 +25,6 @@ from . import metrics
 from ._attempt import Attempt, Restore, Takeover
 from ._batch import Batcher
 from ._codec import copy_value
-from ._membership import membership_of
 from ._offsets import hash_pid, is_valid_pid
 from ._recovery import (
     REPLAY_PAGE,
@@ -48,6 +47,7 @@ from .stores.base import (
     TakeRequest,
     TakeResult,
 )
+from .stores.membership import membership_of
 
 if TYPE_CHECKING:
     from .manager import DurableManager

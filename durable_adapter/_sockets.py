@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._membership import MembershipLog
 from ._offsets import hash_pid
 from ._recovery import RecoveryFailure
 from .stores.base import LIVE_EXPIRY, Session
+from .stores.membership import MembershipLog
 
 Key = tuple[str, str]  # (namespace, sid)
 

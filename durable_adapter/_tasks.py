@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from typing import Any
 
 STOP_TIMEOUT = 5.0  # seconds a stopping task may take to finish before it is cancelled
 
 
 class Backoff:
-    """The wait after consecutive failures: ``first`` seconds, doubling up to ``most``.
+    """The waits after consecutive failures, with full jitter: each is drawn at random
+    between 0 and a ceiling that starts at ``first`` seconds and doubles up to ``most``.
+
+    Drawn, not fixed: the nodes and workers that an outage failed together would
+    otherwise retry together, and hammer the store together when it comes back.
 
     Usage::
 
@@ -20,25 +25,44 @@ class Backoff:
                 await work()
                 backoff.reset()
             except Exception as exc:
-                logger.warning("failed, retrying in %.0f s: %s", backoff.delay, exc)
+                logger.warning("failed, retrying in %.1f s: %s", backoff.delay, exc)
                 await backoff.wait(stop_event)
+
+    or, to wait by other means, ``delay = backoff.next()`` and sleep ``delay`` seconds.
     """
 
     def __init__(self, first: float, most: float) -> None:
+        if not 0 < first <= most:
+            raise ValueError(f"need 0 < first <= most, got {first!r} and {most!r}")
         self.first, self.most = first, most
-        self.delay = first
+        self._ceiling = first
+        #: the next wait, drawn already (so that it can be logged before it is taken)
+        self.delay = self._draw()
+
+    def _draw(self) -> float:
+        return random.uniform(0.0, self._ceiling)
 
     def reset(self) -> None:
-        self.delay = self.first
+        """After a success: the next failure waits as little as the first one."""
+        self._ceiling = self.first
+        self.delay = self._draw()
+
+    def next(self) -> float:
+        """The wait to take now (:attr:`delay`); the one after it is drawn under a
+        doubled ceiling."""
+        delay = self.delay
+        self._ceiling = min(self._ceiling * 2, self.most)
+        self.delay = self._draw()
+        return delay
 
     async def wait(self, wake: asyncio.Event | None = None) -> None:
-        """Wait :attr:`delay` seconds (less if ``wake`` is set meanwhile), then double it."""
+        """Wait :meth:`next` seconds, less if ``wake`` is set meanwhile."""
+        delay = self.next()
         if wake is None:
-            await asyncio.sleep(self.delay)
+            await asyncio.sleep(delay)
         else:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), self.delay)
-        self.delay = min(self.delay * 2, self.most)
+                await asyncio.wait_for(wake.wait(), delay)
 
 
 async def finish_or_cancel(task: asyncio.Task[Any], grace: float = STOP_TIMEOUT) -> None:

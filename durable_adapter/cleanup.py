@@ -42,6 +42,7 @@ from sqlalchemy.engine import URL
 from . import metrics
 from ._cleanup_lock import WorkerLock, lock_for
 from ._recovery import DEFAULT_MAX_DISCONNECTION_DURATION as DEFAULT_MAX_DISCONNECTION_DURATION
+from ._tasks import Backoff
 from .exceptions import ConfigurationError, StoreError
 from .stores import ACCEPTED_SCHEMES, store_from_url
 from .stores.base import PurgeResult, Store
@@ -53,7 +54,7 @@ DEFAULT_BATCH_SIZE = 1000  # rows deleted per transaction
 RETENTION_MARGIN = 300.0  # seconds the default retention adds to max_disconnection_duration
 START_TIMEOUT = 30.0  # seconds to reach the store at start before giving up
 STANDBY_POLL = 5.0  # seconds between two tries for the lock while standby
-BACKOFF_FIRST = 1.0  # seconds before the first retry after a failure
+BACKOFF_FIRST = 1.0  # seconds: the first retry after a failure waits up to this (jittered)
 BACKOFF_MAX = 60.0  # seconds, the longest wait between retries
 
 SQL_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
@@ -99,20 +100,6 @@ class CleanupSummary:
     sessions: int = 0
     packets: int = 0
     purged_through: int = 0
-
-
-class Backoff:
-    """Waits of :data:`BACKOFF_FIRST` doubling up to :data:`BACKOFF_MAX`; reset on success."""
-
-    def __init__(self) -> None:
-        self._next = BACKOFF_FIRST
-
-    def reset(self) -> None:
-        self._next = BACKOFF_FIRST
-
-    def next(self) -> float:
-        delay, self._next = self._next, min(self._next * 2, BACKOFF_MAX)
-        return delay
 
 
 def open_target(store_url: str, schema: str | None = None) -> tuple[Store, WorkerLock]:
@@ -213,7 +200,7 @@ class _Worker:
         self.summary = CleanupSummary()
 
     async def serve(self) -> CleanupSummary:
-        backoff = Backoff()
+        backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
         standby_logged = False
         while not self.stop.is_set():
             try:

@@ -5,7 +5,7 @@ An :class:`Emitter` appends to the same store as the servers, through the store'
 ``append``, so its packets get offsets in commit order among every server's, every node
 delivers them in that order through its follower, and a client that was away replays
 them. Volatile emits and the operations on remote sockets (disconnect, rooms) travel as
-the servers' own control messages (:mod:`._cluster`). :class:`SyncEmitter` wraps one for
+the servers' own control messages (:mod:`._control`). :class:`SyncEmitter` wraps one for
 synchronous code.
 """
 
@@ -19,12 +19,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from ._cluster import pack
-from ._packets import check_sendable
+from . import _control as control
+from ._packets import as_args, as_rooms, check_sendable
 from .exceptions import ConfigurationError
-from .manager import _as_args, _as_rooms
 from .stores import Store, store_from_url
-from .stores.base import ControlMessage, NewPacket
+from .stores.base import NewPacket
 
 CALL_TIMEOUT = 60.0  # seconds a SyncEmitter call may take (a store that is down)
 
@@ -95,13 +94,12 @@ class Emitter:
         """
         if not isinstance(event, str):
             raise TypeError(f"event must be a str, got {type(event).__name__}")
-        args = _as_args(data)
-        rooms, except_rooms = _as_rooms(to or room), _as_rooms(skip_sid)
+        args = as_args(data)
+        rooms, except_rooms = as_rooms(to or room), as_rooms(skip_sid)
         await self.open()
         if volatile:  # live only: every node sends it to its matching sockets, if any
-            await self._publish("emit_live", namespace=namespace, event=event,
-                                args=pack(args), rooms=list(rooms),
-                                except_rooms=list(except_rooms), callback_id=None)
+            await self._publish(control.EmitLive(namespace=namespace, event=event, args=args,
+                                                 rooms=rooms, except_rooms=except_rooms))
             return None
         check_sendable(namespace, [event, *args])
         return await self.store.append(NewPacket(
@@ -119,26 +117,25 @@ class Emitter:
         """Disconnect ``sid`` wherever it is connected, and forget its stored session:
         a server-side disconnect is not recoverable (contract item 7)."""
         await self.open()
-        await self._publish("disconnect", sid=sid, namespace=namespace)
+        await self._publish(control.Disconnect(sid=sid, namespace=namespace))
         await self.store.delete_sessions([(namespace, sid)])
 
     async def enter_room(self, sid: str, room: str, namespace: str = "/") -> None:
         """Put the connected socket ``sid`` in ``room``, on whichever node holds it."""
         await self.open()
-        await self._publish("enter_room", sid=sid, namespace=namespace, room=room)
+        await self._publish(control.EnterRoom(sid=sid, namespace=namespace, room=room))
 
     async def leave_room(self, sid: str, room: str, namespace: str = "/") -> None:
         await self.open()
-        await self._publish("leave_room", sid=sid, namespace=namespace, room=room)
+        await self._publish(control.LeaveRoom(sid=sid, namespace=namespace, room=room))
 
     async def close_room(self, room: str, namespace: str = "/") -> None:
         """Remove every connected socket from ``room``, on every node."""
         await self.open()
-        await self._publish("close_room", room=room, namespace=namespace)
+        await self._publish(control.CloseRoom(room=room, namespace=namespace))
 
-    async def _publish(self, method: str, **body: Any) -> None:
-        await self.store.publish_control(
-            ControlMessage(method=method, origin=self.host_id, body=body))
+    async def _publish(self, command: control.Command) -> None:
+        await self.store.publish_control(control.to_message(command, origin=self.host_id))
 
 
 class SyncEmitter:

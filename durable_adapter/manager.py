@@ -16,23 +16,22 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-import socketio
 from engineio import packet as eio_packet
 
 from . import _socketio, metrics
 from ._attempt import Hold, current_attempt
-from ._cluster import ClusterOps, in_control_handler
+from ._cluster import ClusterManager, LetGo, in_control_handler
 from ._codec import copy_value
 from ._lease import Lease
-from ._membership import MembershipLog, membership_of
 from ._offsets import format_offset
-from ._packets import encode_event, encode_with_offset, set_offset
+from ._packets import as_args, as_rooms, encode_event, encode_with_offset, set_offset
 from ._recent import RecentHistory
-from ._recovery import DEFAULT_LEASE_EXPIRY
+from ._recovery import DEFAULT_HISTORY_CACHE_BYTES, DEFAULT_LEASE_EXPIRY
 from ._sockets import SocketRegistry, SocketState
 from ._write_through import WRITE_WAIT, SessionWriter
 from .exceptions import StoreError
 from .stores.base import NewPacket, Session, Store, StoredPacket
+from .stores.membership import MembershipLog, membership_of
 
 logger = logging.getLogger(__name__)
 
@@ -40,27 +39,16 @@ DELIVERY_WAIT = 10.0  # seconds an emit waits for its packet to reach local sock
 STORE_CLOSE_WAIT = 2.0  # seconds a stopping node gives the store to close
 
 
-def _as_args(data: Any) -> list[Any]:
-    """python-socketio's rule: a tuple is several arguments, None is none."""
-    if isinstance(data, tuple):
-        return list(data)
-    return [] if data is None else [data]
+class DurableManager(ClusterManager):
+    """Client manager of :class:`durable_adapter.AsyncServer`; not used on its own.
 
-
-def _as_rooms(rooms: Any) -> tuple[str, ...]:
-    if rooms is None:
-        return ()
-    if isinstance(rooms, str):
-        return (rooms,)
-    return tuple(r for r in rooms if r is not None)
-
-
-class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
-    """Client manager of :class:`durable_adapter.AsyncServer`; not used on its own."""
+    The layer over :class:`~._cluster.ClusterManager` (operations on other nodes'
+    sockets): stored emits, their ordered delivery, and holds during restores.
+    """
 
     def __init__(self, store: Store, *, recovery_namespaces: frozenset[str] | None,
                  build_session: Callable[[str, str], Awaitable[Session | None]],
-                 let_go: Callable[[str, str], Awaitable[None]],
+                 let_go: LetGo,
                  on_lease_regained: Callable[[], Awaitable[None]],
                  lease_expiry: float = DEFAULT_LEASE_EXPIRY,
                  write_through: bool = True) -> None:
@@ -72,8 +60,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         :param on_lease_regained: checks which sessions are still this node's after its
             lease lapsed (run in a task of its own while renewals go on).
         """
-        super().__init__()
-        self.store = store
+        super().__init__(store, let_go=let_go)
         #: None means every namespace recovers (except ``/admin``)
         self.recovery_namespaces = recovery_namespaces
         self.delivered = 0
@@ -94,9 +81,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         #: False once :meth:`stop_sending` ran (shutdown): no stored packet goes out
         self.sending = True
         #: frames per seq and a window of delivered packets, for replays (``_recent``)
-        self.recent = RecentHistory()
-        self.let_go = let_go
-        self._init_cluster()
+        self.recent = RecentHistory(DEFAULT_HISTORY_CACHE_BYTES)
         #: this node's liveness, as other nodes see it in the store
         self.lease = Lease(store, self.host_id, lease_expiry, on_regained=on_lease_regained)
         # a memory store dies with the process: its live sessions could serve no other
@@ -190,8 +175,8 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
         **kwargs: Any,
     ) -> None:
         room = to or room
-        args = _as_args(data)
-        rooms, except_rooms = _as_rooms(room), _as_rooms(skip_sid)
+        args = as_args(data)
+        rooms, except_rooms = as_rooms(room), as_rooms(skip_sid)
         if callback is not None or volatile or not self.recovers(namespace):
             # not stored and no offset (protocol.md): sent live, still behind any hold
             await self.send_live_local(event, args, namespace, rooms, except_rooms, callback)
@@ -335,7 +320,7 @@ class DurableManager(ClusterOps, socketio.AsyncManager):  # type: ignore[misc]
     async def _deliver_seq(self, stored: StoredPacket,
                            parts: list[eio_packet.Packet] | None) -> None:
         # advance first: a socket saved mid-packet records this packet as seen,
-        # and a room joined or left from here on counts after it (_membership)
+        # and a room joined or left from here on counts after it (stores.membership)
         self.delivered = stored.seq
         # this node's own come with their frames, encoded at emit: replays reuse them
         self.recent.add(stored, parts)

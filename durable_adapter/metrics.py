@@ -33,17 +33,14 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from aiohttp import web
-
-    from ._recovery import RecoveryFailure
-    from .manager import DurableManager
-    from .stores.base import PurgeResult, Session, Store
 
 try:
     import prometheus_client
@@ -70,6 +67,49 @@ clock = time.perf_counter
 #: when the CONNECT being handled in this task arrived (0: not a recovery attempt)
 _connect_started: contextvars.ContextVar[float] = contextvars.ContextVar(
     "durable_adapter_connect_started", default=0.0)
+
+
+# -- what the hooks read of the rest of the package ----------------------------------------
+# The stores call these hooks, so this module stands below them and below the servers: it
+# names what it reads of their objects here instead of importing their classes.
+
+
+class _Bounds(Protocol):  # a store's HistoryBounds
+    @property
+    def top(self) -> int: ...
+
+    @property
+    def purged_through(self) -> int: ...
+
+
+class _Dated(Protocol):  # a StoredPacket
+    @property
+    def created_at(self) -> float: ...
+
+
+class _History(Protocol):  # a Store
+    async def bounds(self) -> _Bounds: ...
+
+    async def read(self, *, after: int, limit: int) -> Sequence[_Dated]: ...
+
+
+class _Purged(Protocol):  # a store's PurgeResult
+    @property
+    def sessions(self) -> int: ...
+
+    @property
+    def packets(self) -> int: ...
+
+
+class _Watched(Protocol):  # a server's DurableManager
+    @property
+    def rooms(self) -> Mapping[str, Mapping[str | None, Any]]: ...
+
+    @property
+    def store(self) -> _History: ...
+
+    @property
+    def delivered(self) -> int: ...
 
 
 class _Metrics:
@@ -137,10 +177,10 @@ class _Metrics:
 
 
 #: servers whose sockets and follower lag are reported (weak: a dropped server leaves)
-_watched: weakref.WeakSet[DurableManager] = weakref.WeakSet()
+_watched: weakref.WeakSet[_Watched] = weakref.WeakSet()
 #: the latest probe of each watched server: (packets behind, seconds behind)
-_lags: MutableMapping[DurableManager, tuple[int, float]] = weakref.WeakKeyDictionary()
-_probes: MutableMapping[DurableManager, asyncio.Task[None]] = weakref.WeakKeyDictionary()
+_lags: MutableMapping[_Watched, tuple[int, float]] = weakref.WeakKeyDictionary()
+_probes: MutableMapping[_Watched, asyncio.Task[None]] = weakref.WeakKeyDictionary()
 
 
 class _LiveCollector:
@@ -266,8 +306,9 @@ def recovery_started() -> None:
         _connect_started.set(clock())
 
 
-def recovery_refused(namespace: str, failure: RecoveryFailure | None) -> None:
-    """The attempt prepared for this CONNECT; counts it if it was refused."""
+def recovery_refused(namespace: str, failure: Enum | None) -> None:
+    """The attempt prepared for this CONNECT; counts it if it was refused (``failure``, a
+    :class:`~durable_adapter.RecoveryFailure`, names why)."""
     active = _active
     if active is None or failure is None:
         return
@@ -294,7 +335,7 @@ def session_saved() -> None:
         _active.sessions_saved.inc()
 
 
-def session_claimed(session: Session | None) -> None:
+def session_claimed(session: object | None) -> None:
     if _active is not None and session is not None:
         _active.sessions_claimed.inc()
 
@@ -318,7 +359,7 @@ def store_error(operation: str) -> None:
         _active.store_errors.labels(operation).inc()
 
 
-def watch(manager: DurableManager) -> None:
+def watch(manager: _Watched) -> None:
     """A server started: report its sockets, and probe its follower lag."""
     _watched.add(manager)
     active = _active
@@ -328,7 +369,7 @@ def watch(manager: DurableManager) -> None:
             _probe_lag(manager, active.lag_interval), name="durable_adapter lag probe")
 
 
-async def unwatch(manager: DurableManager) -> None:
+async def unwatch(manager: _Watched) -> None:
     """The server stops: stop its probe and forget it."""
     _watched.discard(manager)
     _lags.pop(manager, None)
@@ -339,7 +380,7 @@ async def unwatch(manager: DurableManager) -> None:
             await probe
 
 
-async def cleanup_pass(store: Store, result: PurgeResult) -> None:
+async def cleanup_pass(store: _History, result: _Purged) -> None:
     """The cleanup worker finished a pass with ``result``."""
     active = _active
     if active is None:
@@ -357,7 +398,7 @@ async def cleanup_pass(store: Store, result: PurgeResult) -> None:
     active.cleanup_last_success = finished
 
 
-async def _probe_lag(manager: DurableManager, interval: float) -> None:
+async def _probe_lag(manager: _Watched, interval: float) -> None:
     """Every ``interval`` s: how far the store's top is ahead of what was delivered."""
     while _active is not None:
         try:

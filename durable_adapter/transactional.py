@@ -25,9 +25,8 @@ from sqlalchemy import Connection, TextClause, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
-from ._packets import check_sendable
+from ._packets import as_args, as_rooms, check_sendable
 from .exceptions import ConfigurationError, StoreError
-from .manager import _as_args, _as_rooms
 from .stores.base import NewPacket
 from .stores.rules import check_new_packet
 from .stores.sql.schema import SINGLETON_ID, counter, packet_values, packets
@@ -80,8 +79,8 @@ def emit_in(conn: Any, event: str, data: Any = None, to: Any = None, room: Any =
         raise TypeError(f"event must be a str, got {type(event).__name__}")
     if schema is not None and not (isinstance(schema, str) and schema.isidentifier()):
         raise ConfigurationError(f"schema must be a plain identifier, got {schema!r}")
-    packet = NewPacket(namespace=namespace, data=[event, *_as_args(data)],
-                       rooms=_as_rooms(to or room), except_rooms=_as_rooms(skip_sid))
+    packet = NewPacket(namespace=namespace, data=[event, *as_args(data)],
+                       rooms=as_rooms(to or room), except_rooms=as_rooms(skip_sid))
     check_new_packet(packet)
     if not namespace.startswith("/"):  # as the SQL function: a swapped argument, likely
         raise StoreError(f"namespace must start with '/', got {namespace!r}")

@@ -25,8 +25,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from .._membership import MembershipLog
 from ..exceptions import StoreError
+from .membership import MembershipLog
 
 
 @dataclass(frozen=True, kw_only=True)

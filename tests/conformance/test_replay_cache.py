@@ -18,6 +18,7 @@ from socketio import packet as sio_packet
 
 from durable_adapter import RecoveryFailure
 from durable_adapter._recent import ENTRY_OVERHEAD, RecentHistory
+from durable_adapter._recovery import DEFAULT_HISTORY_CACHE_BYTES
 from durable_adapter.stores.base import NewPacket, Store, StoredPacket
 from durable_adapter.stores.memory import MemoryStore
 from tests._harness import WAIT, serving, until
@@ -297,7 +298,7 @@ def test_the_window_evicts_by_bytes_from_its_bottom_only() -> None:
 
 
 def test_a_skipped_seq_starts_a_new_window() -> None:
-    recent = RecentHistory()
+    recent = RecentHistory(DEFAULT_HISTORY_CACHE_BYTES)
     for seq in (1, 2, 3):
         recent.add(_packet(seq))
     recent.add(_packet(5))  # 4 was skipped by the follower (undecodable, trimmed)
@@ -343,7 +344,7 @@ async def test_concurrent_reads_of_one_page_share_one_query() -> None:
             await gate.wait()
             return await read(**kwargs)
 
-        recent = RecentHistory()
+        recent = RecentHistory(DEFAULT_HISTORY_CACHE_BYTES)
         tasks = [asyncio.ensure_future(recent.replay(slow, 0, 5, "/", page=1000))
                  for _ in range(20)]
         # the query starts once every replay has asked for the page (tasks run in order)

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from durable_adapter import RecoveryFailure, _membership
-from durable_adapter._membership import MembershipLog
+from durable_adapter import RecoveryFailure
 from durable_adapter._offsets import hash_pid
+from durable_adapter.stores import membership
 from durable_adapter.stores.base import Session, StoredPacket, TakeRequest
+from durable_adapter.stores.membership import MembershipLog
 from tests._harness import WAIT
 from tests.conformance.conftest import Node, Peer, running
 
@@ -144,7 +145,7 @@ async def test_session_saved_without_a_log_recovers_with_its_rooms(store_url: st
 
 async def test_a_replay_older_than_the_kept_stays_is_refused(
         store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_membership, "MAX_CLOSED", 2)
+    monkeypatch.setattr(membership, "MAX_CLOSED", 2)
     async with running(store_url) as node:
         _rooms_handlers(node)
         peer = Peer()
@@ -201,11 +202,11 @@ def test_membership_merges_and_drops_empty_stays() -> None:
 
 def test_membership_keeps_a_bounded_number_of_stays() -> None:
     log = MembershipLog()
-    for at in range(0, 4 * _membership.MAX_CLOSED, 2):
+    for at in range(0, 4 * membership.MAX_CLOSED, 2):
         log.join("a", at)
         log.leave("a", at + 1)
-    assert len(log.rooms["a"]) == _membership.MAX_CLOSED
-    last_dropped_end = 4 * _membership.MAX_CLOSED - 2 * _membership.MAX_CLOSED - 1
+    assert len(log.rooms["a"]) == membership.MAX_CLOSED
+    last_dropped_end = 4 * membership.MAX_CLOSED - 2 * membership.MAX_CLOSED - 1
     assert log.since == last_dropped_end
     assert not log.was_in("a", last_dropped_end + 1) and log.was_in("a", last_dropped_end + 2)
 

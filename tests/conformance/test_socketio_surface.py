@@ -11,11 +11,13 @@ import socketio
 
 import durable_adapter
 from durable_adapter import _socketio
+from durable_adapter._cluster import ClusterManager
 from durable_adapter.manager import DurableManager
 
 SURFACES = [
     (durable_adapter.AsyncServer, socketio.AsyncServer, _socketio.SERVER_NAMES),
     (durable_adapter.AsyncClient, socketio.AsyncClient, _socketio.CLIENT_NAMES),
+    (ClusterManager, socketio.AsyncManager, _socketio.MANAGER_NAMES),
     (DurableManager, socketio.AsyncManager, _socketio.MANAGER_NAMES),
 ]
 

@@ -13,8 +13,9 @@ import pytest
 from alembic import command
 from sqlalchemy import Connection
 
-from durable_adapter.migrate import alembic_config, locked_connection, migrate
+from durable_adapter.migrate import migrate
 from durable_adapter.stores.sql.dialect import create_engine, parse_url
+from durable_adapter.stores.sql.migrate import alembic_config, locked_connection
 from durable_adapter.stores.sql.postgres import PostgresStore, channel_name
 from tests._postgres import POSTGRES_URL, WAIT, postgres_schema, require_server
 
@@ -87,7 +88,7 @@ async def test_downgrade_to_0003_removes_the_functions() -> None:
 
 def test_the_migration_rings_the_channel_the_store_listens_on() -> None:
     # written out in the migration (a frozen snapshot): it must agree with the store's
-    from durable_adapter.migrate import migrations_path
+    from durable_adapter.stores.sql.migrate import migrations_path
 
     path = migrations_path() / "versions" / "0004_emit_function.py"
     spec = importlib.util.spec_from_file_location("revision_0004", path)

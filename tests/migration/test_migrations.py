@@ -25,9 +25,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from durable_adapter._codec import encode_value
 from durable_adapter.exceptions import ConfigurationError
-from durable_adapter.migrate import head_revisions, migrate
+from durable_adapter.migrate import migrate
 from durable_adapter.stores.base import Session, TakeRequest
 from durable_adapter.stores.sql import SQLStore
+from durable_adapter.stores.sql.migrate import head_revisions
 from durable_adapter.stores.sql.schema import VERSION_TABLE, metadata
 from tests._postgres import POSTGRES_URL, postgres_schema
 

@@ -1,6 +1,6 @@
 """An application's own ``migrations`` package changes nothing we do: our Alembic
-environment is found inside ``durable_adapter`` (``durable_adapter._migrations``), never
-by the top-level name ``migrations``, Alembic's and Flask-Migrate's default folder.
+environment is found inside ``durable_adapter`` (``durable_adapter.stores.sql.migrations``),
+never by the top-level name ``migrations``, Alembic's and Flask-Migrate's default folder.
 
 The built wheel is checked the same way, installed in a fresh virtualenv, by
 ``.ci/wheel_check.sh``.
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from durable_adapter.migrate import MIGRATIONS_PACKAGE, is_current, migrations_path
 from durable_adapter.stores.sql.dialect import create_engine, parse_url
+from durable_adapter.stores.sql.migrate import MIGRATIONS_PACKAGE, is_current, migrations_path
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = 60.0  # seconds one command may take
@@ -61,7 +61,7 @@ async def at_head(url: str) -> bool:
 
 
 def test_the_environment_lives_in_our_namespace() -> None:
-    assert MIGRATIONS_PACKAGE == "durable_adapter._migrations"
+    assert MIGRATIONS_PACKAGE == "durable_adapter.stores.sql.migrations"
     assert (migrations_path() / "env.py").is_file()
     assert (migrations_path() / "script.py.mako").is_file()
 
@@ -87,7 +87,7 @@ def test_opening_the_sqlite_store_ignores_the_applications_migrations(app: Path)
 
 
 def test_alembic_upgrade_head_from_the_checkout(tmp_path: Path) -> None:
-    """The top-level folder stays for ``alembic upgrade head`` from a checkout."""
+    """``alembic upgrade head`` from a checkout runs the package's environment."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'alembic.db'}"
     alembic = Path(sys.executable).with_name("alembic")
     done = subprocess.run([str(alembic), "-x", f"url={url}", "upgrade", "head"], cwd=REPO,

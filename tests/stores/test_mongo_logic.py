@@ -21,11 +21,11 @@ import bson
 import pytest
 from pymongo.errors import OperationFailure
 
-from durable_adapter._membership import MembershipLog
 from durable_adapter.exceptions import ConfigurationError, ExperimentalWarning, StoreError
 from durable_adapter.migrate import migrate
 from durable_adapter.stores import store_from_url
 from durable_adapter.stores.base import LIVE_EXPIRY, ControlMessage, NewPacket, Session
+from durable_adapter.stores.membership import MembershipLog
 from durable_adapter.stores.mongo import MongoStore
 from durable_adapter.stores.mongo import follow as follow
 from durable_adapter.stores.mongo import schema as schema

@@ -19,7 +19,6 @@ from typing import TypeVar
 
 import pytest
 
-from durable_adapter._membership import MembershipLog
 from durable_adapter.exceptions import ConfigurationError, SessionDataError, StoreError
 from durable_adapter.stores.base import (
     ControlMessage,
@@ -30,6 +29,7 @@ from durable_adapter.stores.base import (
     StoredPacket,
     TakeRequest,
 )
+from durable_adapter.stores.membership import MembershipLog
 from durable_adapter.stores.memory import MemoryStore
 from durable_adapter.stores.sql import SQLStore
 

@@ -1,4 +1,4 @@
-"""When a socket was in which room: ``MembershipLog`` (``durable_adapter/_membership.py``).
+"""When a socket was in which room: ``MembershipLog`` (``durable_adapter/stores/membership.py``).
 
 A socket that joins a room when its node has delivered up to ``p`` receives that room's
 packets with ``seq > p``; one that leaves at ``p`` received them up to ``p``. A replay
@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from durable_adapter._membership import MAX_CLOSED, MembershipLog
 from durable_adapter.stores.base import StoredPacket
+from durable_adapter.stores.membership import MAX_CLOSED, MembershipLog
 
 SID = "s1"
 

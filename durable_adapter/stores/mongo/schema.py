@@ -30,9 +30,9 @@ from typing import Any
 from bson.binary import Binary
 
 from ..._codec import decode_value, encode_value
-from ..._membership import MembershipLog
 from ...exceptions import ConfigurationError
 from ..base import ControlMessage, NewPacket, Session, StoredPacket
+from ..membership import MembershipLog
 
 HISTORY_ID = "history"
 DUPLICATE_KEY = 11000  # server error code

@@ -111,7 +111,7 @@ class RedisFollower:
                     metrics.store_error("follow")
                     logger.warning(
                         "following the Redis store failed, reading again after seq %d in "
-                        "%.0f s: %s", self.cursor, backoff.delay, exc,
+                        "%.1f s: %s", self.cursor, backoff.delay, exc,
                         extra={"action": "follow_retry"},
                     )
                     await backoff.wait()

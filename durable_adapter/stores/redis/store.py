@@ -55,7 +55,6 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from ..._codec import check_session_data, decode_value, encode_value
-from ..._membership import MembershipLog
 from ..._tasks import STOP_TIMEOUT
 from ...exceptions import ConfigurationError, StoreError
 from ..base import (
@@ -75,6 +74,7 @@ from ..base import (
 from ..batch_writer import BatchWriter
 from ..delivery import decode_or_refuse
 from ..errors import driver_errors
+from ..membership import MembershipLog
 from ..rules import check_new_packet, check_purge_args
 from . import scripts
 from .follow import Entry, RedisFollower, entry_seq, split_id

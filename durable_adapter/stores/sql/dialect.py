@@ -1,6 +1,6 @@
 """Engine set-up and the few statements that differ between SQLite and PostgreSQL.
 
-Kept apart from :mod:`.sql` so the migrations (:mod:`durable_adapter.migrate`) build
+Kept apart from :mod:`.store` so the migrations (:mod:`.migrate`) build
 their connections exactly as the store does, and so a dialect adds itself here rather
 than by branching inside the store.
 """

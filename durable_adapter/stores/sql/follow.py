@@ -103,7 +103,7 @@ class SQLFollower:
                 except Exception as exc:  # survive any failed read; CancelledError passes
                     metrics.store_error("follow")
                     logger.warning(
-                        "following the store failed, retrying in %.0f s: %s",
+                        "following the store failed, retrying in %.1f s: %s",
                         backoff.delay,
                         exc,
                         extra={"action": "follow_retry"},

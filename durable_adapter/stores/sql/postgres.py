@@ -176,10 +176,10 @@ class PostgresStore(SQLStore):
             try:
                 await self._listen_once()
             except Exception as exc:  # any failure: reconnect; CancelledError passes
-                if self.listening.is_set():  # it was up: a new loss starts over at 1 s
+                if self.listening.is_set():  # it was up: a new loss starts over
                     backoff.reset()
                 logger.warning(
-                    "LISTEN on %s failed, retrying in %.0f s: %s", self.channel,
+                    "LISTEN on %s failed, retrying in %.1f s: %s", self.channel,
                     backoff.delay, exc, extra={"action": "listen_retry"})
             finally:
                 self.listening.clear()

@@ -27,8 +27,8 @@ from sqlalchemy import (
 )
 
 from ..._codec import decode_value, encode_value
-from ..._membership import MembershipLog
 from ..base import NewPacket, Session, StoredPacket
+from ..membership import MembershipLog
 
 PREFIX = "durable_adapter_"
 

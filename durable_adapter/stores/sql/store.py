@@ -29,7 +29,6 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ... import migrate as _migrate
 from ..._codec import check_session_data
 from ..._tasks import STOP_TIMEOUT, finish_or_cancel
 from ...exceptions import ConfigurationError, StoreError
@@ -53,6 +52,7 @@ from . import append as appends
 from . import control as controls
 from . import dialect, leases
 from .follow import SQLFollower
+from .migrate import is_current, upgrade_engine
 from .retention import purge_packets, purge_sessions
 from .schema import (
     SINGLETON_ID,
@@ -204,7 +204,7 @@ class SQLStore(controls.SQLControl, Store):
                 async with engine.connect() as connection:
                     await connection.exec_driver_sql("SELECT 1")
             with self._errors(f"cannot migrate the store at {self._where()}"):
-                if not await _migrate.is_current(engine, self.schema):
+                if not await is_current(engine, self.schema):
                     if not self.auto_migrate:
                         raise ConfigurationError(
                             f"the tables at {self._where()} are missing or out of date; run "
@@ -212,7 +212,7 @@ class SQLStore(controls.SQLControl, Store):
                             + (f" (in Python: durable_adapter.migrate.migrate(url, "
                                f"schema={self.schema!r}))" if self.schema else "")
                         )
-                    await _migrate.upgrade_engine(engine, self.schema)
+                    await upgrade_engine(engine, self.schema)
             self._engine = engine
             self._epoch = await self._init_history()
         except BaseException:

@@ -16,14 +16,40 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .stores.base import Session, StoredPacket
+from typing import Any, Protocol
 
 MAX_CLOSED = 100  # finished stays kept per socket
 
 Interval = tuple[int, int | None]  # (joined_after, left_after or None: still a member)
+
+
+class Addressed(Protocol):
+    """What a membership reads of a packet (a :class:`~.base.StoredPacket`)."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def rooms(self) -> tuple[str, ...]: ...
+
+    @property
+    def except_rooms(self) -> tuple[str, ...]: ...
+
+
+class SavedRooms(Protocol):
+    """What :func:`membership_of` reads of a saved socket (a :class:`~.base.Session`)."""
+
+    @property
+    def membership(self) -> MembershipLog | None: ...
+
+    @property
+    def rooms(self) -> tuple[str, ...]: ...
+
+    @property
+    def start_seq(self) -> int: ...
+
+    @property
+    def sid(self) -> str: ...
 
 
 @dataclass(kw_only=True)
@@ -81,7 +107,7 @@ class MembershipLog:
         return any(joined < seq and (left is None or seq <= left)
                    for joined, left in self.rooms.get(room, ()))
 
-    def was_for(self, packet: StoredPacket, sid: str) -> bool:
+    def was_for(self, packet: Addressed, sid: str) -> bool:
         """True when socket ``sid`` was a recipient of ``packet`` at its seq."""
         def member(room: str) -> bool:
             return room == sid or self.was_in(room, packet.seq)
@@ -129,7 +155,7 @@ def _seq(value: Any) -> int:
     return value
 
 
-def membership_of(session: Session) -> MembershipLog:
+def membership_of(session: SavedRooms) -> MembershipLog:
     """The session's log, or for a session saved before logs existed its rooms all along."""
     if session.membership is not None:
         return session.membership

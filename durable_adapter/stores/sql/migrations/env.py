@@ -3,7 +3,8 @@
 From a checkout: ``alembic -x url=sqlite+aiosqlite:///app.db upgrade head`` (or set
 ``DURABLE_ADAPTER_URL``); ``-x schema=name`` (or ``DURABLE_ADAPTER_SCHEMA``) puts the
 tables in a PostgreSQL schema. :func:`durable_adapter.migrate.migrate` runs the same
-environment, handing over its connection in ``config.attributes["connection"]``.
+environment (as ``durable_adapter.stores.sql.migrations``, this folder's package), handing
+over its connection in ``config.attributes["connection"]``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection
 
-from durable_adapter.migrate import run_with_lock
+from durable_adapter.stores.sql.migrate import run_with_lock
 from durable_adapter.stores.sql.schema import VERSION_TABLE, metadata
 
 config = context.config

@@ -1,0 +1,165 @@
+"""The control protocol: every message that nodes and emitters send each other through the
+store, spelled once.
+
+A store carries a :class:`~.stores.base.ControlMessage` (a method name, the sending node,
+an optional target node and a body of JSON-able values) without reading it. What the
+methods are and what each body holds is said here, by one class per method; the cluster
+layer of the servers (:mod:`._cluster`) and the emitters (:mod:`.emitter`) build and read
+messages only through them, so the two cannot drift apart.
+
+Emit arguments travel packed (:func:`pack`): the codec of the stored packets, in base64,
+so bytes and nested values come back as they went, in every store.
+
+Usage::
+
+    message = to_message(EnterRoom(sid=sid, namespace="/", room="r"), origin=node_id)
+    command = COMMANDS[message.method].from_body(message.body)
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Self
+
+from ._codec import decode_value, encode_value
+from .stores.base import ControlMessage
+
+
+def pack(data: Any) -> str:
+    """``data`` as a body value: the stored packets' codec, in base64."""
+    return base64.b64encode(encode_value(data)).decode()
+
+
+def unpack(text: str) -> Any:
+    """The inverse of :func:`pack`."""
+    return decode_value(base64.b64decode(text))
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Command:
+    #: the message's method name on the wire
+    method: ClassVar[str]
+
+    def body(self) -> dict[str, Any]:
+        """The message body: each field by its name."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Self:
+        """The inverse of :meth:`body`; a missing or unknown key raises TypeError."""
+        return cls(**body)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Disconnect(_Command):
+    """Disconnect ``sid`` on the node where it is connected."""
+
+    method: ClassVar[str] = "disconnect"
+    sid: str
+    namespace: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnterRoom(_Command):
+    """Put the connected socket ``sid`` in ``room``, on the node that holds it."""
+
+    method: ClassVar[str] = "enter_room"
+    sid: str
+    namespace: str
+    room: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeaveRoom(_Command):
+    """Take the connected socket ``sid`` out of ``room``, on the node that holds it."""
+
+    method: ClassVar[str] = "leave_room"
+    sid: str
+    namespace: str
+    room: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CloseRoom(_Command):
+    """Take every socket out of ``room``, on every node."""
+
+    method: ClassVar[str] = "close_room"
+    room: str
+    namespace: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmitLive(_Command):
+    """A live emit (volatile, with an ack, or in a namespace without recovery) for every
+    node's matching sockets; with ``callback_id``, acks go back to the sending node as
+    :class:`Callback` messages."""
+
+    method: ClassVar[str] = "emit_live"
+    namespace: str
+    event: str
+    args: list[Any]
+    rooms: tuple[str, ...] = ()
+    except_rooms: tuple[str, ...] = ()
+    callback_id: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {"namespace": self.namespace, "event": self.event, "args": pack(self.args),
+                "rooms": list(self.rooms), "except_rooms": list(self.except_rooms),
+                "callback_id": self.callback_id}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Self:
+        return cls(namespace=body["namespace"], event=body["event"],
+                   args=unpack(body["args"]), rooms=tuple(body["rooms"]),
+                   except_rooms=tuple(body["except_rooms"]), callback_id=body["callback_id"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Handover(_Command):
+    """Sent to the node holding a live session: close its socket and save the session as
+    dropped, then answer with :class:`HandoverDone`."""
+
+    method: ClassVar[str] = "handover"
+    namespace: str
+    pid_hash: str
+    request_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class HandoverDone(_Command):
+    """The answer to :class:`Handover` ``request_id``, sent to the node that asked."""
+
+    method: ClassVar[str] = "handover_done"
+    request_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Callback(_Command):
+    """A client's ack of an :class:`EmitLive`, sent to the node that emitted it."""
+
+    method: ClassVar[str] = "callback"
+    callback_id: str
+    args: list[Any]
+
+    def body(self) -> dict[str, Any]:
+        return {"callback_id": self.callback_id, "args": pack(self.args)}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Self:
+        return cls(callback_id=body["callback_id"], args=unpack(body["args"]))
+
+
+Command = (Disconnect | EnterRoom | LeaveRoom | CloseRoom | EmitLive | Handover
+           | HandoverDone | Callback)
+
+#: method name -> its class
+COMMANDS: Mapping[str, type[Command]] = {kind.method: kind for kind in (
+    Disconnect, EnterRoom, LeaveRoom, CloseRoom, EmitLive, Handover, HandoverDone, Callback)}
+
+
+def to_message(command: Command, *, origin: str, target: str | None = None) -> ControlMessage:
+    """``command`` as sent by ``origin``: to every other node, or to ``target`` alone."""
+    return ControlMessage(method=command.method, origin=origin, target=target,
+                          body=command.body())

@@ -140,13 +140,29 @@ class MembershipLog:
             since = value["since"]
             rooms: dict[str, list[Interval]] = {}
             for room, stays in value["rooms"]:
-                if not isinstance(room, str):
-                    raise ValueError("room name")
-                rooms[room] = [(_seq(joined), None if left is None else _seq(left))
-                               for joined, left in stays]
+                if not isinstance(room, str) or room in rooms:
+                    raise ValueError("room name missing or listed twice")
+                rooms[room] = _stays(stays)
             return cls(since=_seq(since), rooms=rooms)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a membership log: {exc}") from exc
+
+
+def _stays(value: Any) -> list[Interval]:
+    """A room's stays as :meth:`MembershipLog.leave` records them: at least one, each
+    ending after it began, in order, only the last one open."""
+    stays: list[Interval] = [(_seq(joined), None if left is None else _seq(left))
+                             for joined, left in value]
+    if not stays:
+        raise ValueError("a room without a stay")
+    for index, (joined, left) in enumerate(stays):
+        if left is None and index != len(stays) - 1:
+            raise ValueError("an open stay before another")
+        if left is not None and left <= joined:
+            raise ValueError("a stay that ends before it begins")
+        if index and joined < (stays[index - 1][1] or 0):
+            raise ValueError("stays out of order")
+    return stays
 
 
 def _seq(value: Any) -> int:

@@ -53,8 +53,10 @@ def decide_take(*, owner: str | None, expires_at: float, lease_expires: float | 
 
     - disconnected (owner None): taken while ``expires_at > now``, else None (expired);
     - owned by ``node``: MINE (the caller checked its own sockets already);
-    - owned by a node whose lease is alive: ``OwnedBy(owner)``, unless ``force_from``
-      names it (it handed the session over, or did not answer in time): then taken;
+    - ``force_from`` names the owner (it was asked to hand the session over and let
+      go, or did not answer in time): taken, whatever its lease says (a node that let
+      go and then shut down has dropped its lease);
+    - owned by a node whose lease is alive: ``OwnedBy(owner)``;
     - owned by a node whose lease expired (killed): taken for ``window`` seconds after
       the lease expired (the session's last written state), None after.
     """

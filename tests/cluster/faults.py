@@ -191,17 +191,20 @@ class Peer:
     async def closed_within(self, seconds: float) -> float | None:
         """Seconds until the server closed this connection, None if still open."""
         started = time.monotonic()
-        try:
-            await asyncio.wait_for(self.client.eio.wait(), seconds)
-        except TimeoutError:
-            return None
+        reading = self.client.eio.read_loop_task
+        if reading is not None:
+            # not wait_for(eio.wait()): its timeout would cancel the read loop itself
+            done, _ = await asyncio.wait({reading}, timeout=seconds)
+            if not done:
+                return None
         return time.monotonic() - started
 
     async def close(self) -> None:
-        with suppress(Exception):
+        # a read loop cancelled earlier surfaces here as CancelledError: nothing to close
+        with suppress(Exception, asyncio.CancelledError):
             if self.client.connected:
                 await asyncio.wait_for(self.client.disconnect(), WAIT)
-        with suppress(Exception):
+        with suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(self.client.eio.disconnect(abort=True), WAIT)
 
 

@@ -13,7 +13,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,9 +112,20 @@ class Http:
             return await response.json()
 
 
-async def flush(member: NodeProcess) -> None:
-    """Until the node's written-through sessions of what happened so far are stored."""
-    await member.post("/op", {"op": "flush"}, within=WAIT)
+async def flush(member: NodeProcess) -> bool:
+    """Until the node's written-through sessions of what happened so far are stored (or
+    their write failed); False when its writer was still busy after 5 s."""
+    answer = await member.post("/op", {"op": "flush", "within": 5.0}, within=WAIT)
+    return bool(answer.get("flushed", True))
+
+
+async def counters(member: NodeProcess) -> dict[str, int]:
+    """How often the node's refusing connect handlers ran (``GET /counters``)."""
+    async with aiohttp.ClientSession() as http, http.get(
+            member.url + "/counters", timeout=aiohttp.ClientTimeout(total=WAIT)) as response:
+        response.raise_for_status()
+        found: dict[str, int] = await response.json()
+        return found
 
 
 async def emit(member: NodeProcess, tag: str, room: str, count: int = 1) -> None:
@@ -210,6 +221,16 @@ class Peer:
 
 async def close_all(*peers: Peer | None) -> None:
     await asyncio.gather(*(peer.close() for peer in peers if peer is not None))
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = WAIT) -> bool:
+    """Whether the async ``check`` holds within ``within`` seconds (polled)."""
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 async def until_time(moment: float) -> None:

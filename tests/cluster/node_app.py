@@ -26,7 +26,8 @@ presenting it is refused, later ones go on) or ``slow_refuse`` (the connect hand
 data as the socket's session, acks True), ``session`` (acks the socket's session),
 ``save_bad`` (saves a session holding a ``datetime``; acks whether ``save_session``
 raised). ``GET /counters`` tells how often the refusing handlers ran; ``POST /op`` with
-``{"op": "flush"}`` returns once the session writes made so far were attempted.
+``{"op": "flush"}`` returns once the session writes made so far were attempted (at
+most ``within`` s, default 5: ``"flushed"`` says whether they were).
 """
 
 from __future__ import annotations
@@ -171,10 +172,15 @@ def build(store: Any, name: str, *, always_connect: bool = False,
             await sio.emit(body["event"], body.get("data"), to=body.get("to"), volatile=True)
         elif kind == "flush":
             # test-only: the written-through sessions of what happened so far are in
-            # the store (or their write failed) once this returns
+            # the store (or their write failed) once this returns; bounded: a writer
+            # that keeps failing says so ("flushed": false) instead of hanging
             writer = getattr(sio, "sessions", None)
             if writer is not None:
-                await writer.flush()
+                try:
+                    await asyncio.wait_for(writer.flush(), body.get("within", 5.0))
+                except TimeoutError:
+                    return web.json_response({"ok": True, "flushed": False})
+            return web.json_response({"ok": True, "flushed": True})
         return web.json_response({"ok": True})
 
     async def rooms(request: web.Request) -> web.Response:

@@ -53,6 +53,7 @@ EXIT_WITHIN = 10.0  # seconds from SIGTERM to exit while the store is out
 #: seconds the final save may take to give up before the node closes its sockets (the
 #: recoverability test waits that long for the shutdown to get past its save)
 SAVE_GIVES_UP_WITHIN = 35.0
+EXIT_AFTER_OUTAGE = 30.0  # seconds for the stopping node to exit once the store is back
 #: the whole pause of the exit test on Redis (ALL: even UNPAUSE waits for its end)
 REDIS_PAUSE_MS = int((EXIT_WITHIN + 4) * 1000)
 
@@ -190,7 +191,12 @@ async def stopped_during_outage(how: int, a: NodeProcess, peer: Peer, outage: Ou
     finally:
         await outage.end()
         closing.cancel()
-    await asyncio.wait_for(exiting, 30)
+    try:
+        await asyncio.wait_for(exiting, EXIT_AFTER_OUTAGE)
+    except TimeoutError:
+        raise AssertionError(
+            f"the node still ran {EXIT_AFTER_OUTAGE} s after the outage ended (its client's "
+            f"connection closed {closed} s after the signal)") from None
     return closed
 
 

@@ -16,7 +16,6 @@ there. Once ``a`` runs again:
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator

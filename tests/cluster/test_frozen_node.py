@@ -38,7 +38,7 @@ from tests.cluster.faults import (
 )
 from tests.cluster.harness import NodeProcess, released
 
-FROZEN_FOR = 2.5  # seconds ``a`` is stopped: well past its lease expiry (1 s)
+FROZEN_FOR = 3.0  # seconds ``a`` is stopped: well past its lease expiry (1 s)
 CLOSE_WITHIN = 4.0  # seconds after SIGCONT for ``a`` to close the stale socket
 pytestmark = pytest.mark.timeout(90)
 
@@ -56,10 +56,19 @@ class Frozen:
     thawed_at: float
 
 
+async def drop_from(member: NodeProcess, peer: Peer) -> None:
+    """``peer``'s transport drops; until ``member`` has stored its session."""
+    await drop_transport(peer.client)
+    await peer.ended()
+    await released(member.url, peer.sid)
+
+
 @asynccontextmanager
-async def frozen_then_thawed(store: ClusterStore) -> AsyncIterator[Frozen]:
+async def frozen_then_thawed(store: ClusterStore, *, drop_moved_while_frozen: bool = False
+                             ) -> AsyncIterator[Frozen]:
     """Two clients on ``a`` (rooms "r-moved", "r-stayed"); ``a`` frozen; the first one's
-    session taken to ``b`` after ``a``'s lease expired, where it joins "r-b"; ``a``
+    session taken to ``b`` after ``a``'s lease expired, where it joins "r-b" (and, with
+    ``drop_moved_while_frozen``, drops: ``b`` stores it as a dropped session); ``a``
     thawed after ``FROZEN_FOR`` s."""
     a, b = node("a", store), node("b", store)
     moved_old = Peer(auth={"room": "r-moved"})
@@ -82,6 +91,8 @@ async def frozen_then_thawed(store: ClusterStore) -> AsyncIterator[Frozen]:
                     f"b did not take the session over: {await b.connect_of(moved_new.sid)}"
                 assert await moved_new.client.call("join", {"room": "r-b", "data": {"on": "b"}},
                                                    timeout=WAIT) is True
+                if drop_moved_while_frozen:
+                    await drop_from(b, moved_new)
                 assert time.monotonic() < frozen_at + FROZEN_FOR, "the set-up took too long"
                 await until_time(frozen_at + FROZEN_FOR)
             finally:
@@ -126,18 +137,22 @@ async def test_thawed_node_keeps_the_socket_nobody_took(fault_store: ClusterStor
             await back.close()
 
 
+@pytest.mark.parametrize("moved_dropped", ["while_frozen", "after_thaw"])
 async def test_thawed_node_never_writes_back_a_session_it_lost(
-        fault_store: ClusterStore) -> None:
-    """``b`` stores the moved session (with "r-b") at its client's next drop; then the
-    old connection to ``a``, if ``a`` left it open, drops too. The client recovering
-    after that must still be in "r-b": ``a`` wrote nothing of its stale copy."""
-    async with frozen_then_thawed(fault_store) as frozen:
+        fault_store: ClusterStore, moved_dropped: str) -> None:
+    """The moved client drops from ``b`` (``b`` stores its session, with "r-b"): while
+    ``a`` is still frozen, or once ``a``, thawed, closed its stale socket (at most
+    ``CLOSE_WITHIN`` s). Then the old connection to ``a``, if ``a`` left it open, drops
+    too. The client recovering after that must still be in "r-b", with the data saved on
+    ``b``: ``a`` wrote nothing of its stale copy, whatever the order."""
+    async with frozen_then_thawed(
+            fault_store, drop_moved_while_frozen=moved_dropped == "while_frozen") as frozen:
         a, b = frozen.a, frozen.b
         moved_new, moved_old = frozen.moved_new, frozen.moved_old
         sid = moved_new.sid
-        await drop_transport(moved_new.client)
-        await moved_new.ended()
-        await released(b.url, sid)
+        if moved_dropped == "after_thaw":
+            await moved_old.closed_within(CLOSE_WITHIN)
+            await drop_from(b, moved_new)
         # a's stale socket ends now at the latest (a drop: a node saves a dropped session)
         if moved_old.client.eio.state == "connected":
             await drop_transport(moved_old.client)

@@ -58,25 +58,32 @@ async def kill_rounds(store: ClusterStore, one_round: Any) -> None:
     with every round that lost something."""
     survivor = node("survivor", store)
     victim = node("victim-0", store)
+    following: NodeProcess | None = None
     lost: list[str] = []
     started = time.monotonic()
     async with running(survivor), Http() as http:
-        await victim.start()
-        for number in range(ROUNDS):
-            # the next victim starts while this round runs (a start takes a second)
-            following = node(f"victim-{number + 1}", store)
-            starting = asyncio.create_task(following.start()) if number + 1 < ROUNDS \
-                else None
-            try:
-                problem = await asyncio.wait_for(
-                    one_round(number, victim, survivor, http), 6 * WAIT)
-            finally:
-                await kill(victim)
-            if problem is not None:
-                lost.append(f"round {number}: {problem}")
-            if starting is not None:
-                await starting
-            victim = following
+        try:
+            await victim.start()
+            for number in range(ROUNDS):
+                # the next victim starts while this round runs (a start takes a second)
+                following = node(f"victim-{number + 1}", store) if number + 1 < ROUNDS \
+                    else None
+                starting = asyncio.create_task(following.start()) if following else None
+                try:
+                    problem = await asyncio.wait_for(
+                        one_round(number, victim, survivor, http), 6 * WAIT)
+                finally:
+                    await kill(victim)
+                    if starting is not None:
+                        await starting
+                if problem is not None:
+                    lost.append(f"round {number}: {problem}")
+                if following is not None:
+                    victim, following = following, None
+        finally:
+            await kill(victim)
+            if following is not None:
+                await kill(following)
     took = time.monotonic() - started
     print(f"{ROUNDS} rounds in {took:.1f} s; {len(lost)} lost")
     assert not lost, f"{len(lost)} of {ROUNDS} rounds lost what the killed node " \

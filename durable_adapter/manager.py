@@ -36,7 +36,7 @@ from .stores.membership import MembershipLog, membership_of
 logger = logging.getLogger(__name__)
 
 DELIVERY_WAIT = 10.0  # seconds an emit waits for its packet to reach local sockets
-STORE_CLOSE_WAIT = 2.0  # seconds a stopping node gives the store to close
+STORE_CLOSE_WAIT = 5.0  # seconds a stopping node gives the store to close
 
 
 class DurableManager(ClusterManager):

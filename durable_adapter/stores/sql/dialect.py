@@ -7,6 +7,9 @@ than by branching inside the store.
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import Table, event, func, select
@@ -24,6 +27,8 @@ from .schema import SINGLETON_ID, control, counter
 WRITE_OPTION = "durable_adapter_write"
 
 SQLITE_BUSY_TIMEOUT = 30_000  # milliseconds a writer waits for another process's lock
+#: the aiosqlite connections each engine opened (see :func:`abandon_connections`)
+_OPENED: weakref.WeakKeyDictionary[Any, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
 
 
 def parse_url(url: str | URL) -> URL:
@@ -47,7 +52,12 @@ def create_engine(url: URL, *, schema: str | None = None,
     if schema is not None:
         options["execution_options"] = {"schema_translate_map": {None: schema}}
     try:
+        opened = None
+        if is_sqlite(url) and url.get_driver_name() == "aiosqlite":
+            options["async_creator"], opened = _aiosqlite_connector(url)
         engine = create_async_engine(url, **options)
+        if opened is not None:
+            _OPENED[engine.sync_engine] = opened
     except (ArgumentError, NoSuchModuleError) as exc:
         raise ConfigurationError(f"cannot use {url.render_as_string()!r}: {exc}") from exc
     except ImportError as exc:
@@ -55,6 +65,46 @@ def create_engine(url: URL, *, schema: str | None = None,
     if is_sqlite(url):
         _configure_sqlite(engine)
     return engine
+
+
+def _aiosqlite_connector(url: URL
+                         ) -> tuple[Callable[[], Awaitable[Any]], weakref.WeakSet[Any]]:
+    """aiosqlite connections whose worker thread is a daemon.
+
+    A query waiting for another process's lock blocks its thread for up to
+    ``busy_timeout`` (30 s), and nothing interrupts that wait. A non-daemon thread keeps
+    the interpreter from exiting until it returns, so a node told to stop during such an
+    outage would outlive every bound its shutdown keeps. Abandoned at exit, a query
+    that never got the lock leaves the file as it was (SQLite commits atomically).
+    """
+    args, kwargs = url.get_dialect(True)().create_connect_args(url)
+    opened: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    async def connect() -> Any:
+        import aiosqlite
+
+        connection = aiosqlite.connect(*args, **kwargs)
+        # aiosqlite >= 0.20 keeps its worker in ``_thread``; older ones are the thread
+        worker: Any = getattr(connection, "_thread", connection)
+        worker.daemon = True
+        opened.add(connection)
+        return await connection
+
+    return connect, opened
+
+
+def abandon_connections(engine: AsyncEngine) -> int:
+    """Stop every aiosqlite connection of ``engine`` without waiting for it: a query
+    blocked on another process's lock keeps its (daemon) thread, but every later call
+    on the connection (a rollback in a cancelled task's cleanup, a close) fails at once
+    instead of queueing behind it. For a store that must close now; returns how many."""
+    opened = _OPENED.get(engine.sync_engine, ())
+    stopped = 0
+    for connection in list(opened):
+        with contextlib.suppress(Exception):
+            connection.stop()
+            stopped += 1
+    return stopped
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -71,6 +71,7 @@ T = TypeVar("T")
 POLL_INTERVAL = 0.05  # seconds between change checks when nothing woke the follower
 BATCH_MAX = 500  # packets per append transaction
 DELETE_CHUNK = 400  # sockets per DELETE statement (SQLite binds at most 32766 values)
+CLOSE_WAIT = 1.5  # seconds a closing store waits for its queries before abandoning them
 
 
 def _shielded(
@@ -249,6 +250,26 @@ class SQLStore(controls.SQLControl, Store):
         return str(epoch)
 
     async def close(self) -> None:
+        """Stop the follower and the writer, let queries under way finish, release the
+        connections: within :data:`CLOSE_WAIT` seconds. Past that (a query stuck behind
+        another process's lock on SQLite), the connections are abandoned: their queries
+        fail, nothing waits for them, and the process can exit."""
+        try:
+            await asyncio.wait_for(self._close_cleanly(), CLOSE_WAIT)
+        except TimeoutError:
+            logger.warning("closing the store at %s did not finish within %.0f s: its "
+                           "connections are abandoned", self._where(), CLOSE_WAIT)
+            engine = self._engine
+            if engine is not None:
+                dialect.abandon_connections(engine)
+            for task in list(self._inflight):
+                task.cancel()
+        engine, self._engine = self._engine, None
+        if engine is not None and self._given_engine is None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(engine.dispose(), CLOSE_WAIT)
+
+    async def _close_cleanly(self) -> None:
         await self._stop_follower()
         writer, self._writer = self._writer, None
         if writer is not None:
@@ -256,9 +277,6 @@ class SQLStore(controls.SQLControl, Store):
         await self._writer_connection.release()
         if self._inflight:  # queries whose callers were cancelled: let them finish
             await asyncio.wait(self._inflight, timeout=STOP_TIMEOUT)
-        engine, self._engine = self._engine, None
-        if engine is not None and self._given_engine is None:
-            await engine.dispose()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._where()}>"

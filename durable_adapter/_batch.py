@@ -1,4 +1,4 @@
-"""Concurrent requests of one node share one store call (issue 10, item 4).
+"""Concurrent requests of one node share one store call.
 
 A reconnect storm brings hundreds of restores at once, each wanting its session taken
 and the history's bounds read. One call (one transaction, one script) per request would

@@ -1,5 +1,5 @@
 """This node's recent history in memory: each stored packet encoded once, recent replays
-read without a query (issue 10, item 3).
+read without a query.
 
 Two things share one byte budget:
 

@@ -40,7 +40,7 @@ class Emitter:
         async with durable_adapter.Emitter("postgresql+asyncpg://app@db/app") as emitter:
             await emitter.emit("order", {"id": 7}, to="user:42")
 
-    Packets go to namespaces where the servers recover state (contract item 6); in a
+    Packets go to namespaces where the servers recover state (only those are stored); in a
     namespace without recovery use ``volatile=True``: servers do not deliver stored
     packets there.
     """
@@ -115,7 +115,7 @@ class Emitter:
 
     async def disconnect(self, sid: str, namespace: str = "/") -> None:
         """Disconnect ``sid`` wherever it is connected, and forget its stored session:
-        a server-side disconnect is not recoverable (contract item 7)."""
+        a server-side disconnect is not recoverable."""
         await self.open()
         await self._publish(control.Disconnect(sid=sid, namespace=namespace))
         await self.store.delete_sessions([(namespace, sid)])

@@ -5,7 +5,8 @@ sent to this node's sockets, with its offset as the last argument. A node delive
 own committed packets from memory (it never reads back what it holds), as soon as every
 lower seq has gone out; other nodes' packets arrive through the store's follower. Both
 meet in :meth:`DurableManager._deliver`, which hands out seqs strictly in order, so the
-order in which any node delivers is the order of the offsets (contract item 3).
+order in which any node delivers is the order of the offsets (live order is replay
+order: docs/design-rules.md).
 """
 
 from __future__ import annotations

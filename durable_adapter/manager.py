@@ -21,18 +21,17 @@ from engineio import packet as eio_packet
 
 from . import _socketio, metrics
 from ._attempt import Hold, current_attempt
-from ._cluster import ClusterManager, LetGo, in_control_handler
+from ._cluster import LetGo, in_control_handler
 from ._codec import copy_value
 from ._lease import Lease
 from ._offsets import format_offset
 from ._packets import as_args, as_rooms, encode_event, encode_with_offset, set_offset
 from ._recent import RecentHistory
 from ._recovery import DEFAULT_HISTORY_CACHE_BYTES, DEFAULT_LEASE_EXPIRY
-from ._sockets import SocketRegistry, SocketState
-from ._write_through import WRITE_WAIT, SessionWriter
+from ._rooms import RoomsManager
 from .exceptions import StoreError
 from .stores.base import NewPacket, Session, Store, StoredPacket
-from .stores.membership import MembershipLog, membership_of
+from .stores.membership import membership_of
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +39,13 @@ DELIVERY_WAIT = 10.0  # seconds an emit waits for its packet to reach local sock
 STORE_CLOSE_WAIT = 5.0  # seconds a stopping node gives the store to close
 
 
-class DurableManager(ClusterManager):
+class DurableManager(RoomsManager):
     """Client manager of :class:`durable_adapter.AsyncServer`; not used on its own.
 
-    The layer over :class:`~._cluster.ClusterManager` (operations on other nodes'
-    sockets): stored emits, their ordered delivery, and holds during restores.
+    The top of three layers, as python-socketio layers its managers:
+    :class:`~._cluster.ClusterManager` (operations on other nodes' sockets),
+    :class:`~._rooms.RoomsManager` (rooms, room stays and the sessions written through),
+    and this one: stored emits, their ordered delivery, and holds during restores.
     """
 
     def __init__(self, store: Store, *, recovery_namespaces: frozenset[str] | None,
@@ -61,13 +62,9 @@ class DurableManager(ClusterManager):
         :param on_lease_regained: checks which sessions are still this node's after its
             lease lapsed (run in a task of its own while renewals go on).
         """
-        super().__init__(store, let_go=let_go)
-        #: None means every namespace recovers (except ``/admin``)
-        self.recovery_namespaces = recovery_namespaces
-        self.delivered = 0
+        super().__init__(store, let_go=let_go, recovery_namespaces=recovery_namespaces,
+                         build_session=build_session, write_through=write_through)
         self.holds: dict[str, dict[str, Hold]] = {}
-        #: one record per socket of this node
-        self.sockets = SocketRegistry()
         self._waiters: dict[int, asyncio.Future[None]] = {}
         #: this node's committed packets not yet delivered (a lower seq of another node
         #: is still on its way), with their frames encoded at emit
@@ -85,11 +82,6 @@ class DurableManager(ClusterManager):
         self.recent = RecentHistory(DEFAULT_HISTORY_CACHE_BYTES)
         #: this node's liveness, as other nodes see it in the store
         self.lease = Lease(store, self.host_id, lease_expiry, on_regained=on_lease_regained)
-        # a memory store dies with the process: its live sessions could serve no other
-        # node, and this one finds its own live sockets without them
-        #: the one writer of this node's sessions
-        self.sessions = SessionWriter(store, self.host_id, build_session,
-                                      live=write_through)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -155,11 +147,6 @@ class DurableManager(ClusterManager):
     @property
     def started(self) -> bool:
         return self._started
-
-    def recovers(self, namespace: str) -> bool:
-        if self.recovery_namespaces is None:
-            return namespace != "/admin"
-        return namespace in self.recovery_namespaces
 
     # -- emit ------------------------------------------------------------------
 
@@ -440,43 +427,6 @@ class DurableManager(ClusterManager):
             state.last_sent = max(state.last_sent or 0, hold.upto)
         self.close_hold(namespace, hold.sid)
 
-    def restore_rooms(self, state: SocketState, rooms: Iterable[str],
-                      membership: MembershipLog) -> None:
-        """Put a restored socket back in its rooms; its stays go on (no new join)."""
-        state.membership = membership.copy()
-        for room in rooms:
-            if room == state.sid:
-                continue
-            try:
-                super().basic_enter_room(state.sid, state.namespace, room)
-                state.rooms[room] = None
-            except ValueError:  # 5.17+: a stored room that is now another live sid's room
-                logger.warning("not restoring room %r of %s: it is a sid room", room,
-                               state.sid)
-                state.membership.leave(room, self.delivered)
-
-    def detach(self, sid: str, namespace: str) -> SocketState | None:
-        """Take a live ``sid`` out of every room and out of the registry (its
-        connection stays open), so that a restore can register it on another
-        connection; :meth:`reattach` puts the returned record back."""
-        state = self.sockets.remove(namespace, sid)
-        rooms = [room for room, members in self.rooms.get(namespace, {}).items()
-                 if sid in members]
-        for room in sorted(rooms, key=lambda r: r is None):  # the None room last
-            super().basic_leave_room(sid, namespace, room)
-        return state
-
-    def reattach(self, state: SocketState, held_upto: int | None) -> None:
-        """Undo :meth:`detach`: the socket is back on its connection with its rooms,
-        and its room stays go on as if it had never left (what was held went to it)."""
-        sid, namespace = state.sid, state.namespace
-        self.sockets.add(state)
-        super().basic_enter_room(sid, namespace, None, eio_sid=state.eio_sid)
-        for room in sorted(state.rooms, key=lambda r: r != sid):
-            super().basic_enter_room(sid, namespace, room, eio_sid=state.eio_sid)
-        if held_upto is not None:
-            state.last_sent = max(held_upto, state.last_sent or 0)
-
     # -- the sid of a restored socket -----------------------------------------
 
     def _on_sid_minted(self, sid: str, namespace: str) -> None:
@@ -505,79 +455,5 @@ class DurableManager(ClusterManager):
             if sid is not None:
                 self._on_sid_minted(sid, namespace)
             return sid
-
-    # -- bookkeeping -----------------------------------------------------------
-
-    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
-        self.sockets.remove(namespace, sid)  # first: its rooms go, nothing to write
-        super().basic_disconnect(sid, namespace, **kwargs)
-
-    def basic_enter_room(self, sid: str, namespace: str, room: str | None,
-                         eio_sid: str | None = None) -> None:
-        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
-        state = self.sockets.get(namespace, sid)
-        if state is None:
-            if eio_sid is None:
-                eio_sid = self.eio_sid_from_sid(sid, namespace)
-            if eio_sid is None:
-                return
-            state = self.sockets.add(SocketState(
-                namespace=namespace, sid=sid, eio_sid=eio_sid, start_seq=self.delivered,
-                resume_seq=self.delivered,
-                membership=MembershipLog() if self.recovers(namespace) else None))
-        if room is None:
-            return
-        state.rooms[room] = None
-        if room != sid and state.membership is not None:
-            state.membership.join(room, self.delivered)
-            self.sessions.mark(namespace, sid)
-
-    def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
-        super().basic_leave_room(sid, namespace, room)
-        state = self.sockets.get(namespace, sid)
-        if state is None or room is None:
-            return
-        state.rooms.pop(room, None)
-        if state.membership is not None:
-            state.membership.leave(room, self.delivered)
-            self.sessions.mark(namespace, sid)
-
-    async def enter_room(self, sid: str, namespace: str, room: str,
-                         eio_sid: str | None = None) -> None:
-        """python-socketio's; returns once the socket's stored session has the room."""
-        await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
-        await self.session_committed(namespace, sid)
-
-    async def leave_room(self, sid: str, namespace: str, room: str) -> None:
-        """python-socketio's; returns once the socket's stored session lost the room."""
-        await super().leave_room(sid, namespace, room)
-        await self.session_committed(namespace, sid)
-
-    async def close_room(self, room: str, namespace: str) -> None:
-        """python-socketio's; returns once the stored sessions of this node's sockets
-        that were in ``room`` lost it."""
-        members = [sid for sid, _ in self.get_participants(namespace, room)] \
-            if room in self.rooms.get(namespace, {}) else []
-        await super().close_room(room, namespace)
-        await self.sessions.committed([(namespace, sid) for sid in members
-                                       if self._accepted(namespace, sid)])
-
-    async def session_committed(self, namespace: str, sid: str) -> None:
-        """Wait until ``sid``'s session as of now is committed (nothing to wait for
-        before its connect handler accepted it: its CONNECT reply writes it)."""
-        if self._accepted(namespace, sid):
-            await self.sessions.committed([(namespace, sid)], within=WRITE_WAIT)
-
-    def _accepted(self, namespace: str, sid: str) -> bool:
-        state = self.sockets.get(namespace, sid)
-        return state is not None and state.recoverable and self.sessions.live
-
-    def get_rooms(self, sid: str, namespace: str) -> list[str]:
-        """The rooms ``sid`` is in. python-socketio's scans every room of the namespace
-        (each socket's own room included: O(sockets) per call); a written-through
-        session asks at each of its socket's changes."""
-        state = self.sockets.get(namespace, sid)
-        return [] if state is None else list(state.rooms)
-
 
 _socketio.check_manager_surface()

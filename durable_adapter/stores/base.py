@@ -138,6 +138,12 @@ class PurgeResult:
     purged_through: int = 0
 
 
+#: Control methods about a session rather than about packets (a handover request and its
+#: answer): a follower hands them over as soon as it reads them, ahead of packets a
+#: lagging node still has to deliver, so a handover never waits behind a backlog.
+UNORDERED_CONTROL = frozenset({"handover", "handover_done"})
+
+
 @dataclass(frozen=True, kw_only=True)
 class ControlMessage:
     """A cross-node instruction (disconnect a sid, enter/leave/close a room, an ack).

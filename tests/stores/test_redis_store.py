@@ -15,6 +15,7 @@ from durable_adapter.exceptions import ConfigurationError, StoreError
 from durable_adapter.stores import store_from_url
 from durable_adapter.stores.base import ControlMessage
 from durable_adapter.stores.redis import RedisStore, parse_url
+from durable_adapter.stores.redis.follow import FOLLOW_PAGE
 from tests._redis import REDIS_URL, delete_prefix, redis_prefix, store_url
 
 from .conftest import WAIT
@@ -333,3 +334,35 @@ async def kill_clients(admin: aioredis.Redis, name: str) -> list[str]:
         await admin.client_kill_filter(_id=client_id)
     return ids
 
+
+
+async def test_a_handover_request_does_not_wait_behind_a_backlog(
+        prefix: str, store: RedisStore) -> None:
+    """A node lagging behind a long run of packets answers a handover at once."""
+    order: list[Any] = []
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def lagging(packets: Any) -> None:
+        holding.set()
+        await release.wait()  # the node is busy: everything below queues up
+        order.extend(p.seq for p in packets)
+
+    async def on_control(message: ControlMessage) -> None:
+        order.append(message.method)
+
+    store.on_control(on_control)
+    await bounded(store.follow(lagging, after=0))
+    backlog = 3 * FOLLOW_PAGE
+    async with RedisStore(store_url(prefix)) as other:
+        await bounded(other.append(packet(0)))
+        await bounded(holding.wait())
+        await bounded(asyncio.gather(*(other.append(packet(i)) for i in range(backlog))))
+        await bounded(other.publish_control(ControlMessage(
+            method="handover", origin="b", target=None, body={"pid_hash": "p"})))
+        release.set()
+        deadline = time.monotonic() + WAIT
+        while len(order) < backlog + 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+    assert order.index("handover") <= FOLLOW_PAGE + 1, "handed after the backlog"
+    assert [x for x in order if x != "handover"] == list(range(1, backlog + 2))

@@ -17,6 +17,7 @@ from durable_adapter.stores.base import ControlMessage, StoredPacket
 from durable_adapter.stores.sql import SQLStore
 from durable_adapter.stores.sql.append import split
 from durable_adapter.stores.sql.control import control_row
+from durable_adapter.stores.sql.follow import FOLLOW_PAGE
 from durable_adapter.stores.sql.postgres import CHANNEL_PREFIX, PostgresStore, channel_name
 from durable_adapter.stores.sql.schema import control
 from tests._postgres import POSTGRES_URL, postgres_schema
@@ -177,3 +178,34 @@ def test_postgres_store_refuses_other_urls(tmp_path: Path) -> None:
         PostgresStore(sqlite_url(tmp_path))
     with pytest.raises(ConfigurationError):
         PostgresStore(POSTGRES_URL, listen_url=sqlite_url(tmp_path))
+
+
+async def test_a_handover_request_does_not_wait_behind_a_backlog(
+        pair: tuple[SQLStore, SQLStore]) -> None:
+    """A node lagging behind a long run of packets answers a handover at once: the
+    request is handed over as soon as it is read, ahead of packets still to deliver."""
+    first, second = pair
+    journal = Journal()
+    holding = asyncio.Event()
+    release = asyncio.Event()
+
+    async def lagging(batch: list[StoredPacket]) -> None:
+        holding.set()
+        await release.wait()  # the node is busy: everything below queues up
+        await journal.packets(batch)
+
+    second.on_control(journal.control)
+    await bounded(second.follow(lagging, after=0))
+    if isinstance(second, PostgresStore):
+        await bounded(second.listening.wait())
+    await bounded(first.append(packet(0)))
+    await bounded(holding.wait())
+    backlog = 3 * FOLLOW_PAGE
+    await bounded(asyncio.gather(*(first.append(packet(i)) for i in range(1, backlog + 1))))
+    await bounded(first.publish_control(ControlMessage(
+        method="handover", origin="n1", target="n2", body={"pid_hash": "p"})))
+    release.set()
+    await journal.wait_for(backlog + 2)
+    handover = journal.entries.index(("handover", {"pid_hash": "p"}))
+    assert handover <= FOLLOW_PAGE + 1, f"handed after {handover - 1} of {backlog} packets"
+    assert [e for e in journal.entries if isinstance(e, int)] == list(range(backlog + 1))

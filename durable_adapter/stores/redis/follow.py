@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from ... import metrics
 from ..._tasks import Backoff
 from ..base import (
+    UNORDERED_CONTROL,
     ControlMessage,
     HistoryBounds,
     HistoryResetListener,
@@ -28,6 +29,7 @@ from ..delivery import decode_or_skip, hand_over
 logger = logging.getLogger(__name__)
 
 FOLLOW_PAGE = 500  # stream entries per XREAD
+PEEK_AHEAD = 100  # newest entries looked at for a handover while a node is behind
 RETRY_MIN, RETRY_MAX = 1.0, 60.0  # seconds of back-off after a failed XREAD, doubling
 
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -88,6 +90,8 @@ class RedisFollower:
         self._decode_packet = decode_packet
         self._decode_control = decode_control
         self._history = history
+        #: ids of control entries handed ahead of their place (see _hand_unordered)
+        self._early: set[bytes] = set()
         self._following = following
 
     async def run(self) -> None:
@@ -106,6 +110,8 @@ class RedisFollower:
                         if not reply:  # a quiet stream, or a new history below the cursor
                             await self._check_history()
                         for _, entries in reply or []:
+                            if len(entries) == FOLLOW_PAGE:  # behind: look at the tail
+                                await self._hand_unordered_ahead()
                             await self._handle(entries)
                 except Exception as exc:  # survive a lost connection; CancelledError passes
                     metrics.store_error("follow")
@@ -121,6 +127,7 @@ class RedisFollower:
     async def _handle(self, entries: list[Entry]) -> None:
         """Deliver ``entries``; the position moves past an entry only once it is handled,
         so an entry whose check failed is read again after the retry."""
+        await self._hand_unordered(entries)
         batch: list[StoredPacket] = []
         read_to, cursor = self._position, self.cursor
         for entry in entries:
@@ -138,7 +145,9 @@ class RedisFollower:
             if n:
                 await self._deliver(batch, read_to, cursor)  # the packets before it go first
                 batch = []
-                if (seq, n) > self._control_floor:
+                if entry_id in self._early:  # handed when it was first seen
+                    self._early.discard(entry_id)
+                elif (seq, n) > self._control_floor:
                     await self._control(entry)
                 self._position = read_to = entry_id.decode()
                 continue
@@ -179,6 +188,30 @@ class RedisFollower:
                 logger.exception("the history reset listener failed",
                                  extra={"action": "listener_failed"})
         return True
+
+    async def _hand_unordered_ahead(self) -> None:
+        """A node behind a long run of packets answers a handover at once: the newest
+        entries are looked at for control messages that need no place among them."""
+        tail: list[Entry] = await self._client.xrevrange(  # type: ignore[assignment]
+            self._stream, max="+", min=f"({self._position}", count=PEEK_AHEAD)
+        await self._hand_unordered(list(reversed(tail)))
+
+    async def _hand_unordered(self, entries: list[Entry]) -> None:
+        """Hand the control messages of ``entries`` that need no place among the packets
+        (``UNORDERED_CONTROL``) now, each once."""
+        for entry in entries:
+            entry_id, fields = entry
+            seq, n = split_id(entry_id)
+            if not n or entry_id in self._early or (seq, n) <= self._control_floor \
+                    or fields.get(b"e") != self.epoch.encode():
+                continue
+            try:
+                method = self._decode_control(entry).method
+            except Exception:
+                continue  # handed (and logged) in its place
+            if method in UNORDERED_CONTROL:
+                self._early.add(entry_id)
+                await self._control(entry)
 
     async def _control(self, entry: Entry) -> None:
         listener = self._control_listener()

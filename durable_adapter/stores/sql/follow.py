@@ -5,7 +5,8 @@ follower polls a cheap change marker every ``poll_interval`` seconds. The table 
 truth: after every wake-up, reconnect or failure it reads from its cursor again.
 
 Control messages are read in the same pass (``id > control cursor``) and each is handed
-over right after the packet it followed (:mod:`.control`).
+over right after the packet it followed (:mod:`.control`); those about a session rather
+than packets (``UNORDERED_CONTROL``: a handover) are handed as soon as they are read.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ... import metrics
 from ..._tasks import Backoff
-from ..base import ControlMessage, PacketListener, StoredPacket
+from ..base import UNORDERED_CONTROL, ControlMessage, PacketListener, StoredPacket
 from ..delivery import hand_over
 from .control import ControlRecord
 
@@ -71,6 +72,8 @@ class SQLFollower:
         self._poll_interval = poll_interval
         self._stopping = False
         self._cursor = 0
+        #: ids of unordered control records handed ahead of their place
+        self._early: set[int] = set()
 
     def stop(self) -> None:
         """Ask :meth:`run` to return at its next wait or page, never mid-query."""
@@ -138,6 +141,7 @@ class SQLFollower:
             records = await self._read_control(after=self._control_cursor, limit=FOLLOW_PAGE)
             if through == self._cursor and not records:
                 return
+            await self._hand_unordered(records)
             # a message still waiting after a fresh empty page follows packets that
             # are gone (purged or a reset history): nothing left to order it against
             reach = through if through > self._cursor else (None if waited else self._cursor)
@@ -166,8 +170,21 @@ class SQLFollower:
             self._cursor = batch[-1].seq
             await hand_over(listener, batch)
 
+    async def _hand_unordered(self, records: list[ControlRecord]) -> None:
+        """Hand the records that need no place among the packets at once (each once)."""
+        for record in records:
+            if record.message.method in UNORDERED_CONTROL and record.id not in self._early:
+                self._early.add(record.id)
+                await self._call_control(record)
+
     async def _hand_control(self, record: ControlRecord) -> None:
         self._control_cursor = record.id
+        if record.id in self._early:  # handed when it was first read
+            self._early.discard(record.id)
+            return
+        await self._call_control(record)
+
+    async def _call_control(self, record: ControlRecord) -> None:
         try:
             await self._control_listener(record.message)
         except Exception:  # a bad message must not stop the follower

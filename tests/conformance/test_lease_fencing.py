@@ -17,6 +17,12 @@ import pytest
 
 from durable_adapter.stores.base import Session, TakeRequest
 from tests._harness import WAIT, until
+from tests.cluster.faults import (
+    database_of,
+    postgres_accept,
+    postgres_database,
+    postgres_refuse,
+)
 from tests.conformance.conftest import Peer, StoreMaker, running
 from tests.conformance.test_live_handover import shared
 
@@ -85,3 +91,35 @@ async def test_a_socket_without_a_row_stays_after_a_lapse(shared: StoreMaker,
         for peer in peers:
             assert a.sio.manager.is_connected(peer.sid(), "/")
             await peer.close()
+
+
+async def test_the_check_after_a_lapse_outlives_a_store_outage(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A store that fails while the node checks its sessions does not end the check:
+    once PostgreSQL (which refused every connection meanwhile) is back, the socket whose
+    session moved on is closed."""
+    async with postgres_database() as store, running(store.url) as a, \
+            running(store.url) as b:
+        old = Peer()
+        await old.connect(a.url)
+        sid = old.sid()
+        state = old.client.recovery_state()
+        lease = a.sio.durable_manager.lease
+        await lease.stop(drop=False)  # A is frozen: its lease runs out
+        await a.sio.store.renew_lease(lease.node, now=time.time() - 2, expiry=1)
+        moved = Peer()
+        await moved.connect(b.url, state)
+        assert moved.client.is_recovered(), b.last["failure"]
+        await postgres_refuse(database_of(store))
+        try:
+            lease._stop.clear()  # renewals stopped above; the check runs on its own
+            lease._start_check()  # what A's next renewal after the lapse starts
+            await until(lambda: "reading session owners failed" in caplog.text,
+                        "the check to meet the outage")
+            assert a.sio.manager.is_connected(sid, "/")
+        finally:
+            await postgres_accept(database_of(store))
+        await until(lambda: not a.sio.manager.is_connected(sid, "/"),
+                    "A to close its socket once the store is back")
+        await old.close()
+        await moved.close()

@@ -45,6 +45,7 @@ class Lease:
         self._task: asyncio.Task[None] | None = None
         self._check: asyncio.Task[None] | None = None
         self._check_again = False
+        self._renewing: asyncio.Future[bool] | None = None
         #: lapses seen so far (a renewal more than an expiry after the previous one)
         self.lapses = 0
 
@@ -91,8 +92,12 @@ class Lease:
             if self._stop.is_set():
                 return
             try:
-                # bounded: a store that hangs is a store that fails
-                regained = await asyncio.wait_for(asyncio.shield(self._renew()),
+                # bounded: a store that hangs is a store that fails; a renewal still
+                # under way is waited for again rather than stacked behind another
+                if self._renewing is None or self._renewing.done():
+                    self._renewing = asyncio.ensure_future(self._renew())
+                    self._renewing.add_done_callback(_retrieved)
+                regained = await asyncio.wait_for(asyncio.shield(self._renewing),
                                                   self.expiry / 3)
             except Exception as exc:
                 logger.warning("renewing the lease of %s failed: %s", self.node, exc,
@@ -130,3 +135,10 @@ class Lease:
                                  "%.1f s", backoff.delay)
                 self._check_again = True
                 await backoff.wait(self._stop)
+
+
+def _retrieved(renewal: asyncio.Future[bool]) -> None:
+    """A renewal that outlived its wait fails unseen (its error was logged when the wait
+    gave up): marked retrieved, so asyncio does not report it at exit."""
+    if not renewal.cancelled():
+        renewal.exception()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import shutil
 import subprocess
@@ -29,6 +30,19 @@ def js_client_installed() -> Path:
         fail_in_ci_else_skip("node is not installed: the interop tests need Node.js >= 18 and npm")
     if _installed_is_current():
         return JS_DIR
+    # one worker installs, the others wait for it: `npm ci` starts by deleting
+    # node_modules, which killed the JS clients another xdist worker was starting
+    with open(JS_DIR / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not _installed_is_current():
+                _npm_ci()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return JS_DIR
+
+
+def _npm_ci() -> None:
     npm = shutil.which("npm")
     if npm is None:
         fail_in_ci_else_skip(
@@ -43,7 +57,6 @@ def js_client_installed() -> Path:
     if result.returncode != 0:
         pytest.fail(f"`npm ci` in {JS_DIR} failed ({result.returncode}):\n"
                     f"{result.stdout}\n{result.stderr}")
-    return JS_DIR
 
 
 def _sqlite_url(tmp_path: Path) -> str:

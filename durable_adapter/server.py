@@ -25,6 +25,7 @@ from ._offsets import new_pid
 from ._recovery import RecoveryFailure, RecoveryOptions, split_auth
 from ._redact import redact_pids
 from ._restore import Restorer
+from ._sockets import SocketState
 from .exceptions import ConfigurationError, DurableAdapterError
 from .manager import DurableManager
 from .stores import Store, store_from_url
@@ -257,7 +258,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
 
     # -- the sessions of live sockets -----------------------------------------
 
-    def _state(self, namespace: str, sid: str) -> Any:
+    def _state(self, namespace: str, sid: str) -> SocketState | None:
         if self.recovery is None:
             return None
         return self.durable_manager.sockets.get(namespace, sid)
@@ -399,7 +400,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         pkt.data = {**pkt.data, "pid": pid}
         await super()._send_packet(eio_sid, pkt)
 
-    async def _write_connected(self, state: Any) -> None:
+    async def _write_connected(self, state: SocketState) -> None:
         manager = self.durable_manager
         manager.sessions.mark(state.namespace, state.sid)
         try:
@@ -479,7 +480,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                 await self._delete_written(namespace, state.sid)
         await super()._handle_disconnect(eio_sid, namespace, reason)
 
-    async def _save_dropped(self, state: Any) -> None:
+    async def _save_dropped(self, state: SocketState) -> None:
         """Awaited before the socket is forgotten: a fast reconnect finds it stored."""
         try:
             session = await self._session_of(state.namespace, state.sid, live=False)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -39,6 +41,15 @@ async def stored(node: Node, observer: Node, sid: str) -> Session:
     return taken
 
 
+@asynccontextmanager
+async def watched(shared: StoreMaker) -> AsyncIterator[tuple[Node, Node]]:
+    """Node ``a`` serving, node ``b`` (the observer) started on the same store."""
+    async with running(shared) as a, running(shared) as b:
+        on_join(a)
+        await b.sio.durable_manager.start()
+        yield a, b
+
+
 def on_join(node: Node) -> None:
     @node.sio.on("join")
     async def join(sid: str, room: str, data: Any) -> str:
@@ -51,8 +62,7 @@ def on_join(node: Node) -> None:
 
 
 async def test_the_connect_reply_comes_after_the_row_commits(shared: StoreMaker) -> None:
-    async with running(shared) as a, running(shared) as b:
-        await b.sio.durable_manager.start()
+    async with watched(shared) as (a, b):
         for _ in range(5):
             peer = Peer()
             await peer.connect(a.url)
@@ -62,9 +72,7 @@ async def test_the_connect_reply_comes_after_the_row_commits(shared: StoreMaker)
 
 
 async def test_an_acknowledged_join_and_save_are_committed(shared: StoreMaker) -> None:
-    async with running(shared) as a, running(shared) as b:
-        on_join(a)
-        await b.sio.durable_manager.start()
+    async with watched(shared) as (a, b):
         peer = Peer()
         await peer.connect(a.url)
         sid = peer.sid()
@@ -78,8 +86,7 @@ async def test_an_acknowledged_join_and_save_are_committed(shared: StoreMaker) -
 
 async def test_a_packet_reaches_a_socket_after_its_room_change_commits(
         shared: StoreMaker) -> None:
-    async with running(shared) as a, running(shared) as b:
-        await b.sio.durable_manager.start()
+    async with watched(shared) as (a, b):
         peer = Peer()
         await peer.connect(a.url)
         sid = peer.sid()
@@ -94,9 +101,7 @@ async def test_a_packet_reaches_a_socket_after_its_room_change_commits(
 
 
 async def test_one_unstorable_session_fails_only_its_own_socket(shared: StoreMaker) -> None:
-    async with running(shared) as a, running(shared) as b:
-        on_join(a)
-        await b.sio.durable_manager.start()
+    async with watched(shared) as (a, b):
         bad, good = Peer(), Peer()
         await bad.connect(a.url)
         await good.connect(a.url)

@@ -1,8 +1,9 @@
 """What writing sessions through costs: server CPU with write-through on and off.
 
 Issue 11 writes each live socket's session to the store from its connect on, and again
-after every room enter/leave and ``save_session`` (coalesced per socket within a loop
-turn, the sockets of one pass in one ``save_sessions`` transaction). This script measures
+after every room enter/leave and ``save_session`` (committed before the caller's await
+returns; the changes made while one write is in flight share the next ``save_sessions``
+transaction). This script measures
 what that costs the server process, against the same server writing only at drops
 (``connection_state_recovery={"write_through": False}``, the behaviour before).
 

@@ -148,7 +148,7 @@ kill "$DEMO_PID" && wait "$DEMO_PID" || true
 DEMO_PID=""
 unset PYTHONPATH
 
-step "alembic upgrade head from the unpacked sdist (the README's checkout command)"
+step "alembic upgrade head from the unpacked sdist (docs/operations.md's checkout command)"
 (cd "$SRC" && quiet "$BIN/alembic" -x "url=sqlite+aiosqlite:///$WORK/alembic.db" upgrade head)
 "$BIN/python" "$APP/at_head.py" "sqlite+aiosqlite:///$WORK/alembic.db" || fail "alembic.db not at head"
 

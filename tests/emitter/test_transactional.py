@@ -380,7 +380,7 @@ async def test_repeatable_read_gets_a_serialization_failure_to_retry(
         backend: Backend, server: Server, recorder: Recorder) -> None:
     """The counter row changes with every emit: a snapshot transaction that emits after
     another emit committed since its snapshot fails as such transactions do, and a
-    retry delivers it (README)."""
+    retry delivers it (docs/emitting.md)."""
     conn = await asyncpg.connect(server_settings={"search_path": backend.schema or ""})
     failures = 0
     try:

@@ -1,5 +1,6 @@
 """The README and docs/ as a reader follows them: every relative link reaches a file, every
-``#anchor`` a heading of the file it points into, and the front page stays short."""
+``#anchor`` a heading of the file it points into, and the front page stays short with the
+two commands a newcomer and CI start from."""
 
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 
 def documents() -> list[Path]:
-    return [README, *sorted((REPO / "docs").rglob("*.md"))]
+    """The front page, docs/, and the other pages they send a reader to."""
+    others = [REPO / "CHANGELOG.md", REPO / "tests" / "README.md", *(REPO / "bench").glob("*.md")]
+    docs = sorted((REPO / "docs").rglob("*.md"))
+    return [README, *docs, *sorted(p for p in others if p.exists())]
 
 
 def prose_lines(path: Path) -> list[tuple[int, str]]:

@@ -5,6 +5,7 @@ opens and uses."""
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import sys
@@ -68,7 +69,7 @@ async def test_postgres_script_applied_by_psql_gives_a_working_store(tmp_path: P
 
 
 async def test_postgres_script_for_a_schema_puts_every_table_there(tmp_path: Path) -> None:
-    schema = "t_dba_" + tmp_path.name[-8:].lower().replace("-", "_")
+    schema = f"t_dba_{secrets.token_hex(5)}"
     script = tmp_path / "upgrade.sql"
     script.write_text(upgrade_sql("postgres://db.invalid/app", schema=schema))
     try:

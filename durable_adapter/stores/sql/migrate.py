@@ -56,7 +56,8 @@ def migrations_path() -> Path:
     return Path(str(importlib.resources.files(MIGRATIONS_PACKAGE)))
 
 
-#: Synchronous driver forms of the URLs users keep in ``DATABASE_URL`` -> our async driver.
+#: Synchronous driver forms of the URLs users keep in ``DATABASE_URL`` -> our async driver
+#: (``postgres`` is Heroku's spelling, which SQLAlchemy itself refuses).
 _ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "sqlite+pysqlite": "sqlite+aiosqlite",
@@ -70,8 +71,6 @@ _ASYNC_DRIVERS = {
 def driver_url(url: str | URL) -> URL:
     """``url`` with a synchronous driver replaced by the async one the store uses
     (``sqlite:///x.db`` -> ``sqlite+aiosqlite:///x.db``); any other URL as it is."""
-    if isinstance(url, str) and url.split("://", 1)[0].lower() == "postgres":
-        url = "postgresql" + url[len("postgres"):]  # Heroku's form; SQLAlchemy refuses it
     parsed = parse_url(url)
     async_driver = _ASYNC_DRIVERS.get(parsed.drivername)
     return parsed.set(drivername=async_driver) if async_driver else parsed

@@ -14,6 +14,7 @@ DEMO_PID=""
 cleanup() {
   [ -n "$DEMO_PID" ] && kill "$DEMO_PID" 2>/dev/null && wait "$DEMO_PID" 2>/dev/null
   psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true
+  psql -X -q -d postgres -c "DROP DATABASE IF EXISTS ${DB}_dba" >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -126,6 +127,23 @@ quiet "$BIN/durable-adapter" migrate --store "postgresql+asyncpg:///$DB"
 step "python -m durable_adapter migrate"
 quiet "$BIN/python" -m durable_adapter migrate --store "sqlite+aiosqlite:///$APP/module.db"
 "$BIN/python" at_head.py "sqlite+aiosqlite:///$APP/module.db" || fail "module.db not at head"
+
+step "our migrations from the application's own alembic.ini (no logging sections)"
+printf '[durable_adapter]\nscript_location = durable_adapter.stores.sql:migrations\nsqlalchemy.url = sqlite:///%s\n' \
+  "$APP/ini.db" >"$APP/alembic.ini"
+quiet "$BIN/alembic" -n durable_adapter upgrade head
+"$BIN/python" at_head.py "sqlite+aiosqlite:///$APP/ini.db" || fail "ini.db not at head"
+
+step "durable-adapter migrate --sql, applied by sqlite3 and psql"
+"$BIN/durable-adapter" migrate --store "sqlite:///$APP/dba.db" --sql >"$WORK/sqlite.sql" \
+  || fail "migrate --sql (sqlite)"
+quiet sqlite3 "$APP/dba.db" ".read $WORK/sqlite.sql"
+"$BIN/python" at_head.py "sqlite+aiosqlite:///$APP/dba.db" || fail "dba.db not at head"
+"$BIN/durable-adapter" migrate --store "postgresql://dba@db.invalid/app" --sql \
+  >"$WORK/pg.sql" || fail "migrate --sql (postgresql)"
+quiet psql -X -q -d postgres -c "CREATE DATABASE ${DB}_dba"
+quiet psql -X -q -v ON_ERROR_STOP=1 -d "${DB}_dba" -f "$WORK/pg.sql"
+"$BIN/python" at_head.py "postgresql+asyncpg:///${DB}_dba" || fail "${DB}_dba not at head"
 
 step "opening the SQLite store from a script"
 quiet "$BIN/python" open_store.py "sqlite+aiosqlite:///$APP/opened.db"

@@ -3,7 +3,7 @@
 Subcommands::
 
     durable-adapter demo    [--store URL] [--host HOST] [--port PORT]
-    durable-adapter migrate --store URL
+    durable-adapter migrate --store URL [--sql]
     durable-adapter cleanup --store URL [--interval SECONDS] [--once] [--retention SECONDS]
                             [--metrics-port N [--metrics-host HOST]]
 
@@ -139,7 +139,11 @@ def _add_migrate(subparsers: _Subparsers) -> None:
         description="Bring the tables of the SQL store at --store to the current version. "
                     "Safe to run again, and from several processes at once.")
     _env_flag(parser, "--store", ENV_STORE_URL, metavar="URL", required=True,
-              help="store URL, e.g. postgresql+asyncpg://user@host/db")
+              help="store URL, e.g. postgresql+asyncpg://user@host/db or "
+                   "postgresql://user@host/db")
+    parser.add_argument("--sql", action="store_true",
+                        help="print the SQL that creates the tables from nothing, for the "
+                             "URL's dialect, without connecting (for a DBA to apply)")
     parser.set_defaults(func=_run_migrate)
 
 
@@ -150,6 +154,13 @@ def _run_migrate(args: argparse.Namespace) -> int:
         from . import migrate as migrations
     except ImportError as exc:
         raise CLIError(f"migrations are not available: {exc}") from exc
+    if args.sql:
+        if args.store.split("://", 1)[0].lower() in ("mongodb", "mongodb+srv"):
+            raise CLIError("--sql is for SQL stores; MongoDB has no schema script")
+        # stdout is the script; Alembic's progress lines would only be noise on stderr
+        logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+        sys.stdout.write(migrations.upgrade_sql(args.store))
+        return 0
     where = _safe_url(args.store)
     print(f"migrating the store at {where} ...", flush=True)
 

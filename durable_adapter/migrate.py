@@ -7,7 +7,9 @@ Usage::
 A SQL URL runs the SQL store's Alembic migrations (:mod:`.stores.sql.migrate`, whose
 environment ships inside the package as ``durable_adapter.stores.sql.migrations``); a
 ``mongodb://`` URL creates the MongoDB store's collections and indexes. Running it twice
-is a no-op, and two processes may run it at once.
+is a no-op, and two processes may run it at once. SQL URLs may use the synchronous driver
+forms of ``DATABASE_URL`` (``postgresql://``, ``postgres://``, ``sqlite:///``): the
+migrations run with the async drivers. :func:`upgrade_sql` prints the SQL instead.
 
 The SQL helpers are re-exported here under their old names.
 """
@@ -23,8 +25,10 @@ from .stores.sql.migrate import (
     locked_connection,
     migrations_path,
     run_with_lock,
+    schema_state,
     upgrade,
     upgrade_engine,
+    upgrade_sql,
 )
 
 __all__ = [
@@ -37,16 +41,21 @@ __all__ = [
     "migrate",
     "migrations_path",
     "run_with_lock",
+    "schema_state",
     "upgrade_engine",
+    "upgrade_sql",
 ]
 
 
 async def migrate(url: str, *, schema: str | None = None) -> None:
     """Create or upgrade the store's tables at ``url`` (in PostgreSQL ``schema`` if given).
 
-    :param url: a SQLAlchemy async URL, e.g. ``sqlite+aiosqlite:///app.db``.
+    :param url: a SQLAlchemy URL, e.g. ``sqlite+aiosqlite:///app.db`` or
+                ``postgresql://app@db/app`` (run with asyncpg).
     :param schema: a PostgreSQL schema for the tables (created if missing).
     :raises StoreError: the database cannot be reached or refused the change.
+    :raises ConfigurationError: a later release migrated the database (nothing is
+                                changed), or the URL names no usable driver.
 
     A ``mongodb://`` or ``mongodb+srv://`` URL creates the MongoDB store's collections and
     indexes instead (:func:`durable_adapter.stores.mongo.ensure_schema`).

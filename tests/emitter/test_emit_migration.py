@@ -65,7 +65,7 @@ async def test_without_a_schema_the_functions_work_from_any_search_path(database
 def _downgrade(connection: Connection, schema: str) -> None:
     config = alembic_config(schema=schema)
     config.attributes["connection"] = connection
-    command.downgrade(config, "0003")
+    command.downgrade(config, "durable_adapter_0003")
 
 
 async def test_downgrade_to_0003_removes_the_functions() -> None:

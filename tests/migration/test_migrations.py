@@ -102,7 +102,7 @@ async def test_sessions_saved_before_0003_survive_it_without_a_membership_log(
         tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     url = f"sqlite+aiosqlite:///{path}"
-    assert _alembic("-x", f"url={url}", "upgrade", "0002").returncode == 0
+    assert _alembic("-x", f"url={url}", "upgrade", "durable_adapter_0002").returncode == 0
     expires = time.time() + 60
     with closing(sqlite3.connect(path)) as db, db:
         db.execute(
@@ -123,7 +123,7 @@ async def test_sessions_saved_before_0005_are_disconnected_ones_and_survive_a_do
         tmp_path: Path) -> None:
     path = tmp_path / "before_leases.db"
     url = f"sqlite+aiosqlite:///{path}"
-    assert _alembic("-x", f"url={url}", "upgrade", "0004").returncode == 0
+    assert _alembic("-x", f"url={url}", "upgrade", "durable_adapter_0004").returncode == 0
     expires = time.time() + 60
     with closing(sqlite3.connect(path)) as db, db:
         db.execute(
@@ -137,7 +137,7 @@ async def test_sessions_saved_before_0005_are_disconnected_ones_and_survive_a_do
         (taken,) = await store.take_sessions([TakeRequest("/", "a" * 64)], node="n1",
                                              now=time.time(), window=60)
     assert isinstance(taken, Session) and taken.owner == "n1" and taken.position == 5
-    done = _alembic("-x", f"url={url}", "downgrade", "0004")
+    done = _alembic("-x", f"url={url}", "downgrade", "durable_adapter_0004")
     assert done.returncode == 0, done.stderr
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT count(*) FROM durable_adapter_sessions").fetchone() == (1,)

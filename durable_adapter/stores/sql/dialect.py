@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Table, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ...exceptions import ConfigurationError
@@ -58,8 +58,10 @@ def create_engine(url: URL, *, schema: str | None = None,
         engine = create_async_engine(url, **options)
         if opened is not None:
             _OPENED[engine.sync_engine] = opened
-    except (ArgumentError, NoSuchModuleError) as exc:
-        raise ConfigurationError(f"cannot use {url.render_as_string()!r}: {exc}") from exc
+    except (ArgumentError, NoSuchModuleError, InvalidRequestError) as exc:
+        # InvalidRequestError: a synchronous driver, which the async engine refuses
+        raise ConfigurationError(
+            f"cannot use {url.render_as_string(hide_password=True)!r}: {exc}") from exc
     except ImportError as exc:
         raise ConfigurationError(f"the {url.drivername} driver is not installed: {exc}") from exc
     if is_sqlite(url):

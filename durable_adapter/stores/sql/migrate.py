@@ -16,12 +16,15 @@ URLs to the MongoDB store and every other URL here.
 Running it twice is a no-op, and two processes may run it at once: the upgrade runs in
 one transaction that first takes a lock (``pg_advisory_xact_lock`` on PostgreSQL, the
 write lock via ``BEGIN IMMEDIATE`` on SQLite), so the second waits and then finds the
-tables at head.
+tables at head. A database a later release migrated is refused in one line
+(:func:`.revisions.newer_message`), never touched. :func:`upgrade_sql` writes the same
+upgrade as a SQL script, without connecting.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import io
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,16 +32,16 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import CreateSchema
 
+from ...exceptions import ConfigurationError
 from ..errors import driver_errors
-from .dialect import WRITE_OPTION, create_engine, parse_url
-from .schema import VERSION_TABLE
+from .dialect import WRITE_OPTION, create_engine, is_sqlite, parse_url
+from .revisions import SchemaState, newer_message, read_state, shipped
 
 #: Key of the PostgreSQL advisory lock serialising upgrades ("durable" in ASCII).
 MIGRATION_LOCK_KEY = 0x64757261626C65
@@ -53,9 +56,30 @@ def migrations_path() -> Path:
     return Path(str(importlib.resources.files(MIGRATIONS_PACKAGE)))
 
 
-def alembic_config(*, schema: str | None = None) -> Config:
+#: Synchronous driver forms of the URLs users keep in ``DATABASE_URL`` -> our async driver
+#: (``postgres`` is Heroku's spelling, which SQLAlchemy itself refuses).
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+pysqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "postgresql+psycopg": "postgresql+asyncpg",
+}
+
+
+def driver_url(url: str | URL) -> URL:
+    """``url`` with a synchronous driver replaced by the async one the store uses
+    (``sqlite:///x.db`` -> ``sqlite+aiosqlite:///x.db``); any other URL as it is."""
+    parsed = parse_url(url)
+    async_driver = _ASYNC_DRIVERS.get(parsed.drivername)
+    return parsed.set(drivername=async_driver) if async_driver else parsed
+
+
+def alembic_config(*, schema: str | None = None, output_buffer: io.StringIO | None = None
+                   ) -> Config:
     """An Alembic configuration for our migrations, without any ini file."""
-    config = Config()
+    config = Config(output_buffer=output_buffer)
     config.set_main_option("script_location", str(migrations_path()))
     config.attributes["schema"] = schema
     return config
@@ -63,7 +87,11 @@ def alembic_config(*, schema: str | None = None) -> Config:
 
 def head_revisions() -> tuple[str, ...]:
     """The revisions the current code expects the database to be at."""
-    return tuple(ScriptDirectory.from_config(alembic_config()).get_heads())
+    return shipped(str(migrations_path())).heads
+
+
+def _state(connection: Connection, schema: str | None) -> SchemaState:
+    return read_state(connection, schema, shipped(str(migrations_path())))
 
 
 def _lock_and_prepare(connection: Connection, schema: str | None) -> None:
@@ -87,24 +115,25 @@ async def locked_connection(
 
 
 def _upgrade(connection: Connection, schema: str | None) -> None:
+    # read under the lock: a later release may have migrated since the caller looked
+    state = _state(connection, schema)
+    if state.newer:
+        url = connection.engine.url.render_as_string(hide_password=True)
+        raise ConfigurationError(newer_message(url, state))
     config = alembic_config(schema=schema)
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, "head")  # env.py re-stamps legacy ids first
 
 
-def _current_heads(connection: Connection, schema: str | None) -> tuple[str, ...]:
-    context = MigrationContext.configure(
-        connection,
-        opts={"version_table": VERSION_TABLE, "version_table_schema": schema},
-    )
-    return tuple(context.get_current_heads())
+async def schema_state(engine: AsyncEngine, schema: str | None = None) -> SchemaState:
+    """Where the database's tables are against this release's revisions (read-only)."""
+    async with engine.connect() as connection:
+        return await connection.run_sync(_state, schema)
 
 
 async def is_current(engine: AsyncEngine, schema: str | None = None) -> bool:
     """True when the database's tables are at the head revision."""
-    async with engine.connect() as connection:
-        heads = await connection.run_sync(_current_heads, schema)
-    return set(heads) == set(head_revisions())
+    return (await schema_state(engine, schema)).current
 
 
 async def upgrade_engine(engine: AsyncEngine, schema: str | None = None) -> None:
@@ -115,7 +144,7 @@ async def upgrade_engine(engine: AsyncEngine, schema: str | None = None) -> None
 
 async def run_with_lock(url: str, schema: str | None, run: Callable[[Connection], Any]) -> None:
     """Call ``run(connection)`` under the migration lock; used by ``migrations/env.py``."""
-    engine = create_engine(parse_url(url), schema=schema)
+    engine = create_engine(driver_url(url), schema=schema)
     try:
         async with locked_connection(engine, schema) as connection:
             await connection.run_sync(run)
@@ -126,7 +155,7 @@ async def run_with_lock(url: str, schema: str | None, run: Callable[[Connection]
 async def upgrade(url: str, *, schema: str | None = None) -> None:
     """Create or upgrade the SQL store's tables at ``url`` (in PostgreSQL ``schema`` if
     given); :func:`durable_adapter.migrate.migrate` documents it."""
-    sa_url = parse_url(url)
+    sa_url = driver_url(url)
     engine = create_engine(sa_url, schema=schema)
     where = sa_url.render_as_string(hide_password=True)
     try:
@@ -134,3 +163,21 @@ async def upgrade(url: str, *, schema: str | None = None) -> None:
             await upgrade_engine(engine, schema)
     finally:
         await engine.dispose()
+
+
+def upgrade_sql(url: str, *, schema: str | None = None) -> str:
+    """The SQL script that creates or upgrades the tables from nothing to head, for the
+    dialect of ``url`` (PostgreSQL or SQLite), without connecting to it: what a DBA
+    applies by hand. On PostgreSQL it takes the migration lock and, with ``schema``,
+    creates that schema and names it in every statement."""
+    sa_url = driver_url(url)
+    if schema is not None and is_sqlite(sa_url):
+        raise ConfigurationError("schema= is a PostgreSQL option; SQLite has no schemas")
+    if sa_url.get_backend_name() not in ("postgresql", "sqlite"):
+        raise ConfigurationError(
+            f"the SQL store supports PostgreSQL and SQLite, not {sa_url.get_backend_name()}")
+    buffer = io.StringIO()
+    config = alembic_config(schema=schema, output_buffer=buffer)
+    config.attributes["dialect"] = sa_url.get_backend_name()
+    command.upgrade(config, "head", sql=True)
+    return buffer.getvalue()

@@ -52,7 +52,7 @@ from . import append as appends
 from . import control as controls
 from . import dialect, leases
 from .follow import SQLFollower
-from .migrate import is_current, upgrade_engine
+from .migrate import schema_state, upgrade_engine
 from .retention import purge_packets, purge_sessions
 from .schema import (
     SINGLETON_ID,
@@ -196,6 +196,13 @@ class SQLStore(controls.SQLControl, Store):
         """The engine for :attr:`url`; dialect set-up lives in :mod:`.dialect`."""
         return dialect.create_engine(self.url, schema=self.schema)
 
+    def _migrate_command(self) -> str:
+        command = f"`durable-adapter migrate --store {self._where()}`"
+        if self.schema:
+            command += (" (in Python: durable_adapter.migrate.migrate(url, "
+                        f"schema={self.schema!r}))")
+        return command
+
     async def open(self) -> None:
         if self._engine is not None:
             return
@@ -205,14 +212,13 @@ class SQLStore(controls.SQLControl, Store):
                 async with engine.connect() as connection:
                     await connection.exec_driver_sql("SELECT 1")
             with self._errors(f"cannot migrate the store at {self._where()}"):
-                if not await is_current(engine, self.schema):
-                    if not self.auto_migrate:
-                        raise ConfigurationError(
-                            f"the tables at {self._where()} are missing or out of date; run "
-                            f"`durable-adapter migrate --store {self._where()}` first"
-                            + (f" (in Python: durable_adapter.migrate.migrate(url, "
-                               f"schema={self.schema!r}))" if self.schema else "")
-                        )
+                state = await schema_state(engine, self.schema)
+                problem = state.problem(self._where(), self._migrate_command())
+                # a later release's schema is never touched; legacy ids are re-stamped
+                # by an upgrade, and read as they are without one
+                if problem is not None and (state.newer or not self.auto_migrate):
+                    raise ConfigurationError(problem)
+                if problem is not None or (state.legacy and self.auto_migrate):
                     await upgrade_engine(engine, self.schema)
             self._engine = engine
             self._epoch = await self._init_history()

@@ -1,6 +1,6 @@
 """Initial tables: meta (epoch), counter, packets, sessions.
 
-Revision ID: 0001
+Revision ID: durable_adapter_0001
 Revises:
 Create Date: 2026-11-25
 
@@ -15,25 +15,30 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0001"
+from durable_adapter.stores.sql.migrations.target import store_schema
+
+revision: str = "durable_adapter_0001"
 down_revision: str | Sequence[str] | None = None
-branch_labels: str | Sequence[str] | None = None
+branch_labels: str | Sequence[str] | None = ("durable_adapter",)
 depends_on: str | Sequence[str] | None = None
 
 PREFIX = "durable_adapter_"
 
 
 def upgrade() -> None:
+    schema = store_schema()
     op.create_table(
         f"{PREFIX}meta",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
         sa.Column("epoch", sa.String(32), nullable=False),
+        schema=schema,
     )
     op.create_table(
         f"{PREFIX}counter",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
         sa.Column("top", sa.BigInteger(), nullable=False),
         sa.Column("purged_through", sa.BigInteger(), nullable=False),
+        schema=schema,
     )
     op.create_table(
         f"{PREFIX}packets",
@@ -49,6 +54,7 @@ def upgrade() -> None:
         sa.Column("rooms", sa.Text(), nullable=False),
         sa.Column("except_rooms", sa.Text(), nullable=False),
         sa.Column("created_at", sa.Double(), nullable=False),
+        schema=schema,
     )
     op.create_table(
         f"{PREFIX}sessions",
@@ -63,15 +69,21 @@ def upgrade() -> None:
         sa.Column("last_sent_seq", sa.BigInteger(), nullable=True),
         sa.Column("disconnected_at", sa.Double(), nullable=False),
         sa.Column("expires_at", sa.Double(), nullable=False),
+        schema=schema,
     )
-    op.create_index(f"ix_{PREFIX}sessions_expires_at", f"{PREFIX}sessions", ["expires_at"])
-    op.create_index(f"ix_{PREFIX}sessions_namespace_sid", f"{PREFIX}sessions", ["namespace", "sid"])
+    op.create_index(f"ix_{PREFIX}sessions_expires_at", f"{PREFIX}sessions", ["expires_at"],
+                    schema=schema)
+    op.create_index(f"ix_{PREFIX}sessions_namespace_sid", f"{PREFIX}sessions",
+                    ["namespace", "sid"], schema=schema)
 
 
 def downgrade() -> None:
-    op.drop_index(f"ix_{PREFIX}sessions_namespace_sid", table_name=f"{PREFIX}sessions")
-    op.drop_index(f"ix_{PREFIX}sessions_expires_at", table_name=f"{PREFIX}sessions")
-    op.drop_table(f"{PREFIX}sessions")
-    op.drop_table(f"{PREFIX}packets")
-    op.drop_table(f"{PREFIX}counter")
-    op.drop_table(f"{PREFIX}meta")
+    schema = store_schema()
+    op.drop_index(f"ix_{PREFIX}sessions_namespace_sid", table_name=f"{PREFIX}sessions",
+                  schema=schema)
+    op.drop_index(f"ix_{PREFIX}sessions_expires_at", table_name=f"{PREFIX}sessions",
+                  schema=schema)
+    op.drop_table(f"{PREFIX}sessions", schema=schema)
+    op.drop_table(f"{PREFIX}packets", schema=schema)
+    op.drop_table(f"{PREFIX}counter", schema=schema)
+    op.drop_table(f"{PREFIX}meta", schema=schema)

@@ -1,7 +1,7 @@
 """Control messages between nodes: the control table.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: durable_adapter_0002
+Revises: durable_adapter_0001
 Create Date: 2026-11-27
 
 Written out in full, as 0001: a migration is a frozen snapshot of the schema.
@@ -14,8 +14,10 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002"
-down_revision: str | Sequence[str] | None = "0001"
+from durable_adapter.stores.sql.migrations.target import store_schema
+
+revision: str = "durable_adapter_0002"
+down_revision: str | Sequence[str] | None = "durable_adapter_0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -39,8 +41,9 @@ def upgrade() -> None:
         sa.Column("body", sa.Text(), nullable=False),
         sa.Column("created_at", sa.Double(), nullable=False),
         sqlite_autoincrement=True,
+        schema=store_schema(),
     )
 
 
 def downgrade() -> None:
-    op.drop_table(f"{PREFIX}control")
+    op.drop_table(f"{PREFIX}control", schema=store_schema())

@@ -1,7 +1,7 @@
 """Transactional emit on PostgreSQL: the ``durable_adapter_emit`` SQL functions.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: durable_adapter_0004
+Revises: durable_adapter_0003
 Create Date: 2026-11-29
 
 ``durable_adapter_emit_packet(namespace, payload, rooms, except_rooms)`` does in SQL what
@@ -25,19 +25,15 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | Sequence[str] | None = "0003"
+from durable_adapter.stores.sql.migrations.target import dialect_name, store_schema
+
+revision: str = "durable_adapter_0004"
+down_revision: str | Sequence[str] | None = "durable_adapter_0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 PREFIX = "durable_adapter_"
 CHANNEL_PREFIX = "durable_adapter_v1_"  # the store's NOTIFY channel (stores/sql/postgres.py)
-
-
-def _schema() -> str | None:
-    translate = op.get_bind().get_execution_options().get("schema_translate_map") or {}
-    schema: str | None = translate.get(None)
-    return schema
 
 
 def _channel(schema: str | None) -> str:
@@ -122,9 +118,9 @@ $fn$
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name != "postgresql":
+    if dialect_name() != "postgresql":
         return  # SQLite: no stored functions
-    schema = _schema()
+    schema = store_schema()
     values = {
         "qualify": f'"{schema}".' if schema else "",
         # without a schema: the tables the migrating session (the store's role) sees
@@ -138,9 +134,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name != "postgresql":
+    if dialect_name() != "postgresql":
         return
-    schema = _schema()
+    schema = store_schema()
     qualify = f'"{schema}".' if schema else ""
     op.execute(f"DROP FUNCTION IF EXISTS {qualify}durable_adapter_emit"
                "(text, text, jsonb, text[], text[])")

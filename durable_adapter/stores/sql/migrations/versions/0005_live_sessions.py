@@ -1,7 +1,7 @@
 """Live sessions and node leases: the sessions' ``owner`` column and the nodes table.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: durable_adapter_0005
+Revises: durable_adapter_0004
 Create Date: 2026-12-01
 
 A socket's session is stored from its connect on, owned by the node holding the socket
@@ -17,36 +17,33 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | Sequence[str] | None = "0004"
+from durable_adapter.stores.sql.migrations.target import store_schema
+
+revision: str = "durable_adapter_0005"
+down_revision: str | Sequence[str] | None = "durable_adapter_0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 PREFIX = "durable_adapter_"
 
 
-def _schema() -> str | None:
-    # ALTER TABLE names its table directly: the engine's schema map does not reach it
-    translate = op.get_bind().get_execution_options().get("schema_translate_map") or {}
-    schema: str | None = translate.get(None)
-    return schema
-
-
 def upgrade() -> None:
-    schema = _schema()
+    schema = store_schema()
     op.add_column(f"{PREFIX}sessions", sa.Column("owner", sa.Text(), nullable=True),
                   schema=schema)
-    # tables and indexes, as in 0001: the engine's schema map places them
-    op.create_index(f"ix_{PREFIX}sessions_owner", f"{PREFIX}sessions", ["owner"])
+    op.create_index(f"ix_{PREFIX}sessions_owner", f"{PREFIX}sessions", ["owner"],
+                    schema=schema)
     op.create_table(
         f"{PREFIX}nodes",
         sa.Column("id", sa.Text(), primary_key=True),
         sa.Column("expires_at", sa.Double(), nullable=False),
+        schema=schema,
     )
 
 
 def downgrade() -> None:
-    op.drop_table(f"{PREFIX}nodes")
-    op.drop_index(f"ix_{PREFIX}sessions_owner", table_name=f"{PREFIX}sessions")
-    with op.batch_alter_table(f"{PREFIX}sessions", schema=_schema()) as batch:
+    op.drop_table(f"{PREFIX}nodes", schema=store_schema())
+    op.drop_index(f"ix_{PREFIX}sessions_owner", table_name=f"{PREFIX}sessions",
+                  schema=store_schema())
+    with op.batch_alter_table(f"{PREFIX}sessions", schema=store_schema()) as batch:
         batch.drop_column("owner")

@@ -30,6 +30,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from ... import metrics
+from ..._codec import Codec
 from ..._tasks import Backoff
 from ...exceptions import StoreError
 from ..base import ControlMessage, PacketListener
@@ -165,7 +166,9 @@ class PacketFollower:
         following: asyncio.Event,
         gap_timeout: float,
         poll_interval: float,
+        codec: Codec,
     ) -> None:
+        self._codec = codec
         self._packets = packets
         self._meta = meta
         self._following = following
@@ -310,10 +313,10 @@ class PacketFollower:
             first, last, extra={"action": "follow_skipped"},
         )
 
-    @staticmethod
-    async def _deliver(order: Reassembler, listener: PacketListener) -> None:
+    async def _deliver(self, order: Reassembler, listener: PacketListener) -> None:
         run = [doc for doc in order.take(time.monotonic()) if not is_tombstone(doc)]
-        await hand_over(listener, decode_each(packet_from_document, run,
+        codec = self._codec
+        await hand_over(listener, decode_each(lambda doc: packet_from_document(doc, codec), run,
                                               lambda doc: doc.get("_id")))
 
 

@@ -46,15 +46,13 @@ def encode_event(packet_class: type[sio_packet.Packet], namespace: str, data: li
     return [eio_packet.Packet(eio_packet.MESSAGE, part) for part in parts]
 
 
-def packet_class_for(json: Any) -> type[sio_packet.Packet]:
+def packet_class_for(json: Any) -> Any:
     """python-socketio's packet class, encoding with ``json`` (python-socketio's
     ``json=`` module) if given, without changing the process-wide class as a server
     does: an emitter checks what the servers could send."""
     if json is None:
         return sio_packet.Packet
-    packet_class: type[sio_packet.Packet] = type("Packet", (sio_packet.Packet,),
-                                                 {"json": json})
-    return packet_class
+    return type("Packet", (sio_packet.Packet,), {"json": json})
 
 
 def check_sendable(namespace: str, data: list[Any],

@@ -261,3 +261,34 @@ async def test_an_emitter_holds_no_listen_connection(backend: Backend, server: S
             assert await conn.fetchval(query, store.listen_application_name) == 1
     finally:
         await conn.close()
+
+
+async def test_the_sync_emitter_warns_when_built_inside_an_event_loop(
+        backend: Backend) -> None:
+    """``Emitter`` was the async class before: code that still awaits it in a coroutine
+    would block the loop on every call, so building it there warns."""
+    with pytest.warns(RuntimeWarning, match="use AsyncEmitter in async code"):
+        durable_adapter.Emitter(backend.url).close()
+
+
+def test_sync_emitter_is_a_deprecated_name_of_emitter(backend: Backend) -> None:
+    with pytest.warns(DeprecationWarning, match="now called Emitter"):
+        emitter = durable_adapter.SyncEmitter(backend.url)
+    assert isinstance(emitter, durable_adapter.Emitter)
+    emitter.close()
+
+
+async def test_sync_emitter_room_wide_join_leave_and_disconnect(
+        backend: Backend, server: Server, recorder: Recorder) -> None:
+    sio, _ = server
+    sid = recorder.client.get_sid()
+    emitter = await asyncio.to_thread(durable_adapter.Emitter, backend.store())
+    try:
+        await asyncio.to_thread(emitter.sockets_join, "vip")
+        await until(lambda: "vip" in sio.rooms(sid), "the socket joined vip")
+        await asyncio.to_thread(emitter.sockets_leave, "vip", room=sid)
+        await until(lambda: "vip" not in sio.rooms(sid), "the socket left vip")
+        await asyncio.to_thread(emitter.disconnect_sockets)
+        await until(lambda: not sio.manager.is_connected(sid, "/"), "the socket was dropped")
+    finally:
+        await asyncio.to_thread(emitter.close)

@@ -99,6 +99,10 @@ class _RoomWide(_Command):
     namespace: str
     rooms: tuple[str, ...] = ()
 
+    def body(self, codec: Codec = DEFAULT_CODEC) -> dict[str, Any]:
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in super().body(codec).items()}
+
     @classmethod
     def from_body(cls, body: Mapping[str, Any], codec: Codec = DEFAULT_CODEC) -> Self:
         # JSON has no tuples: room lists come back as lists

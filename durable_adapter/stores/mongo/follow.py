@@ -235,7 +235,7 @@ class PacketFollower:
                     last_poll = now
                 if (seq := order.overdue(now, self._gap_timeout)) is not None:
                     await self._fill_gap(order, seq)
-                await self._deliver(order, listener)
+                await self._deliver(order, listener, self._codec)
         if not self._stopping and not stream.alive:  # invalidated (collection dropped)
             logger.warning("the change stream was invalidated; reopening it from now")
             return None
@@ -257,7 +257,7 @@ class PacketFollower:
             now = time.monotonic()
             for document in page:
                 order.offer(document, now)
-            await self._deliver(order, listener)
+            await self._deliver(order, listener, self._codec)
             if len(page) < FOLLOW_PAGE:
                 break
             after = int(page[-1]["_id"])
@@ -313,9 +313,9 @@ class PacketFollower:
             first, last, extra={"action": "follow_skipped"},
         )
 
-    async def _deliver(self, order: Reassembler, listener: PacketListener) -> None:
+    @staticmethod
+    async def _deliver(order: Reassembler, listener: PacketListener, codec: Codec) -> None:
         run = [doc for doc in order.take(time.monotonic()) if not is_tombstone(doc)]
-        codec = self._codec
         await hand_over(listener, decode_each(lambda doc: packet_from_document(doc, codec), run,
                                               lambda doc: doc.get("_id")))
 

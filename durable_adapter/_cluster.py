@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import socketio
 
 from . import _control as control
+from ._codec import Codec
 from .stores.base import ControlMessage, Store
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class ClusterManager(socketio.AsyncManager):  # type: ignore[misc]
         """python-socketio's; the store encodes with the server's JSON module (its
         ``json=`` option), as the server encodes packets."""
         super().set_server(server)
-        self.store.use_json(server.packet_class.json)
+        self.store.codec = Codec(server.packet_class.json)
 
     # -- what the layer above provides -------------------------------------------
 

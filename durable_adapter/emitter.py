@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from . import _control as control
+from ._codec import Codec
 from ._packets import as_args, as_rooms, check_sendable, packet_class_for
 from .exceptions import ConfigurationError
 from .stores import Store, store_from_url
@@ -64,7 +65,7 @@ class AsyncEmitter:
         if not isinstance(store, Store):
             raise ConfigurationError(f"store must be a URL or a Store, got {store!r}")
         if json is not None:
-            store.use_json(json)
+            store.codec = Codec(json)
         self.store = store
         #: what the servers send packets with, to refuse what they could not send
         self._packet_class = packet_class_for(json)

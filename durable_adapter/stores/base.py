@@ -190,7 +190,7 @@ class Store(abc.ABC):
       for a store in one process's memory.
     - :attr:`epoch`: the id of this history, known once :meth:`open` returned.
     - :attr:`codec`: payloads and session data as bytes, through the server's JSON
-      module (:meth:`use_json`); every store encodes and decodes through it.
+      module (python-socketio's ``json=``); every store encodes and decodes through it.
     - :meth:`open`: connect and set up the history (a second call does nothing); an
       unreachable store raises :class:`StoreError`. :meth:`close`: stop the follower and
       release what :meth:`open` acquired. ``async with store`` does both.
@@ -251,14 +251,10 @@ class Store(abc.ABC):
     #: set by :meth:`open` (or earlier): the id of this store's history
     _epoch: str | None = None
 
-    #: how packet payloads and session data become bytes (:meth:`use_json`)
+    #: how packet payloads and session data become bytes: through the JSON module the
+    #: server sends packets with (python-socketio's ``json=``); the server and the
+    #: emitters set it before :meth:`open`
     codec: Codec = DEFAULT_CODEC
-
-    def use_json(self, json: Any) -> None:
-        """Store payloads and session data through ``json``: python-socketio's ``json=``
-        module, the one the server sends packets with (None: the standard library's).
-        The server and the emitters call it before :meth:`open`."""
-        self.codec = Codec(json)
 
     @property
     def epoch(self) -> str:

@@ -52,7 +52,10 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         :class:`~durable_adapter.Store`. Default: SQLite file ``durable_adapter.sqlite3``.
     :param connection_state_recovery: a dict of :class:`RecoveryOptions` fields, or
         ``None`` to turn recovery off (the server then behaves as python-socketio's).
-    Other arguments are python-socketio's.
+    Other arguments are python-socketio's. ``json=`` (python-socketio's alternative JSON
+    module) also encodes what the store keeps: a payload it can send is stored and
+    replayed as it was sent live, and session data may hold what it encodes (recovered
+    as its ``loads`` returns it: a ``datetime`` made text comes back as that text).
 
     Example::
 
@@ -160,7 +163,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         """python-socketio's ``save_session``; returns once the session is committed.
 
         :raises SessionDataError: the session holds something the store cannot keep
-            (JSON values and bytes only); nothing is saved then.
+            (what the server's JSON module encodes, and bytes); nothing is saved then.
         """
         namespace = namespace or "/"
         if self._recovers(namespace):

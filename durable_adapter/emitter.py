@@ -22,7 +22,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _control as control
 from ._codec import Codec
@@ -329,6 +329,16 @@ class Emitter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> NoReturn:
+        # code written when Emitter was the async class: say so rather than a bare
+        # "does not support the asynchronous context manager protocol"
+        self.close()
+        raise TypeError("Emitter is now the sync emitter: in async code use "
+                        "`async with durable_adapter.AsyncEmitter(...)`")
+
+    async def __aexit__(self, *exc_info: object) -> None:
         self.close()
 
 

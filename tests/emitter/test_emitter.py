@@ -269,6 +269,9 @@ async def test_the_sync_emitter_warns_when_built_inside_an_event_loop(
     would block the loop on every call, so building it there warns."""
     with pytest.warns(RuntimeWarning, match="use AsyncEmitter in async code"):
         durable_adapter.Emitter(backend.url).close()
+    with pytest.warns(RuntimeWarning), pytest.raises(TypeError, match="AsyncEmitter"):
+        async with durable_adapter.Emitter(backend.url):
+            pass
 
 
 def test_sync_emitter_is_a_deprecated_name_of_emitter(backend: Backend) -> None:

@@ -3,7 +3,7 @@
 from ._recovery import RecoveryFailure, RecoveryOptions
 from .asgi import ASGIApp
 from .client import AsyncClient
-from .emitter import Emitter, SyncEmitter
+from .emitter import AsyncEmitter, Emitter, SyncEmitter
 from .exceptions import ConfigurationError, DurableAdapterError, SessionDataError, StoreError
 from .server import AsyncServer
 from .stores import Store, store_from_url
@@ -12,6 +12,7 @@ from .transactional import emit_in
 __all__ = [
     "ASGIApp",
     "AsyncClient",
+    "AsyncEmitter",
     "AsyncServer",
     "ConfigurationError",
     "DurableAdapterError",

@@ -4,7 +4,9 @@ python-socketio's pub/sub managers carry these between nodes; so does
 :class:`ClusterManager`, over the store's control messages (:mod:`._control`): disconnect
 a remote sid, make a remote socket enter or leave a room, close a room everywhere, and
 live emits (volatile, with an ack, or in a namespace without recovery) that reach remote
-sockets, with acks routed back to the node that asked. It also hands a live session over
+sockets, with acks routed back to the node that asked; and the emitters' room-wide
+commands (every socket of a room joins, leaves or is disconnected), which act on each
+node's connected sockets. It also hands a live session over
 to another node on request. Stored emits need none of this: every node follows the packet
 history itself (:class:`~.manager.DurableManager`, which derives from this class).
 """
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import socketio
 
 from . import _control as control
+from ._codec import Codec
 from .stores.base import ControlMessage, Store
 
 logger = logging.getLogger(__name__)
@@ -76,6 +79,12 @@ class ClusterManager(socketio.AsyncManager):  # type: ignore[misc]
         self._handing_over: set[asyncio.Task[None]] = set()
         store.on_control(self._on_control)
 
+    def set_server(self, server: Any) -> None:
+        """python-socketio's; the store encodes with the server's JSON module (its
+        ``json=`` option), as the server encodes packets."""
+        super().set_server(server)
+        self.store.codec = Codec(server.packet_class.json)
+
     # -- what the layer above provides -------------------------------------------
 
     async def start(self) -> None:
@@ -88,6 +97,9 @@ class ClusterManager(socketio.AsyncManager):  # type: ignore[misc]
                               callback: Callable[..., Any] | None) -> None:
         """Send a live emit to this node's matching sockets."""
         raise NotImplementedError
+
+    async def rooms_committed(self, namespace: str, sids: list[str]) -> None:
+        """Return once the room changes of ``sids`` made so far are stored (bounded)."""
 
     # -- python-socketio's manager API ----------------------------------------
 
@@ -149,7 +161,8 @@ class ClusterManager(socketio.AsyncManager):  # type: ignore[misc]
     async def _publish(self, command: control.Command, target: str | None = None) -> None:
         await self.start()
         await self.store.publish_control(
-            control.to_message(command, origin=self.host_id, target=target))
+            control.to_message(command, origin=self.host_id, target=target,
+                               codec=self.store.codec))
 
     def _is_local(self, sid: str, namespace: str) -> bool:
         if self.is_connected(sid, namespace):
@@ -170,7 +183,7 @@ class ClusterManager(socketio.AsyncManager):  # type: ignore[misc]
             return
         token = in_control_handler.set(True)
         try:
-            await self._handle(message.origin, kind.from_body(message.body))
+            await self._handle(message.origin, kind.from_body(message.body, self.store.codec))
         except Exception:  # a bad message must not stop the listener
             logger.exception("control message %r failed", message.method)
         finally:
@@ -189,6 +202,8 @@ class ClusterManager(socketio.AsyncManager):  # type: ignore[misc]
                     self.basic_leave_room(sid, namespace, room)
             case control.CloseRoom(room=room, namespace=namespace):
                 self.basic_close_room(room, namespace)
+            case control.SocketsJoin() | control.SocketsLeave() | control.DisconnectSockets():
+                await self._room_wide(command)
             case control.EmitLive():
                 callback = None
                 if command.callback_id is not None:
@@ -214,6 +229,40 @@ class ClusterManager(socketio.AsyncManager):  # type: ignore[misc]
                     result = waiting(*args)
                     if hasattr(result, "__await__"):
                         await result
+
+    async def _room_wide(self, command: control.SocketsJoin | control.SocketsLeave
+                         | control.DisconnectSockets) -> None:
+        """An emitter's command on every connected socket of a room (or namespace) that
+        this node holds. Room changes are written through before the follower goes on:
+        the packets emitted after the command reach sessions that have the rooms."""
+        namespace = command.namespace
+        if namespace not in self.rooms:
+            return
+        sockets = list(self.get_participants(
+            namespace, list(command.rooms) if command.rooms else None))
+        match command:
+            case control.SocketsJoin(join=rooms):
+                for sid, eio_sid in sockets:
+                    for room in rooms:
+                        self.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+                await self.rooms_committed(namespace, [sid for sid, _ in sockets])
+            case control.SocketsLeave(leave=rooms):
+                for sid, _ in sockets:
+                    for room in rooms:
+                        self.basic_leave_room(sid, namespace, room)
+                await self.rooms_committed(namespace, [sid for sid, _ in sockets])
+            case control.DisconnectSockets(close=close):
+                for sid, eio_sid in sockets:
+                    if close:  # every namespace of the connection, then the transport
+                        for other in list(self.rooms):
+                            other_sid = self.sid_from_eio_sid(eio_sid, other)
+                            if other_sid is not None:
+                                await self.server.disconnect(other_sid, namespace=other,
+                                                             ignore_queue=True)
+                        await self.server.eio.disconnect(eio_sid)
+                    elif self.is_connected(sid, namespace):
+                        await self.server.disconnect(sid, namespace=namespace,
+                                                     ignore_queue=True)
 
     async def _hand_over(self, origin: str, namespace: str, pid_hash: str,
                          request_id: str) -> None:

@@ -7,8 +7,9 @@ methods are and what each body holds is said here, by one class per method; the 
 layer of the servers (:mod:`._cluster`) and the emitters (:mod:`.emitter`) build and read
 messages only through them, so the two cannot drift apart.
 
-Emit arguments travel packed (:func:`pack`): the codec of the stored packets, in base64,
-so bytes and nested values come back as they went, in every store.
+Emit arguments travel packed (:func:`pack`): the codec of the stored packets (with the
+server's JSON module), in base64, so bytes and nested values come back as they went, in
+every store.
 
 Usage::
 
@@ -23,18 +24,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Self
 
-from ._codec import decode_value, encode_value
+from ._codec import DEFAULT_CODEC, Codec
 from .stores.base import ControlMessage
 
 
-def pack(data: Any) -> str:
+def pack(data: Any, codec: Codec = DEFAULT_CODEC) -> str:
     """``data`` as a body value: the stored packets' codec, in base64."""
-    return base64.b64encode(encode_value(data)).decode()
+    return base64.b64encode(codec.encode(data)).decode()
 
 
-def unpack(text: str) -> Any:
+def unpack(text: str, codec: Codec = DEFAULT_CODEC) -> Any:
     """The inverse of :func:`pack`."""
-    return decode_value(base64.b64decode(text))
+    return codec.decode(base64.b64decode(text))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,12 +43,12 @@ class _Command:
     #: the message's method name on the wire
     method: ClassVar[str]
 
-    def body(self) -> dict[str, Any]:
-        """The message body: each field by its name."""
+    def body(self, codec: Codec = DEFAULT_CODEC) -> dict[str, Any]:
+        """The message body: each field by its name (``codec`` packs emit arguments)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> Self:
+    def from_body(cls, body: Mapping[str, Any], codec: Codec = DEFAULT_CODEC) -> Self:
         """The inverse of :meth:`body`; a missing or unknown key raises TypeError."""
         return cls(**body)
 
@@ -91,6 +92,51 @@ class CloseRoom(_Command):
 
 
 @dataclass(frozen=True, kw_only=True)
+class _RoomWide(_Command):
+    """A command on every socket of ``namespace`` in any of ``rooms`` (empty: every
+    socket of it), on every node: the JS emitters' ``io.in(rooms)...``."""
+
+    namespace: str
+    rooms: tuple[str, ...] = ()
+
+    def body(self, codec: Codec = DEFAULT_CODEC) -> dict[str, Any]:
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in super().body(codec).items()}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], codec: Codec = DEFAULT_CODEC) -> Self:
+        # JSON has no tuples: room lists come back as lists
+        fields_: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value
+                                   for key, value in body.items()}
+        return cls(**fields_)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SocketsJoin(_RoomWide):
+    """Put every matching connected socket in each room of ``join``."""
+
+    method: ClassVar[str] = "sockets_join"
+    join: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SocketsLeave(_RoomWide):
+    """Take every matching connected socket out of each room of ``leave``."""
+
+    method: ClassVar[str] = "sockets_leave"
+    leave: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DisconnectSockets(_RoomWide):
+    """Disconnect every matching connected socket (a server-side disconnect); ``close``:
+    close its client's whole connection."""
+
+    method: ClassVar[str] = "disconnect_sockets"
+    close: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class EmitLive(_Command):
     """A live emit (volatile, with an ack, or in a namespace without recovery) for every
     node's matching sockets; with ``callback_id``, acks go back to the sending node as
@@ -104,15 +150,16 @@ class EmitLive(_Command):
     except_rooms: tuple[str, ...] = ()
     callback_id: str | None = None
 
-    def body(self) -> dict[str, Any]:
-        return {"namespace": self.namespace, "event": self.event, "args": pack(self.args),
+    def body(self, codec: Codec = DEFAULT_CODEC) -> dict[str, Any]:
+        return {"namespace": self.namespace, "event": self.event,
+                "args": pack(self.args, codec),
                 "rooms": list(self.rooms), "except_rooms": list(self.except_rooms),
                 "callback_id": self.callback_id}
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> Self:
+    def from_body(cls, body: Mapping[str, Any], codec: Codec = DEFAULT_CODEC) -> Self:
         return cls(namespace=body["namespace"], event=body["event"],
-                   args=unpack(body["args"]), rooms=tuple(body["rooms"]),
+                   args=unpack(body["args"], codec), rooms=tuple(body["rooms"]),
                    except_rooms=tuple(body["except_rooms"]), callback_id=body["callback_id"])
 
 
@@ -143,23 +190,26 @@ class Callback(_Command):
     callback_id: str
     args: list[Any]
 
-    def body(self) -> dict[str, Any]:
-        return {"callback_id": self.callback_id, "args": pack(self.args)}
+    def body(self, codec: Codec = DEFAULT_CODEC) -> dict[str, Any]:
+        return {"callback_id": self.callback_id, "args": pack(self.args, codec)}
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> Self:
-        return cls(callback_id=body["callback_id"], args=unpack(body["args"]))
+    def from_body(cls, body: Mapping[str, Any], codec: Codec = DEFAULT_CODEC) -> Self:
+        return cls(callback_id=body["callback_id"], args=unpack(body["args"], codec))
 
 
-Command = (Disconnect | EnterRoom | LeaveRoom | CloseRoom | EmitLive | Handover
-           | HandoverDone | Callback)
+Command = (Disconnect | EnterRoom | LeaveRoom | CloseRoom | SocketsJoin | SocketsLeave
+           | DisconnectSockets | EmitLive | Handover | HandoverDone | Callback)
 
 #: method name -> its class
 COMMANDS: Mapping[str, type[Command]] = {kind.method: kind for kind in (
-    Disconnect, EnterRoom, LeaveRoom, CloseRoom, EmitLive, Handover, HandoverDone, Callback)}
+    Disconnect, EnterRoom, LeaveRoom, CloseRoom, SocketsJoin, SocketsLeave,
+    DisconnectSockets, EmitLive, Handover, HandoverDone, Callback)}
 
 
-def to_message(command: Command, *, origin: str, target: str | None = None) -> ControlMessage:
-    """``command`` as sent by ``origin``: to every other node, or to ``target`` alone."""
+def to_message(command: Command, *, origin: str, target: str | None = None,
+               codec: Codec = DEFAULT_CODEC) -> ControlMessage:
+    """``command`` as sent by ``origin``: to every other node, or to ``target`` alone;
+    ``codec``: the store's, which packs emit arguments."""
     return ControlMessage(method=command.method, origin=origin, target=target,
-                          body=command.body())
+                          body=command.body(codec))

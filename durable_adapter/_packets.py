@@ -46,6 +46,15 @@ def encode_event(packet_class: type[sio_packet.Packet], namespace: str, data: li
     return [eio_packet.Packet(eio_packet.MESSAGE, part) for part in parts]
 
 
+def packet_class_for(json: Any) -> Any:
+    """python-socketio's packet class, encoding with ``json`` (python-socketio's
+    ``json=`` module) if given, without changing the process-wide class as a server
+    does: an emitter checks what the servers could send."""
+    if json is None:
+        return sio_packet.Packet
+    return type("Packet", (sio_packet.Packet,), {"json": json})
+
+
 def check_sendable(namespace: str, data: list[Any],
                    packet_class: type[sio_packet.Packet] = sio_packet.Packet) -> None:
     """Raise what python-socketio raises when it cannot send ``data`` as a stored packet."""

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from . import metrics
 from ._attempt import Attempt, Restore, Takeover
 from ._batch import Batcher
-from ._codec import copy_value
 from ._offsets import hash_pid, is_valid_pid
 from ._recovery import (
     REPLAY_PAGE,
@@ -244,7 +243,7 @@ class Restorer:
         """
         manager = self.manager
         try:
-            data = copy_value((await self.connections.eio_session(holder.eio_sid))
+            data = manager.store.codec.copy((await self.connections.eio_session(holder.eio_sid))
                               .get(namespace, {}))
         except Exception:  # gone meanwhile, or data that could not be stored anyway
             return self._refuse(RecoveryFailure.UNKNOWN_SESSION)

@@ -108,6 +108,12 @@ class RoomsManager(ClusterManager):
         await self.sessions.committed([(namespace, sid) for sid in members
                                        if self._accepted(namespace, sid)])
 
+    async def rooms_committed(self, namespace: str, sids: list[str]) -> None:
+        """The cluster layer's hook: the sessions of ``sids`` written through, in one
+        write for all of them (a failing store delays once, then delivery goes on)."""
+        await self.sessions.committed([(namespace, sid) for sid in sids
+                                       if self._accepted(namespace, sid)], strict=False)
+
     async def session_committed(self, namespace: str, sid: str) -> None:
         """Wait until ``sid``'s session as of now is committed (nothing to wait for
         before its connect handler accepted it: its CONNECT reply writes it)."""

@@ -66,7 +66,7 @@ MANAGER_COROUTINES = ("emit", "pre_connect" if HAS_PRE_CONNECT else "connect")
 MANAGER_NAMES = (
     *MANAGER_COROUTINES, "basic_disconnect", "basic_enter_room", "basic_leave_room",
     "get_participants", "get_rooms", "is_connected", "sid_from_eio_sid", "eio_sid_from_sid",
-    "_generate_ack_id",
+    "_generate_ack_id", "set_server",
 )
 
 

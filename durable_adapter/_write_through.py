@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from . import metrics
-from ._codec import check_session_data
 from ._tasks import Backoff, finish_or_cancel
 from .exceptions import SessionDataError, StoreError
 from .stores.base import Session, Store
@@ -256,7 +255,7 @@ class SessionWriter:
             try:
                 session = await self._build(namespace, sid)
                 if session is not None:
-                    check_session_data(session.data)
+                    self._store.codec.check_session_data(session.data)
                     live.append(session)
             except SessionDataError as exc:  # this socket only: its row stays as it was
                 running.errors[(namespace, sid)] = exc
@@ -269,7 +268,7 @@ class SessionWriter:
             if op.session is None:
                 continue
             try:
-                check_session_data(op.session.data)
+                self._store.codec.check_session_data(op.session.data)
                 drops.append((op.session, op))
             except SessionDataError as exc:
                 self._settle(op.done, exc)

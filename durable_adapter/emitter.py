@@ -1,12 +1,16 @@
 """Emit from a process that runs no Socket.IO server: a Celery job, a cron script, a web
 request handler elsewhere.
 
-An :class:`Emitter` appends to the same store as the servers, through the store's own
-``append``, so its packets get offsets in commit order among every server's, every node
-delivers them in that order through its follower, and a client that was away replays
-them. Volatile emits and the operations on remote sockets (disconnect, rooms) travel as
-the servers' own control messages (:mod:`._control`). :class:`SyncEmitter` wraps one for
-synchronous code.
+An :class:`AsyncEmitter` appends to the same store as the servers, through the store's
+own ``append``, so its packets get offsets in commit order among every server's, every
+node delivers them in that order through its follower, and a client that was away
+replays them. Volatile emits and the operations on remote sockets (disconnect, rooms,
+room-wide joins, leaves and disconnects) travel as the servers' own control messages
+(:mod:`._control`). :class:`Emitter` wraps one for synchronous code.
+
+The names follow python-socketio (``Server``/``AsyncServer``): the plain name is the
+synchronous class. Until 0.x ``Emitter`` was the async one and ``SyncEmitter`` the sync
+one; ``SyncEmitter`` stays as a deprecated alias of :class:`Emitter`.
 """
 
 from __future__ import annotations
@@ -15,37 +19,43 @@ import asyncio
 import os
 import threading
 import uuid
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _control as control
-from ._packets import as_args, as_rooms, check_sendable
+from ._codec import Codec
+from ._packets import as_args, as_rooms, check_sendable, packet_class_for
 from .exceptions import ConfigurationError
 from .stores import Store, store_from_url
 from .stores.base import NewPacket
 
-CALL_TIMEOUT = 60.0  # seconds a SyncEmitter call may take (a store that is down)
+CALL_TIMEOUT = 60.0  # seconds an Emitter call may take (a store that is down)
 
 
-class Emitter:
+class AsyncEmitter:
     """Emits into a store from outside any server; nothing is served or followed.
 
     :param store: a store URL (``postgresql+asyncpg://...``, ``sqlite+aiosqlite:///...``,
                   ``redis://...``, ``mongodb://...``) or a :class:`Store`. The emitter
                   opens it on first use and closes it in :meth:`close`.
+    :param json: the JSON module the servers were given (python-socketio's ``json=``),
+                 for payloads the standard ``json`` cannot encode (a ``datetime`` the
+                 module's ``dumps`` turns into text). None: the standard library's.
 
     Usage::
 
-        async with durable_adapter.Emitter("postgresql+asyncpg://app@db/app") as emitter:
+        async with durable_adapter.AsyncEmitter("postgresql+asyncpg://app@db/app") as emitter:
             await emitter.emit("order", {"id": 7}, to="user:42")
+            await emitter.sockets_join("orders", room="user:42")
 
     Packets go to namespaces where the servers recover state (only those are stored); in a
     namespace without recovery use ``volatile=True``: servers do not deliver stored
     packets there.
     """
 
-    def __init__(self, store: Store | str) -> None:
+    def __init__(self, store: Store | str, *, json: Any = None) -> None:
         if isinstance(store, str):
             if store.split("://", 1)[0].lower() == "memory":
                 raise ConfigurationError(
@@ -54,7 +64,11 @@ class Emitter:
             store = store_from_url(store)
         if not isinstance(store, Store):
             raise ConfigurationError(f"store must be a URL or a Store, got {store!r}")
+        if json is not None:
+            store.codec = Codec(json)
         self.store = store
+        #: what the servers send packets with, to refuse what they could not send
+        self._packet_class = packet_class_for(json)
         #: the origin of this emitter's control messages (never a server's id)
         self.host_id = f"emitter-{uuid.uuid4().hex}"
         self._opened = False
@@ -74,7 +88,7 @@ class Emitter:
             self._opened = False
             await self.store.close()
 
-    async def __aenter__(self) -> Emitter:
+    async def __aenter__(self) -> AsyncEmitter:
         await self.open()
         return self
 
@@ -101,7 +115,7 @@ class Emitter:
             await self._publish(control.EmitLive(namespace=namespace, event=event, args=args,
                                                  rooms=rooms, except_rooms=except_rooms))
             return None
-        check_sendable(namespace, [event, *args])
+        check_sendable(namespace, [event, *args], self._packet_class)
         return await self.store.append(NewPacket(
             namespace=namespace, data=[event, *args], rooms=rooms, except_rooms=except_rooms))
 
@@ -134,30 +148,80 @@ class Emitter:
         await self.open()
         await self._publish(control.CloseRoom(room=room, namespace=namespace))
 
+    # -- every matching socket, on every node (the JS emitters' socketsJoin, ...) ----
+
+    async def sockets_join(self, rooms: str | list[str], *, room: Any = None,
+                           namespace: str = "/") -> None:
+        """Put every connected socket of ``namespace`` that is in ``room`` (a room, a
+        sid or a list of them; None: every socket) in ``rooms``, on every node, as
+        ``io.in(room).socketsJoin(rooms)`` of the JS emitters.
+
+        Each node applies it before any packet emitted after this call returns, and
+        writes the sockets' sessions through. A socket that is disconnected (waiting to
+        recover) when it runs is left as it was, as in the JS adapters.
+        """
+        await self.open()
+        await self._publish(control.SocketsJoin(namespace=namespace, rooms=as_rooms(room),
+                                                join=as_rooms(rooms)))
+
+    async def sockets_leave(self, rooms: str | list[str], *, room: Any = None,
+                            namespace: str = "/") -> None:
+        """Take every connected socket of ``namespace`` in ``room`` (None: every socket)
+        out of ``rooms``, on every node: ``io.in(room).socketsLeave(rooms)``."""
+        await self.open()
+        await self._publish(control.SocketsLeave(namespace=namespace, rooms=as_rooms(room),
+                                                 leave=as_rooms(rooms)))
+
+    async def disconnect_sockets(self, room: Any = None, close: bool = False, *,
+                                 namespace: str = "/") -> None:
+        """Disconnect every connected socket of ``namespace`` in ``room`` (None: every
+        socket), on every node: ``io.in(room).disconnectSockets(close)``. A server-side
+        disconnect: their stored sessions are deleted (not recoverable). ``close``:
+        close each client's whole connection, every namespace of it, not only this one.
+        """
+        await self.open()
+        await self._publish(control.DisconnectSockets(namespace=namespace,
+                                                      rooms=as_rooms(room), close=close))
+
     async def _publish(self, command: control.Command) -> None:
-        await self.store.publish_control(control.to_message(command, origin=self.host_id))
+        await self.store.publish_control(control.to_message(command, origin=self.host_id,
+                                                            codec=self.store.codec))
 
 
-class SyncEmitter:
-    """:class:`Emitter` for synchronous code (Flask, Django, Celery workers).
+class Emitter:
+    """:class:`AsyncEmitter` for synchronous code (Flask, Django, Celery workers).
 
     The store lives on a private event loop in a background thread; each call waits for
-    its result there, so any number of threads may share one SyncEmitter. The thread
+    its result there, so any number of threads may share one Emitter. The thread
     starts at the first call, and again in a forked child (a Celery prefork worker that
-    imported a module-level SyncEmitter): a thread does not survive ``fork``, and the
+    imported a module-level Emitter): a thread does not survive ``fork``, and the
     child opens the store anew: give a URL, or a function that builds the :class:`Store`
     (``lambda: PostgresStore(url, schema="chat")``), rather than a store object.
 
+    :param json: as :class:`AsyncEmitter`'s.
+    :param timeout: seconds each call may take.
+
     Usage::
 
-        emitter = durable_adapter.SyncEmitter("postgresql+asyncpg://app@db/app")
+        emitter = durable_adapter.Emitter("postgresql+asyncpg://app@db/app")
         emitter.emit("order", {"id": 7}, to="user:42")
         emitter.close()
+
+    Each call blocks its thread: in async code use :class:`AsyncEmitter` (this class
+    was the async one before; built inside a running event loop, it warns).
     """
 
-    def __init__(self, store: Store | str | Callable[[], Store], *,
+    #: warn when built inside a running event loop (``Emitter`` changed meaning)
+    _warn_in_loop = True
+
+    def __init__(self, store: Store | str | Callable[[], Store], *, json: Any = None,
                  timeout: float = CALL_TIMEOUT) -> None:
+        if self._warn_in_loop and _loop_running():
+            warnings.warn(
+                "Emitter is now the sync emitter (each call blocks the event loop); "
+                "use AsyncEmitter in async code", RuntimeWarning, stacklevel=2)
         self.timeout = timeout
+        self._json = json
         self._store_spec = store
         #: the parent's loop, thread and emitter in a forked child, kept unreachable
         #: but alive: finalising them would shut down sockets the parent still uses
@@ -166,37 +230,37 @@ class SyncEmitter:
         self._pid: int | None = None  # the process whose thread runs the loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._emitter: Emitter | None = None
+        self._emitter: AsyncEmitter | None = None
         self._closed = False
         if isinstance(store, str):
-            Emitter(store)  # a bad URL fails here, not at the first emit
+            AsyncEmitter(store)  # a bad URL fails here, not at the first emit
 
-    def _start(self) -> tuple[asyncio.AbstractEventLoop, Emitter]:
+    def _start(self) -> tuple[asyncio.AbstractEventLoop, AsyncEmitter]:
         with self._start_lock:
             if self._closed:
-                raise RuntimeError("this SyncEmitter is closed")
+                raise RuntimeError("this Emitter is closed")
             if self._pid != os.getpid():
                 if self._pid is not None:  # forked: the parent's thread is not here
                     if isinstance(self._store_spec, Store):
                         raise ConfigurationError(
-                            "this SyncEmitter was used before the process forked and holds "
+                            "this Emitter was used before the process forked and holds "
                             "a Store object, whose connections belong to the parent: give "
                             "it a URL or a function that builds the store")
                     self._inherited.append((self._loop, self._thread, self._emitter))
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=loop.run_forever, daemon=True,
-                                          name="durable_adapter SyncEmitter")
+                                          name="durable_adapter Emitter")
                 thread.start()
                 self._loop, self._thread, self._pid = loop, thread, os.getpid()
                 self._emitter = asyncio.run_coroutine_threadsafe(
-                    self._build(self._store_spec), loop).result(self.timeout)
+                    self._build(self._store_spec, self._json), loop).result(self.timeout)
             assert self._loop is not None and self._emitter is not None
             return self._loop, self._emitter
 
     @staticmethod
-    async def _build(store: Store | str | Callable[[], Store]) -> Emitter:
+    async def _build(store: Store | str | Callable[[], Store], json: Any) -> AsyncEmitter:
         # made on the loop that will use it
-        return Emitter(store if isinstance(store, Store | str) else store())
+        return AsyncEmitter(store if isinstance(store, Store | str) else store(), json=json)
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         loop, emitter = self._start()
@@ -229,6 +293,21 @@ class SyncEmitter:
     def close_room(self, room: str, namespace: str = "/") -> None:
         self._call("close_room", room, namespace)
 
+    def sockets_join(self, rooms: str | list[str], *, room: Any = None,
+                     namespace: str = "/") -> None:
+        """:meth:`AsyncEmitter.sockets_join`."""
+        self._call("sockets_join", rooms, room=room, namespace=namespace)
+
+    def sockets_leave(self, rooms: str | list[str], *, room: Any = None,
+                      namespace: str = "/") -> None:
+        """:meth:`AsyncEmitter.sockets_leave`."""
+        self._call("sockets_leave", rooms, room=room, namespace=namespace)
+
+    def disconnect_sockets(self, room: Any = None, close: bool = False, *,
+                           namespace: str = "/") -> None:
+        """:meth:`AsyncEmitter.disconnect_sockets`."""
+        self._call("disconnect_sockets", room, close, namespace=namespace)
+
     def close(self) -> None:
         """Close the store and stop the background loop; idempotent."""
         with self._start_lock:
@@ -246,8 +325,38 @@ class SyncEmitter:
             if not thread.is_alive():
                 loop.close()
 
-    def __enter__(self) -> SyncEmitter:
+    def __enter__(self) -> Emitter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> NoReturn:
+        # code written when Emitter was the async class: say so rather than a bare
+        # "does not support the asynchronous context manager protocol"
+        self.close()
+        raise TypeError("Emitter is now the sync emitter: in async code use "
+                        "`async with durable_adapter.AsyncEmitter(...)`")
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class SyncEmitter(Emitter):
+    """Deprecated: the former name of :class:`Emitter` (the sync emitter)."""
+
+    _warn_in_loop = False  # its users knew it was sync: the rename warning is enough
+
+    def __init__(self, store: Store | str | Callable[[], Store], *, json: Any = None,
+                 timeout: float = CALL_TIMEOUT) -> None:
+        warnings.warn("SyncEmitter is deprecated: it is now called Emitter (and the async "
+                      "one AsyncEmitter)", DeprecationWarning, stacklevel=2)
+        super().__init__(store, json=json, timeout=timeout)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -22,7 +22,6 @@ from engineio import packet as eio_packet
 from . import _socketio, metrics
 from ._attempt import Hold, current_attempt
 from ._cluster import LetGo, in_control_handler
-from ._codec import copy_value
 from ._lease import Lease
 from ._offsets import format_offset
 from ._packets import as_args, as_rooms, encode_event, encode_with_offset, set_offset
@@ -184,7 +183,7 @@ class DurableManager(RoomsManager):
             # recent history keeps it to encode later, and the application may change
             # its objects after the emit returns; the store keeps it as of now, so must
             # every replay
-            data = copy_value(data)
+            data = self.store.codec.copy(data)
         await self.start()
         packet = NewPacket(namespace=namespace, data=data, rooms=rooms,
                            except_rooms=except_rooms)

@@ -19,7 +19,6 @@ from socketio import packet as sio_packet
 
 from . import _socketio, metrics
 from ._attempt import Attempt, current_attempt
-from ._codec import check_session_data, copy_value
 from ._fencing import close_disowned
 from ._offsets import new_pid
 from ._recovery import RecoveryFailure, RecoveryOptions, split_auth
@@ -53,7 +52,10 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         :class:`~durable_adapter.Store`. Default: SQLite file ``durable_adapter.sqlite3``.
     :param connection_state_recovery: a dict of :class:`RecoveryOptions` fields, or
         ``None`` to turn recovery off (the server then behaves as python-socketio's).
-    Other arguments are python-socketio's.
+    Other arguments are python-socketio's. ``json=`` (python-socketio's alternative JSON
+    module) also encodes what the store keeps: a payload it can send is stored and
+    replayed as it was sent live, and session data may hold what it encodes (recovered
+    as its ``loads`` returns it: a ``datetime`` made text comes back as that text).
 
     Example::
 
@@ -161,11 +163,12 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         """python-socketio's ``save_session``; returns once the session is committed.
 
         :raises SessionDataError: the session holds something the store cannot keep
-            (JSON values and bytes only); nothing is saved then.
+            (what the server's JSON module encodes, and bytes); nothing is saved then.
         """
         namespace = namespace or "/"
         if self._recovers(namespace):
-            check_session_data(session)  # refused here: it would fail at every write
+            # refused here: it would fail at every write
+            self.store.codec.check_session_data(session)
         await super().save_session(sid, session, namespace=namespace)
         if self._recovers(namespace):
             self.durable_manager.sessions.mark(namespace, sid)
@@ -362,7 +365,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             # python-socketio refuses earlier leaves the connection's session alone
             if not restore.data_restored:
                 eio_session = await self.eio.get_session(restore.hold.eio_sid)
-                eio_session[namespace] = copy_value(restore.session.data)
+                eio_session[namespace] = self.store.codec.copy(restore.session.data)
                 restore.data_restored = True
         if restore is None or args[0] != restore.session.sid \
                 or not self.recovery.skip_middlewares:

@@ -25,7 +25,8 @@ from sqlalchemy import Connection, TextClause, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
-from ._packets import as_args, as_rooms, check_sendable
+from ._codec import Codec
+from ._packets import as_args, as_rooms, check_sendable, packet_class_for
 from .exceptions import ConfigurationError, StoreError
 from .stores.base import NewPacket
 from .stores.rules import check_new_packet
@@ -42,24 +43,24 @@ _NO_TRANSACTIONS = {
 @overload
 def emit_in(conn: AsyncConnection | AsyncSession, event: str, data: Any = None,
             to: Any = None, room: Any = None, skip_sid: Any = None, namespace: str = "/",
-            schema: str | None = None) -> Coroutine[Any, Any, int]: ...
+            schema: str | None = None, json: Any = None) -> Coroutine[Any, Any, int]: ...
 
 
 @overload
 def emit_in(conn: Connection | Session, event: str, data: Any = None, to: Any = None,
             room: Any = None, skip_sid: Any = None, namespace: str = "/",
-            schema: str | None = None) -> int: ...
+            schema: str | None = None, json: Any = None) -> int: ...
 
 
 @overload
 def emit_in(conn: Any, event: str, data: Any = None, to: Any = None, room: Any = None,
-            skip_sid: Any = None, namespace: str = "/", schema: str | None = None
-            ) -> Any: ...
+            skip_sid: Any = None, namespace: str = "/", schema: str | None = None,
+            json: Any = None) -> Any: ...
 
 
 def emit_in(conn: Any, event: str, data: Any = None, to: Any = None, room: Any = None,
-            skip_sid: Any = None, namespace: str = "/", schema: str | None = None
-            ) -> Any:
+            skip_sid: Any = None, namespace: str = "/", schema: str | None = None,
+            json: Any = None) -> Any:
     """Emit as part of the transaction open on ``conn``; returns the packet's seq.
 
     ``conn``: a SQLAlchemy ``AsyncConnection`` or ``AsyncSession`` (then await the call),
@@ -67,6 +68,7 @@ def emit_in(conn: Any, event: str, data: Any = None, to: Any = None, room: Any =
     inside ``async with conn.transaction():`` (await it). It must reach the store's
     database: PostgreSQL (tables in ``schema`` if the store has one) or the store's
     SQLite file. Nothing is delivered until the caller commits; a rollback removes it.
+    ``json``: the JSON module the servers were given (python-socketio's ``json=``).
 
     Usage::
 
@@ -84,8 +86,9 @@ def emit_in(conn: Any, event: str, data: Any = None, to: Any = None, room: Any =
     check_new_packet(packet)
     if not namespace.startswith("/"):  # as the SQL function: a swapped argument, likely
         raise StoreError(f"namespace must start with '/', got {namespace!r}")
-    check_sendable(namespace, packet.data)  # as sio.emit: what cannot be sent is refused
-    values = packet_values(packet)  # the store's encoder: TypeError for non-JSON data
+    # as sio.emit: what cannot be sent is refused
+    check_sendable(namespace, packet.data, packet_class_for(json))
+    values = packet_values(packet, Codec(json))  # the store's encoder
     if type(conn).__module__.startswith("asyncpg"):
         return _emit_asyncpg(conn, packet, values, schema)
     if isinstance(conn, AsyncConnection | AsyncSession):
@@ -102,7 +105,7 @@ def _refuse_non_sql(conn: Any) -> None:
     if root in _NO_TRANSACTIONS:
         raise ConfigurationError(
             f"transactional emit is not possible with {root}: {_NO_TRANSACTIONS[root]}; "
-            "use durable_adapter.Emitter after your commit instead")
+            "use durable_adapter.AsyncEmitter (or Emitter) after your commit instead")
 
 
 def _emit_packet_call(schema: str | None, *, placeholders: tuple[str, ...]) -> str:
@@ -130,7 +133,7 @@ def _sqlite_counter_update() -> Any:
 def _new_seq(top: Any) -> int:
     if top is None:
         raise StoreError("the store has no history yet: open it once (start a server or "
-                         "an Emitter) first")
+                         "an emitter) first")
     return int(top)
 
 

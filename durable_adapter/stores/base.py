@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from .._codec import DEFAULT_CODEC, Codec
 from ..exceptions import StoreError
 from .membership import MembershipLog
 
@@ -188,6 +189,8 @@ class Store(abc.ABC):
     - :attr:`shared` (class attribute): other processes can use this store; False only
       for a store in one process's memory.
     - :attr:`epoch`: the id of this history, known once :meth:`open` returned.
+    - :attr:`codec`: payloads and session data as bytes, through the server's JSON
+      module (python-socketio's ``json=``); every store encodes and decodes through it.
     - :meth:`open`: connect and set up the history (a second call does nothing); an
       unreachable store raises :class:`StoreError`. :meth:`close`: stop the follower and
       release what :meth:`open` acquired. ``async with store`` does both.
@@ -247,6 +250,11 @@ class Store(abc.ABC):
 
     #: set by :meth:`open` (or earlier): the id of this store's history
     _epoch: str | None = None
+
+    #: how packet payloads and session data become bytes: through the JSON module the
+    #: server sends packets with (python-socketio's ``json=``); the server and the
+    #: emitters set it before :meth:`open`
+    codec: Codec = DEFAULT_CODEC
 
     @property
     def epoch(self) -> str:

@@ -10,7 +10,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from .._codec import check_session_data, copy_value
 from .base import (
     ControlMessage,
     HistoryBounds,
@@ -116,13 +115,13 @@ class MemoryStore(Store):
     async def save_sessions(self, sessions: Sequence[Session], *, node: str | None = None
                             ) -> None:
         for session in sessions:
-            check_session_data(session.data)
+            self.codec.check_session_data(session.data)
         for session in sessions:
             key = (session.namespace, session.pid_hash)
             stored = self._sessions.get(key)
             if node is not None and stored is not None and stored.owner != node:
                 continue  # taken over or released: not this node's row any more
-            self._sessions[key] = dataclasses.replace(session, data=copy_value(session.data))
+            self._sessions[key] = dataclasses.replace(session, data=self.codec.copy(session.data))
 
     async def take_sessions(self, requests: Sequence[TakeRequest], *, node: str, now: float,
                             window: float) -> list[TakeResult]:
@@ -139,7 +138,7 @@ class MemoryStore(Store):
             stored = self._sessions[request.key]
             if verdict == TAKE:
                 stored = self._sessions[request.key] = dataclasses.replace(stored, owner=node)
-            results.append(dataclasses.replace(stored, data=copy_value(stored.data)))
+            results.append(dataclasses.replace(stored, data=self.codec.copy(stored.data)))
         return results
 
     async def owners(self, keys: Sequence[tuple[str, str]]

@@ -1,6 +1,7 @@
-"""The standalone Emitter against a real server on SQLite and PostgreSQL: stored emits
-with offsets in order among the server's own, recovered by a client that was away;
-volatile emits live only; remote disconnect and rooms; another process; a thread pool."""
+"""The standalone emitters (AsyncEmitter, and Emitter for sync code) against a real
+server on SQLite, PostgreSQL and Redis: stored emits with offsets in order among the
+server's own, recovered by a client that was away; volatile emits live only; remote
+disconnect and rooms; another process; a thread pool."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ Server = tuple[durable_adapter.AsyncServer, str]
 
 @pytest.fixture(params=["sqlite", "postgres", "redis"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    """The Emitter works on every shared store (MongoDB: no server here)."""
+    """The emitters work on every shared store (MongoDB: no server here)."""
     async with make_backend(request.param, tmp_path) as backend:
         yield backend
 
@@ -34,7 +35,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 async def test_emits_reach_the_server_s_clients_in_offset_order(
         backend: Backend, server: Server, recorder: Recorder) -> None:
     sio, _ = server
-    async with durable_adapter.Emitter(backend.store()) as emitter:
+    async with durable_adapter.AsyncEmitter(backend.store()) as emitter:
         seqs = []
         for i in range(3):
             seqs.append(await emitter.emit("news", {"from": "emitter", "i": i}))
@@ -56,7 +57,7 @@ async def test_every_node_delivers_the_same_packets_in_the_same_order(
         await other.connect(url)
         try:
             async def from_emitter() -> None:
-                async with durable_adapter.Emitter(backend.store()) as emitter:
+                async with durable_adapter.AsyncEmitter(backend.store()) as emitter:
                     for i in range(10):
                         await emitter.emit("news", f"emitter {i}")
 
@@ -79,7 +80,7 @@ async def test_rooms_tuples_skip_sid_and_binary_as_sio_emit(
     other = Recorder()
     await other.connect(server[1])
     try:
-        async with durable_adapter.Emitter(backend.store()) as emitter:
+        async with durable_adapter.AsyncEmitter(backend.store()) as emitter:
             await emitter.emit("news", (1, b"\x00\xff"), to=recorder.client.get_sid())
             await emitter.emit("news", "all-but-one", skip_sid=recorder.client.get_sid())
             await emitter.emit("news", "everyone")
@@ -99,7 +100,7 @@ async def test_a_client_that_was_away_recovers_the_emitter_s_packets(
     sid = recorder.client.get_sid()
     await until(lambda: not sio.manager.is_connected(sid, "/"), "the server saw the drop")
     state = recorder.client.recovery_state()
-    async with durable_adapter.Emitter(backend.store()) as emitter:
+    async with durable_adapter.AsyncEmitter(backend.store()) as emitter:
         await emitter.emit("news", "while away 1")
         await emitter.emit("news", "while away 2", to=sid)
     back = Recorder()
@@ -116,7 +117,7 @@ async def test_volatile_emits_go_live_without_an_offset(
         backend: Backend, server: Server, recorder: Recorder) -> None:
     live: list[object] = []
     recorder.client.on("flash", lambda *args: live.append(args))
-    async with durable_adapter.Emitter(backend.store()) as emitter:
+    async with durable_adapter.AsyncEmitter(backend.store()) as emitter:
         before = (await emitter.store.bounds()).top
         # not a string last: the client would take a trailing string for an offset
         assert await emitter.emit("flash", {"now": 1}, volatile=True) is None
@@ -128,7 +129,7 @@ async def test_remote_rooms_and_disconnect(backend: Backend, server: Server,
                                            recorder: Recorder) -> None:
     sio, _ = server
     sid = recorder.client.get_sid()
-    async with durable_adapter.Emitter(backend.store()) as emitter:
+    async with durable_adapter.AsyncEmitter(backend.store()) as emitter:
         await emitter.enter_room(sid, "vip")
         await until(lambda: "vip" in sio.rooms(sid), "the socket entered vip")
         await emitter.emit("news", "to vip", room="vip")
@@ -150,7 +151,7 @@ def _script(backend: Backend, body: str) -> str:
     return textwrap.dedent(f"""
         import durable_adapter
         from durable_adapter.stores.sql.postgres import PostgresStore
-        emitter = durable_adapter.SyncEmitter({store})
+        emitter = durable_adapter.Emitter({store})
         """) + textwrap.dedent(body) + "\nemitter.close()\n"
 
 
@@ -177,7 +178,7 @@ async def test_a_sync_emitter_used_before_a_fork_works_in_the_child(
 import os
 import durable_adapter
 from durable_adapter.stores.sql.postgres import PostgresStore
-emitter = durable_adapter.SyncEmitter({store})
+emitter = durable_adapter.Emitter({store})
 emitter.emit("news", "parent before")
 pid = os.fork()
 if pid == 0:
@@ -199,7 +200,7 @@ emitter.close()
 async def test_one_sync_emitter_shared_by_a_thread_pool(backend: Backend, server: Server,
                                                         recorder: Recorder) -> None:
     def run() -> list[int | None]:
-        with durable_adapter.SyncEmitter(backend.store()) as emitter, \
+        with durable_adapter.Emitter(backend.store()) as emitter, \
                 concurrent.futures.ThreadPoolExecutor(8) as pool:
             return list(pool.map(lambda i: emitter.emit("news", i), range(40)))
 
@@ -214,7 +215,7 @@ async def test_one_sync_emitter_shared_by_a_thread_pool(backend: Backend, server
 
 
 def test_a_closed_sync_emitter_refuses_calls(backend: Backend) -> None:
-    emitter = durable_adapter.SyncEmitter(backend.store())
+    emitter = durable_adapter.Emitter(backend.store())
     emitter.close()
     emitter.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
@@ -230,12 +231,12 @@ def nested(depth: int) -> list[object]:
 
 def test_memory_url_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="memory"):
-        durable_adapter.Emitter("memory://")
+        durable_adapter.AsyncEmitter("memory://")
 
 
 async def test_data_that_cannot_be_stored_fails_its_emit_only(
         backend: Backend, server: Server, recorder: Recorder) -> None:
-    async with durable_adapter.Emitter(backend.store()) as emitter:
+    async with durable_adapter.AsyncEmitter(backend.store()) as emitter:
         with pytest.raises(TypeError):
             await emitter.emit("news", {"x": object()})
         with pytest.raises(RecursionError):  # stored fine, but python-socketio cannot send it
@@ -253,10 +254,44 @@ async def test_an_emitter_holds_no_listen_connection(backend: Backend, server: S
     query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
     conn = await asyncpg.connect()
     try:
-        async with durable_adapter.Emitter(store) as emitter:
+        async with durable_adapter.AsyncEmitter(store) as emitter:
             await emitter.emit("news", "hello")
             await recorder.inbox.wait_for(1)
             # the server's follower listens; the emitter, which only writes, does not
             assert await conn.fetchval(query, store.listen_application_name) == 1
     finally:
         await conn.close()
+
+
+async def test_the_sync_emitter_warns_when_built_inside_an_event_loop(
+        backend: Backend) -> None:
+    """``Emitter`` was the async class before: code that still awaits it in a coroutine
+    would block the loop on every call, so building it there warns."""
+    with pytest.warns(RuntimeWarning, match="use AsyncEmitter in async code"):
+        durable_adapter.Emitter(backend.url).close()
+    with pytest.warns(RuntimeWarning), pytest.raises(TypeError, match="AsyncEmitter"):
+        async with durable_adapter.Emitter(backend.url):
+            pass
+
+
+def test_sync_emitter_is_a_deprecated_name_of_emitter(backend: Backend) -> None:
+    with pytest.warns(DeprecationWarning, match="now called Emitter"):
+        emitter = durable_adapter.SyncEmitter(backend.url)
+    assert isinstance(emitter, durable_adapter.Emitter)
+    emitter.close()
+
+
+async def test_sync_emitter_room_wide_join_leave_and_disconnect(
+        backend: Backend, server: Server, recorder: Recorder) -> None:
+    sio, _ = server
+    sid = recorder.client.get_sid()
+    emitter = await asyncio.to_thread(durable_adapter.Emitter, backend.store())
+    try:
+        await asyncio.to_thread(emitter.sockets_join, "vip")
+        await until(lambda: "vip" in sio.rooms(sid), "the socket joined vip")
+        await asyncio.to_thread(emitter.sockets_leave, "vip", room=sid)
+        await until(lambda: "vip" not in sio.rooms(sid), "the socket left vip")
+        await asyncio.to_thread(emitter.disconnect_sockets)
+        await until(lambda: not sio.manager.is_connected(sid, "/"), "the socket was dropped")
+    finally:
+        await asyncio.to_thread(emitter.close)

@@ -53,7 +53,7 @@ async def test_rollback_delivers_nothing_commit_delivers_once(
         async with conn.begin():
             seq = await durable_adapter.emit_in(conn, "news", "committed",
                                                 schema=backend.schema)
-    async with durable_adapter.Emitter(backend.store()) as emitter:
+    async with durable_adapter.AsyncEmitter(backend.store()) as emitter:
         marker = await emitter.emit("news", "after")
     await recorder.inbox.wait_for(2)
     assert recorder.payloads == ["committed", "after"]
@@ -131,7 +131,7 @@ async def test_concurrent_emits_from_servers_emitters_and_transactions_in_order(
             await sio.emit("news", f"server {i}")
 
     async def from_emitter() -> None:
-        async with durable_adapter.Emitter(backend.store()) as emitter:
+        async with durable_adapter.AsyncEmitter(backend.store()) as emitter:
             for i in range(count):
                 await emitter.emit("news", f"emitter {i}")
 
@@ -151,7 +151,7 @@ async def test_concurrent_emits_from_servers_emitters_and_transactions_in_order(
                          *(from_transactions(worker) for worker in workers))
     expected = count * 2 + (count - len(range(0, count, 3))) * len(workers)
     await recorder.inbox.wait_for(expected)
-    async with durable_adapter.Emitter(backend.store()) as emitter:
+    async with durable_adapter.AsyncEmitter(backend.store()) as emitter:
         await emitter.emit("news", "end")
     await recorder.inbox.wait_for(expected + 1)
     payloads = recorder.payloads
@@ -221,7 +221,7 @@ async def test_sqlite_sync_session_in_another_thread(
             engine.dispose()
 
     seq = await asyncio.to_thread(in_a_worker)
-    async with durable_adapter.Emitter(backend.store()) as emitter:
+    async with durable_adapter.AsyncEmitter(backend.store()) as emitter:
         marker = await emitter.emit("news", "after")
     await recorder.inbox.wait_for(2)
     assert recorder.payloads == ["committed", "after"] and recorder.seqs == [seq, marker]
@@ -233,7 +233,7 @@ async def test_sqlite_refuses_a_schema_and_a_store_never_opened(backend: Backend
     async with app_connection(backend) as conn:
         with pytest.raises(ConfigurationError, match="schema"):
             await durable_adapter.emit_in(conn, "news", 1, schema="tenant")
-    async with durable_adapter.Emitter(backend.url):  # opening creates the tables
+    async with durable_adapter.AsyncEmitter(backend.url):  # opening creates the tables
         pass
     engine = create_async_engine(backend.url)
     try:
@@ -279,7 +279,7 @@ async def test_psql_begin_emit_rollback_then_commit_to_a_room(
         assert committed.returncode == 0, committed.stderr
         await recorder.inbox.wait_for(1)
         assert recorder.payloads == [[{"order": 7}, "paid"]]
-        async with durable_adapter.Emitter(backend.store()) as emitter:
+        async with durable_adapter.AsyncEmitter(backend.store()) as emitter:
             await emitter.emit("news", "everyone")
         await other.inbox.wait_for(1)
         assert other.payloads == ["everyone"]  # the room packet skipped it
@@ -389,7 +389,7 @@ async def test_repeatable_read_gets_a_serialization_failure_to_retry(
                 async with conn.transaction(isolation="repeatable_read"):
                     await conn.fetchval("SELECT count(*) FROM durable_adapter_packets")
                     if attempt == 0:  # another emit commits after the snapshot was taken
-                        async with durable_adapter.Emitter(backend.store()) as emitter:
+                        async with durable_adapter.AsyncEmitter(backend.store()) as emitter:
                             await emitter.emit("news", "meanwhile")
                     await conn.fetchval(
                         """SELECT durable_adapter_emit('/', 'news', '["rr"]')""")

@@ -21,6 +21,7 @@ import bson
 import pytest
 from pymongo.errors import OperationFailure
 
+from durable_adapter._codec import DEFAULT_CODEC
 from durable_adapter.exceptions import ConfigurationError, ExperimentalWarning, StoreError
 from durable_adapter.migrate import migrate
 from durable_adapter.stores import store_from_url
@@ -481,7 +482,7 @@ async def test_an_undecodable_packet_is_skipped_and_the_rest_delivered() -> None
     async def listener(batch: Any) -> None:
         got.extend(p.seq for p in batch)
 
-    await follow.PacketFollower._deliver(order, listener)
+    await follow.PacketFollower._deliver(order, listener, DEFAULT_CODEC)
     assert got == [1, 3, 5] and order.cursor == 5
 
 
@@ -507,7 +508,7 @@ class FailingOnce(follow.PacketFollower):
 
 async def test_the_packet_follower_survives_an_error_that_is_not_pymongo_s() -> None:
     follower = FailingOnce(packets=None, meta=None, following=asyncio.Event(),  # type: ignore[arg-type]
-                           gap_timeout=1.0, poll_interval=1.0)
+                           gap_timeout=1.0, poll_interval=1.0, codec=DEFAULT_CODEC)
 
     async def listener(batch: Any) -> None:
         pass

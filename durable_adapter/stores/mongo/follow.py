@@ -30,6 +30,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from ... import metrics
+from ..._codec import Codec
 from ..._tasks import Backoff
 from ...exceptions import StoreError
 from ..base import ControlMessage, PacketListener
@@ -165,7 +166,9 @@ class PacketFollower:
         following: asyncio.Event,
         gap_timeout: float,
         poll_interval: float,
+        codec: Codec,
     ) -> None:
+        self._codec = codec
         self._packets = packets
         self._meta = meta
         self._following = following
@@ -232,7 +235,7 @@ class PacketFollower:
                     last_poll = now
                 if (seq := order.overdue(now, self._gap_timeout)) is not None:
                     await self._fill_gap(order, seq)
-                await self._deliver(order, listener)
+                await self._deliver(order, listener, self._codec)
         if not self._stopping and not stream.alive:  # invalidated (collection dropped)
             logger.warning("the change stream was invalidated; reopening it from now")
             return None
@@ -254,7 +257,7 @@ class PacketFollower:
             now = time.monotonic()
             for document in page:
                 order.offer(document, now)
-            await self._deliver(order, listener)
+            await self._deliver(order, listener, self._codec)
             if len(page) < FOLLOW_PAGE:
                 break
             after = int(page[-1]["_id"])
@@ -311,9 +314,9 @@ class PacketFollower:
         )
 
     @staticmethod
-    async def _deliver(order: Reassembler, listener: PacketListener) -> None:
+    async def _deliver(order: Reassembler, listener: PacketListener, codec: Codec) -> None:
         run = [doc for doc in order.take(time.monotonic()) if not is_tombstone(doc)]
-        await hand_over(listener, decode_each(packet_from_document, run,
+        await hand_over(listener, decode_each(lambda doc: packet_from_document(doc, codec), run,
                                               lambda doc: doc.get("_id")))
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from bson.binary import Binary
 
-from ..._codec import decode_value, encode_value
+from ..._codec import DEFAULT_CODEC, Codec, decode_value, encode_value
 from ...exceptions import ConfigurationError
 from ..base import ControlMessage, NewPacket, Session, StoredPacket
 from ..membership import MembershipLog
@@ -118,11 +118,11 @@ def check_replica_set(hello: Mapping[str, Any]) -> None:
 # -- packets ---------------------------------------------------------------------------
 
 
-def packet_fields(packet: NewPacket) -> dict[str, Any]:
+def packet_fields(packet: NewPacket, codec: Codec = DEFAULT_CODEC) -> dict[str, Any]:
     """The stored fields of ``packet`` without ``_id`` and ``at`` (encoding may raise)."""
     return {
         "ns": packet.namespace,
-        "payload": Binary(encode_value(list(packet.data))),
+        "payload": Binary(codec.encode(list(packet.data))),
         "rooms": list(packet.rooms),
         "except": list(packet.except_rooms),
     }
@@ -141,10 +141,10 @@ def is_tombstone(document: Mapping[str, Any]) -> bool:
     return document.get("tomb") is True
 
 
-def packet_from_document(document: Mapping[str, Any]) -> StoredPacket:
+def packet_from_document(document: Mapping[str, Any], codec: Codec = DEFAULT_CODEC) -> StoredPacket:
     return StoredPacket(
         namespace=document["ns"],
-        data=decode_value(bytes(document["payload"])),
+        data=codec.decode(bytes(document["payload"])),
         rooms=tuple(document["rooms"]),
         except_rooms=tuple(document["except"]),
         seq=int(document["_id"]),
@@ -212,14 +212,14 @@ def ttl_date(session: Session) -> datetime.datetime | None:
         return None
 
 
-def session_document(session: Session) -> dict[str, Any]:
+def session_document(session: Session, codec: Codec = DEFAULT_CODEC) -> dict[str, Any]:
     document = {
         "_id": session_key(session.namespace, session.pid_hash),
         "pid_hash": session.pid_hash,
         "ns": session.namespace,
         "sid": session.sid,
         "rooms": list(session.rooms),
-        "data": Binary(encode_value(session.data)),
+        "data": Binary(codec.encode(session.data)),
         "epoch": session.epoch,
         "start_seq": session.start_seq,
         "position": session.position,
@@ -236,7 +236,7 @@ def session_document(session: Session) -> dict[str, Any]:
     return document
 
 
-def session_from_document(document: Mapping[str, Any]) -> Session:
+def session_from_document(document: Mapping[str, Any], codec: Codec = DEFAULT_CODEC) -> Session:
     last_sent = document["last_sent_seq"]
     membership = document.get("membership")
     return Session(
@@ -244,7 +244,7 @@ def session_from_document(document: Mapping[str, Any]) -> Session:
         namespace=document["ns"],
         sid=document["sid"],
         rooms=tuple(document["rooms"]),
-        data=decode_value(bytes(document["data"])),
+        data=codec.decode(bytes(document["data"])),
         epoch=document["epoch"],
         start_seq=int(document["start_seq"]),
         position=int(document["position"]),

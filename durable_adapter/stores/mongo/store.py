@@ -54,7 +54,6 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from ... import metrics
-from ..._codec import check_session_data
 from ..._tasks import STOP_TIMEOUT, finish_or_cancel
 from ...exceptions import ConfigurationError, ExperimentalWarning, StoreError
 from ..base import (
@@ -271,7 +270,8 @@ class MongoStore(Store):
 
     async def append(self, packet: NewPacket) -> int:
         check_new_packet(packet)
-        fields = schema.packet_fields(packet)  # a payload that cannot be stored fails here
+        # a payload that cannot be stored fails here
+        fields = schema.packet_fields(packet, self.codec)
         queued = metrics.clock()
         with self._errors(f"writing to the store at {self._where()} failed"):
             counter = await self._meta.find_one_and_update(
@@ -305,7 +305,7 @@ class MongoStore(Store):
                 limit=limit,
                 hint=[("_id", ASCENDING)],
             ).to_list()
-        return [schema.packet_from_document(document) for document in documents]
+        return [schema.packet_from_document(document, self.codec) for document in documents]
 
     async def bounds(self) -> HistoryBounds:
         with self._errors(f"reading the store at {self._where()} failed"):
@@ -325,8 +325,9 @@ class MongoStore(Store):
         """One unordered bulk write; with ``node``, sessions another node took are skipped
         (their upsert fails on the duplicate ``_id``, which is what skipping means here)."""
         for session in sessions:
-            check_session_data(session.data)
-        documents = {d["_id"]: d for d in map(schema.session_document, sessions)}
+            self.codec.check_session_data(session.data)
+        documents = {d["_id"]: d for d in
+                     (schema.session_document(s, self.codec) for s in sessions)}
         if not documents:
             return
         requests = [ReplaceOne(schema.save_filter(key, node), document, upsert=True)
@@ -365,12 +366,12 @@ class MongoStore(Store):
                 if verdict is None or isinstance(verdict, OwnedBy):
                     return verdict
                 if verdict == MINE:
-                    return schema.session_from_document(document)
+                    return schema.session_from_document(document, self.codec)
                 taken = await self._sessions.find_one_and_update(
                     schema.take_filter(key, owner, now), schema.take_update(node),
                     return_document=ReturnDocument.AFTER)
                 if taken is not None:
-                    return schema.session_from_document(taken)
+                    return schema.session_from_document(taken, self.codec)
         raise StoreError(f"taking the session {pid_hash[:8]}... lost {TAKE_ATTEMPTS} races")
 
     async def owners(self, keys: Sequence[tuple[str, str]]
@@ -473,6 +474,7 @@ class MongoStore(Store):
         follower = PacketFollower(
             packets=self._packets, meta=self._meta, following=self.following,
             gap_timeout=self.gap_timeout, poll_interval=self.poll_interval,
+            codec=self.codec,
         )
         await self._stop("packets")  # one follower per store: the new one replaces it
         self._start("packets", follower, listener, after)

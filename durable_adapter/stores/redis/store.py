@@ -54,7 +54,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from ..._codec import check_session_data, decode_value, encode_value
+from ..._codec import decode_value, encode_value
 from ..._tasks import STOP_TIMEOUT
 from ...exceptions import ConfigurationError, StoreError
 from ..base import (
@@ -234,8 +234,8 @@ class RedisStore(Store):
         check_new_packet(packet)
         if self._writer is None:
             raise StoreError("the store is not open")
-        payload = encode_value({"d": list(packet.data), "r": list(packet.rooms),
-                                "x": list(packet.except_rooms)})
+        payload = self.codec.encode({"d": list(packet.data), "r": list(packet.rooms),
+                                    "x": list(packet.except_rooms)})
         return await self._writer.submit({"n": packet.namespace, "p": payload})
 
     async def _append_batch(self, rows: list[dict[str, Any]]) -> list[int]:
@@ -248,7 +248,7 @@ class RedisStore(Store):
 
     def _decode_packet(self, entry: Entry) -> StoredPacket:
         fields = entry[1]
-        body = decode_value(fields[b"p"])
+        body = self.codec.decode(fields[b"p"])
         return StoredPacket(
             namespace=fields[b"n"].decode(), data=body["d"], rooms=tuple(body["r"]),
             except_rooms=tuple(body["x"]), seq=entry_seq(entry[0]),
@@ -301,7 +301,7 @@ class RedisStore(Store):
                             ) -> None:
         """Every session in one script call (atomic)."""
         for session in sessions:
-            check_session_data(session.data)
+            self.codec.check_session_data(session.data)
         if not sessions:
             return
         now = time.time()
@@ -312,8 +312,8 @@ class RedisStore(Store):
             # the owner is the hash's "o" field, not in the blob: a node of the version
             # before it decodes the blob still
             fields = {k: v for k, v in session.__dict__.items() if k != "owner"}
-            blob = encode_value({**fields, "rooms": list(session.rooms),
-                                 "membership": membership})
+            blob = self.codec.encode({**fields, "rooms": list(session.rooms),
+                                     "membership": membership})
             keys += [self.keys.session(session.namespace, session.pid_hash),
                      self.keys.sid_index(session.namespace, session.sid)]
             args += [session.sid, session.pid_hash, blob, session.owner or "",
@@ -323,7 +323,7 @@ class RedisStore(Store):
 
     def _decode_session(self, value: bytes, pid_hash: str) -> Session:
         try:
-            fields = decode_value(value)
+            fields = self.codec.decode(value)
             membership = fields.pop("membership", None)  # absent: saved by an older version
             if membership is not None:
                 fields["membership"] = MembershipLog.from_value(membership)

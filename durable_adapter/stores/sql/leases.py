@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, exists, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ..._codec import Codec
 from ..base import OwnedBy, Session, TakeRequest, TakeResult
 from ..rules import TAKE, decide_takes
 from . import dialect
@@ -32,12 +33,12 @@ KEYS_PER_STATEMENT = 400
 
 
 async def upsert_sessions(connection: AsyncConnection, sessions_: Sequence[Session],
-                          node: str | None) -> None:
+                          node: str | None, codec: Codec) -> None:
     """Write every session with one executemany; with ``node``, rows another node owns
     are left alone (``ON CONFLICT DO UPDATE ... WHERE``)."""
     # one row per key: PostgreSQL refuses a statement that updates one row twice; in key
     # order, as takes lock them, so a save and a take of overlapping rows cannot deadlock
-    by_key = {(s.namespace, s.pid_hash): session_values(s) for s in sessions_}
+    by_key = {(s.namespace, s.pid_hash): session_values(s, codec) for s in sessions_}
     rows = [by_key[key] for key in sorted(by_key)]
     if not rows:
         return
@@ -54,7 +55,8 @@ async def upsert_sessions(connection: AsyncConnection, sessions_: Sequence[Sessi
 
 
 async def take_sessions(connection: AsyncConnection, requests: Sequence[TakeRequest], *,
-                        node: str, now: float, window: float) -> list[TakeResult]:
+                        node: str, now: float, window: float, codec: Codec
+                        ) -> list[TakeResult]:
     """The take-over of many rows, inside the caller's write transaction: the rows
     locked in key order (two nodes taking overlapping batches wait for each other
     instead of deadlocking), one query for their owners' leases, one UPDATE per chunk."""
@@ -71,7 +73,7 @@ async def take_sessions(connection: AsyncConnection, requests: Sequence[TakeRequ
     decoded: dict[tuple[str, str], Session] = {}
     for key, row in list(found.items()):
         try:
-            decoded[key] = session_from_row(row)
+            decoded[key] = session_from_row(row, codec)
         except Exception:  # one bad row must not fail the batch: it is not taken
             logger.exception("the stored session %s... cannot be decoded", key[1][:8])
             del found[key]

@@ -26,7 +26,7 @@ from sqlalchemy import (
     Text,
 )
 
-from ..._codec import decode_value, encode_value
+from ..._codec import DEFAULT_CODEC, Codec
 from ..base import NewPacket, Session, StoredPacket
 from ..membership import MembershipLog
 
@@ -128,11 +128,11 @@ control = Table(
 # -- rows <-> records: rooms as JSON text, payloads and session data via _codec ---------
 
 
-def packet_values(packet: NewPacket) -> dict[str, Any]:
+def packet_values(packet: NewPacket, codec: Codec = DEFAULT_CODEC) -> dict[str, Any]:
     """The columns of ``packet`` but ``seq`` and ``created_at`` (set when written)."""
     return {
         "namespace": packet.namespace,
-        "payload": encode_value(list(packet.data)),
+        "payload": codec.encode(list(packet.data)),
         "rooms": _json_rooms(packet.rooms),
         "except_rooms": _json_rooms(packet.except_rooms),
     }
@@ -148,13 +148,13 @@ def _json_rooms(rooms: tuple[str, ...]) -> str:
         return json.dumps(list(rooms))
 
 
-def session_values(session: Session) -> dict[str, Any]:
+def session_values(session: Session, codec: Codec = DEFAULT_CODEC) -> dict[str, Any]:
     return {
         "namespace": session.namespace,
         "pid_hash": session.pid_hash,
         "sid": session.sid,
         "rooms": json.dumps(list(session.rooms)),
-        "data": encode_value(session.data),
+        "data": codec.encode(session.data),
         "epoch": session.epoch,
         "start_seq": session.start_seq,
         "position": session.position,
@@ -168,10 +168,10 @@ def session_values(session: Session) -> dict[str, Any]:
     }
 
 
-def packet_from_row(row: Row[Any]) -> StoredPacket:
+def packet_from_row(row: Row[Any], codec: Codec = DEFAULT_CODEC) -> StoredPacket:
     return StoredPacket(
         namespace=row.namespace,
-        data=decode_value(row.payload),
+        data=codec.decode(row.payload),
         rooms=tuple(json.loads(row.rooms)),
         except_rooms=tuple(json.loads(row.except_rooms)),
         seq=row.seq,
@@ -179,13 +179,13 @@ def packet_from_row(row: Row[Any]) -> StoredPacket:
     )
 
 
-def session_from_row(row: Row[Any]) -> Session:
+def session_from_row(row: Row[Any], codec: Codec = DEFAULT_CODEC) -> Session:
     return Session(
         pid_hash=row.pid_hash,
         namespace=row.namespace,
         sid=row.sid,
         rooms=tuple(json.loads(row.rooms)),
-        data=decode_value(row.data),
+        data=codec.decode(row.data),
         epoch=row.epoch,
         start_seq=row.start_seq,
         position=row.position,

@@ -29,7 +29,6 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..._codec import check_session_data
 from ..._tasks import STOP_TIMEOUT, finish_or_cancel
 from ...exceptions import ConfigurationError, StoreError
 from ..base import (
@@ -315,7 +314,7 @@ class SQLStore(controls.SQLControl, Store):
         if self._writer is None:
             raise StoreError("the store is not open")
         # encoded here, so a payload that cannot be stored fails its own caller only
-        return await self._writer.submit(packet_values(packet))
+        return await self._writer.submit(packet_values(packet, self.codec))
 
     async def _insert_batch(self, rows: list[dict[str, Any]]) -> list[int]:
         batch = appends.split(rows)
@@ -356,6 +355,9 @@ class SQLStore(controls.SQLControl, Store):
         """Whether the writer's connection is known dead before use (SQLite: never)."""
         return False
 
+    def _packet_from_row(self, row: Any) -> StoredPacket:
+        return packet_from_row(row, self.codec)
+
     @_shielded
     async def read(
         self, *, after: int, limit: int, until: int | None = None, namespace: str | None = None
@@ -370,7 +372,7 @@ class SQLStore(controls.SQLControl, Store):
         async with self._read() as connection:
             rows = (await connection.execute(query)).all()
         # a replay refuses rather than leave a silent hole
-        return [decode_or_refuse(packet_from_row, row, row.seq) for row in rows]
+        return [decode_or_refuse(self._packet_from_row, row, row.seq) for row in rows]
 
     @_shielded
     async def _follow_page(self, *, after: int, limit: int
@@ -381,7 +383,7 @@ class SQLStore(controls.SQLControl, Store):
         query = select(packets).where(packets.c.seq > after).order_by(packets.c.seq).limit(limit)
         async with self._read() as connection:
             rows = (await connection.execute(query)).all()
-        return decode_each(packet_from_row, rows, lambda row: row.seq), \
+        return decode_each(self._packet_from_row, rows, lambda row: row.seq), \
             rows[-1].seq if rows else after, len(rows) >= limit
 
     @_shielded
@@ -402,11 +404,11 @@ class SQLStore(controls.SQLControl, Store):
                             ) -> None:
         """Every session in one transaction (one executemany)."""
         for session in sessions_:
-            check_session_data(session.data)
+            self.codec.check_session_data(session.data)
         if not sessions_:
             return
         async with self._write() as connection:
-            await leases.upsert_sessions(connection, sessions_, node)
+            await leases.upsert_sessions(connection, sessions_, node, self.codec)
 
     @_shielded
     async def take_sessions(self, requests: Sequence[TakeRequest], *, node: str, now: float,
@@ -415,7 +417,7 @@ class SQLStore(controls.SQLControl, Store):
             return []
         async with self._write() as connection:
             return await leases.take_sessions(connection, requests, node=node, now=now,
-                                              window=window)
+                                              window=window, codec=self.codec)
 
     @_shielded
     async def owners(self, keys: Sequence[tuple[str, str]]

@@ -89,3 +89,13 @@ def test_a_redis_app_without_metrics_loads_nothing_heavy() -> None:
     with _redis.redis_prefix() as prefix:
         assert loaded_after(REDIS_APP, _redis.store_url(prefix),
                             DURABLE_ADAPTER_METRICS="off") == []
+
+
+def test_every_public_name_resolves() -> None:
+    # a name listed in __all__ but in neither the eager imports nor the lazy table would
+    # only fail when a user first touches it
+    code = ("import durable_adapter\n"
+            "missing = [n for n in durable_adapter.__all__ if not hasattr(durable_adapter, n)]\n"
+            "assert not missing, missing\n"
+            "assert set(dir(durable_adapter)) >= set(durable_adapter.__all__)")
+    loaded_after(code)

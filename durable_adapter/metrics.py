@@ -378,9 +378,10 @@ def enabled() -> bool:
 def enable(registry: Any = None, *, lag_interval: float = LAG_INTERVAL) -> Any:
     """Count on ``registry`` (default: prometheus-client's global one); returns it.
 
-    Replaces the registration made at import (or by an earlier call): the metrics move
-    to ``registry`` and start from zero. ``lag_interval``: seconds between two follower
-    lag probes of a server started afterwards.
+    Replaces the default registration (made when the first metric is counted) or an
+    earlier call's: the metrics move to ``registry`` and start from zero.
+    ``lag_interval``: seconds between two follower lag probes of a server started
+    afterwards.
     """
     global _active, _settled
     pc = _require()

@@ -35,6 +35,10 @@ _LAZY: dict[str, str] = {
     "store_from_url": ".stores",
 }
 
+#: modules a user reaches as attributes (``durable_adapter.metrics.enable()`` after a
+#: plain ``import durable_adapter``), imported at that first access
+_SUBMODULES = frozenset({"cleanup", "cli", "metrics", "migrate", "stores", "transactional"})
+
 __all__ = [
     "ASGIApp",
     "AsyncClient",
@@ -61,6 +65,8 @@ def __getattr__(name: str) -> Any:
         value: Any = version()
     elif name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value  # the next lookup is a plain module attribute

@@ -99,3 +99,12 @@ def test_every_public_name_resolves() -> None:
             "assert not missing, missing\n"
             "assert set(dir(durable_adapter)) >= set(durable_adapter.__all__)")
     loaded_after(code)
+
+
+def test_metrics_reachable_as_an_attribute_after_a_plain_import() -> None:
+    # as the metrics docs write it: durable_adapter.metrics.aiohttp_handler() with nothing
+    # but `import durable_adapter` before
+    loaded = loaded_after("import durable_adapter\n"
+                          "assert durable_adapter.metrics.enabled()\n"
+                          "durable_adapter.metrics.aiohttp_handler()")
+    assert loaded == ["prometheus_client"]

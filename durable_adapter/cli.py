@@ -2,6 +2,7 @@
 
 Subcommands::
 
+    durable-adapter --version
     durable-adapter demo    [--store URL] [--host HOST] [--port PORT]
     durable-adapter migrate --store URL [--sql]
     durable-adapter cleanup --store URL [--interval SECONDS] [--once] [--retention SECONDS]
@@ -26,6 +27,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._version import version
 from .exceptions import DurableAdapterError
 
 ENV_STORE_URL = "DURABLE_ADAPTER_STORE_URL"
@@ -317,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="durable-adapter",
         description="Durable Socket.IO connection state recovery for python-socketio.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(subparsers)

@@ -1,9 +1,16 @@
 """Prometheus metrics of recoveries, the store and the cleanup worker (extra ``metrics``).
 
-``pip install 'durable-adapter[metrics]'`` brings prometheus-client; importing
-durable_adapter then registers every metric below on prometheus-client's global
-registry. Without prometheus-client nothing is imported and every hook returns at once;
+``pip install 'durable-adapter[metrics]'`` brings prometheus-client; the first server,
+store or cleanup worker that counts something then registers every metric below on
+prometheus-client's global registry (importing durable_adapter imports nothing of
+prometheus-client). Without prometheus-client every hook returns at once;
 ``DURABLE_ADAPTER_METRICS=off`` in the environment leaves them off too.
+
+Several worker processes (gunicorn ``-w 4``): with ``PROMETHEUS_MULTIPROC_DIR`` set
+before the workers start, counters and histograms go to prometheus-client's per-process
+files, the gauges become multiprocess gauges (sockets summed over live workers, lag the
+largest of them), and the exposition below sums every worker's files: any worker's
+``/metrics`` shows the whole (docs/operations.md, "Metrics with several workers").
 
 To use another registry, or to stop counting, call once at start-up, before the servers
 start (a switch starts the counters again from zero)::
@@ -31,6 +38,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
@@ -42,16 +50,10 @@ from .exceptions import ConfigurationError
 if TYPE_CHECKING:
     from aiohttp import web
 
-try:
-    import prometheus_client
-    from prometheus_client.core import GaugeMetricFamily
-except ImportError:  # the extra is not installed: every hook is a no-op
-    prometheus_client = None  # type: ignore[assignment]
-
 logger = logging.getLogger(__name__)
 
 PREFIX = "durable_adapter_"
-ENV_SWITCH = "DURABLE_ADAPTER_METRICS"  # "off" (or 0, false, no): not enabled at import
+ENV_SWITCH = "DURABLE_ADAPTER_METRICS"  # "off" (or 0, false, no): not enabled by default
 LAG_INTERVAL = 5.0  # seconds between two follower lag probes of a server
 MAX_NAMESPACE_LABELS = 100  # distinct namespace label values; more become OTHER_NAMESPACE
 OTHER_NAMESPACE = "_other"
@@ -115,11 +117,11 @@ class _Watched(Protocol):  # a server's DurableManager
 class _Metrics:
     """Every metric object, registered on one registry."""
 
-    def __init__(self, registry: Any, lag_interval: float) -> None:
-        pc = prometheus_client
-        assert pc is not None
+    def __init__(self, pc: Any, registry: Any, lag_interval: float) -> None:
         self.registry = registry
         self.lag_interval = lag_interval
+        # prometheus-client chose its value class at its import: files per process or not
+        self.multiprocess: bool = pc.values.ValueClass is not pc.values.MutexValue
         self.namespaces: set[str] = set()
         self.recoveries = pc.Counter(
             PREFIX + "recoveries", "Reconnects that asked to recover, by outcome "
@@ -134,8 +136,8 @@ class _Metrics:
         self.append_seconds = pc.Histogram(
             PREFIX + "append_seconds", "Seconds from an emit queued for the store to its "
             "packet committed.", buckets=APPEND_SECONDS_BUCKETS, registry=None)
-        self.append_batch_size = pc.Histogram(
-            PREFIX + "append_batch_size", "Packets written per store transaction.",
+        self.append_batch_packets = pc.Histogram(
+            PREFIX + "append_batch_packets", "Packets written per store transaction.",
             buckets=BATCH_SIZE_BUCKETS, registry=None)
         self.store_errors = pc.Counter(
             PREFIX + "store_errors", "Failed store operations, by operation.",
@@ -153,11 +155,16 @@ class _Metrics:
         # worker must not look like a worker that never succeeded
         self.cleanup_last_success: float | None = None
         self.retained_packets: int | None = None
-        self.live = _LiveCollector(self)
         self.collectors: list[Any] = [
             self.recoveries, self.recovered_packets, self.recovery_seconds,
-            self.append_seconds, self.append_batch_size, self.store_errors,
-            self.sessions_saved, self.sessions_claimed, self.cleanup_removed, self.live]
+            self.append_seconds, self.append_batch_packets, self.store_errors,
+            self.sessions_saved, self.sessions_claimed, self.cleanup_removed]
+        # a collector read at scrape time sees this process only: with several processes
+        # the gauges are written to prometheus-client's files instead (not registered:
+        # the exposition reads those files, see _exposed)
+        self.shared_gauges = _SharedGauges(pc) if self.multiprocess else None
+        if self.shared_gauges is None:
+            self.collectors.append(_LiveCollector(self))
         for collector in self.collectors:
             registry.register(collector)
 
@@ -199,17 +206,12 @@ class _LiveCollector:
 
     def collect(self) -> Iterator[Any]:
         sockets, lag_packets, lag_seconds, last_success, retained = self._families()
-        counts: dict[str, int] = {}
-        for manager in list(_watched):
-            for namespace, rooms in list(manager.rooms.items()):
-                label = _label(namespace)
-                counts[label] = counts.get(label, 0) + len(rooms.get(None, ()))
-        for label, count in sorted(counts.items()):
+        for label, count in sorted(_socket_counts().items()):
             sockets.add_metric([label], count)
-        lags = list(_lags.values())
-        if lags:
-            lag_packets.add_metric([], max(packets for packets, _ in lags))
-            lag_seconds.add_metric([], max(seconds for _, seconds in lags))
+        lag = _largest_lag()
+        if lag is not None:
+            lag_packets.add_metric([], lag[0])
+            lag_seconds.add_metric([], lag[1])
         if self._owner.cleanup_last_success is not None:
             last_success.add_metric([], self._owner.cleanup_last_success)
         if self._owner.retained_packets is not None:
@@ -218,6 +220,8 @@ class _LiveCollector:
 
     @staticmethod
     def _families() -> tuple[Any, Any, Any, Any, Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
         return (
             GaugeMetricFamily(PREFIX + "sockets", "Connected sockets per namespace.",
                               labels=["namespace"]),
@@ -236,7 +240,104 @@ class _LiveCollector:
         )
 
 
+#: (multiprocess mode) gauge -> how prometheus-client combines the processes' values;
+#: "live" modes forget a worker once ``multiprocess.mark_process_dead(pid)`` ran for it
+SHARED_GAUGE_MODES = {
+    "sockets": "livesum",  # every live worker's sockets
+    "follower_lag_packets": "livemax",  # the worst live worker
+    "follower_lag_seconds": "livemax",
+    "cleanup_last_success_timestamp_seconds": "max",  # kept after the worker exits
+    "retained_packets": "mostrecent",
+}
+
+
+class _SharedGauges:
+    """The gauges of :class:`_LiveCollector` as prometheus-client multiprocess gauges.
+
+    Written, not read at scrape time: a worker's lag probe writes its sockets and lag
+    every ``lag_interval`` seconds, a cleanup pass writes what it left. A gauge without
+    labels is created at its first value, so it stays absent until then, as in one
+    process.
+    """
+
+    def __init__(self, pc: Any) -> None:
+        self._pc = pc
+        self._gauges: dict[str, Any] = {}
+        self._namespaces: set[str] = set()  # sockets labels this process has written
+
+    def _gauge(self, name: str, labels: Sequence[str] = ()) -> Any:
+        gauge = self._gauges.get(name)
+        if gauge is None:
+            doc = next(f for f in _LiveCollector._families() if f.name == PREFIX + name)
+            gauge = self._gauges[name] = self._pc.Gauge(
+                PREFIX + name, doc.documentation, labels, registry=None,
+                multiprocess_mode=SHARED_GAUGE_MODES[name])
+        return gauge
+
+    def write_servers(self) -> None:
+        counts = _socket_counts()
+        sockets = self._gauge("sockets", ["namespace"])
+        for label in self._namespaces - counts.keys():  # gone from this process: 0
+            sockets.labels(label).set(0)
+        for label, count in counts.items():
+            sockets.labels(label).set(count)
+        self._namespaces |= counts.keys()
+        lag = _largest_lag()
+        if lag is not None or "follower_lag_packets" in self._gauges:
+            packets, seconds = lag if lag is not None else (0, 0.0)
+            self._gauge("follower_lag_packets").set(packets)
+            self._gauge("follower_lag_seconds").set(seconds)
+
+    def write_cleanup(self, owner: _Metrics) -> None:
+        if owner.retained_packets is not None:
+            self._gauge("retained_packets").set(owner.retained_packets)
+        if owner.cleanup_last_success is not None:
+            self._gauge("cleanup_last_success_timestamp_seconds").set(
+                owner.cleanup_last_success)
+
+
+def _socket_counts() -> dict[str, int]:
+    """Connected sockets per namespace label, over this process's servers."""
+    counts: dict[str, int] = {}
+    for manager in list(_watched):
+        for namespace, rooms in list(manager.rooms.items()):
+            label = _label(namespace)
+            counts[label] = counts.get(label, 0) + len(rooms.get(None, ()))
+    return counts
+
+
+def _largest_lag() -> tuple[int, float] | None:
+    """(packets, seconds) behind, the largest of this process's probed servers."""
+    lags = list(_lags.values())
+    if not lags:
+        return None
+    return max(packets for packets, _ in lags), max(seconds for _, seconds in lags)
+
+
 _active: _Metrics | None = None
+#: enable() or disable() ran, or the default was applied (at the first hook, not import)
+_settled = False
+_settling = threading.Lock()
+
+
+def _current() -> _Metrics | None:
+    """The metrics counted on, applying the default at the first call."""
+    if not _settled:
+        _apply_default()
+    return _active
+
+
+def _apply_default() -> None:
+    """On unless prometheus-client is missing or the environment switches them off."""
+    global _settled
+    with _settling:
+        if _settled:
+            return
+        switched_off = os.environ.get(ENV_SWITCH, "").strip().lower() in (
+            "0", "off", "false", "no")
+        if not switched_off and _prometheus() is not None:
+            enable()
+        _settled = True
 
 
 def _label(namespace: str) -> str:
@@ -244,11 +345,21 @@ def _label(namespace: str) -> str:
     return active.namespace_label(namespace) if active is not None else namespace
 
 
+def _prometheus() -> Any:
+    """prometheus-client, imported now; None when it is not installed."""
+    try:
+        import prometheus_client
+    except ImportError:
+        return None
+    return prometheus_client
+
+
 def _require() -> Any:
-    if prometheus_client is None:
+    pc = _prometheus()
+    if pc is None:
         raise ConfigurationError("metrics need prometheus-client: "
                                  "pip install 'durable-adapter[metrics]'")
-    return prometheus_client
+    return pc
 
 
 # -- configuration ------------------------------------------------------------------
@@ -256,34 +367,37 @@ def _require() -> Any:
 
 def available() -> bool:
     """True when prometheus-client is installed."""
-    return prometheus_client is not None
+    return _prometheus() is not None
 
 
 def enabled() -> bool:
     """True while metrics are counted."""
-    return _active is not None
+    return _current() is not None
 
 
 def enable(registry: Any = None, *, lag_interval: float = LAG_INTERVAL) -> Any:
     """Count on ``registry`` (default: prometheus-client's global one); returns it.
 
-    Replaces the registration made at import (or by an earlier call): the metrics move
-    to ``registry`` and start from zero. ``lag_interval``: seconds between two follower
-    lag probes of a server started afterwards.
+    Replaces the default registration (made when the first metric is counted) or an
+    earlier call's: the metrics move to ``registry`` and start from zero.
+    ``lag_interval``: seconds between two follower lag probes of a server started
+    afterwards.
     """
-    global _active
+    global _active, _settled
     pc = _require()
     if not lag_interval > 0:
         raise ConfigurationError(f"lag_interval must be > 0 seconds, got {lag_interval!r}")
     target = pc.REGISTRY if registry is None else registry
     disable()
-    _active = _Metrics(target, lag_interval)
+    _active = _Metrics(pc, target, lag_interval)
+    _settled = True
     return target
 
 
 def disable() -> None:
     """Stop counting and unregister the metrics (probes already running stop at once)."""
-    global _active
+    global _active, _settled
+    _settled = True
     if _active is not None:
         _active.unregister()
         _active = None
@@ -291,10 +405,11 @@ def disable() -> None:
 
 def current_registry() -> Any:
     """The registry metrics are counted on; raises when they are off."""
-    if _active is None:
+    active = _current()
+    if active is None:
         _require()
         raise ConfigurationError("metrics are disabled (durable_adapter.metrics.enable())")
-    return _active.registry
+    return active.registry
 
 
 # -- hooks: one line each at their call sites --------------------------------------------
@@ -302,14 +417,14 @@ def current_registry() -> Any:
 
 def recovery_started() -> None:
     """A CONNECT carrying a pid arrived (the recovery clock starts)."""
-    if _active is not None:
+    if _current() is not None:
         _connect_started.set(clock())
 
 
 def recovery_refused(namespace: str, failure: Enum | None) -> None:
     """The attempt prepared for this CONNECT; counts it if it was refused (``failure``, a
     :class:`~durable_adapter.RecoveryFailure`, names why)."""
-    active = _active
+    active = _current()
     if active is None or failure is None:
         return
     reason = failure.name.lower()
@@ -320,7 +435,7 @@ def recovery_refused(namespace: str, failure: Enum | None) -> None:
 
 def recovered(namespace: str, packets: int) -> None:
     """The replay of a recovered socket has been sent."""
-    active = _active
+    active = _current()
     if active is None:
         return
     active.recoveries.labels(active.namespace_label(namespace), "recovered", "").inc()
@@ -331,38 +446,38 @@ def recovered(namespace: str, packets: int) -> None:
 
 
 def session_saved() -> None:
-    if _active is not None:
-        _active.sessions_saved.inc()
+    if (active := _current()) is not None:
+        active.sessions_saved.inc()
 
 
 def session_claimed(session: object | None) -> None:
-    if _active is not None and session is not None:
-        _active.sessions_claimed.inc()
+    if session is not None and (active := _current()) is not None:
+        active.sessions_claimed.inc()
 
 
 def append_committed(queued: float) -> None:
     """An emit's packet committed; ``queued`` is :data:`clock` when it was queued."""
-    if _active is not None:
-        _active.append_seconds.observe(clock() - queued)
+    if (active := _current()) is not None:
+        active.append_seconds.observe(clock() - queued)
 
 
 def append_batch(size: int) -> None:
     """One store transaction wrote ``size`` packets."""
-    if _active is not None:
-        _active.append_batch_size.observe(size)
+    if (active := _current()) is not None:
+        active.append_batch_packets.observe(size)
 
 
 def store_error(operation: str) -> None:
     """A store operation failed: ``append``, ``follow``, ``save_session``, ``purge``,
     ``restore`` (claiming or reading a replay) or ``lag_probe``."""
-    if _active is not None:
-        _active.store_errors.labels(operation).inc()
+    if (active := _current()) is not None:
+        active.store_errors.labels(operation).inc()
 
 
 def watch(manager: _Watched) -> None:
     """A server started: report its sockets, and probe its follower lag."""
     _watched.add(manager)
-    active = _active
+    active = _current()
     probe = _probes.get(manager)
     if active is not None and (probe is None or probe.done()):  # done: metrics were off
         _probes[manager] = asyncio.create_task(
@@ -378,11 +493,12 @@ async def unwatch(manager: _Watched) -> None:
         probe.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await probe
+    _write_shared_gauges()
 
 
 async def cleanup_pass(store: _History, result: _Purged) -> None:
     """The cleanup worker finished a pass with ``result``."""
-    active = _active
+    active = _current()
     if active is None:
         return
     finished = time.time()
@@ -396,6 +512,8 @@ async def cleanup_pass(store: _History, result: _Purged) -> None:
         active.retained_packets = max(0, bounds.top - bounds.purged_through)
     # last: a scrape that sees this pass's time sees its size too
     active.cleanup_last_success = finished
+    if active.shared_gauges is not None:
+        active.shared_gauges.write_cleanup(active)
 
 
 async def _probe_lag(manager: _Watched, interval: float) -> None:
@@ -415,20 +533,46 @@ async def _probe_lag(manager: _Watched, interval: float) -> None:
         except Exception as exc:  # a store outage shows here too; the probe goes on
             logger.debug("follower lag probe failed: %s", exc)
             store_error("lag_probe")
+        _write_shared_gauges()
         await asyncio.sleep(interval)
+
+
+def _write_shared_gauges() -> None:
+    """(multiprocess mode) this process's sockets and lag, to prometheus-client's files."""
+    active = _active
+    if active is not None and active.shared_gauges is not None:
+        active.shared_gauges.write_servers()
 
 
 # -- exposition -------------------------------------------------------------------------
 
 
 def render(accept: str = "", registry: Any = None) -> tuple[bytes, str]:
-    """The exposition of ``registry`` (default: the one counted on) and its content
-    type, in the format ``accept`` asks for (Prometheus text or OpenMetrics)."""
+    """The exposition of ``registry`` (default: the one counted on; in multiprocess mode,
+    every process's files) and its content type, in the format ``accept`` asks for
+    (Prometheus text or OpenMetrics)."""
     _require()
     from prometheus_client.exposition import choose_encoder
 
     encode, content_type = choose_encoder(accept)
-    return encode(registry if registry is not None else current_registry()), content_type
+    return encode(_exposed(registry)), content_type
+
+
+def _exposed(registry: Any) -> Any:
+    """What an exposition shows: ``registry`` if given; in multiprocess mode a registry
+    reading every process's files (as prometheus-client's docs set one up); else the
+    registry counted on."""
+    if registry is not None:
+        return registry
+    active = _current()
+    if active is not None and active.multiprocess:
+        from prometheus_client import CollectorRegistry, multiprocess
+
+        combined = CollectorRegistry()
+        read_files: Any = multiprocess.MultiProcessCollector  # untyped
+        read_files(combined)
+        return combined
+    return current_registry()
 
 
 async def _render_off_loop(accept: str, registry: Any) -> tuple[bytes, str]:
@@ -505,14 +649,7 @@ def serve_http(port: int, host: str = "0.0.0.0", registry: Any = None) -> tuple[
     """Serve the exposition on ``host:port`` from a daemon thread; returns its URL and
     the server (``server.shutdown()`` stops it). Port 0 picks a free one."""
     pc = _require()
-    server, _ = pc.start_http_server(port, addr=host,
-                                     registry=registry if registry is not None
-                                     else current_registry())
+    server, _ = pc.start_http_server(port, addr=host, registry=_exposed(registry))
     bound = server.server_address[1]
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{bound}/metrics", server
-
-
-if prometheus_client is not None and os.environ.get(ENV_SWITCH, "").strip().lower() not in (
-        "0", "off", "false", "no"):
-    enable()

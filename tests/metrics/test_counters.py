@@ -67,8 +67,8 @@ async def test_append_moves_the_histograms(registry: Any, tmp_path: Path) -> Non
         assert sample(registry, "durable_adapter_append_seconds_count") == 20
         assert sample(registry, "durable_adapter_append_seconds_sum") > 0
         # every packet was written by some transaction, several per transaction at best
-        assert sample(registry, "durable_adapter_append_batch_size_sum") == 20
-        assert 1 <= sample(registry, "durable_adapter_append_batch_size_count") <= 20
+        assert sample(registry, "durable_adapter_append_batch_packets_sum") == 20
+        assert 1 <= sample(registry, "durable_adapter_append_batch_packets_count") <= 20
         assert sample(registry, "durable_adapter_store_errors_total", operation="append") == 0
         await client.sio.disconnect()
 

@@ -8,8 +8,13 @@ and the load balancer's upstreams exist; ``depends_on`` names defined services, 
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +83,11 @@ def test_the_dockerfile_copies_files_that_exist() -> None:
     assert sources
     for source in sources:
         assert (REPO / source).exists(), source
-    extras = re.search(r'pip install "\.\[([\w,]+)\]"', text)
+    extras = re.search(r"^ARG EXTRAS=([\w,]+)$", text, flags=re.MULTILINE)
     assert extras is not None
     for extra in extras.group(1).split(","):
         assert f"\n{extra} = [" in (REPO / "pyproject.toml").read_text(), extra
+    assert 'pip install --no-deps ".[$EXTRAS]"' in text
 
 
 def test_every_durable_adapter_command_parses(services: dict[str, dict[str, Any]]) -> None:
@@ -143,3 +149,106 @@ def test_the_load_balancer_spreads_over_the_demo_nodes(
     assert "proxy_set_header Upgrade $http_upgrade" in config
     page = (REPO / "durable_adapter" / "demo" / "index.html").read_text()
     assert "transports=websocket" in config and '"transports") === "websocket"' in page
+
+
+def _dockerfile_steps() -> list[tuple[str, str]]:
+    """(instruction, arguments) of each Dockerfile step, continuation lines joined."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", "")
+    steps = [line.split(None, 1) for line in text.splitlines()
+             if line.strip() and not line.startswith("#")]
+    return [(step[0], step[1] if len(step) > 1 else "") for step in steps]
+
+
+def test_the_dependency_layer_needs_only_pyproject(tmp_path: Path) -> None:
+    steps = _dockerfile_steps()
+    copies = [i for i, (op, _) in enumerate(steps) if op == "COPY"]
+    first_copy, code_copy = copies[0], next(
+        i for i in copies if "durable_adapter" in steps[i][1].split())
+    assert steps[first_copy][1].split() == ["pyproject.toml", "./"]
+    installs = [i for i in range(first_copy, code_copy)
+                if steps[i][0] == "RUN" and "pip install -r" in steps[i][1]]
+    assert installs, "no dependency install between COPY pyproject.toml and the code"
+    # what that step hands to pip, run here on the real pyproject.toml
+    listing = steps[installs[0]][1].split(" && pip install", 1)[0]
+    (tmp_path / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
+    extras = re.search(r"^ARG EXTRAS=([\w,]+)$", (REPO / "Dockerfile").read_text(),
+                       flags=re.MULTILINE)
+    assert extras is not None
+    written = tmp_path / "requirements.txt"
+    subprocess.run(["sh", "-c", listing.replace("/tmp/requirements.txt", str(written))],
+                   cwd=tmp_path, env={**os.environ, "EXTRAS": extras.group(1),
+                                      "PATH": f"{Path(sys.executable).parent}:"
+                                              + os.environ.get("PATH", "")},
+                   check=True, timeout=60)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"])
+    for extra in extras.group(1).split(","):
+        wanted += project["optional-dependencies"][extra]
+    assert written.read_text().split() == wanted
+
+
+def test_the_image_healthcheck_runs_the_shipped_probe() -> None:
+    steps = _dockerfile_steps()
+    copied = {args.split()[-1]: args.split()[0] for op, args in steps if op == "COPY"}
+    healthcheck = [args for op, args in steps if op == "HEALTHCHECK"]
+    assert len(healthcheck) == 1
+    probe = json.loads(healthcheck[0].split("CMD", 1)[1])
+    assert probe[0] == "python" and copied[probe[1]] == "deploy/healthcheck.py"
+
+
+def test_the_load_balancer_waits_for_healthy_nodes(
+        services: dict[str, dict[str, Any]]) -> None:
+    for node in ("node1", "node2"):
+        assert services["lb"]["depends_on"][node] == {"condition": "service_healthy"}
+
+
+def test_node_healthchecks_probe_what_the_node_serves(
+        services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    image_probe = json.loads(next(args for op, args in _dockerfile_steps()
+                                  if op == "HEALTHCHECK").split("CMD", 1)[1])
+    has_check = re.search(r"^\s+check\s", cli.build_parser().format_help(), flags=re.M)
+    for node in ("node1", "node2"):
+        args = _cli_args(services, node)
+        service = services[node]
+        env = service["environment"]
+        assert env["DURABLE_ADAPTER_STORE_URL"] == args.store
+        assert int(env["DURABLE_ADAPTER_PORT"]) == args.port
+        kind, shell = service["healthcheck"]["test"]
+        assert kind == "CMD-SHELL"
+        store_check, probe = (shlex.split(part) for part in shell.split("&&"))
+        assert probe == image_probe
+        assert store_check[0] == "durable-adapter"
+        if not has_check:
+            pytest.skip("durable-adapter check is not in this tree yet")
+        with monkeypatch.context() as patched:  # the container's environment
+            for name, value in env.items():
+                patched.setenv(name, str(value))
+            parsed = cli.build_parser().parse_args(store_check[1:])
+        assert (parsed.command, parsed.store) == ("check", args.store)
+
+
+def test_the_cleanup_worker_healthcheck_checks_its_store(
+        services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    cleanup = services["cleanup"]
+    kind, *command = cleanup["healthcheck"]["test"]
+    assert kind == "CMD" and command[:2] == ["durable-adapter", "check"]
+    if not re.search(r"^\s+check\s", cli.build_parser().format_help(), flags=re.M):
+        pytest.skip("durable-adapter check is not in this tree yet")
+    for name, value in cleanup["environment"].items():
+        monkeypatch.setenv(name, str(value))
+    parsed = cli.build_parser().parse_args(command[1:])
+    assert parsed.store == _cli_args(services, "cleanup").store
+
+
+def test_the_one_shot_migration_has_no_server_healthcheck(
+        services: dict[str, dict[str, Any]]) -> None:
+    assert services["migrate"]["healthcheck"] == {"disable": True}
+
+
+def test_mongo_is_opt_in_and_reachable_from_this_host_only(
+        services: dict[str, dict[str, Any]]) -> None:
+    mongo = services["mongo"]
+    assert mongo.get("profiles") == ["mongo"]
+    assert not any("mongo" in (s.get("depends_on") or {}) for s in services.values())
+    for port in mongo.get("ports", []):
+        assert str(port).startswith("127.0.0.1:"), port

@@ -24,6 +24,7 @@ from ._packets import as_args, as_rooms, check_sendable
 from .exceptions import ConfigurationError
 from .stores import Store, store_from_url
 from .stores.base import NewPacket
+from .stores.urls import store_scheme
 
 CALL_TIMEOUT = 60.0  # seconds a SyncEmitter call may take (a store that is down)
 
@@ -47,7 +48,7 @@ class Emitter:
 
     def __init__(self, store: Store | str) -> None:
         if isinstance(store, str):
-            if store.split("://", 1)[0].lower() == "memory":
+            if store_scheme(store) == "memory":
                 raise ConfigurationError(
                     "memory:// is a history of one process: an Emitter needs the servers' "
                     "store (SQL, Redis or MongoDB)")

@@ -6,6 +6,7 @@ import importlib
 
 from ..exceptions import ConfigurationError
 from .base import Store
+from .urls import normalize_store_url
 
 # scheme -> (module, class, pip extra that brings its driver)
 _STORES: dict[str, tuple[str, str, str | None]] = {
@@ -24,20 +25,12 @@ ACCEPTED_SCHEMES = tuple(_STORES)
 def store_from_url(url: str) -> Store:
     """Build the store for ``url``; its scheme picks the backend.
 
-    Accepted: ``memory://``, ``sqlite+aiosqlite:///path.db``,
-    ``postgresql+asyncpg://user@host/db``, ``mongodb://...``, ``redis://...``.
+    Accepted: ``memory://``, ``sqlite:///path.db``, ``postgres://user@host/db`` (or
+    ``postgresql://``), ``mongodb://...``, ``redis://...``; SQL URLs get the async driver
+    (:func:`~.urls.normalize_store_url`).
     """
-    if not isinstance(url, str) or "://" not in url:
-        raise ConfigurationError(
-            f"store must be a URL or a Store, got {url!r}; accepted schemes: "
-            + ", ".join(f"{s}://" for s in ACCEPTED_SCHEMES)
-        )
-    scheme = url.split("://", 1)[0].lower()
-    if scheme not in _STORES:
-        raise ConfigurationError(
-            f"unknown store scheme {scheme!r}; accepted schemes: "
-            + ", ".join(f"{s}://" for s in ACCEPTED_SCHEMES)
-        )
+    url = normalize_store_url(url)
+    scheme = url.split("://", 1)[0]
     module_name, class_name, extra = _STORES[scheme]
     try:
         module = importlib.import_module(f"{__name__}.{module_name}")
@@ -52,4 +45,35 @@ def store_from_url(url: str) -> Store:
     return store_class(url)  # type: ignore[call-arg]
 
 
-__all__ = ["ACCEPTED_SCHEMES", "Store", "store_from_url"]
+def existing_store(url: str, *, schema: str | None = None) -> Store:
+    """The (unopened) store at ``url`` as it is, for tools beside the servers (the
+    cleanup worker, ``durable-adapter check``): a SQL store never migrates, and a SQLite
+    file must exist already (opening would create an empty one).
+
+    :param schema: the PostgreSQL schema of the tables, if not the default.
+    """
+    url = normalize_store_url(url)
+    scheme = url.split("://", 1)[0]
+    if _STORES[scheme][0] not in ("sql", "sql.postgres"):
+        return store_from_url(url)
+    from pathlib import Path
+
+    from .sql import SQLStore
+    from .sql.dialect import is_sqlite, parse_url
+    from .sql.postgres import PostgresStore
+
+    parsed = parse_url(url)
+    if is_sqlite(parsed):
+        if not parsed.database or parsed.database == ":memory:":
+            raise ConfigurationError("an in-memory SQLite database lives inside one process; "
+                                     "give the database file's path")
+        if not Path(parsed.database).is_file():
+            raise ConfigurationError(
+                f"no SQLite database at {parsed.database}; start a server on it or run "
+                f"`durable-adapter migrate --store {url}` first")
+        return SQLStore(url, auto_migrate=False)
+    return PostgresStore(url, schema=schema, auto_migrate=False)
+
+
+__all__ = ["ACCEPTED_SCHEMES", "Store", "existing_store", "normalize_store_url",
+           "store_from_url"]

@@ -37,6 +37,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import metrics
+from ..exceptions import ConfigurationError, DurableAdapterError
 from ..server import AsyncServer
 
 logger = logging.getLogger(__name__)
@@ -151,11 +152,15 @@ async def serve(store: str, host: str, port: int,
     spreads connections over them), so the page is served websocket-only.
     """
     app = create_app(store, websocket_only=worker)
+    await app[SIO_KEY].open_store()  # a StartupError here is the CLI's one line
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_port=worker or None)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise _cannot_listen(host, port, exc) from exc
         bound = runner.addresses[0][1]
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{bound}/"
@@ -174,6 +179,12 @@ async def serve(store: str, host: str, port: int,
         await runner.cleanup()
 
 
+def _cannot_listen(host: str, port: int, error: OSError) -> ConfigurationError:
+    reason = error.strerror or str(error)
+    return ConfigurationError(f"cannot listen on {host}:{port}: {reason} (another process "
+                              "may be using the port: pick another with --port)")
+
+
 def run(store: str, host: str, port: int,
         ready: Callable[[str], None] | None = None) -> None:
     """Blocking: :func:`serve` in a new event loop (``durable-adapter demo``)."""
@@ -182,7 +193,11 @@ def run(store: str, host: str, port: int,
 
 def _worker_main(store: str, host: str, port: int) -> None:
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(serve(store, host, port, worker=True))
+    try:
+        asyncio.run(serve(store, host, port, worker=True))
+    except DurableAdapterError as exc:  # one line, as the single-process demo
+        logger.error("%s", exc)
+        raise SystemExit(1) from None
 
 
 def run_workers(store: str, host: str, port: int, workers: int,
@@ -192,10 +207,16 @@ def run_workers(store: str, host: str, port: int, workers: int,
     A client that reconnects may land on any worker and recovers there: the sessions
     and packets are in the shared store, and each worker follows it.
     """
-    if port == 0:  # every worker must bind the same port: pick it here
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.bind((host, 0))
-            port = probe.getsockname()[1]
+    # every worker must bind the same port: pick it here, or find it taken here (each
+    # worker would fail alone otherwise)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        if hasattr(socket, "SO_REUSEPORT"):
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise _cannot_listen(host, port, exc) from exc
+        port = probe.getsockname()[1]
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_worker_main, args=(store, host, port),
                                  name=f"demo-worker-{i}") for i in range(workers)]

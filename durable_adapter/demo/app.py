@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import secrets
 import signal
 import socket
@@ -180,7 +181,8 @@ async def serve(store: str, host: str, port: int,
 
 
 def _cannot_listen(host: str, port: int, error: OSError) -> ConfigurationError:
-    reason = error.strerror or str(error)
+    # asyncio's bind error carries the address in its text: the errno says it plainly
+    reason = os.strerror(error.errno) if error.errno else str(error)
     return ConfigurationError(f"cannot listen on {host}:{port}: {reason} (another process "
                               "may be using the port: pick another with --port)")
 

@@ -4,7 +4,13 @@ from ._recovery import RecoveryFailure, RecoveryOptions
 from .asgi import ASGIApp
 from .client import AsyncClient
 from .emitter import Emitter, SyncEmitter
-from .exceptions import ConfigurationError, DurableAdapterError, SessionDataError, StoreError
+from .exceptions import (
+    ConfigurationError,
+    DurableAdapterError,
+    SessionDataError,
+    StartupError,
+    StoreError,
+)
 from .server import AsyncServer
 from .stores import Store, store_from_url
 from .transactional import emit_in
@@ -19,6 +25,7 @@ __all__ = [
     "RecoveryFailure",
     "RecoveryOptions",
     "SessionDataError",
+    "StartupError",
     "Store",
     "StoreError",
     "SyncEmitter",

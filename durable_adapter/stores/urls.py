@@ -1,8 +1,9 @@
 """Store URLs as users have them (``DATABASE_URL``), mapped to the drivers we use.
 
 One function, :func:`normalize_store_url`, used by everything that takes a store URL:
-the server, the CLI, the emitters, the cleanup worker and the migrations. Only the
-scheme changes; the rest of the URL is kept byte for byte. No SQLAlchemy import here:
+the server, the CLI, the emitters, the cleanup worker and the migrations. The scheme
+changes (and PostgreSQL's ``sslmode`` query parameter its name); the rest of the URL is
+kept byte for byte. No SQLAlchemy import here:
 building a Redis store must not load it.
 """
 
@@ -47,8 +48,9 @@ def normalize_store_url(url: str) -> str:
     """``url`` with its scheme mapped to the driver its store uses.
 
     ``postgres://``, ``postgresql://`` and the other drivers' ``postgresql+...://`` become
-    ``postgresql+asyncpg://``; ``sqlite://`` becomes ``sqlite+aiosqlite://``; the other
-    accepted schemes are only lower-cased.
+    ``postgresql+asyncpg://`` (and libpq's ``sslmode=`` asyncpg's ``ssl=``);
+    ``sqlite://`` becomes ``sqlite+aiosqlite://``; the other accepted schemes are only
+    lower-cased.
 
     :raises ConfigurationError: (a ``ValueError``) not a URL, or an unknown scheme; the
         message lists the accepted forms.
@@ -63,7 +65,23 @@ def normalize_store_url(url: str) -> str:
     mapped = _SCHEMES.get(scheme.lower())
     if mapped is None:
         raise _refused(f"unknown store scheme {scheme + '://'!r}")
+    if mapped == POSTGRES:
+        rest = _libpq_query(rest)
     return f"{mapped}://{rest}"
+
+
+def _libpq_query(rest: str) -> str:
+    """libpq's ``sslmode=`` (in most hosted database URLs) as asyncpg's ``ssl=``,
+    which takes the same values; asyncpg refuses ``sslmode``."""
+    location, sep, query = rest.partition("?")
+    if not sep:
+        return rest
+    params = query.split("&")
+    if any(param.startswith("ssl=") for param in params):
+        return rest
+    return location + "?" + "&".join(
+        "ssl=" + param.removeprefix("sslmode=") if param.startswith("sslmode=") else param
+        for param in params)
 
 
 def store_scheme(url: str) -> str:

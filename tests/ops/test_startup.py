@@ -120,8 +120,9 @@ async def test_check_exits_1_on_an_empty_database_and_0_once_migrated(
         database_url: str, tmp_path: Path) -> None:
     if database_url.startswith("sqlite"):
         database_url = empty_sqlite_file(tmp_path / "cli.db")
-    else:  # as DATABASE_URL holds it: the plain scheme
-        database_url = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    else:  # as a hosted DATABASE_URL holds it: the plain scheme, libpq's sslmode
+        database_url = database_url.replace("postgresql+asyncpg://", "postgresql://", 1) \
+            + "?sslmode=prefer"
     before = await asyncio.to_thread(run_cli, "check", "--store", database_url)
     assert before.returncode == 1
     assert "Traceback" not in before.stderr

@@ -11,6 +11,8 @@ Routes:
 * ``/socket.io/`` the :class:`durable_adapter.AsyncServer`.
 * ``GET /metrics`` the Prometheus metrics (with ``durable-adapter[metrics]`` installed);
   the page shows the recovery counters from it next to its connection log.
+* ``GET /ready`` 200 ``ready`` or 503 and the reason (:meth:`AsyncServer.ready`), for
+  load balancers and container healthchecks.
 * ``POST /say`` with JSON ``{"text": "...", "name": "..."}`` broadcasts a message as
   the server would, e.g. while a page is disconnected::
 
@@ -39,6 +41,7 @@ from aiohttp import web
 
 from .. import metrics
 from ..exceptions import ConfigurationError, DurableAdapterError
+from ..readiness import aiohttp_handler
 from ..server import AsyncServer
 
 logger = logging.getLogger(__name__)
@@ -139,6 +142,7 @@ def create_app(store: str, *, websocket_only: bool = False) -> web.Application:
     sio.attach(app)
     app.router.add_get("/", _index)
     app.router.add_post("/say", _say)
+    app.router.add_get("/ready", aiohttp_handler(sio))
     app.router.add_static("/static/", HERE / "static")
     if metrics.enabled():
         app.router.add_get("/metrics", metrics.aiohttp_handler())

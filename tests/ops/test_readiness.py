@@ -10,10 +10,13 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 import durable_adapter
+from durable_adapter.demo.app import create_app
+from durable_adapter.readiness import aiohttp_handler
 from durable_adapter.stores.sql import SQLStore
 from tests._harness import WAIT, serving_app
 
@@ -115,3 +118,24 @@ async def test_without_a_startup_hook_the_first_connection_opens_the_store(
         finally:
             await client.disconnect()
             await sio.shutdown()
+
+
+async def get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http, http.get(
+            url, timeout=aiohttp.ClientTimeout(total=WAIT)) as response:
+        return response.status, await response.text()
+
+
+async def test_the_aiohttp_route_answers_503_with_the_reason(tmp_path: Path) -> None:
+    sio = durable_adapter.AsyncServer(store=unmigrated_store(tmp_path), async_mode="aiohttp")
+    app = web.Application()
+    app.router.add_get("/ready", aiohttp_handler(sio))
+    async with serving_app(app) as url:
+        status, text = await get(url + "/ready")
+    assert status == 503 and "run `durable-adapter migrate --store" in text
+
+
+async def test_the_demo_serves_ready() -> None:
+    app = create_app("memory://")
+    async with serving_app(app) as url:
+        assert await get(url + "/ready") == (200, "ready\n")

@@ -40,6 +40,9 @@ RecoveryOption = RecoveryOptions | Mapping[str, Any] | bool | None
 #: seconds a shutdown gives the store for the final save (an outage must not keep the
 #: process from exiting: its sockets then recover from their written-through rows)
 SHUTDOWN_SAVE_WAIT = 2.0
+#: exit status of an aiohttp app whose store cannot be used at start-up (uvicorn's, and
+#: gunicorn's "worker failed to boot")
+STARTUP_FAILURE_STATUS = 3
 
 #: set while Engine.IO closes a whole connection: a 'client disconnect' seen then is an
 #: Engine.IO CLOSE (the JS client's abrupt close over polling), not a namespace leave
@@ -216,7 +219,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
     def attach(self, app: Any, socketio_path: str = "socket.io") -> None:
         """python-socketio's ``attach``. On aiohttp it also registers :meth:`open_store`
         on ``app.on_startup`` (a store that cannot be used ends the process: one line
-        on the log, exit status 1) and :meth:`shutdown` on ``app.on_shutdown``, which
+        on the log, exit status 3) and :meth:`shutdown` on ``app.on_shutdown``, which
         aiohttp runs before it waits for open connections: the sessions are saved and
         the websockets closed by then.
 
@@ -234,9 +237,10 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                 await self.open_store()
             except StartupError as exc:
                 # SystemExit: aiohttp's run_app lets it end the process without a
-                # traceback; any other exception would print one
+                # traceback (any other exception prints one). Status 3 as uvicorn's
+                # start-up failure: gunicorn then stops, not respawning the worker
                 logger.error("%s", exc)
-                raise SystemExit(1) from None
+                raise SystemExit(STARTUP_FAILURE_STATUS) from None
 
         async def save_and_close(_app: Any) -> None:
             await self.shutdown()

@@ -187,6 +187,7 @@ async def _settle_driver_threads(limit: float = 1.0) -> None:
 # -- check -----------------------------------------------------------------------------
 
 ENV_SCHEMA = "DURABLE_ADAPTER_SCHEMA"
+ENV_CHECK_TIMEOUT = "DURABLE_ADAPTER_CHECK_TIMEOUT"
 
 
 def _add_check(subparsers: _Subparsers) -> None:
@@ -202,7 +203,7 @@ def _add_check(subparsers: _Subparsers) -> None:
               help="store URL, e.g. postgresql://user@host/db")
     _env_flag(parser, "--schema", ENV_SCHEMA, metavar="NAME",
               help="PostgreSQL schema of the tables, if not the default")
-    _env_flag(parser, "--timeout", "DURABLE_ADAPTER_CHECK_TIMEOUT", default=STARTUP_WAIT,
+    _env_flag(parser, "--timeout", ENV_CHECK_TIMEOUT, default=STARTUP_WAIT,
               type=_positive_float, metavar="SECONDS", help="seconds the check may take")
     parser.set_defaults(func=_run_check)
 

@@ -195,8 +195,8 @@ def _add_check(subparsers: _Subparsers) -> None:
 
     parser = subparsers.add_parser(
         "check", help="check that a store answers and has the current tables",
-        description="Open the store at --store as a server would, without changing it "
-                    "(no migration, no new SQLite file), and print one line: exit "
+        description="Open the store at --store as a server would, without migrating it "
+                    "or creating a SQLite file, and print one line: exit "
                     "status 0 when a server could start on it, 1 otherwise. For "
                     "scripts, deploy steps and container healthchecks.")
     _env_flag(parser, "--store", ENV_STORE_URL, metavar="URL", required=True,

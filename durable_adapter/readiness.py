@@ -96,8 +96,9 @@ async def probe(manager: DurableManager) -> Readiness:
 
 async def check_store(url: str, *, schema: str | None = None,
                       wait: float = STARTUP_WAIT) -> Readiness:
-    """Open the store at ``url`` as it is (no migration, no new SQLite file), read its
-    history bounds, close it: ready when that worked, else the one-line reason.
+    """Open the store at ``url`` as a server would but never migrate it or create a
+    SQLite file, read its history bounds, close it: ready when that worked, else the
+    one-line reason.
 
     :param url: a store URL (``durable-adapter check --store URL``).
     :param schema: the PostgreSQL schema of the tables, if not the default.

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import ConfigurationError, DurableAdapterError, StartupError
+from .exceptions import ConfigurationError, DurableAdapterError, StartupError, StoreError
 from .stores import existing_store
 
 if TYPE_CHECKING:
@@ -48,19 +48,18 @@ def failure_line(error: BaseException, *, waited: float = STARTUP_WAIT) -> str:
     """``error`` as one line starting ``durable_adapter:``, naming what to do.
 
     A :class:`ConfigurationError` says what is wrong and what is accepted (the missing
-    tables say to run ``durable-adapter migrate``); a store that cannot be reached gets
-    :data:`REACH_HINT`.
+    tables say to run ``durable-adapter migrate``); a store that cannot be reached
+    (:class:`StoreError`, no answer in time) gets :data:`REACH_HINT`.
     """
     if isinstance(error, StartupError):
         return str(error)
+    text = " ".join(str(error).split())  # driver messages span lines
     if isinstance(error, TimeoutError):
-        text = f"the store did not answer within {waited:g} s"
-    else:
-        text = " ".join(str(error).split())  # driver messages span lines
-        if not isinstance(error, DurableAdapterError):
-            text = f"cannot open the store: {type(error).__name__}: {text}"
-    if not isinstance(error, ConfigurationError):
+        text = f"the store did not answer within {waited:g} s; {REACH_HINT}"
+    elif isinstance(error, StoreError):
         text = f"{text}; {REACH_HINT}"
+    elif not isinstance(error, DurableAdapterError):  # says what it is, not where
+        text = f"cannot open the store: {type(error).__name__}: {text}"
     return PREFIX + text
 
 

@@ -24,8 +24,8 @@ import pytest
 from durable_adapter.migrate import migrate
 from tests.cluster.harness import free_port, listening
 
+from ._cli import REPO, child_env, run_cli
 from .conftest import WAIT
-from .test_cli_ops import REPO, _env, run_cli
 
 EXIT_WITHIN = 20.0  # seconds from spawn to exit, interpreter start and imports included
 STARTUP_FAILED = 3  # exit status: uvicorn's, and gunicorn's "worker failed to boot"
@@ -35,7 +35,7 @@ KINDS = ["aiohttp", "uvicorn"]
 def app_process(kind: str, store: str, port: int, *flags: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.ops.startup_app", kind, store, str(port), *flags],
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def exit_of(process: subprocess.Popen[str]) -> tuple[int, str]:

@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 
 from durable_adapter.stores.sql.migrate import run_with_lock
 from durable_adapter.stores.sql.schema import VERSION_TABLE, metadata
+from durable_adapter.stores.urls import normalize_store_url
 
 config = context.config
 x_args = context.get_x_argument(as_dictionary=True)
@@ -36,7 +37,7 @@ def _url() -> str:
     )
     if not url:
         raise SystemExit("no database URL: pass -x url=... or set DURABLE_ADAPTER_URL")
-    return url
+    return normalize_store_url(url)  # postgres://, sqlite:/// as the store takes them
 
 
 def _schema() -> str | None:

@@ -124,9 +124,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.workers > 1:
         from .demo.app import run_workers
 
-        run_workers(store=args.store, host=args.host, port=args.port,
-                    workers=args.workers, ready=ready)
-        return 0
+        return run_workers(store=args.store, host=args.host, port=args.port,
+                           workers=args.workers, ready=ready)
     run(store=args.store, host=args.host, port=args.port, ready=ready)
     return 0
 

@@ -197,6 +197,15 @@ def run(store: str, host: str, port: int,
     asyncio.run(serve(store, host, port, ready))
 
 
+async def _open_once(store: str) -> None:
+    """Open the store as a worker will, then close it; a StartupError says why not."""
+    sio = AsyncServer(store=store, async_mode="aiohttp", connection_state_recovery=RECOVERY)
+    try:
+        await sio.open_store()
+    finally:
+        await sio.shutdown()
+
+
 def _worker_main(store: str, host: str, port: int) -> None:
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -207,8 +216,9 @@ def _worker_main(store: str, host: str, port: int) -> None:
 
 
 def run_workers(store: str, host: str, port: int, workers: int,
-                ready: Callable[[str], None] | None = None) -> None:
-    """Blocking: ``workers`` processes on one port, sharing the store (``--workers N``).
+                ready: Callable[[str], None] | None = None) -> int:
+    """Blocking: ``workers`` processes on one port, sharing the store (``--workers N``);
+    returns the exit status: 1 when a worker ended on its own, else 0.
 
     A client that reconnects may land on any worker and recovers there: the sessions
     and packets are in the shared store, and each worker follows it.
@@ -223,6 +233,8 @@ def run_workers(store: str, host: str, port: int, workers: int,
         except OSError as exc:
             raise _cannot_listen(host, port, exc) from exc
         port = probe.getsockname()[1]
+    # one check (and, on SQLite, one migration) here rather than one failure per worker
+    asyncio.run(_open_once(store))
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_worker_main, args=(store, host, port),
                                  name=f"demo-worker-{i}") for i in range(workers)]
@@ -237,6 +249,7 @@ def run_workers(store: str, host: str, port: int, workers: int,
             ready(f"http://{shown}:{port}/?transports=websocket")
         while not stop.is_set() and all(p.is_alive() for p in processes):
             stop.wait(0.5)
+        failed = not stop.is_set()  # a worker ended on its own
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -247,6 +260,7 @@ def run_workers(store: str, host: str, port: int, workers: int,
             process.join(WORKER_STOP_TIMEOUT)
             if process.is_alive():
                 process.kill()
+    return 1 if failed else 0
 
 
 def _wait_listening(host: str, port: int, processes: list[Any]) -> bool:

@@ -10,7 +10,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import ConfigurationError, DurableAdapterError, SessionDataError, StoreError
+from .exceptions import (
+    ConfigurationError,
+    DurableAdapterError,
+    SessionDataError,
+    StartupError,
+    StoreError,
+)
 
 if TYPE_CHECKING:
     from ._recovery import RecoveryFailure, RecoveryOptions
@@ -51,6 +57,7 @@ __all__ = [
     "RecoveryFailure",
     "RecoveryOptions",
     "SessionDataError",
+    "StartupError",
     "Store",
     "StoreError",
     "SyncEmitter",

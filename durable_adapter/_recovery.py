@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ._offsets import parse_offset
@@ -63,9 +63,24 @@ class RecoveryOptions:
     history_cache_bytes: int = DEFAULT_HISTORY_CACHE_BYTES
 
     @classmethod
+    def from_value(cls, value: RecoveryOptions | Mapping[str, Any] | bool | None
+                   ) -> RecoveryOptions | None:
+        """What ``connection_state_recovery=`` accepts: these options, a dict of their
+        fields, True (every default), or None or False (recovery off). Validated alike."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, RecoveryOptions):
+            return cls.from_mapping({f.name: getattr(value, f.name) for f in fields(value)})
+        return cls.from_mapping(value)
+
+    @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> RecoveryOptions:
         if not isinstance(options, Mapping):
-            raise ConfigurationError("connection_state_recovery must be a dict or None")
+            raise ConfigurationError(
+                "connection_state_recovery must be a dict, a RecoveryOptions, True, "
+                f"or None, got {type(options).__name__}")
         known = {"max_disconnection_duration", "skip_middlewares", "max_replay_packets",
                  "namespaces", "lease_expiry", "handover_timeout", "write_through",
                  "history_cache_bytes"}

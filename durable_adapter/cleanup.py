@@ -35,17 +35,15 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
-
-from sqlalchemy.engine import URL
 
 from . import metrics
 from ._cleanup_lock import WorkerLock, lock_for
 from ._recovery import DEFAULT_MAX_DISCONNECTION_DURATION as DEFAULT_MAX_DISCONNECTION_DURATION
 from ._tasks import Backoff
 from .exceptions import ConfigurationError, StoreError
-from .stores import ACCEPTED_SCHEMES, store_from_url
+from .stores import existing_store
 from .stores.base import PurgeResult, Store
+from .stores.urls import ACCEPTED_FORMS, POSTGRES, SQLITE, store_scheme
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +54,6 @@ START_TIMEOUT = 30.0  # seconds to reach the store at start before giving up
 STANDBY_POLL = 5.0  # seconds between two tries for the lock while standby
 BACKOFF_FIRST = 1.0  # seconds: the first retry after a failure waits up to this (jittered)
 BACKOFF_MAX = 60.0  # seconds, the longest wait between retries
-
-SQL_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,35 +106,18 @@ def open_target(store_url: str, schema: str | None = None) -> tuple[Store, Worke
     """
     if not isinstance(store_url, str) or "://" not in store_url:
         raise ConfigurationError(
-            f"--store must be a store URL, got {store_url!r}; accepted schemes: "
-            + ", ".join(f"{s}://" for s in ACCEPTED_SCHEMES))
-    scheme = store_url.split("://", 1)[0].lower()
+            f"--store must be a store URL, got {store_url!r}; accepted: "
+            + ", ".join(ACCEPTED_FORMS))
+    scheme = store_scheme(store_url)
     if scheme == "memory":
         raise ConfigurationError("memory:// lives inside one server process; a cleanup "
                                  "worker needs a shared store (SQL, MongoDB, Redis)")
-    if scheme not in SQL_SCHEMES:
-        return store_from_url(store_url), lock_for(None)
-    from .stores.sql import SQLStore
-    from .stores.sql.dialect import is_sqlite, parse_url
-    from .stores.sql.postgres import PostgresStore
+    store = existing_store(store_url, schema=schema)
+    if scheme not in (SQLITE, POSTGRES):
+        return store, lock_for(None)
+    from .stores.sql import SQLStore  # loaded by existing_store already
 
-    url = parse_url(store_url)
-    _check_sqlite_file(url)
-    kind = SQLStore if is_sqlite(url) else PostgresStore
-    return kind(url.render_as_string(hide_password=False), schema=schema,
-                auto_migrate=False), lock_for(url, schema)
-
-
-def _check_sqlite_file(url: URL) -> None:
-    if url.get_backend_name() != "sqlite":
-        return
-    if not url.database or url.database == ":memory:":
-        raise ConfigurationError("an in-memory SQLite database cannot be shared with a "
-                                 "cleanup worker; give the database file's path")
-    if not Path(url.database).is_file():
-        raise ConfigurationError(
-            f"no SQLite database at {url.database}; start a server on it or run "
-            f"`durable-adapter migrate --store {url.render_as_string()}` first")
+    return store, lock_for(store.url if isinstance(store, SQLStore) else None, schema)
 
 
 async def run(

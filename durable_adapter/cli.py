@@ -5,6 +5,7 @@ Subcommands::
     durable-adapter --version
     durable-adapter demo    [--store URL] [--host HOST] [--port PORT]
     durable-adapter migrate --store URL [--sql]
+    durable-adapter check   --store URL [--schema NAME] [--timeout SECONDS]
     durable-adapter cleanup --store URL [--interval SECONDS] [--once] [--retention SECONDS]
                             [--metrics-port N [--metrics-host HOST]]
 
@@ -125,9 +126,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.workers > 1:
         from .demo.app import run_workers
 
-        run_workers(store=args.store, host=args.host, port=args.port,
-                    workers=args.workers, ready=ready)
-        return 0
+        return run_workers(store=args.store, host=args.host, port=args.port,
+                           workers=args.workers, ready=ready)
     run(store=args.store, host=args.host, port=args.port, ready=ready)
     return 0
 
@@ -194,6 +194,50 @@ async def _settle_driver_threads(limit: float = 1.0) -> None:
                    for thread in threading.enumerate()):
             return
         await asyncio.sleep(0.01)
+
+
+# -- check -----------------------------------------------------------------------------
+
+ENV_SCHEMA = "DURABLE_ADAPTER_SCHEMA"
+ENV_CHECK_TIMEOUT = "DURABLE_ADAPTER_CHECK_TIMEOUT"
+
+
+def _add_check(subparsers: _Subparsers) -> None:
+    from .readiness import STARTUP_WAIT
+
+    parser = subparsers.add_parser(
+        "check", help="check that a store answers and has the current tables",
+        description="Open the store at --store as a server would, without migrating it "
+                    "or creating a SQLite file, and print one line: exit "
+                    "status 0 when a server could start on it, 1 otherwise. For "
+                    "scripts, deploy steps and container healthchecks.")
+    _env_flag(parser, "--store", ENV_STORE_URL, metavar="URL", required=True,
+              help="store URL, e.g. postgresql://user@host/db")
+    _env_flag(parser, "--schema", ENV_SCHEMA, metavar="NAME",
+              help="PostgreSQL schema of the tables, if not the default")
+    _env_flag(parser, "--timeout", ENV_CHECK_TIMEOUT, default=STARTUP_WAIT,
+              type=_positive_float, metavar="SECONDS", help="seconds the check may take")
+    parser.set_defaults(func=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .readiness import PREFIX, check_store
+
+    # reading the schema version is routine here: one line out, not Alembic's INFO
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+
+    async def run() -> bool:
+        answer = await check_store(args.store, schema=args.schema, wait=args.timeout)
+        if not answer:
+            await _settle_driver_threads()
+            raise CLIError(answer.reason.removeprefix(PREFIX))
+        return True
+
+    asyncio.run(run())
+    print(f"durable-adapter check: {_safe_url(args.store)}: ready", flush=True)
+    return 0
 
 
 # -- cleanup ---------------------------------------------------------------------------
@@ -311,6 +355,7 @@ def _run_cleanup(args: argparse.Namespace) -> int:
 SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [
     _add_demo,
     _add_migrate,
+    _add_check,
     _add_cleanup,
 ]
 
@@ -344,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.func(args)
     except (CLIError, DurableAdapterError) as exc:
-        print(f"durable-adapter {args.command}: error: {exc}", file=sys.stderr)
+        message = str(exc).removeprefix("durable_adapter: ")  # a StartupError's line
+        print(f"durable-adapter {args.command}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -30,6 +30,7 @@ from ._packets import as_args, as_rooms, check_sendable, packet_class_for
 from .exceptions import ConfigurationError
 from .stores import Store, store_from_url
 from .stores.base import NewPacket
+from .stores.urls import store_scheme
 
 CALL_TIMEOUT = 60.0  # seconds an Emitter call may take (a store that is down)
 
@@ -57,7 +58,7 @@ class AsyncEmitter:
 
     def __init__(self, store: Store | str, *, json: Any = None) -> None:
         if isinstance(store, str):
-            if store.split("://", 1)[0].lower() == "memory":
+            if store_scheme(store) == "memory":
                 raise ConfigurationError(
                     "memory:// is a history of one process: an Emitter needs the servers' "
                     "store (SQL, Redis or MongoDB)")

@@ -13,6 +13,11 @@ class StoreError(DurableAdapterError):
     """The store failed (unreachable, refused a write); the driver error is the cause."""
 
 
+class StartupError(DurableAdapterError):
+    """The store could not be opened at start-up; the message is one line naming the fix
+    (``durable_adapter: ... run `durable-adapter migrate --store URL```)."""
+
+
 class SessionDataError(DurableAdapterError, TypeError):
     """A socket's session holds values that cannot be stored (JSON values and bytes only)."""
 

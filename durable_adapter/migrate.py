@@ -30,6 +30,7 @@ from .stores.sql.migrate import (
     upgrade_engine,
     upgrade_sql,
 )
+from .stores.urls import store_scheme
 
 __all__ = [
     "MIGRATIONS_PACKAGE",
@@ -60,7 +61,7 @@ async def migrate(url: str, *, schema: str | None = None) -> None:
     A ``mongodb://`` or ``mongodb+srv://`` URL creates the MongoDB store's collections and
     indexes instead (:func:`durable_adapter.stores.mongo.ensure_schema`).
     """
-    if url.split("://", 1)[0].lower() in ("mongodb", "mongodb+srv"):
+    if store_scheme(url) in ("mongodb", "mongodb+srv"):
         from .stores.mongo import ensure_schema
 
         await ensure_schema(url)

@@ -17,7 +17,7 @@ from typing import Any
 import socketio
 from socketio import packet as sio_packet
 
-from . import _socketio, metrics
+from . import _socketio, metrics, readiness
 from ._attempt import Attempt, current_attempt
 from ._fencing import close_disowned
 from ._offsets import new_pid
@@ -25,7 +25,7 @@ from ._recovery import RecoveryFailure, RecoveryOptions, split_auth
 from ._redact import redact_pids
 from ._restore import Restorer
 from ._sockets import SocketState
-from .exceptions import ConfigurationError, DurableAdapterError
+from .exceptions import ConfigurationError, DurableAdapterError, StartupError
 from .manager import DurableManager
 from .stores import Store, store_from_url
 from .stores.base import Session
@@ -34,9 +34,14 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_STORE_URL = "sqlite+aiosqlite:///durable_adapter.sqlite3"
 _DEFAULTS: Mapping[str, Any] = {}  # recovery on, every option at its default
+#: what ``connection_state_recovery=`` accepts (:meth:`RecoveryOptions.from_value`)
+RecoveryOption = RecoveryOptions | Mapping[str, Any] | bool | None
 #: seconds a shutdown gives the store for the final save (an outage must not keep the
 #: process from exiting: its sockets then recover from their written-through rows)
 SHUTDOWN_SAVE_WAIT = 2.0
+#: exit status of an aiohttp app whose store cannot be used at start-up (uvicorn's, and
+#: gunicorn's "worker failed to boot")
+STARTUP_FAILURE_STATUS = 3
 
 #: set while Engine.IO closes a whole connection: a 'client disconnect' seen then is an
 #: Engine.IO CLOSE (the JS client's abrupt close over polling), not a namespace leave
@@ -50,8 +55,9 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
     :param store: a store URL (``memory://``, ``sqlite+aiosqlite:///app.db``,
         ``postgresql+asyncpg://...``, ``mongodb://...``, ``redis://...``) or a
         :class:`~durable_adapter.Store`. Default: SQLite file ``durable_adapter.sqlite3``.
-    :param connection_state_recovery: a dict of :class:`RecoveryOptions` fields, or
-        ``None`` to turn recovery off (the server then behaves as python-socketio's).
+    :param connection_state_recovery: a :class:`RecoveryOptions`, a dict of its fields,
+        or ``True`` (every default); ``None`` or ``False`` turns recovery off (the server
+        then behaves as python-socketio's).
     Other arguments are python-socketio's. ``json=`` (python-socketio's alternative JSON
     module) also encodes what the store keeps: a payload it can send is stored and
     replayed as it was sent live, and session data may hold what it encodes (recovered
@@ -71,19 +77,17 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
     """
 
     def __init__(self, *args: Any, store: str | Store | None = None,
-                 connection_state_recovery: Mapping[str, Any] | None = _DEFAULTS,
+                 connection_state_recovery: RecoveryOption = _DEFAULTS,
                  **kwargs: Any) -> None:
         """
         :param store: a store URL or a :class:`~durable_adapter.Store` (see above).
-        :param connection_state_recovery: a dict of :class:`RecoveryOptions` fields, or
-            ``None`` for python-socketio's behaviour.
+        :param connection_state_recovery: a :class:`RecoveryOptions`, a dict of its
+            fields or ``True``; ``None`` or ``False`` for python-socketio's behaviour.
         :param args: python-socketio's.
         :param kwargs: python-socketio's; ``client_manager`` cannot be combined with
             recovery (the store is the message queue).
         """
-        self.recovery: RecoveryOptions | None = None
-        if connection_state_recovery is not None:
-            self.recovery = RecoveryOptions.from_mapping(connection_state_recovery)
+        self.recovery = RecoveryOptions.from_value(connection_state_recovery)
         if self.recovery is not None:
             if kwargs.get("client_manager") is not None:
                 raise ConfigurationError(
@@ -189,21 +193,63 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             await manager.start()
             await manager.sessions.deleted(namespace, sid)
 
+    async def open_store(self) -> None:
+        """Open the store, check its tables, start following it: at start-up, instead
+        of at the first connection. Idempotent; nothing to do with recovery off.
+
+        ``sio.attach(app)`` on aiohttp and :class:`durable_adapter.ASGIApp` call it at
+        start-up; await it yourself when your app is served otherwise.
+
+        :raises StartupError: the store cannot be reached, or its tables are missing or
+            at another version; the message is one line naming the fix.
+        """
+        if self.recovery is not None:
+            await readiness.open_at_startup(self.durable_manager)
+
+    async def ready(self) -> readiness.Readiness:
+        """A readiness answer (true or false, and why in one line): the store is open
+        (opened now if no start-up hook did), answers, and this node's lease holds;
+        false once a shutdown began. Always ready with recovery off.
+
+        Usage::
+
+            app.router.add_get("/ready", durable_adapter.readiness.aiohttp_handler(sio))
+        """
+        if self.recovery is None:
+            return readiness.Readiness(True, "ready: recovery is off")
+        return await readiness.probe(self.durable_manager)
+
     def attach(self, app: Any, socketio_path: str = "socket.io") -> None:
-        """python-socketio's ``attach``; on aiohttp it also registers :meth:`shutdown`
-        on ``app.on_shutdown``, which aiohttp runs before it waits for open
-        connections: the sessions are saved and the websockets closed by then.
+        """python-socketio's ``attach``. On aiohttp it also registers :meth:`open_store`
+        on ``app.on_startup`` (a store that cannot be used ends the process: one line
+        on the log, exit status 3) and :meth:`shutdown` on ``app.on_shutdown``, which
+        aiohttp runs before it waits for open connections: the sessions are saved and
+        the websockets closed by then.
 
         :param app: the web application.
         :param socketio_path: python-socketio's.
         """
         super().attach(app, socketio_path)
+        on_startup = getattr(app, "on_startup", None)
         on_shutdown = getattr(app, "on_shutdown", None)
-        if self.async_mode == "aiohttp" and on_shutdown is not None:
-            async def save_and_close(_app: Any) -> None:
-                await self.shutdown()
+        if self.async_mode != "aiohttp" or on_startup is None or on_shutdown is None:
+            return
 
-            on_shutdown.append(save_and_close)
+        async def open_or_exit(_app: Any) -> None:
+            try:
+                await self.open_store()
+            except StartupError as exc:
+                # SystemExit: aiohttp's run_app lets it end the process without a
+                # traceback (any other exception prints one). Status 3 as uvicorn's
+                # start-up failure: gunicorn then stops, not respawning the worker
+                logger.error("%s", exc)
+                raise SystemExit(STARTUP_FAILURE_STATUS) from None
+
+        async def save_and_close(_app: Any) -> None:
+            await self.shutdown()
+
+        on_startup.append(open_or_exit)
+        on_shutdown.append(save_and_close)
 
     async def shutdown(self) -> None:
         """Save every live socket's session (a restart is recoverable), close their

@@ -11,6 +11,8 @@ Routes:
 * ``/socket.io/`` the :class:`durable_adapter.AsyncServer`.
 * ``GET /metrics`` the Prometheus metrics (with ``durable-adapter[metrics]`` installed);
   the page shows the recovery counters from it next to its connection log.
+* ``GET /ready`` 200 ``ready`` or 503 and the reason (:meth:`AsyncServer.ready`), for
+  load balancers and container healthchecks.
 * ``POST /say`` with JSON ``{"text": "...", "name": "..."}`` broadcasts a message as
   the server would, e.g. while a page is disconnected::
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import secrets
 import signal
 import socket
@@ -37,6 +40,8 @@ from typing import Any
 from aiohttp import web
 
 from .. import metrics
+from ..exceptions import ConfigurationError, DurableAdapterError
+from ..readiness import aiohttp_handler
 from ..server import AsyncServer
 
 logger = logging.getLogger(__name__)
@@ -137,6 +142,7 @@ def create_app(store: str, *, websocket_only: bool = False) -> web.Application:
     sio.attach(app)
     app.router.add_get("/", _index)
     app.router.add_post("/say", _say)
+    app.router.add_get("/ready", aiohttp_handler(sio))
     app.router.add_static("/static/", HERE / "static")
     if metrics.enabled():
         app.router.add_get("/metrics", metrics.aiohttp_handler())
@@ -151,11 +157,15 @@ async def serve(store: str, host: str, port: int,
     spreads connections over them), so the page is served websocket-only.
     """
     app = create_app(store, websocket_only=worker)
+    await app[SIO_KEY].open_store()  # a StartupError here is the CLI's one line
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_port=worker or None)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise _cannot_listen(host, port, exc) from exc
         bound = runner.addresses[0][1]
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{bound}/"
@@ -174,28 +184,57 @@ async def serve(store: str, host: str, port: int,
         await runner.cleanup()
 
 
+def _cannot_listen(host: str, port: int, error: OSError) -> ConfigurationError:
+    # asyncio's bind error carries the address in its text: the errno says it plainly
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    return ConfigurationError(f"cannot listen on {host}:{port}: {reason} (another process "
+                              "may be using the port: pick another with --port)")
+
+
 def run(store: str, host: str, port: int,
         ready: Callable[[str], None] | None = None) -> None:
     """Blocking: :func:`serve` in a new event loop (``durable-adapter demo``)."""
     asyncio.run(serve(store, host, port, ready))
 
 
+async def _open_once(store: str) -> None:
+    """Open the store as a worker will, then close it; a StartupError says why not."""
+    sio = AsyncServer(store=store, async_mode="aiohttp", connection_state_recovery=RECOVERY)
+    try:
+        await sio.open_store()
+    finally:
+        await sio.shutdown()
+
+
 def _worker_main(store: str, host: str, port: int) -> None:
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(serve(store, host, port, worker=True))
+    try:
+        asyncio.run(serve(store, host, port, worker=True))
+    except DurableAdapterError as exc:  # one line, as the single-process demo
+        logger.error("%s", exc)
+        raise SystemExit(1) from None
 
 
 def run_workers(store: str, host: str, port: int, workers: int,
-                ready: Callable[[str], None] | None = None) -> None:
-    """Blocking: ``workers`` processes on one port, sharing the store (``--workers N``).
+                ready: Callable[[str], None] | None = None) -> int:
+    """Blocking: ``workers`` processes on one port, sharing the store (``--workers N``);
+    returns the exit status: 1 when a worker ended on its own, else 0.
 
     A client that reconnects may land on any worker and recovers there: the sessions
     and packets are in the shared store, and each worker follows it.
     """
-    if port == 0:  # every worker must bind the same port: pick it here
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.bind((host, 0))
-            port = probe.getsockname()[1]
+    # every worker must bind the same port: pick it here, or find it taken here (each
+    # worker would fail alone otherwise)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        if hasattr(socket, "SO_REUSEPORT"):
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise _cannot_listen(host, port, exc) from exc
+        port = probe.getsockname()[1]
+    # one check (and, on SQLite, one migration) here rather than one failure per worker
+    asyncio.run(_open_once(store))
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_worker_main, args=(store, host, port),
                                  name=f"demo-worker-{i}") for i in range(workers)]
@@ -210,6 +249,7 @@ def run_workers(store: str, host: str, port: int, workers: int,
             ready(f"http://{shown}:{port}/?transports=websocket")
         while not stop.is_set() and all(p.is_alive() for p in processes):
             stop.wait(0.5)
+        failed = not stop.is_set()  # a worker ended on its own
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -220,6 +260,7 @@ def run_workers(store: str, host: str, port: int, workers: int,
             process.join(WORKER_STOP_TIMEOUT)
             if process.is_alive():
                 process.kill()
+    return 1 if failed else 0
 
 
 def _wait_listening(host: str, port: int, processes: list[Any]) -> bool:

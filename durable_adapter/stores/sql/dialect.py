@@ -19,6 +19,7 @@ from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ...exceptions import ConfigurationError
+from ..urls import normalize_store_url
 from .schema import SINGLETON_ID, control, counter
 
 #: Execution option marking a connection whose next transaction writes. On SQLite it
@@ -32,7 +33,11 @@ _OPENED: weakref.WeakKeyDictionary[Any, weakref.WeakSet[Any]] = weakref.WeakKeyD
 
 
 def parse_url(url: str | URL) -> URL:
-    """``url`` as a SQLAlchemy URL, or :class:`ConfigurationError`."""
+    """``url`` as a SQLAlchemy URL with the async driver (``sqlite:///`` and
+    ``postgres://`` are accepted, :func:`~..urls.normalize_store_url`), or
+    :class:`ConfigurationError`."""
+    if isinstance(url, str):
+        url = normalize_store_url(url)
     try:
         return make_url(url)
     except ArgumentError as exc:

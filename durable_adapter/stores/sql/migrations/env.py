@@ -27,6 +27,7 @@ from sqlalchemy.schema import CreateSchema
 from durable_adapter.stores.sql.migrate import MIGRATION_LOCK_KEY, driver_url, run_with_lock
 from durable_adapter.stores.sql.revisions import adopt_legacy_ids
 from durable_adapter.stores.sql.schema import VERSION_TABLE, metadata
+from durable_adapter.stores.urls import normalize_store_url
 
 config = context.config
 x_args = context.get_x_argument(as_dictionary=True)
@@ -58,7 +59,7 @@ def _required_url() -> str:
     url = _url()
     if not url:
         raise SystemExit("no database URL: pass -x url=... or set DURABLE_ADAPTER_URL")
-    return url
+    return normalize_store_url(url)  # postgres://, sqlite:/// as the store takes them
 
 
 def _schema() -> str | None:

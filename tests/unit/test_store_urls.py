@@ -69,7 +69,7 @@ def test_server_sqlstore_and_emitter_take_a_plain_sqlite_url(tmp_path: Path) -> 
     assert isinstance(sio.store, SQLStore)
     assert sio.store.url.drivername == "sqlite+aiosqlite"
     assert SQLStore(url).url.drivername == "sqlite+aiosqlite"
-    emitter_store = durable_adapter.Emitter(url).store
+    emitter_store = durable_adapter.AsyncEmitter(url).store
     assert isinstance(emitter_store, SQLStore)
     assert emitter_store.url.drivername == "sqlite+aiosqlite"
 

@@ -40,6 +40,7 @@ from sqlalchemy.schema import CreateSchema
 
 from ...exceptions import ConfigurationError
 from ..errors import driver_errors
+from ..urls import normalize_store_url
 from .dialect import WRITE_OPTION, create_engine, is_sqlite, parse_url
 from .revisions import SchemaState, newer_message, read_state, shipped
 
@@ -56,24 +57,12 @@ def migrations_path() -> Path:
     return Path(str(importlib.resources.files(MIGRATIONS_PACKAGE)))
 
 
-#: Synchronous driver forms of the URLs users keep in ``DATABASE_URL`` -> our async driver
-#: (``postgres`` is Heroku's spelling, which SQLAlchemy itself refuses).
-_ASYNC_DRIVERS = {
-    "sqlite": "sqlite+aiosqlite",
-    "sqlite+pysqlite": "sqlite+aiosqlite",
-    "postgres": "postgresql+asyncpg",
-    "postgresql": "postgresql+asyncpg",
-    "postgresql+psycopg2": "postgresql+asyncpg",
-    "postgresql+psycopg": "postgresql+asyncpg",
-}
-
-
 def driver_url(url: str | URL) -> URL:
-    """``url`` with a synchronous driver replaced by the async one the store uses
-    (``sqlite:///x.db`` -> ``sqlite+aiosqlite:///x.db``); any other URL as it is."""
-    parsed = parse_url(url)
-    async_driver = _ASYNC_DRIVERS.get(parsed.drivername)
-    return parsed.set(drivername=async_driver) if async_driver else parsed
+    """``url`` as the store opens it: ``sqlite:///x.db``, ``postgres://`` and the other
+    forms users keep in ``DATABASE_URL`` name the async drivers
+    (:func:`~..urls.normalize_store_url`, shared with the servers and the CLI)."""
+    text = url if isinstance(url, str) else url.render_as_string(hide_password=False)
+    return parse_url(normalize_store_url(text))
 
 
 def alembic_config(*, schema: str | None = None, output_buffer: io.StringIO | None = None

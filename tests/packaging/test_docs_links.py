@@ -14,10 +14,6 @@ REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 MAX_README_LINES = 300  # the front page: what it is, a quick start, tables, links
 
-#: files other branches are adding, linked from here already; a link to one is checked
-#: once the file exists. Empty this once they are merged.
-AWAITED = {"docs/clients.md", "docs/upgrading.md", "CHANGELOG.md"}
-
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 # [text](target) and ![alt](target), not inside inline code; the target up to a space
@@ -86,8 +82,7 @@ def broken_links(path: Path, root: Path = REPO) -> list[str]:
             problems.append(f"{where} leaves the repository")
             continue
         if not destination.exists():
-            if destination.relative_to(root).as_posix() not in AWAITED:
-                problems.append(f"{where} names no file")
+            problems.append(f"{where} names no file")
             continue
         if anchor and (destination.suffix != ".md" or unquote(anchor) not in anchors(destination)):
             problems.append(f"{where} names no heading of {destination.relative_to(root)}")

@@ -33,9 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench._common import (  # noqa: E402
+from _common import (
     PG_URL,
     _pg_dsn,
     median,
@@ -45,9 +43,10 @@ from bench._common import (  # noqa: E402
     scratch_dir,
     table,
 )
-from durable_adapter._codec import encode_value  # noqa: E402
-from durable_adapter.migrate import migrate  # noqa: E402
-from durable_adapter.stores.sql import SQLStore  # noqa: E402
+
+from durable_adapter._codec import encode_value
+from durable_adapter.migrate import migrate
+from durable_adapter.stores.sql import SQLStore
 
 BATCH = 1000  # rows per purge transaction, the worker's default
 AGE = 100_000.0  # seconds: how old the filled packets are (all expired)
@@ -110,7 +109,8 @@ async def fill_postgres(schema: str, size: int) -> None:
     await pg(f'INSERT INTO "{schema}".{PACKETS} (seq, namespace, payload, rooms, '
              "except_rooms, created_at) SELECT g, '/', $1::bytea, '[]', '[]', $2::float8 "
              "FROM generate_series(1, $3::bigint) AS g", PAYLOAD, created, size)
-    await pg(f'UPDATE "{schema}".{COUNTER} SET top = $1', size)
+    await pg(f'INSERT INTO "{schema}".{COUNTER} (id, top, purged_through) VALUES (1, $1, 0) '
+             "ON CONFLICT (id) DO UPDATE SET top = excluded.top", size)
     await pg(f'VACUUM ANALYZE "{schema}".{PACKETS}')
 
 
@@ -201,7 +201,8 @@ def fill_sqlite(path: Path, size: int) -> None:
             f"WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < ?) "
             f"INSERT INTO {PACKETS} (seq, namespace, payload, rooms, except_rooms, created_at) "
             "SELECT x, '/', ?, '[]', '[]', ? FROM g", (size, PAYLOAD, time.time() - AGE))
-        connection.execute(f"UPDATE {COUNTER} SET top = ?", (size,))
+        connection.execute(f"INSERT INTO {COUNTER} (id, top, purged_through) VALUES (1, ?, 0) "
+                           "ON CONFLICT (id) DO UPDATE SET top = excluded.top", (size,))
         connection.commit()
     finally:
         connection.close()
@@ -262,40 +263,51 @@ class Emitter:
         return waits
 
 
-async def run_sqlite(size: int) -> None:
+async def sqlite_pass(tmp: Path, size: int, pause: float) -> tuple[Pass, list[float], float]:
+    """A pass over ``size`` packets with ``pause`` between batches while a server emits;
+    the pass, the emits' waits and the file's size (MB) after the pass."""
+    path = tmp / f"cleanup-{secrets.token_hex(3)}.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await migrate(url)
+    fill_sqlite(path, size)
+    emitting = await Emitter.start(url)
+    store = SQLStore(url)
+    store.purge_pause = pause
+    await store.open()
+    record = Pass(size)
+    timed_batches(store, record)
+    try:
+        started = time.perf_counter()
+        result = await store.purge(now=time.time(), retention=RETENTION, batch_size=BATCH)
+        record.seconds = time.perf_counter() - started
+    finally:
+        during = await emitting.stop()
+        await store.close()
+    assert result.packets == size, result
+    return record, during, path.stat().st_size / 2**20
+
+
+async def run_sqlite(size: int, pauses: list[float]) -> None:
+    rows = []
     with scratch_dir() as tmp:
-        path = tmp / "cleanup.db"
+        path = tmp / "idle.db"
         url = f"sqlite+aiosqlite:///{path}"
         await migrate(url)
         fill_sqlite(path, size)
-        started = time.perf_counter()
         emitting = await Emitter.start(url)
         await asyncio.sleep(BASELINE_SECONDS)  # the baseline is a duration of emits
-        idle = await emitting.stop()
-        emitting = await Emitter.start(url)
-        store = SQLStore(url)
-        await store.open()
-        record = Pass(size)
-        timed_batches(store, record)
-        try:
-            started = time.perf_counter()
-            result = await store.purge(now=time.time(), retention=RETENTION, batch_size=BATCH)
-            record.seconds = time.perf_counter() - started
-        finally:
-            during = await emitting.stop()
-            await store.close()
-        assert result.packets == size, result
-        size_mb = path.stat().st_size / 2**20
+        rows.append(("no pass", "-", "-", await emitting.stop(), "-"))
+        for pause in pauses:
+            record, waits, size_mb = await sqlite_pass(tmp, size, pause)
+            rows.append((f"during a pass, pause {pause * 1000:g} ms", record.seconds,
+                         median(record.batches) * 1000, waits, size_mb))
     print(f"\nSQLite: a server emitting on the same file (one emit every {EMIT_GAP * 1000:g} "
-          f"ms), without and during a pass over {size:,} expired packets "
-          f"({record.seconds:.1f} s, batch median {median(record.batches) * 1000:.1f} ms, "
-          f"pause {store.purge_pause * 1000:g} ms between batches; file {size_mb:.0f} MB "
-          "after the pass)")
-    rows = []
-    for label, waits in (("no pass", idle), ("during the pass", during)):
-        ms = [w * 1000 for w in waits]
-        rows.append([label, len(ms), max(ms), pct(ms, 99), median(ms)])
-    print(table(["emits", "n", "max wait ms", "p99 ms", "median ms"], rows))
+          f"ms) while a pass removes {size:,} expired packets (batches of {BATCH})")
+    print(table(["emits", "pass s", "batch ms", "n", "max wait ms", "p99 ms", "median ms",
+                 "file MB after"],
+                [[label, seconds, batch, len(waits), max(waits) * 1000, pct(waits, 99) * 1000,
+                  median(waits) * 1000, size_mb]
+                 for label, seconds, batch, waits, size_mb in rows]))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -306,6 +318,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3,
                         help="PostgreSQL passes per size, in alternation (median shown)")
     parser.add_argument("--sqlite-size", type=int, default=1_000_000)
+    parser.add_argument("--pauses", type=float, nargs="+", default=[0.0, SQLStore.purge_pause],
+                        help="seconds between SQLite batches, one pass each (0: as before)")
     parser.add_argument("--emitter", metavar="URL", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -318,7 +332,7 @@ async def main() -> None:
     if args.only in (None, "postgres"):
         await run_postgres(args.sizes, args.rounds)
     if args.only in (None, "sqlite"):
-        await run_sqlite(args.sqlite_size)
+        await run_sqlite(args.sqlite_size, args.pauses)
 
 
 if __name__ == "__main__":

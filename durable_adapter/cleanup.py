@@ -117,7 +117,8 @@ def open_target(store_url: str, schema: str | None = None) -> tuple[Store, Worke
         raise ConfigurationError("memory:// lives inside one server process; a cleanup "
                                  "worker needs a shared store (SQL, MongoDB, Redis)")
     if scheme not in SQL_SCHEMES:
-        return store_from_url(store_url), lock_for(None)
+        store = store_from_url(store_url)
+        return store, store.cleanup_lock() or lock_for(None)
     from .stores.sql import SQLStore
     from .stores.sql.dialect import is_sqlite, parse_url
     from .stores.sql.postgres import PostgresStore
@@ -125,8 +126,9 @@ def open_target(store_url: str, schema: str | None = None) -> tuple[Store, Worke
     url = parse_url(store_url)
     _check_sqlite_file(url)
     kind = SQLStore if is_sqlite(url) else PostgresStore
-    return kind(url.render_as_string(hide_password=False), schema=schema,
-                auto_migrate=False), lock_for(url, schema)
+    sql_store = kind(url.render_as_string(hide_password=False), schema=schema,
+                     auto_migrate=False)
+    return sql_store, sql_store.cleanup_lock()
 
 
 def _check_sqlite_file(url: URL) -> None:
@@ -181,7 +183,7 @@ async def run(
     except TimeoutError as exc:
         raise StoreError(f"no answer from the store within {START_TIMEOUT:g} s") from exc
     poll = standby_poll if standby_poll is not None else min(STANDBY_POLL, interval)
-    worker = _Worker(store, lock, settings, stop, poll)
+    worker = Worker(store, lock, settings, stop, poll)
     try:
         return await worker.serve()
     finally:
@@ -189,7 +191,11 @@ async def run(
         await store.close()
 
 
-class _Worker:
+class Worker:
+    """Passes every ``settings.interval`` while it holds ``lock``, a standby otherwise;
+    the loop of :func:`run`, and of a server that purges in process
+    (:mod:`._server_cleanup`)."""
+
     def __init__(self, store: Store, lock: WorkerLock, settings: CleanupSettings,
                  stop: asyncio.Event, standby_poll: float) -> None:
         self.store = store

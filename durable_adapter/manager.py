@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engineio import packet as eio_packet
 
@@ -32,6 +32,9 @@ from ._rooms import RoomsManager
 from .exceptions import StoreError
 from .stores.base import NewPacket, Session, Store, StoredPacket
 from .stores.membership import membership_of
+
+if TYPE_CHECKING:
+    from ._server_cleanup import ServerCleanup
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +56,8 @@ class DurableManager(RoomsManager):
                  let_go: LetGo,
                  on_lease_regained: Callable[[], Awaitable[None]],
                  lease_expiry: float = DEFAULT_LEASE_EXPIRY,
-                 write_through: bool = True) -> None:
+                 write_through: bool = True,
+                 purge_window: float | None = None) -> None:
         """
         :param build_session: the session of a live socket as the store keeps it while
             it lives, None when it has none to store (the server reads its data).
@@ -61,6 +65,8 @@ class DurableManager(RoomsManager):
             for another node whose client reconnected there.
         :param on_lease_regained: checks which sessions are still this node's after its
             lease lapsed (run in a task of its own while renewals go on).
+        :param purge_window: the ``max_disconnection_duration`` this node purges the
+            store for while it runs (:mod:`._server_cleanup`); None: it does not.
         """
         super().__init__(store, let_go=let_go, recovery_namespaces=recovery_namespaces,
                          build_session=build_session, write_through=write_through)
@@ -82,6 +88,12 @@ class DurableManager(RoomsManager):
         self.recent = RecentHistory(DEFAULT_HISTORY_CACHE_BYTES)
         #: this node's liveness, as other nodes see it in the store
         self.lease = Lease(store, self.host_id, lease_expiry, on_regained=on_lease_regained)
+        #: the purge this node runs, if any (started with the node)
+        self.cleanup: ServerCleanup | None = None
+        if purge_window is not None:
+            from ._server_cleanup import ServerCleanup
+
+            self.cleanup = ServerCleanup(store, max_disconnection_duration=purge_window)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -108,6 +120,8 @@ class DurableManager(RoomsManager):
                 await self.store.close()
                 raise
             self._started = True
+            if self.cleanup is not None:
+                self.cleanup.start()
             metrics.watch(self)
 
     async def stop_sending(self) -> None:
@@ -133,6 +147,8 @@ class DurableManager(RoomsManager):
         await self.sessions.close()
         if self._started:
             self._started = False
+            if self.cleanup is not None:
+                await self.cleanup.stop()
             await metrics.unwatch(self)
             await self.lease.stop(drop=drop_lease)
             try:

@@ -77,6 +77,7 @@ from ..errors import driver_errors
 from ..membership import MembershipLog
 from ..rules import check_new_packet, check_purge_args
 from . import scripts
+from .cleanup_lock import RedisLock
 from .follow import Entry, RedisFollower, entry_seq, split_id
 from .scripts import parse_url
 
@@ -432,6 +433,10 @@ class RedisStore(Store):
         bounds = await self.bounds()
         return PurgeResult(sessions=sessions, packets=packets,
                            purged_through=bounds.purged_through)
+
+    def cleanup_lock(self) -> RedisLock:
+        """A key holding the active purger's token, with a TTL."""
+        return RedisLock(lambda: self.redis, self.keys.cleanup_lock)
 
     # -- cross-node -------------------------------------------------------------
 

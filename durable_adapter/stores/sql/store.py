@@ -22,7 +22,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import delete, select, tuple_
 from sqlalchemy.engine import URL
@@ -63,6 +63,9 @@ from .schema import (
     packets,
     sessions,
 )
+
+if TYPE_CHECKING:
+    from ..._cleanup_lock import WorkerLock
 
 logger = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -465,6 +468,12 @@ class SQLStore(controls.SQLControl, Store):
             packets=removed_packets,
             purged_through=bounds.purged_through,
         )
+
+    def cleanup_lock(self) -> WorkerLock:
+        """An advisory lock per schema (PostgreSQL), a ``flock`` beside the file (SQLite)."""
+        from ..._cleanup_lock import lock_for
+
+        return lock_for(self.url, self.schema)
 
     async def _in_batches(self, batch: Callable[[], Awaitable[int]]) -> int:
         """Run ``batch`` until it removes nothing; the rows removed in total. Between

@@ -4,7 +4,7 @@ A store in the server's memory has no other process that could purge it, so its 
 always does. A shared store (SQL, Redis) is purged by ``durable-adapter cleanup``, or,
 with ``connection_state_recovery={"cleanup_in_server": True}``, by the servers: each
 runs the cleanup worker's loop (:class:`~.cleanup.Worker`) in a task, and the worker's
-lock (:meth:`Store.cleanup_lock <durable_adapter.stores.base.Store.cleanup_lock>`) keeps
+lock (a store's ``cleanup_lock()``, :mod:`._cleanup_lock`) keeps
 one active per database; the others stand by and take over when it stops. A standalone
 worker takes part in the same lock.
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ._cleanup_lock import NoLock
+from ._cleanup_lock import lock_of
 from ._tasks import finish_or_cancel
 from .cleanup import DEFAULT_BATCH_SIZE, RETENTION_MARGIN, CleanupSettings, Worker
 from .stores.base import Store
@@ -52,7 +52,7 @@ class ServerCleanup:
     def __init__(self, store: Store, *, max_disconnection_duration: float,
                  batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         self.store = store
-        self.lock = store.cleanup_lock() or NoLock()
+        self.lock = lock_of(store)
         self.interval = interval_for(max_disconnection_duration)
         self.settings = CleanupSettings(
             interval=self.interval, max_disconnection_duration=max_disconnection_duration,

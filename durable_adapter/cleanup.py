@@ -40,7 +40,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL
 
 from . import metrics
-from ._cleanup_lock import WorkerLock, lock_for
+from ._cleanup_lock import WorkerLock, lock_of
 from ._recovery import DEFAULT_MAX_DISCONNECTION_DURATION as DEFAULT_MAX_DISCONNECTION_DURATION
 from ._tasks import Backoff
 from .exceptions import ConfigurationError, StoreError
@@ -118,7 +118,7 @@ def open_target(store_url: str, schema: str | None = None) -> tuple[Store, Worke
                                  "worker needs a shared store (SQL, MongoDB, Redis)")
     if scheme not in SQL_SCHEMES:
         store = store_from_url(store_url)
-        return store, store.cleanup_lock() or lock_for(None)
+        return store, lock_of(store)
     from .stores.sql import SQLStore
     from .stores.sql.dialect import is_sqlite, parse_url
     from .stores.sql.postgres import PostgresStore

@@ -23,13 +23,10 @@ import abc
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from ..exceptions import StoreError
 from .membership import MembershipLog
-
-if TYPE_CHECKING:
-    from .._cleanup_lock import WorkerLock
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,8 +230,6 @@ class Store(abc.ABC):
       opening a hole above it), expired disconnected sessions, dead nodes' sessions and
       their leases; live sessions of live nodes stay.
 
-    - :meth:`cleanup_lock`: the lock under which one purge runs at a time.
-
     Between nodes
 
     - :meth:`publish_control`: send a :class:`ControlMessage` to the other nodes (a no-op
@@ -371,12 +366,6 @@ class Store(abc.ABC):
         and Redis place it between the packets appended before and after it. A store
         that is not :attr:`shared` has no other node: its implementation is an explicit
         no-op."""
-
-    def cleanup_lock(self) -> WorkerLock | None:
-        """The lock that keeps one purge active per database (a cleanup worker, or a
-        server purging in process: :mod:`durable_adapter.cleanup`); None where the
-        store has none (one process's memory)."""
-        return None
 
     def on_control(self, listener: ControlListener) -> None:
         """Register the receiver of other nodes' control messages."""

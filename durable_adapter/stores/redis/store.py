@@ -435,7 +435,8 @@ class RedisStore(Store):
                            purged_through=bounds.purged_through)
 
     def cleanup_lock(self) -> RedisLock:
-        """A key holding the active purger's token, with a TTL."""
+        """The lock keeping one purge active per store (an optional ability,
+        :func:`~durable_adapter._cleanup_lock.lock_of`): a key with a TTL."""
         return RedisLock(lambda: self.redis, self.keys.cleanup_lock)
 
     # -- cross-node -------------------------------------------------------------

@@ -470,7 +470,9 @@ class SQLStore(controls.SQLControl, Store):
         )
 
     def cleanup_lock(self) -> WorkerLock:
-        """An advisory lock per schema (PostgreSQL), a ``flock`` beside the file (SQLite)."""
+        """The lock keeping one purge active per database (an optional ability of a
+        store, :func:`~durable_adapter._cleanup_lock.lock_of`): an advisory lock per
+        schema (PostgreSQL), a ``flock`` beside the file (SQLite)."""
         from ..._cleanup_lock import lock_for
 
         return lock_for(self.url, self.schema)

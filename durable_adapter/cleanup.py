@@ -69,6 +69,7 @@ class CleanupSettings:
     retention: float | None = None
     max_disconnection_duration: float = DEFAULT_MAX_DISCONNECTION_DURATION
     batch_size: int = DEFAULT_BATCH_SIZE
+    vacuum: bool = False
 
     def __post_init__(self) -> None:
         if not self.interval > 0:
@@ -154,6 +155,7 @@ async def run(
     stop_event: asyncio.Event | None = None,
     schema: str | None = None,
     standby_poll: float | None = None,
+    vacuum: bool = False,
 ) -> CleanupSummary:
     """Purge the store at ``store_url`` every ``interval`` seconds until ``stop_event``.
 
@@ -169,13 +171,18 @@ async def run(
     :param schema: PostgreSQL schema of the tables.
     :param standby_poll: seconds between tries for the lock while another worker has it
                          (default: :data:`STANDBY_POLL` or ``interval`` if shorter).
+    :param vacuum: SQLite: after each pass, give the freed space back to the file system
+                   (:meth:`SQLStore.vacuum <durable_adapter.stores.sql.SQLStore.vacuum>`).
     :raises ConfigurationError: bad settings or URL.
     :raises StoreError: the store cannot be reached at start (later failures are
                         logged and retried with backoff, unless ``once``).
     """
     settings = CleanupSettings(interval=interval, once=once, retention=retention,
                                max_disconnection_duration=max_disconnection_duration,
-                               batch_size=batch_size)
+                               batch_size=batch_size, vacuum=vacuum)
+    if vacuum and not store_url.lower().startswith("sqlite"):
+        raise ConfigurationError("--vacuum returns space on SQLite only; on PostgreSQL "
+                                 "autovacuum reuses it (see docs/operations.md)")
     store, lock = open_target(store_url, schema)
     stop = stop_event if stop_event is not None else asyncio.Event()
     try:
@@ -273,6 +280,17 @@ class Worker:
             return
         self._record(purge.result())
         await metrics.cleanup_pass(self.store, purge.result())
+        if self.settings.vacuum and not self.stop.is_set():
+            await self._vacuum()
+
+    async def _vacuum(self) -> None:
+        vacuum = getattr(self.store, "vacuum", None)
+        if vacuum is None:
+            return
+        before, after = await vacuum()
+        logger.info("vacuumed: the file went from %.1f MB to %.1f MB", before / 2**20,
+                    after / 2**20, extra={"action": "vacuumed", "bytes_before": before,
+                                          "bytes_after": after})
 
     def _record(self, result: PurgeResult) -> None:
         s = self.summary

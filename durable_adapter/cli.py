@@ -5,6 +5,7 @@ Subcommands::
     durable-adapter demo    [--store URL] [--host HOST] [--port PORT]
     durable-adapter migrate --store URL
     durable-adapter cleanup --store URL [--interval SECONDS] [--once] [--retention SECONDS]
+                            [--vacuum]
                             [--metrics-port N [--metrics-host HOST]]
 
 Every flag can also come from an environment variable (shown in ``--help``); a flag
@@ -190,6 +191,7 @@ ENV_CLEANUP_ONCE = "DURABLE_ADAPTER_CLEANUP_ONCE"
 ENV_RETENTION = "DURABLE_ADAPTER_RETENTION"
 ENV_MAX_DISCONNECTION_DURATION = "DURABLE_ADAPTER_MAX_DISCONNECTION_DURATION"
 ENV_BATCH_SIZE = "DURABLE_ADAPTER_BATCH_SIZE"
+ENV_CLEANUP_VACUUM = "DURABLE_ADAPTER_CLEANUP_VACUUM"
 ENV_METRICS_PORT = "DURABLE_ADAPTER_METRICS_PORT"
 ENV_METRICS_HOST = "DURABLE_ADAPTER_METRICS_HOST"
 METRICS_HOST = "0.0.0.0"  # Prometheus scrapes from another host; as prometheus-client
@@ -238,6 +240,15 @@ def _add_cleanup(subparsers: _Subparsers) -> None:
         parser.error(f"${ENV_CLEANUP_ONCE}: invalid value {once!r}")
     parser.add_argument("--once", action="store_true", default=once_default,
                         help=f"one pass, then exit (env {ENV_CLEANUP_ONCE}=1)")
+    vacuum = os.environ.get(ENV_CLEANUP_VACUUM, "")
+    try:
+        vacuum_default = _boolean(vacuum) if vacuum else False
+    except ValueError:
+        parser.error(f"${ENV_CLEANUP_VACUUM}: invalid value {vacuum!r}")
+    parser.add_argument("--vacuum", action="store_true", default=vacuum_default,
+                        help="SQLite: after each pass, give the freed space back to the file "
+                             "system (the first time rewrites the file once; see "
+                             f"docs/operations.md) (env {ENV_CLEANUP_VACUUM}=1)")
     _env_flag(parser, "--retention", ENV_RETENTION, type=_positive_float, metavar="SECONDS",
               help="seconds packets are kept, at least --max-disconnection-duration; default "
                    f"that plus {cleanup.RETENTION_MARGIN:g}")
@@ -283,7 +294,8 @@ def _run_cleanup(args: argparse.Namespace) -> int:
                 await cleanup.run(args.store, interval=args.interval, once=args.once,
                                   retention=args.retention,
                                   max_disconnection_duration=args.max_disconnection_duration,
-                                  batch_size=args.batch_size, stop_event=stop)
+                                  batch_size=args.batch_size, stop_event=stop,
+                                  vacuum=args.vacuum)
             except BaseException:
                 await _settle_driver_threads()
                 raise

@@ -50,7 +50,7 @@ from ..errors import driver_errors
 from ..rules import check_new_packet, check_purge_args
 from . import append as appends
 from . import control as controls
-from . import dialect, leases
+from . import dialect, leases, space
 from .follow import SQLFollower
 from .migrate import is_current, upgrade_engine
 from .retention import purge_packets, purge_sessions
@@ -80,6 +80,7 @@ CLOSE_WAIT = 1.5  # seconds a closing store waits for its queries before abandon
 #: (from 33 ms into its wait; 50 ms apart from 128 ms): a pause longer than that is
 #: always seen by its next try, so an emit waits about one batch, not the whole pass.
 SQLITE_PURGE_PAUSE = 0.03
+VACUUM_STEP = 2048  # pages released per transaction by vacuum() (8 MiB of 4 KiB pages)
 
 
 def _shielded(
@@ -476,6 +477,28 @@ class SQLStore(controls.SQLControl, Store):
         from ..._cleanup_lock import lock_for
 
         return lock_for(self.url, self.schema)
+
+    @_shielded
+    async def vacuum(self) -> tuple[int, int]:
+        """Give the space of deleted rows back to the file system: SQLite only (the
+        file's size in bytes before and after). PostgreSQL's autovacuum makes that
+        space reusable in place; see docs/operations.md for returning it.
+
+        The first call on a file switches it to ``auto_vacuum = INCREMENTAL`` with one
+        ``VACUUM``, which rewrites the file while holding the write lock (emits of other
+        processes wait, up to the busy timeout): run it in a quiet moment. Later calls
+        release free pages in steps of :data:`VACUUM_STEP` with pauses between them.
+        """
+        if not dialect.is_sqlite(self.url):
+            raise ConfigurationError("vacuum returns space on SQLite only; on PostgreSQL "
+                                     "autovacuum reuses it (see docs/operations.md)")
+        with self._errors(f"vacuuming the store at {self._where()} failed"):
+            async with self.engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                db: Any = raw.driver_connection  # autocommit: no BEGIN around VACUUM
+                before = await space.file_bytes(db)
+                await space.vacuum(db, VACUUM_STEP, self.purge_pause)
+                return before, await space.file_bytes(db)
 
     async def _in_batches(self, batch: Callable[[], Awaitable[int]]) -> int:
         """Run ``batch`` until it removes nothing; the rows removed in total. Between

@@ -11,7 +11,9 @@ worker takes part in the same lock.
 A pass runs every quarter of ``max_disconnection_duration``, between :data:`TICK_MIN`
 and :data:`TICK_MAX` seconds, so nothing stays much past its expiry: an expired session
 at most a tick, a packet at most its retention plus a tick. Each batch of a pass yields
-to the event loop.
+to the event loop. The retention is the cleanup worker's: the largest window among the
+live servers (each records its own beside its lease) plus a margin; on a memory store,
+this server's window plus :data:`MEMORY_MARGIN`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import logging
 
 from ._cleanup_lock import lock_of
 from ._tasks import finish_or_cancel
-from .cleanup import DEFAULT_BATCH_SIZE, RETENTION_MARGIN, CleanupSettings, Worker
+from .cleanup import DEFAULT_BATCH_SIZE, CleanupSettings, Worker
 from .stores.base import Store
 
 logger = logging.getLogger(__name__)
@@ -37,11 +39,6 @@ def interval_for(max_disconnection_duration: float) -> float:
     return min(TICK_MAX, max(TICK_MIN, max_disconnection_duration / 4))
 
 
-def retention_for(store: Store, max_disconnection_duration: float) -> float:
-    margin = RETENTION_MARGIN if store.shared else MEMORY_MARGIN
-    return max_disconnection_duration + margin
-
-
 class ServerCleanup:
     """The purge loop of one server, started and stopped with its manager.
 
@@ -54,9 +51,12 @@ class ServerCleanup:
         self.store = store
         self.lock = lock_of(store)
         self.interval = interval_for(max_disconnection_duration)
+        # a shared store: the largest window among the live servers (this one's is
+        # recorded too); memory: this server's, with a smaller margin
         self.settings = CleanupSettings(
-            interval=self.interval, max_disconnection_duration=max_disconnection_duration,
-            retention=retention_for(store, max_disconnection_duration), batch_size=batch_size)
+            interval=self.interval, fallback_window=max_disconnection_duration,
+            retention=None if store.shared else max_disconnection_duration + MEMORY_MARGIN,
+            batch_size=batch_size)
         self._stop = asyncio.Event()
         self._worker: Worker | None = None
         self._task: asyncio.Task[None] | None = None

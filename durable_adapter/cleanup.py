@@ -62,35 +62,67 @@ SQL_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
 
 @dataclass(frozen=True, kw_only=True)
 class CleanupSettings:
-    """Validated settings of one worker; see :func:`run` for their meaning."""
+    """Validated settings of one worker; see :func:`run` for their meaning.
+
+    The retention of a pass: ``retention`` when given; else the window plus
+    :data:`RETENTION_MARGIN`, the window being ``max_disconnection_duration`` when
+    given, else the largest one the live servers recorded in the store
+    (:func:`window_in_use`), else ``fallback_window``.
+    """
 
     interval: float = DEFAULT_INTERVAL
     once: bool = False
     retention: float | None = None
-    max_disconnection_duration: float = DEFAULT_MAX_DISCONNECTION_DURATION
+    max_disconnection_duration: float | None = None
+    fallback_window: float = DEFAULT_MAX_DISCONNECTION_DURATION
     batch_size: int = DEFAULT_BATCH_SIZE
     vacuum: bool = False
 
     def __post_init__(self) -> None:
         if not self.interval > 0:
             raise ConfigurationError(f"interval must be > 0 seconds, got {self.interval!r}")
-        if not self.max_disconnection_duration > 0:
-            raise ConfigurationError("max_disconnection_duration must be > 0 seconds, got "
-                                     f"{self.max_disconnection_duration!r}")
+        window = self.max_disconnection_duration
+        if window is not None and not window > 0:
+            raise ConfigurationError(
+                f"max_disconnection_duration must be > 0 seconds, got {window!r}")
         if isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise ConfigurationError(f"batch_size must be >= 1, got {self.batch_size!r}")
-        if self.retention is not None and self.retention < self.max_disconnection_duration:
+        if self.retention is not None and self.retention < (window or 0.0):
             raise ConfigurationError(
                 f"retention ({self.retention:g} s) is shorter than max_disconnection_duration "
-                f"({self.max_disconnection_duration:g} s): sessions that may still recover "
+                f"({window:g} s): sessions that may still recover "
                 "would lose the packets they missed. Raise retention, or pass the servers' "
                 "max_disconnection_duration")
 
     @property
-    def effective_retention(self) -> float:
+    def reads_window(self) -> bool:
+        """True when the retention follows what the servers recorded."""
+        return self.retention is None and self.max_disconnection_duration is None
+
+    def retention_for(self, recorded: float | None) -> float:
+        """The retention of a pass, given the largest window the live servers recorded."""
         if self.retention is not None:
             return self.retention
-        return self.max_disconnection_duration + RETENTION_MARGIN
+        window = self.max_disconnection_duration
+        if window is None:
+            window = recorded if recorded is not None else self.fallback_window
+        return window + RETENTION_MARGIN
+
+    @property
+    def effective_retention(self) -> float:
+        """The retention when the servers recorded nothing."""
+        return self.retention_for(None)
+
+
+async def window_in_use(store: Store, now: float) -> float | None:
+    """The largest ``max_disconnection_duration`` among the live servers of ``store``,
+    as they record it beside their lease (an optional ability: SQL, Redis); None when
+    none recorded one, or the store keeps none."""
+    largest = getattr(store, "largest_window", None)
+    if largest is None:
+        return None
+    window: float | None = await largest(now)
+    return window
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,7 +182,7 @@ async def run(
     interval: float = DEFAULT_INTERVAL,
     once: bool = False,
     retention: float | None = None,
-    max_disconnection_duration: float = DEFAULT_MAX_DISCONNECTION_DURATION,
+    max_disconnection_duration: float | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     stop_event: asyncio.Event | None = None,
     schema: str | None = None,
@@ -164,8 +196,11 @@ async def run(
     :param once: one pass, then return; if another worker holds the lock, return
                  without a pass. A failure raises instead of being retried.
     :param retention: seconds packets are kept; at least ``max_disconnection_duration``
-                      (default: that plus :data:`RETENTION_MARGIN`).
-    :param max_disconnection_duration: the servers' setting, in seconds.
+                      (default: the window plus :data:`RETENTION_MARGIN`).
+    :param max_disconnection_duration: the window, in seconds; default: the largest
+                      one the live servers recorded in the store (SQL, Redis), else
+                      :data:`DEFAULT_MAX_DISCONNECTION_DURATION`. Given, it overrides
+                      what the servers recorded.
     :param batch_size: rows deleted per transaction.
     :param stop_event: set it to stop: the batch in flight finishes, then ``run`` returns.
     :param schema: PostgreSQL schema of the tables.
@@ -211,6 +246,8 @@ class Worker:
         self.stop = stop
         self.standby_poll = standby_poll
         self.summary = CleanupSummary()
+        #: the retention of the latest pass (seconds)
+        self.retention: float | None = None
 
     async def serve(self) -> CleanupSummary:
         backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
@@ -231,9 +268,9 @@ class Worker:
                         await self._sleep(self.standby_poll)
                         continue
                     standby_logged = False
-                    logger.info("cleanup worker active (%s); retention %g s, every %g s",
-                                self.lock.description, self.settings.effective_retention,
-                                self.settings.interval, extra={"action": "active"})
+                    logger.info("cleanup worker active (%s); a pass every %g s",
+                                self.lock.description, self.settings.interval,
+                                extra={"action": "active"})
                 else:
                     await self.lock.check()
                 await self._pass()
@@ -263,8 +300,16 @@ class Worker:
     async def _pass(self) -> None:
         """One purge; a stop request cancels it between batches (the SQL store lets the
         batch in flight commit: each batch runs shielded from its caller's cancellation)."""
+        now = time.time()
+        recorded = await window_in_use(self.store, now) if self.settings.reads_window else None
+        retention = self.settings.retention_for(recorded)
+        if retention != self.retention:
+            self.retention = retention
+            logger.info("retention %g s (%s)", retention, "the largest window the servers "
+                        "recorded + margin" if recorded is not None else "from the settings",
+                        extra={"action": "retention", "retention": retention})
         purge = asyncio.create_task(self.store.purge(
-            now=time.time(), retention=self.settings.effective_retention,
+            now=now, retention=retention,
             batch_size=self.settings.batch_size), name="durable_adapter cleanup pass")
         stopped = asyncio.create_task(self.stop.wait(), name="durable_adapter cleanup stop")
         try:

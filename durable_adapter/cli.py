@@ -253,8 +253,10 @@ def _add_cleanup(subparsers: _Subparsers) -> None:
               help="seconds packets are kept, at least --max-disconnection-duration; default "
                    f"that plus {cleanup.RETENTION_MARGIN:g}")
     _env_flag(parser, "--max-disconnection-duration", ENV_MAX_DISCONNECTION_DURATION,
-              default=cleanup.DEFAULT_MAX_DISCONNECTION_DURATION, type=_positive_float,
-              metavar="SECONDS", help="the servers' max_disconnection_duration")
+              type=_positive_float, metavar="SECONDS",
+              help="override the servers' max_disconnection_duration; by default the "
+                   "largest one the live servers recorded in the store (SQL, Redis), else "
+                   f"{cleanup.DEFAULT_MAX_DISCONNECTION_DURATION:g}")
     _env_flag(parser, "--batch-size", ENV_BATCH_SIZE, default=cleanup.DEFAULT_BATCH_SIZE,
               type=_positive_int, metavar="N", help="rows deleted per transaction")
     _env_flag(parser, "--metrics-port", ENV_METRICS_PORT, type=_port, metavar="N",

@@ -97,6 +97,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                 # a memory store dies with the process: its live sessions could serve
                 # no other node, and this one finds its own live sockets without them
                 write_through=self.recovery.write_through and self.store.shared,
+                max_disconnection_duration=self.recovery.max_disconnection_duration,
                 # nothing outside this process can purge its memory
                 purge_window=self.recovery.max_disconnection_duration
                 if self.recovery.cleanup_in_server or not self.store.shared else None)

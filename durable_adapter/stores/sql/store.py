@@ -436,6 +436,19 @@ class SQLStore(controls.SQLControl, Store):
             await leases.renew_lease(connection, node, now + expiry)
 
     @_shielded
+    async def record_window(self, node: str, seconds: float) -> None:
+        """Note the ``max_disconnection_duration`` ``node`` serves, beside its lease (an
+        optional ability: :func:`durable_adapter.cleanup.window_in_use` reads it)."""
+        async with self._write() as connection:
+            await leases.record_window(connection, node, seconds)
+
+    @_shielded
+    async def largest_window(self, now: float) -> float | None:
+        """The largest ``max_disconnection_duration`` among the nodes alive at ``now``."""
+        async with self._read() as connection:
+            return await leases.largest_window(connection, now)
+
+    @_shielded
     async def drop_lease(self, node: str) -> None:
         async with self._write() as connection:
             await leases.drop_lease(connection, node)

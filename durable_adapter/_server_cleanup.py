@@ -74,6 +74,7 @@ class ServerCleanup:
             return
         self._stop.clear()
         self._worker = Worker(self.store, self.lock, self.settings, self._stop, self.interval)
+        self._worker.log_empty = False
         self._task = asyncio.create_task(self._serve(self._worker),
                                          name=f"durable_adapter cleanup {self.store!r}")
 

@@ -248,6 +248,8 @@ class Worker:
         self.summary = CleanupSummary()
         #: the retention of the latest pass (seconds)
         self.retention: float | None = None
+        #: False: a pass that removed nothing is logged at DEBUG only
+        self.log_empty = True
 
     async def serve(self) -> CleanupSummary:
         backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
@@ -342,7 +344,10 @@ class Worker:
         self.summary = CleanupSummary(passes=s.passes + 1, sessions=s.sessions + result.sessions,
                                       packets=s.packets + result.packets,
                                       purged_through=result.purged_through)
-        logger.info("removed %d expired session(s) and %d packet(s); history retained after "
-                    "seq %d", result.sessions, result.packets, result.purged_through,
-                    extra={"action": "purged", "sessions": result.sessions,
-                           "packets": result.packets, "purged_through": result.purged_through})
+        # a server purging in process passes often: an empty pass is not news there
+        level = logging.INFO if result.sessions or result.packets or self.log_empty \
+            else logging.DEBUG
+        logger.log(level, "removed %d expired session(s) and %d packet(s); history retained "
+                   "after seq %d", result.sessions, result.packets, result.purged_through,
+                   extra={"action": "purged", "sessions": result.sessions,
+                          "packets": result.packets, "purged_through": result.purged_through})

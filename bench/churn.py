@@ -10,7 +10,8 @@ baseline) and 50 concurrent client lanes running ``--cycles`` cycles in all, in 
 
 The server emits a stored packet to each new socket and one to the room at each join.
 Printed per server: recoveries that worked, the server's RSS growth per 1000 cycles
-(measured from the end of a warm-up tenth to the end, after a ``gc.collect()``), the
+(over the second half of the run, after a ``gc.collect()``; the first half warms the
+allocator up), its RSS at the end, the
 sockets and rooms it still tracks, and the sessions and packets the store still holds
 once every session expired and a purge ran: on ``memory://`` the server's own purge
 (nothing else runs), on the shared stores one pass run inside the server process.
@@ -196,7 +197,8 @@ class Run:
     purge_seconds: float = float("nan")
 
     def growth_per_1000(self) -> float:
-        """MB of RSS per 1000 cycles, from the end of the warm-up to the end."""
+        """MB of RSS per 1000 cycles over the second half of the run (the first half
+        warms the allocator up to the lanes' peak)."""
         (c0, r0), (c1, r1) = self.rss[0], self.rss[-1]
         return (r1 - r0) / 2**20 / max(1, c1 - c0) * 1000
 
@@ -239,7 +241,7 @@ async def cycle(url: str, kind: str, room: str, run: Run) -> None:
 
 async def churn(server: Server, cycles: int, run: Run) -> None:
     done = 0
-    warm_up = max(1, cycles // 10)
+    warm_up = max(1, cycles // 2)
     counter = iter(range(cycles))
     lock = asyncio.Lock()
 
@@ -311,10 +313,12 @@ async def main(args: argparse.Namespace) -> None:
           f"drop for good, forged pid/offset); max_disconnection_duration {WINDOW:g} s")
     print(table(
         ["server", "cycles", "errors", "recovered", "RSS MB/1000 cycles", "vs stock",
+         "RSS MB at end",
          "sockets/rooms/registry at end", "sessions after", "packets after",
          "s until purged"],
         [[r.label, r.cycles, r.errors, f"{r.recovered}/{r.tried}" if r.tried else "-",
           r.growth_per_1000(), f"{r.growth_per_1000() - base:+.2f} MB",
+          r.end["rss"] / 2**20,
           f"{r.end['eio_sockets']}/{r.end['rooms']}/{r.end.get('registry', '-')}",
           r.after.get("sessions", "-"), r.after.get("packets", "-"), r.purge_seconds]
          for r in runs]))

@@ -12,15 +12,18 @@ in transactions of at most ``batch_size`` rows, so no lock is held for long.
 A recoverable session needs the packets after the position it had when its transport
 died, which were stored at most about ``max_disconnection_duration`` ago; live sockets
 need only the packets in flight. Hence ``retention`` may not be shorter than
-``max_disconnection_duration`` (use the servers' value), and the default adds
-:data:`RETENTION_MARGIN` for packets in flight, slow nodes and clock skew.
+``max_disconnection_duration``, and the default adds :data:`RETENTION_MARGIN` for
+packets in flight, slow nodes and clock skew. By default the window is the largest
+``max_disconnection_duration`` the live servers recorded beside their lease (SQL,
+Redis), so no flag has to be kept equal to the servers' setting by hand.
 
 Correctness never depends on this worker: every replay checks the session's expiry and
 the ``purged_through`` watermark itself, and refuses (a fresh session, ``recovered``
 false) rather than replay a gap. Without the worker storage only grows.
 
 One worker is active per database (see :mod:`._cleanup_lock`); another one waits as a
-standby and takes over when the active one exits.
+standby and takes over when the active one exits. Servers with ``cleanup_in_server``
+run the same loop (:class:`Worker`) under the same lock (:mod:`._server_cleanup`).
 
 Usage::
 

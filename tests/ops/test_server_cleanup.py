@@ -1,8 +1,8 @@
 """Servers that purge a shared store themselves (``cleanup_in_server``): one at a time.
 
-Two servers on one PostgreSQL schema, no cleanup worker: expired packets go, exactly one
-server purges (it holds the worker's lock; the other stands by), and the other takes
-over once the first stops.
+Two servers on one PostgreSQL schema (or one SQLite file), no cleanup worker: expired
+packets go, exactly one server purges (it holds the worker's lock; the other stands by),
+and the other takes over once the first stops.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ from contextlib import AsyncExitStack
 from sqlalchemy import func, select, update
 
 from durable_adapter._server_cleanup import ServerCleanup
-from durable_adapter.stores.sql.postgres import PostgresStore
+from durable_adapter.stores.sql import SQLStore
 from durable_adapter.stores.sql.schema import packets
-from tests._postgres import POSTGRES_URL, postgres_schema
 from tests.conformance.conftest import Node, running
 
-from .conftest import WAIT
+from .conftest import WAIT, Target
 
 WINDOW = 2.0  # seconds: max_disconnection_duration (a pass every 0.5 s)
 
@@ -38,16 +37,16 @@ def _cleanup(node: Node) -> ServerCleanup:
     return cleanup
 
 
-async def test_one_of_two_servers_purges_expired_packets_without_a_worker() -> None:
-    async with postgres_schema() as schema, AsyncExitStack() as stack:
+async def test_one_of_two_servers_purges_expired_packets_without_a_worker(
+        target: Target) -> None:
+    async with AsyncExitStack() as stack:
         nodes = [await stack.enter_async_context(running(
-            PostgresStore(POSTGRES_URL, schema=schema, poll_interval=0.05),
-            max_disconnection_duration=WINDOW, cleanup_in_server=True))
+            target.store(), max_disconnection_duration=WINDOW, cleanup_in_server=True))
             for _ in range(2)]
         for n in range(10):  # starts both nodes; their cleanup starts with them
             await nodes[n % 2].sio.emit("tick", n)
         reader = nodes[0].sio.store
-        assert isinstance(reader, PostgresStore)
+        assert isinstance(reader, SQLStore)
 
         async def stored() -> int:
             async with reader.engine.connect() as connection:

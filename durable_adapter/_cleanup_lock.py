@@ -7,7 +7,12 @@
 * SQLite: an exclusive ``flock`` on ``<database file>.cleanup.lock`` next to the
   database; the kernel releases it when the process exits. ``flock`` (not ``lockf``)
   also excludes a second worker in the same process.
+* Redis: a key holding the holder's token, with a TTL
+  (:mod:`durable_adapter.stores.redis.cleanup_lock`).
 * Other stores: no lock (:class:`NoLock`); run one worker.
+
+A store offers its lock as the optional ability ``cleanup_lock()``; :func:`lock_of`
+asks it.
 
 Usage::
 
@@ -193,6 +198,13 @@ class PostgresAdvisoryLock:
         engine, self._engine = self._engine, None
         if engine is not None:
             await engine.dispose()
+
+
+def lock_of(store: object) -> WorkerLock:
+    """The lock of ``store`` (its ``cleanup_lock()``), or :class:`NoLock` if it has none."""
+    make = getattr(store, "cleanup_lock", None)
+    lock: WorkerLock = make() if callable(make) else NoLock()
+    return lock
 
 
 def lock_for(url: URL | None, schema: str | None = None) -> WorkerLock:

@@ -51,6 +51,9 @@ class RecoveryOptions:
     :param history_cache_bytes: memory (bytes, about) a node keeps for its recent
         packets: each is encoded once for all its recipients, and a replay of recent
         packets reads no store. 0 turns it off.
+    :param cleanup_in_server: True: the servers of a SQL or Redis store purge it
+        themselves, one at a time (no ``durable-adapter cleanup`` process needed). A
+        memory store is always purged by its server.
     """
 
     max_disconnection_duration: float = DEFAULT_MAX_DISCONNECTION_DURATION
@@ -61,6 +64,7 @@ class RecoveryOptions:
     handover_timeout: float = DEFAULT_HANDOVER_TIMEOUT
     write_through: bool = True
     history_cache_bytes: int = DEFAULT_HISTORY_CACHE_BYTES
+    cleanup_in_server: bool = False
 
     @classmethod
     def from_value(cls, value: RecoveryOptions | Mapping[str, Any] | bool | None
@@ -83,7 +87,7 @@ class RecoveryOptions:
                 f"or None, got {type(options).__name__}")
         known = {"max_disconnection_duration", "skip_middlewares", "max_replay_packets",
                  "namespaces", "lease_expiry", "handover_timeout", "write_through",
-                 "history_cache_bytes"}
+                 "history_cache_bytes", "cleanup_in_server"}
         unknown = set(options) - known
         if unknown:
             raise ConfigurationError(
@@ -115,11 +119,15 @@ class RecoveryOptions:
         write_through = options.get("write_through", True)
         if not isinstance(write_through, bool):
             raise ConfigurationError("write_through must be True or False")
+        cleanup_in_server = options.get("cleanup_in_server", False)
+        if not isinstance(cleanup_in_server, bool):
+            raise ConfigurationError("cleanup_in_server must be True or False")
         return cls(max_disconnection_duration=float(duration), skip_middlewares=skip,
                    max_replay_packets=cap, namespaces=namespaces,
                    lease_expiry=float(seconds["lease_expiry"]),
                    handover_timeout=float(seconds["handover_timeout"]),
-                   write_through=write_through, history_cache_bytes=cache)
+                   write_through=write_through, history_cache_bytes=cache,
+                   cleanup_in_server=cleanup_in_server)
 
 
 def split_auth(data: Any) -> tuple[Any, object, object]:

@@ -12,15 +12,18 @@ in transactions of at most ``batch_size`` rows, so no lock is held for long.
 A recoverable session needs the packets after the position it had when its transport
 died, which were stored at most about ``max_disconnection_duration`` ago; live sockets
 need only the packets in flight. Hence ``retention`` may not be shorter than
-``max_disconnection_duration`` (use the servers' value), and the default adds
-:data:`RETENTION_MARGIN` for packets in flight, slow nodes and clock skew.
+``max_disconnection_duration``, and the default adds :data:`RETENTION_MARGIN` for
+packets in flight, slow nodes and clock skew. By default the window is the largest
+``max_disconnection_duration`` the live servers recorded beside their lease (SQL,
+Redis), so no flag has to be kept equal to the servers' setting by hand.
 
 Correctness never depends on this worker: every replay checks the session's expiry and
 the ``purged_through`` watermark itself, and refuses (a fresh session, ``recovered``
 false) rather than replay a gap. Without the worker storage only grows.
 
 One worker is active per database (see :mod:`._cleanup_lock`); another one waits as a
-standby and takes over when the active one exits.
+standby and takes over when the active one exits. Servers with ``cleanup_in_server``
+run the same loop (:class:`Worker`) under the same lock (:mod:`._server_cleanup`).
 
 Usage::
 
@@ -37,13 +40,13 @@ import time
 from dataclasses import dataclass
 
 from . import metrics
-from ._cleanup_lock import WorkerLock, lock_for
+from ._cleanup_lock import WorkerLock, lock_of
 from ._recovery import DEFAULT_MAX_DISCONNECTION_DURATION as DEFAULT_MAX_DISCONNECTION_DURATION
 from ._tasks import Backoff
 from .exceptions import ConfigurationError, StoreError
 from .stores import existing_store
 from .stores.base import PurgeResult, Store
-from .stores.urls import ACCEPTED_FORMS, POSTGRES, SQLITE, store_scheme
+from .stores.urls import ACCEPTED_FORMS, store_scheme
 
 logger = logging.getLogger(__name__)
 
@@ -58,34 +61,67 @@ BACKOFF_MAX = 60.0  # seconds, the longest wait between retries
 
 @dataclass(frozen=True, kw_only=True)
 class CleanupSettings:
-    """Validated settings of one worker; see :func:`run` for their meaning."""
+    """Validated settings of one worker; see :func:`run` for their meaning.
+
+    The retention of a pass: ``retention`` when given; else the window plus
+    :data:`RETENTION_MARGIN`, the window being ``max_disconnection_duration`` when
+    given, else the largest one the live servers recorded in the store
+    (:func:`window_in_use`), else ``fallback_window``.
+    """
 
     interval: float = DEFAULT_INTERVAL
     once: bool = False
     retention: float | None = None
-    max_disconnection_duration: float = DEFAULT_MAX_DISCONNECTION_DURATION
+    max_disconnection_duration: float | None = None
+    fallback_window: float = DEFAULT_MAX_DISCONNECTION_DURATION
     batch_size: int = DEFAULT_BATCH_SIZE
+    vacuum: bool = False
 
     def __post_init__(self) -> None:
         if not self.interval > 0:
             raise ConfigurationError(f"interval must be > 0 seconds, got {self.interval!r}")
-        if not self.max_disconnection_duration > 0:
-            raise ConfigurationError("max_disconnection_duration must be > 0 seconds, got "
-                                     f"{self.max_disconnection_duration!r}")
+        window = self.max_disconnection_duration
+        if window is not None and not window > 0:
+            raise ConfigurationError(
+                f"max_disconnection_duration must be > 0 seconds, got {window!r}")
         if isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise ConfigurationError(f"batch_size must be >= 1, got {self.batch_size!r}")
-        if self.retention is not None and self.retention < self.max_disconnection_duration:
+        if self.retention is not None and self.retention < (window or 0.0):
             raise ConfigurationError(
                 f"retention ({self.retention:g} s) is shorter than max_disconnection_duration "
-                f"({self.max_disconnection_duration:g} s): sessions that may still recover "
+                f"({window:g} s): sessions that may still recover "
                 "would lose the packets they missed. Raise retention, or pass the servers' "
                 "max_disconnection_duration")
 
     @property
-    def effective_retention(self) -> float:
+    def reads_window(self) -> bool:
+        """True when the retention follows what the servers recorded."""
+        return self.retention is None and self.max_disconnection_duration is None
+
+    def retention_for(self, recorded: float | None) -> float:
+        """The retention of a pass, given the largest window the live servers recorded."""
         if self.retention is not None:
             return self.retention
-        return self.max_disconnection_duration + RETENTION_MARGIN
+        window = self.max_disconnection_duration
+        if window is None:
+            window = recorded if recorded is not None else self.fallback_window
+        return window + RETENTION_MARGIN
+
+    @property
+    def effective_retention(self) -> float:
+        """The retention when the servers recorded nothing."""
+        return self.retention_for(None)
+
+
+async def window_in_use(store: Store, now: float) -> float | None:
+    """The largest ``max_disconnection_duration`` among the live servers of ``store``,
+    as they record it beside their lease (an optional ability: SQL, Redis); None when
+    none recorded one, or the store keeps none."""
+    largest = getattr(store, "largest_window", None)
+    if largest is None:
+        return None
+    window: float | None = await largest(now)
+    return window
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,11 +149,7 @@ def open_target(store_url: str, schema: str | None = None) -> tuple[Store, Worke
         raise ConfigurationError("memory:// lives inside one server process; a cleanup "
                                  "worker needs a shared store (SQL, MongoDB, Redis)")
     store = existing_store(store_url, schema=schema)
-    if scheme not in (SQLITE, POSTGRES):
-        return store, lock_for(None)
-    from .stores.sql import SQLStore  # loaded by existing_store already
-
-    return store, lock_for(store.url if isinstance(store, SQLStore) else None, schema)
+    return store, lock_of(store)
 
 
 async def run(
@@ -126,11 +158,12 @@ async def run(
     interval: float = DEFAULT_INTERVAL,
     once: bool = False,
     retention: float | None = None,
-    max_disconnection_duration: float = DEFAULT_MAX_DISCONNECTION_DURATION,
+    max_disconnection_duration: float | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     stop_event: asyncio.Event | None = None,
     schema: str | None = None,
     standby_poll: float | None = None,
+    vacuum: bool = False,
 ) -> CleanupSummary:
     """Purge the store at ``store_url`` every ``interval`` seconds until ``stop_event``.
 
@@ -139,20 +172,28 @@ async def run(
     :param once: one pass, then return; if another worker holds the lock, return
                  without a pass. A failure raises instead of being retried.
     :param retention: seconds packets are kept; at least ``max_disconnection_duration``
-                      (default: that plus :data:`RETENTION_MARGIN`).
-    :param max_disconnection_duration: the servers' setting, in seconds.
+                      (default: the window plus :data:`RETENTION_MARGIN`).
+    :param max_disconnection_duration: the window, in seconds; default: the largest
+                      one the live servers recorded in the store (SQL, Redis), else
+                      :data:`DEFAULT_MAX_DISCONNECTION_DURATION`. Given, it overrides
+                      what the servers recorded.
     :param batch_size: rows deleted per transaction.
     :param stop_event: set it to stop: the batch in flight finishes, then ``run`` returns.
     :param schema: PostgreSQL schema of the tables.
     :param standby_poll: seconds between tries for the lock while another worker has it
                          (default: :data:`STANDBY_POLL` or ``interval`` if shorter).
+    :param vacuum: SQLite: after each pass, give the freed space back to the file system
+                   (:meth:`SQLStore.vacuum <durable_adapter.stores.sql.SQLStore.vacuum>`).
     :raises ConfigurationError: bad settings or URL.
     :raises StoreError: the store cannot be reached at start (later failures are
                         logged and retried with backoff, unless ``once``).
     """
     settings = CleanupSettings(interval=interval, once=once, retention=retention,
                                max_disconnection_duration=max_disconnection_duration,
-                               batch_size=batch_size)
+                               batch_size=batch_size, vacuum=vacuum)
+    if vacuum and not store_url.lower().startswith("sqlite"):
+        raise ConfigurationError("--vacuum returns space on SQLite only; on PostgreSQL "
+                                 "autovacuum reuses it (see docs/operations.md)")
     store, lock = open_target(store_url, schema)
     stop = stop_event if stop_event is not None else asyncio.Event()
     try:
@@ -160,7 +201,7 @@ async def run(
     except TimeoutError as exc:
         raise StoreError(f"no answer from the store within {START_TIMEOUT:g} s") from exc
     poll = standby_poll if standby_poll is not None else min(STANDBY_POLL, interval)
-    worker = _Worker(store, lock, settings, stop, poll)
+    worker = Worker(store, lock, settings, stop, poll)
     try:
         return await worker.serve()
     finally:
@@ -168,7 +209,11 @@ async def run(
         await store.close()
 
 
-class _Worker:
+class Worker:
+    """Passes every ``settings.interval`` while it holds ``lock``, a standby otherwise;
+    the loop of :func:`run`, and of a server that purges in process
+    (:mod:`._server_cleanup`)."""
+
     def __init__(self, store: Store, lock: WorkerLock, settings: CleanupSettings,
                  stop: asyncio.Event, standby_poll: float) -> None:
         self.store = store
@@ -177,6 +222,10 @@ class _Worker:
         self.stop = stop
         self.standby_poll = standby_poll
         self.summary = CleanupSummary()
+        #: the retention of the latest pass (seconds)
+        self.retention: float | None = None
+        #: False: a pass that removed nothing is logged at DEBUG only
+        self.log_empty = True
 
     async def serve(self) -> CleanupSummary:
         backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
@@ -197,9 +246,9 @@ class _Worker:
                         await self._sleep(self.standby_poll)
                         continue
                     standby_logged = False
-                    logger.info("cleanup worker active (%s); retention %g s, every %g s",
-                                self.lock.description, self.settings.effective_retention,
-                                self.settings.interval, extra={"action": "active"})
+                    logger.info("cleanup worker active (%s); a pass every %g s",
+                                self.lock.description, self.settings.interval,
+                                extra={"action": "active"})
                 else:
                     await self.lock.check()
                 await self._pass()
@@ -229,8 +278,16 @@ class _Worker:
     async def _pass(self) -> None:
         """One purge; a stop request cancels it between batches (the SQL store lets the
         batch in flight commit: each batch runs shielded from its caller's cancellation)."""
+        now = time.time()
+        recorded = await window_in_use(self.store, now) if self.settings.reads_window else None
+        retention = self.settings.retention_for(recorded)
+        if retention != self.retention:
+            self.retention = retention
+            logger.info("retention %g s (%s)", retention, "the largest window the servers "
+                        "recorded + margin" if recorded is not None else "from the settings",
+                        extra={"action": "retention", "retention": retention})
         purge = asyncio.create_task(self.store.purge(
-            now=time.time(), retention=self.settings.effective_retention,
+            now=now, retention=retention,
             batch_size=self.settings.batch_size), name="durable_adapter cleanup pass")
         stopped = asyncio.create_task(self.stop.wait(), name="durable_adapter cleanup stop")
         try:
@@ -246,13 +303,27 @@ class _Worker:
             return
         self._record(purge.result())
         await metrics.cleanup_pass(self.store, purge.result())
+        if self.settings.vacuum and not self.stop.is_set():
+            await self._vacuum()
+
+    async def _vacuum(self) -> None:
+        vacuum = getattr(self.store, "vacuum", None)
+        if vacuum is None:
+            return
+        before, after = await vacuum()
+        logger.info("vacuumed: the file went from %.1f MB to %.1f MB", before / 2**20,
+                    after / 2**20, extra={"action": "vacuumed", "bytes_before": before,
+                                          "bytes_after": after})
 
     def _record(self, result: PurgeResult) -> None:
         s = self.summary
         self.summary = CleanupSummary(passes=s.passes + 1, sessions=s.sessions + result.sessions,
                                       packets=s.packets + result.packets,
                                       purged_through=result.purged_through)
-        logger.info("removed %d expired session(s) and %d packet(s); history retained after "
-                    "seq %d", result.sessions, result.packets, result.purged_through,
-                    extra={"action": "purged", "sessions": result.sessions,
-                           "packets": result.packets, "purged_through": result.purged_through})
+        # a server purging in process passes often: an empty pass is not news there
+        level = logging.INFO if result.sessions or result.packets or self.log_empty \
+            else logging.DEBUG
+        logger.log(level, "removed %d expired session(s) and %d packet(s); history retained "
+                   "after seq %d", result.sessions, result.packets, result.purged_through,
+                   extra={"action": "purged", "sessions": result.sessions,
+                          "packets": result.packets, "purged_through": result.purged_through})

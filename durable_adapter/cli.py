@@ -7,6 +7,7 @@ Subcommands::
     durable-adapter migrate --store URL [--sql]
     durable-adapter check   --store URL [--schema NAME] [--timeout SECONDS]
     durable-adapter cleanup --store URL [--interval SECONDS] [--once] [--retention SECONDS]
+                            [--vacuum]
                             [--metrics-port N [--metrics-host HOST]]
 
 Every flag can also come from an environment variable (shown in ``--help``); a flag
@@ -247,6 +248,7 @@ ENV_CLEANUP_ONCE = "DURABLE_ADAPTER_CLEANUP_ONCE"
 ENV_RETENTION = "DURABLE_ADAPTER_RETENTION"
 ENV_MAX_DISCONNECTION_DURATION = "DURABLE_ADAPTER_MAX_DISCONNECTION_DURATION"
 ENV_BATCH_SIZE = "DURABLE_ADAPTER_BATCH_SIZE"
+ENV_CLEANUP_VACUUM = "DURABLE_ADAPTER_CLEANUP_VACUUM"
 ENV_METRICS_PORT = "DURABLE_ADAPTER_METRICS_PORT"
 ENV_METRICS_HOST = "DURABLE_ADAPTER_METRICS_HOST"
 METRICS_HOST = "0.0.0.0"  # Prometheus scrapes from another host; as prometheus-client
@@ -295,12 +297,23 @@ def _add_cleanup(subparsers: _Subparsers) -> None:
         parser.error(f"${ENV_CLEANUP_ONCE}: invalid value {once!r}")
     parser.add_argument("--once", action="store_true", default=once_default,
                         help=f"one pass, then exit (env {ENV_CLEANUP_ONCE}=1)")
+    vacuum = os.environ.get(ENV_CLEANUP_VACUUM, "")
+    try:
+        vacuum_default = _boolean(vacuum) if vacuum else False
+    except ValueError:
+        parser.error(f"${ENV_CLEANUP_VACUUM}: invalid value {vacuum!r}")
+    parser.add_argument("--vacuum", action="store_true", default=vacuum_default,
+                        help="SQLite: after each pass, give the freed space back to the file "
+                             "system (the first time rewrites the file once; see "
+                             f"docs/operations.md) (env {ENV_CLEANUP_VACUUM}=1)")
     _env_flag(parser, "--retention", ENV_RETENTION, type=_positive_float, metavar="SECONDS",
               help="seconds packets are kept, at least --max-disconnection-duration; default "
                    f"that plus {cleanup.RETENTION_MARGIN:g}")
     _env_flag(parser, "--max-disconnection-duration", ENV_MAX_DISCONNECTION_DURATION,
-              default=cleanup.DEFAULT_MAX_DISCONNECTION_DURATION, type=_positive_float,
-              metavar="SECONDS", help="the servers' max_disconnection_duration")
+              type=_positive_float, metavar="SECONDS",
+              help="override the servers' max_disconnection_duration; by default the "
+                   "largest one the live servers recorded in the store (SQL, Redis), else "
+                   f"{cleanup.DEFAULT_MAX_DISCONNECTION_DURATION:g}")
     _env_flag(parser, "--batch-size", ENV_BATCH_SIZE, default=cleanup.DEFAULT_BATCH_SIZE,
               type=_positive_int, metavar="N", help="rows deleted per transaction")
     _env_flag(parser, "--metrics-port", ENV_METRICS_PORT, type=_port, metavar="N",
@@ -340,7 +353,8 @@ def _run_cleanup(args: argparse.Namespace) -> int:
                 await cleanup.run(args.store, interval=args.interval, once=args.once,
                                   retention=args.retention,
                                   max_disconnection_duration=args.max_disconnection_duration,
-                                  batch_size=args.batch_size, stop_event=stop)
+                                  batch_size=args.batch_size, stop_event=stop,
+                                  vacuum=args.vacuum)
             except BaseException:
                 await _settle_driver_threads()
                 raise

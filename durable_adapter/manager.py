@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engineio import packet as eio_packet
 
@@ -26,11 +26,18 @@ from ._lease import Lease
 from ._offsets import format_offset
 from ._packets import as_args, as_rooms, encode_event, encode_with_offset, set_offset
 from ._recent import RecentHistory
-from ._recovery import DEFAULT_HISTORY_CACHE_BYTES, DEFAULT_LEASE_EXPIRY
+from ._recovery import (
+    DEFAULT_HISTORY_CACHE_BYTES,
+    DEFAULT_LEASE_EXPIRY,
+    DEFAULT_MAX_DISCONNECTION_DURATION,
+)
 from ._rooms import RoomsManager
 from .exceptions import StoreError
 from .stores.base import NewPacket, Session, Store, StoredPacket
 from .stores.membership import membership_of
+
+if TYPE_CHECKING:
+    from ._server_cleanup import ServerCleanup
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +59,9 @@ class DurableManager(RoomsManager):
                  let_go: LetGo,
                  on_lease_regained: Callable[[], Awaitable[None]],
                  lease_expiry: float = DEFAULT_LEASE_EXPIRY,
-                 write_through: bool = True) -> None:
+                 write_through: bool = True,
+                 max_disconnection_duration: float = DEFAULT_MAX_DISCONNECTION_DURATION,
+                 purge_window: float | None = None) -> None:
         """
         :param build_session: the session of a live socket as the store keeps it while
             it lives, None when it has none to store (the server reads its data).
@@ -60,6 +69,10 @@ class DurableManager(RoomsManager):
             for another node whose client reconnected there.
         :param on_lease_regained: checks which sessions are still this node's after its
             lease lapsed (run in a task of its own while renewals go on).
+        :param max_disconnection_duration: the window this node serves; recorded
+            beside its lease, where the cleanup reads it (SQL, Redis).
+        :param purge_window: the ``max_disconnection_duration`` this node purges the
+            store for while it runs (:mod:`._server_cleanup`); None: it does not.
         """
         super().__init__(store, let_go=let_go, recovery_namespaces=recovery_namespaces,
                          build_session=build_session, write_through=write_through)
@@ -80,7 +93,15 @@ class DurableManager(RoomsManager):
         #: frames per seq and a window of delivered packets, for replays (``_recent``)
         self.recent = RecentHistory(DEFAULT_HISTORY_CACHE_BYTES)
         #: this node's liveness, as other nodes see it in the store
-        self.lease = Lease(store, self.host_id, lease_expiry, on_regained=on_lease_regained)
+        self.window = max_disconnection_duration
+        self._on_lease_regained = on_lease_regained
+        self.lease = Lease(store, self.host_id, lease_expiry, on_regained=self._lease_regained)
+        #: the purge this node runs, if any (started with the node)
+        self.cleanup: ServerCleanup | None = None
+        if purge_window is not None:
+            from ._server_cleanup import ServerCleanup
+
+            self.cleanup = ServerCleanup(store, max_disconnection_duration=purge_window)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -97,6 +118,7 @@ class DurableManager(RoomsManager):
             try:
                 # held before any session names this node as its owner
                 await self.lease.start()
+                await self._record_window()
                 self.delivered = (await self.store.bounds()).top
                 # the follower need not read what this node delivered from memory
                 await self.store.follow(self._deliver, after=self.delivered,
@@ -107,7 +129,26 @@ class DurableManager(RoomsManager):
                 await self.store.close()
                 raise
             self._started = True
+            if self.cleanup is not None:
+                self.cleanup.start()
             metrics.watch(self)
+
+    async def _record_window(self) -> None:
+        """Note this node's window beside its lease (a store that can: SQL, Redis): the
+        cleanup keeps packets for the largest among live nodes."""
+        record = getattr(self.store, "record_window", None)
+        if record is None:
+            return
+        try:
+            await record(self.host_id, self.window)
+        except Exception as exc:  # only the cleanup's retention depends on it
+            logger.warning("could not record this node's recovery window: %s", exc,
+                           extra={"action": "window_not_recorded"})
+
+    async def _lease_regained(self) -> None:
+        # a lease row purged during the lapse came back without the window
+        await self._record_window()
+        await self._on_lease_regained()
 
     async def stop_sending(self) -> None:
         """From now on no stored packet reaches a socket of this node (shutdown).
@@ -132,6 +173,8 @@ class DurableManager(RoomsManager):
         await self.sessions.close()
         if self._started:
             self._started = False
+            if self.cleanup is not None:
+                await self.cleanup.stop()
             await metrics.unwatch(self)
             await self.lease.stop(drop=drop_lease)
             try:

@@ -102,7 +102,11 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                 on_lease_regained=self._check_ownership,
                 # a memory store dies with the process: its live sessions could serve
                 # no other node, and this one finds its own live sockets without them
-                write_through=self.recovery.write_through and self.store.shared)
+                write_through=self.recovery.write_through and self.store.shared,
+                max_disconnection_duration=self.recovery.max_disconnection_duration,
+                # nothing outside this process can purge its memory
+                purge_window=self.recovery.max_disconnection_duration
+                if self.recovery.cleanup_in_server or not self.store.shared else None)
             manager.recent.max_bytes = self.recovery.history_cache_bytes
             kwargs["client_manager"] = manager
         super().__init__(*args, **kwargs)
@@ -524,8 +528,10 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                 and self._recovers(namespace) and state.recoverable:
             if self._is_recoverable(eio_sid, reason):
                 await self._save_dropped(state)
-            elif self.durable_manager.sessions.live:
-                # left on purpose: what was written through is not recoverable
+            else:
+                # left on purpose: not recoverable. Deleted on every store, written
+                # through or not: a recovered socket's row is owned by this live node
+                # and would otherwise never expire
                 await self._delete_written(namespace, state.sid)
         await super()._handle_disconnect(eio_sid, namespace, reason)
 

@@ -1,9 +1,13 @@
-"""A store held in this process's memory: one node, nothing survives a restart."""
+"""A store held in this process's memory: one node, nothing survives a restart.
+
+Nothing outside the process can reach it, so its server purges it itself
+(:mod:`durable_adapter._server_cleanup`); :meth:`MemoryStore.purge` yields to the event
+loop between batches, so a large backlog never stalls the server.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import dataclasses
 import secrets
 import time
@@ -40,6 +44,8 @@ class MemoryStore(Store):
         self._epoch = secrets.token_hex(4)
         self._packets: deque[StoredPacket] = deque()
         self._sessions: dict[tuple[str, str], Session] = {}
+        #: (namespace, sid) -> the pid hashes of its sessions, for deletes by sid
+        self._by_sid: dict[tuple[str, str], set[str]] = {}
         self._leases: dict[str, float] = {}  # node -> expires_at
         self._top = 0
         self._purged_through = 0
@@ -121,7 +127,21 @@ class MemoryStore(Store):
             stored = self._sessions.get(key)
             if node is not None and stored is not None and stored.owner != node:
                 continue  # taken over or released: not this node's row any more
+            if stored is not None:
+                self._forget(key)
             self._sessions[key] = dataclasses.replace(session, data=self.codec.copy(session.data))
+            self._by_sid.setdefault((session.namespace, session.sid), set()).add(
+                session.pid_hash)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        """Remove one stored session and its entry in the sid index."""
+        session = self._sessions.pop(key)
+        by_sid = (session.namespace, session.sid)
+        pids = self._by_sid.get(by_sid)
+        if pids is not None:
+            pids.discard(session.pid_hash)
+            if not pids:
+                del self._by_sid[by_sid]
 
     async def take_sessions(self, requests: Sequence[TakeRequest], *, node: str, now: float,
                             window: float) -> list[TakeResult]:
@@ -153,30 +173,40 @@ class MemoryStore(Store):
         self._leases.pop(node, None)
 
     async def delete_sessions(self, sockets: Sequence[tuple[str, str]]) -> None:
-        gone = set(sockets)
-        for key, session in list(self._sessions.items()):
-            if (session.namespace, session.sid) in gone:
-                del self._sessions[key]
+        for namespace, sid in sockets:
+            for pid_hash in list(self._by_sid.get((namespace, sid), ())):
+                self._forget((namespace, pid_hash))
 
     async def purge(self, *, now: float, retention: float, batch_size: int = 1000) -> PurgeResult:
+        """As every store's; between two batches of ``batch_size`` the event loop runs
+        (the sessions looked at, the packets removed), so a server purging its own
+        memory never stalls its sockets for long."""
         check_purge_args(retention, batch_size)
         cutoff = now - retention
-        expired = [key for key, s in self._sessions.items() if (
-            s.expires_at <= now if s.owner is None
-            else self._leases.get(s.owner, 0.0) <= cutoff)]
-        for key in expired:
-            del self._sessions[key]
+        removed_sessions = 0
+        keys = list(self._sessions)
+        for start in range(0, len(keys), batch_size):
+            for key in keys[start:start + batch_size]:
+                s = self._sessions.get(key)
+                if s is not None and (s.expires_at <= now if s.owner is None
+                                      else self._leases.get(s.owner, 0.0) <= cutoff):
+                    self._forget(key)
+                    removed_sessions += 1
+            await asyncio.sleep(0)
         owners = {s.owner for s in self._sessions.values()}
         for node, expires in list(self._leases.items()):
             if expires <= cutoff and node not in owners:
                 del self._leases[node]
-        created = [p.created_at for p in self._packets]
-        removed = bisect.bisect_left(created, cutoff)
-        for _ in range(removed):
-            self._purged_through = self._packets.popleft().seq
-        return PurgeResult(
-            sessions=len(expired), packets=removed, purged_through=self._purged_through
-        )
+        removed_packets = 0
+        while self._packets and self._packets[0].created_at < cutoff:
+            for _ in range(batch_size):
+                if not self._packets or self._packets[0].created_at >= cutoff:
+                    break
+                self._purged_through = self._packets.popleft().seq
+                removed_packets += 1
+            await asyncio.sleep(0)
+        return PurgeResult(sessions=removed_sessions, packets=removed_packets,
+                           purged_through=self._purged_through)
 
     async def follow(self, listener: PacketListener, *, after: int,
                      skip_delivered: Callable[[], int] | None = None,

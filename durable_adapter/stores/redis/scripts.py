@@ -68,6 +68,11 @@ class Keys:
         self._sids = f"{base}:i:"
         #: + node: a set of the session keys that node owns (for the purge once it is dead)
         self.owned_prefix = f"{base}:o:"
+        #: the one-active-cleanup lock: a token with a TTL (:mod:`.cleanup_lock`)
+        self.cleanup_lock = f"{base}:cleanup-lock"
+        #: hash: node -> the max_disconnection_duration it runs with (its lease says
+        #: whether it is alive): what a cleanup worker keeps packets for
+        self.retention = f"{base}:retention"
 
     @property
     def history(self) -> list[str]:

@@ -77,6 +77,7 @@ from ..errors import driver_errors
 from ..membership import MembershipLog
 from ..rules import check_new_packet, check_purge_args
 from . import scripts
+from .cleanup_lock import RedisLock
 from .follow import Entry, RedisFollower, entry_seq, split_id
 from .scripts import parse_url
 
@@ -380,6 +381,29 @@ class RedisStore(Store):
         with self._errors(f"renewing the lease at {self._where()} failed"):
             await self.redis.zadd(self.keys.leases, {node: now + expiry})
 
+    async def record_window(self, node: str, seconds: float) -> None:
+        """Note the ``max_disconnection_duration`` ``node`` serves (an optional ability:
+        :func:`durable_adapter.cleanup.window_in_use` reads it)."""
+        with self._errors(f"recording the window at {self._where()} failed"):
+            await self.redis.hset(self.keys.retention, node, repr(float(seconds)))
+
+    async def largest_window(self, now: float) -> float | None:
+        """The largest ``max_disconnection_duration`` among the nodes alive at ``now``;
+        the entries of nodes that have no lease any more are forgotten."""
+        with self._errors(f"reading the windows at {self._where()} failed"):
+            windows: dict[bytes, bytes] = await self.redis.hgetall(  # type: ignore[assignment]
+                self.keys.retention)
+            if not windows:
+                return None
+            names = list(windows)
+            leases = await self.redis.zmscore(self.keys.leases, names)  # type: ignore[arg-type]
+            gone = [name for name, expires in zip(names, leases, strict=True) if expires is None]
+            if gone:
+                await self.redis.hdel(self.keys.retention, *gone)
+        alive = [float(windows[name]) for name, expires in zip(names, leases, strict=True)
+                 if expires is not None and expires > now]
+        return max(alive, default=None)
+
     async def drop_lease(self, node: str) -> None:
         with self._errors(f"dropping the lease at {self._where()} failed"):
             await self.redis.zrem(self.keys.leases, node)
@@ -432,6 +456,11 @@ class RedisStore(Store):
         bounds = await self.bounds()
         return PurgeResult(sessions=sessions, packets=packets,
                            purged_through=bounds.purged_through)
+
+    def cleanup_lock(self) -> RedisLock:
+        """The lock keeping one purge active per store (an optional ability,
+        :func:`~durable_adapter._cleanup_lock.lock_of`): a key with a TTL."""
+        return RedisLock(lambda: self.redis, self.keys.cleanup_lock)
 
     # -- cross-node -------------------------------------------------------------
 

@@ -128,6 +128,19 @@ async def renew_lease(connection: AsyncConnection, node: str, expires_at: float)
         index_elements=[nodes.c.id], set_={"expires_at": statement.excluded.expires_at}))
 
 
+async def record_window(connection: AsyncConnection, node: str, seconds: float) -> None:
+    """Note the recovery window ``node`` serves on its lease row (taken already)."""
+    await connection.execute(update(nodes).where(nodes.c.id == node)
+                             .values(max_disconnection_duration=seconds))
+
+
+async def largest_window(connection: AsyncConnection, now: float) -> float | None:
+    """The largest recovery window among the nodes alive at ``now``; None: none known."""
+    query = select(func.max(nodes.c.max_disconnection_duration)).where(nodes.c.expires_at > now)
+    value = (await connection.execute(query)).scalar()
+    return None if value is None else float(value)
+
+
 async def drop_lease(connection: AsyncConnection, node: str) -> None:
     await connection.execute(delete(nodes).where(nodes.c.id == node))
 

@@ -85,6 +85,9 @@ class PostgresStore(SQLStore):
     :attr:`listening` is set while the LISTEN connection is up.
     """
 
+    #: row locks: a purge batch blocks no append but for its last statement's instant
+    purge_pause = 0.0
+
     def __init__(
         self,
         url: str | AsyncEngine,

@@ -104,6 +104,9 @@ nodes = Table(
     metadata,
     Column("id", Text, primary_key=True),
     Column("expires_at", Double, nullable=False),
+    # the recovery window (seconds) the node serves, for the cleanup's retention; NULL
+    # for nodes of releases before revision 0006
+    Column("max_disconnection_duration", Double, nullable=True),
 )
 
 # Cross-node instructions (ControlMessage), live only: each node reads ``id > cursor``

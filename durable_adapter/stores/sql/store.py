@@ -21,8 +21,8 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import delete, select, tuple_
 from sqlalchemy.engine import URL
@@ -49,7 +49,7 @@ from ..errors import driver_errors
 from ..rules import check_new_packet, check_purge_args
 from . import append as appends
 from . import control as controls
-from . import dialect, leases
+from . import dialect, leases, space
 from .follow import SQLFollower
 from .migrate import schema_state, upgrade_engine
 from .retention import purge_packets, purge_sessions
@@ -63,6 +63,9 @@ from .schema import (
     sessions,
 )
 
+if TYPE_CHECKING:
+    from ..._cleanup_lock import WorkerLock
+
 logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -71,6 +74,12 @@ POLL_INTERVAL = 0.05  # seconds between change checks when nothing woke the foll
 BATCH_MAX = 500  # packets per append transaction
 DELETE_CHUNK = 400  # sockets per DELETE statement (SQLite binds at most 32766 values)
 CLOSE_WAIT = 1.5  # seconds a closing store waits for its queries before abandoning them
+#: seconds a purge leaves SQLite's write lock free between two batches. Another process
+#: waiting for the lock sleeps in SQLite's busy handler and tries again 25 ms apart
+#: (from 33 ms into its wait; 50 ms apart from 128 ms): a pause longer than that is
+#: always seen by its next try, so an emit waits about one batch, not the whole pass.
+SQLITE_PURGE_PAUSE = 0.03
+VACUUM_STEP = 2048  # pages released per transaction by vacuum() (8 MiB of 4 KiB pages)
 
 
 def _shielded(
@@ -132,6 +141,8 @@ class SQLStore(controls.SQLControl, Store):
     """
 
     shared = True  # every node, Emitter and cleanup worker on the same database
+    #: seconds between two purge batches, in which other writers get the lock
+    purge_pause: float = SQLITE_PURGE_PAUSE
 
     #: what :meth:`_errors` turns into :class:`StoreError` (the append path calls the
     #: driver itself, so its errors come unwrapped by SQLAlchemy)
@@ -433,6 +444,19 @@ class SQLStore(controls.SQLControl, Store):
             await leases.renew_lease(connection, node, now + expiry)
 
     @_shielded
+    async def record_window(self, node: str, seconds: float) -> None:
+        """Note the ``max_disconnection_duration`` ``node`` serves, beside its lease (an
+        optional ability: :func:`durable_adapter.cleanup.window_in_use` reads it)."""
+        async with self._write() as connection:
+            await leases.record_window(connection, node, seconds)
+
+    @_shielded
+    async def largest_window(self, now: float) -> float | None:
+        """The largest ``max_disconnection_duration`` among the nodes alive at ``now``."""
+        async with self._read() as connection:
+            return await leases.largest_window(connection, now)
+
+    @_shielded
     async def drop_lease(self, node: str) -> None:
         async with self._write() as connection:
             await leases.drop_lease(connection, node)
@@ -452,23 +476,60 @@ class SQLStore(controls.SQLControl, Store):
 
     async def purge(self, *, now: float, retention: float, batch_size: int = 1000) -> PurgeResult:
         check_purge_args(retention, batch_size)
-        removed_sessions = 0
-        while (count := await self._purge_sessions(now, batch_size)) > 0:
-            removed_sessions += count
-        while (count := await self._purge_dead_owned(now - retention, batch_size)) > 0:
-            removed_sessions += count
-        await self._purge_leases(now - retention)
-        removed_packets = 0
-        while (count := await self._purge_packets(now - retention, batch_size)) > 0:
-            removed_packets += count
-        while await self._prune_control(now, batch_size) > 0:  # live only: not counted
-            pass
+        cutoff = now - retention
+        removed_sessions = await self._in_batches(lambda: self._purge_sessions(now, batch_size))
+        removed_sessions += await self._in_batches(
+            lambda: self._purge_dead_owned(cutoff, batch_size))
+        await self._purge_leases(cutoff)
+        removed_packets = await self._in_batches(lambda: self._purge_packets(cutoff, batch_size))
+        # live only: not counted
+        await self._in_batches(lambda: self._prune_control(now, batch_size))
         bounds = await self.bounds()
         return PurgeResult(
             sessions=removed_sessions,
             packets=removed_packets,
             purged_through=bounds.purged_through,
         )
+
+    def cleanup_lock(self) -> WorkerLock:
+        """The lock keeping one purge active per database (an optional ability of a
+        store, :func:`~durable_adapter._cleanup_lock.lock_of`): an advisory lock per
+        schema (PostgreSQL), a ``flock`` beside the file (SQLite)."""
+        from ..._cleanup_lock import lock_for
+
+        return lock_for(self.url, self.schema)
+
+    @_shielded
+    async def vacuum(self) -> tuple[int, int]:
+        """Give the space of deleted rows back to the file system: SQLite only (the
+        file's size in bytes before and after). PostgreSQL's autovacuum makes that
+        space reusable in place; see docs/operations.md for returning it.
+
+        The first call on a file switches it to ``auto_vacuum = INCREMENTAL`` with one
+        ``VACUUM``, which rewrites the file while holding the write lock (emits of other
+        processes wait, up to the busy timeout): run it in a quiet moment. Later calls
+        release free pages in steps of :data:`VACUUM_STEP` with pauses between them.
+        """
+        if not dialect.is_sqlite(self.url):
+            raise ConfigurationError("vacuum returns space on SQLite only; on PostgreSQL "
+                                     "autovacuum reuses it (see docs/operations.md)")
+        with self._errors(f"vacuuming the store at {self._where()} failed"):
+            async with self.engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                db: Any = raw.driver_connection  # autocommit: no BEGIN around VACUUM
+                before = await space.file_bytes(db)
+                await space.vacuum(db, VACUUM_STEP, self.purge_pause)
+                return before, await space.file_bytes(db)
+
+    async def _in_batches(self, batch: Callable[[], Awaitable[int]]) -> int:
+        """Run ``batch`` until it removes nothing; the rows removed in total. Between
+        two batches the write lock stays free for :attr:`purge_pause` seconds."""
+        total = 0
+        while (count := await batch()) > 0:
+            total += count
+            if self.purge_pause:
+                await asyncio.sleep(self.purge_pause)
+        return total
 
     @_shielded
     async def _purge_sessions(self, now: float, batch_size: int) -> int:

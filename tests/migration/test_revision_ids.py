@@ -43,10 +43,10 @@ def _columns(path: Path, table: str) -> set[str]:
         return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
 
-def _upgrade_to(url: str, revision: str) -> None:
+def _upgrade_to(url: str, revision: str, schema: str | None = None) -> None:
     from alembic import command
 
-    config = alembic_config()
+    config = alembic_config(schema=schema)
     config.set_main_option("sqlalchemy.url", url)
     command.upgrade(config, revision)
 
@@ -83,9 +83,13 @@ async def test_migrate_moves_an_old_release_database_to_the_new_ids(
     await assert_round_trips(url)
 
 
-async def test_a_check_only_open_accepts_old_ids_without_writing(tmp_path: Path) -> None:
+async def test_a_check_only_open_of_old_ids_asks_for_migrate_without_writing(
+        tmp_path: Path) -> None:
+    # the last legacy id is behind head since durable_adapter_0006: migrate, said in one line
     path, url = await _old_release_database(tmp_path, "0005")
-    await assert_round_trips(url)  # auto_migrate=False: the check alone
+    with pytest.raises(ConfigurationError, match=r"older than this release.*durable-adapter "
+                                                 r"migrate"):
+        await SQLStore(url, auto_migrate=False).open()
     assert _versions(path) == ["0005"]  # an old server could still open it
 
 
@@ -105,7 +109,8 @@ async def test_an_old_id_behind_head_still_needs_migrate(tmp_path: Path) -> None
 
 
 async def test_postgres_migrate_moves_old_ids_in_a_schema() -> None:
-    async with postgres_schema() as schema:
+    async with postgres_schema(migrated=False) as schema:
+        await asyncio.to_thread(_upgrade_to, POSTGRES_URL, LEGACY_IDS["0005"], schema)
         engine = create_async_engine(POSTGRES_URL)
         try:
             async with engine.begin() as connection:

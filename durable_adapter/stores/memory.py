@@ -26,6 +26,7 @@ from .base import (
     TakeResult,
 )
 from .rules import TAKE, check_purge_args, decide_takes
+from .targets import TargetRange, targets_of
 
 
 class MemoryStore(Store):
@@ -40,6 +41,8 @@ class MemoryStore(Store):
     def __init__(self, url: str = "memory://") -> None:
         self._epoch = secrets.token_hex(4)
         self._packets: deque[StoredPacket] = deque()
+        #: (namespace, target) -> the seqs of its retained packets, ascending
+        self._targets: dict[tuple[str, str], list[int]] = {}
         self._sessions: dict[tuple[str, str], Session] = {}
         self._leases: dict[str, float] = {}  # node -> expires_at
         self._top = 0
@@ -67,6 +70,8 @@ class MemoryStore(Store):
             created_at=time.time(),
         )
         self._packets.append(stored)
+        for target in targets_of(stored.rooms):
+            self._targets.setdefault((stored.namespace, target), []).append(stored.seq)
         await self._deliver_pending()
         return stored.seq
 
@@ -109,6 +114,17 @@ class MemoryStore(Store):
                 out.append(stored)
             index += 1
         return out
+
+    async def read_targets(self, ranges: Sequence[TargetRange]) -> list[list[StoredPacket]]:
+        first = self._packets[0].seq if self._packets else self._top + 1
+        answers: list[list[StoredPacket]] = []
+        for wanted in ranges:
+            seqs = self._targets.get((wanted.namespace, wanted.target), [])
+            lo = bisect.bisect_right(seqs, max(wanted.after, first - 1))
+            hi = bisect.bisect_right(seqs, wanted.until, lo=lo)
+            answers.append([self._packets[seq - first]
+                            for seq in seqs[lo:min(hi, lo + wanted.limit)]])
+        return answers
 
     async def bounds(self) -> HistoryBounds:
         return HistoryBounds(epoch=self.epoch, top=self._top, purged_through=self._purged_through)
@@ -175,6 +191,10 @@ class MemoryStore(Store):
         removed = bisect.bisect_left(created, cutoff)
         for _ in range(removed):
             self._purged_through = self._packets.popleft().seq
+        for key, seqs in list(self._targets.items()):  # index entries go with their packets
+            del seqs[:bisect.bisect_right(seqs, self._purged_through)]
+            if not seqs:
+                del self._targets[key]
         return PurgeResult(
             sessions=len(expired), packets=removed, purged_through=self._purged_through
         )

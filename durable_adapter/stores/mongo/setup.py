@@ -17,6 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
 
 from ...exceptions import ConfigurationError
+from . import schema
 from .schema import HISTORY_ID
 
 NAMESPACE_EXISTS = 48  # server error code of a create that lost a race
@@ -31,10 +32,12 @@ async def create_schema(
     packets_size: int,
     control_size: int,
 ) -> None:
-    """Capped ``packets`` and ``control`` (their _id index comes with them), and the
-    sessions' indexes: TTL on ``expires_at`` (a date), ``(ns, sid)``, and ``owner``."""
+    """Capped ``packets`` and ``control`` (their _id index comes with them), the
+    packets' target index, and the sessions' indexes: TTL on ``expires_at`` (a date),
+    ``(ns, sid)``, and ``owner``."""
     await create_capped(db, packets, packets_size)
     await create_capped(db, control, control_size)
+    await packets.create_index(schema.TARGETS_INDEX, name="targets")
     await sessions.create_index(
         [("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl"
     )

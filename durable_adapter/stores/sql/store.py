@@ -48,9 +48,10 @@ from ..batch_writer import BatchWriter
 from ..delivery import decode_each, decode_or_refuse
 from ..errors import driver_errors
 from ..rules import check_new_packet, check_purge_args
+from ..targets import TargetRange, targets_of
 from . import append as appends
 from . import control as controls
-from . import dialect, leases
+from . import dialect, leases, target_reads
 from .follow import SQLFollower
 from .migrate import is_current, upgrade_engine
 from .retention import purge_packets, purge_sessions
@@ -72,6 +73,12 @@ POLL_INTERVAL = 0.05  # seconds between change checks when nothing woke the foll
 BATCH_MAX = 500  # packets per append transaction
 DELETE_CHUNK = 400  # sockets per DELETE statement (SQLite binds at most 32766 values)
 CLOSE_WAIT = 1.5  # seconds a closing store waits for its queries before abandoning them
+#: target ranges per statement (SQLite binds at most 32766 values, 4 per range)
+TARGET_RANGES_MAX = 2000
+
+
+def _seq_of(packet: StoredPacket) -> int:
+    return packet.seq
 
 
 def _shielded(
@@ -309,7 +316,9 @@ class SQLStore(controls.SQLControl, Store):
         if self._writer is None:
             raise StoreError("the store is not open")
         # encoded here, so a payload that cannot be stored fails its own caller only
-        return await self._writer.submit(packet_values(packet))
+        values = packet_values(packet)
+        values[appends.TARGETS] = targets_of(packet.rooms)
+        return await self._writer.submit(values)
 
     async def _insert_batch(self, rows: list[dict[str, Any]]) -> list[int]:
         batch = appends.split(rows)
@@ -365,6 +374,23 @@ class SQLStore(controls.SQLControl, Store):
             rows = (await connection.execute(query)).all()
         # a replay refuses rather than leave a silent hole
         return [decode_or_refuse(packet_from_row, row, row.seq) for row in rows]
+
+    @_shielded
+    async def read_targets(self, ranges: Sequence[TargetRange]) -> list[list[StoredPacket]]:
+        answers: list[list[StoredPacket]] = [[] for _ in ranges]
+        for start in range(0, len(ranges), TARGET_RANGES_MAX):
+            chunk = ranges[start:start + TARGET_RANGES_MAX]
+            async with self._read() as connection:
+                rows = (await connection.execute(*self._target_query(chunk))).all()
+            for row in rows:
+                # a replay refuses rather than leave a silent hole
+                answers[start + row.i - 1].append(decode_or_refuse(packet_from_row, row, row.seq))
+        for answer in answers:
+            answer.sort(key=_seq_of)
+        return answers
+
+    def _target_query(self, ranges: Sequence[TargetRange]) -> tuple[Any, dict[str, Any]]:
+        return target_reads.sqlite_query(self.engine.dialect, ranges)
 
     @_shielded
     async def _follow_page(self, *, after: int, limit: int

@@ -49,7 +49,6 @@ class _Request:
     cap: int
     cursors: list[_Cursor]
     future: asyncio.Future[list[StoredPacket]]
-    merged_to: int
     packets: list[StoredPacket] = field(default_factory=list)
 
     def frontier(self) -> int:
@@ -89,7 +88,7 @@ class OwedReader:
         future: asyncio.Future[list[StoredPacket]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Request(
             namespace, until, owed, cap,
-            [_Cursor(target, after) for target in dict.fromkeys(targets)], future, after))
+            [_Cursor(target, after) for target in dict.fromkeys(targets)], future))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain(), name="reading owed packets")
         return await future
@@ -98,9 +97,9 @@ class OwedReader:
         active: list[_Request] = []
         try:
             while self._queue or active:
-                room = self._batch_max - len(active)
-                active += self._queue[:room]
-                del self._queue[:room]
+                free = self._batch_max - len(active)
+                active += self._queue[:free]
+                del self._queue[:free]
                 active = [r for r in active if not r.future.done()]  # callers gone
                 if active:
                     await self._round(active)
@@ -163,7 +162,6 @@ class OwedReader:
             del buffer[:taken]
         owed = request.owed
         request.packets.extend(p for seq, p in sorted(ready.items()) if owed(p))
-        request.merged_to = frontier
         if len(request.packets) > request.cap:
             request.future.set_exception(TooMany())
         elif frontier >= request.until:

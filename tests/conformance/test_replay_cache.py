@@ -295,6 +295,26 @@ def test_the_window_evicts_by_bytes_from_its_bottom_only() -> None:
     assert recent.read(lo, hi + 1, "/a") is None
 
 
+def test_the_window_finds_its_packets_by_target_as_it_evicts() -> None:
+    recent = RecentHistory(max_bytes=40 * ENTRY_OVERHEAD)
+    kept: dict[int, StoredPacket] = {}
+    rooms = [(), ("a",), ("b",), ("a", "b"), ("sid1",)]
+    targets = [NAMESPACE, room_target("a"), room_target("sid1")]
+    for seq in range(1, 400):
+        if seq in (150, 151):
+            continue  # a skipped seq starts the window over
+        packet = StoredPacket(namespace="/" if seq % 5 else "/x", data=["e", "y" * (seq % 90)],
+                              rooms=rooms[seq % len(rooms)], seq=seq, created_at=0.0)
+        kept[seq] = packet
+        recent.add(packet)
+        lo, hi = recent.window
+        got = recent.read_targets(lo, hi, "/", targets)
+        assert got is not None
+        assert got == [kept[s] for s in range(lo + 1, hi + 1) if kept[s].namespace == "/"
+                       and (not kept[s].rooms or {"a", "sid1"} & set(kept[s].rooms))]
+        assert recent.read_targets(lo - 1, hi, "/", targets) is None
+
+
 def test_a_skipped_seq_starts_a_new_window() -> None:
     recent = RecentHistory(DEFAULT_HISTORY_CACHE_BYTES)
     for seq in (1, 2, 3):

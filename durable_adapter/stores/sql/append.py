@@ -41,16 +41,18 @@ _NAMESPACE, _PAYLOAD, _ROOMS, _EXCEPT = (itemgetter(key) for key in
                                          ("namespace", "payload", "rooms", "except_rooms"))
 
 
-def _target_rows(rows: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
-    """For each target of each packet row: the packet's number in the batch (1-based)
-    and the target."""
+def _target_rows(rows: list[dict[str, Any]]) -> tuple[list[int], list[str], list[str]]:
+    """For each target of each packet row: the packet's number in the batch (1-based),
+    its namespace and the target."""
     numbers: list[int] = []
+    namespaces: list[str] = []
     targets: list[str] = []
     for number, row in enumerate(rows, 1):
         for target in row[TARGETS]:
             numbers.append(number)
+            namespaces.append(row["namespace"])
             targets.append(target)
-    return numbers, targets
+    return numbers, namespaces, targets
 
 
 @dataclass(slots=True)
@@ -74,8 +76,9 @@ class Batch:
     methods: list[str] = field(default_factory=list)
     bodies: list[str] = field(default_factory=list)
     numbers: list[int] | None = None
-    #: one entry per target index row: its packet's number in the batch, its target
+    #: one entry per target index row: its packet's number in the batch, namespace, target
     target_numbers: list[int] = field(default_factory=list)
+    target_namespaces: list[str] = field(default_factory=list)
     target_keys: list[str] = field(default_factory=list)
 
     def seqs(self, top: int) -> list[int]:
@@ -89,10 +92,11 @@ class Batch:
 def split(rows: list[dict[str, Any]]) -> Batch:
     """``rows`` (packet values and control rows, as queued) as a :class:`Batch`."""
     if not any(CONTROL_ROW in row for row in rows):  # the common case: packets only
+        indexed = _target_rows(rows)
         return Batch(len(rows), list(map(_NAMESPACE, rows)), list(map(_PAYLOAD, rows)),
                      list(map(_ROOMS, rows)), list(map(_EXCEPT, rows)),
-                     target_numbers=(targets := _target_rows(rows))[0],
-                     target_keys=targets[1])
+                     target_numbers=indexed[0], target_namespaces=indexed[1],
+                     target_keys=indexed[2])
     packet_rows: list[dict[str, Any]] = []
     numbers: list[int] = []
     batch = Batch(0, [], [], [], [], numbers=numbers)
@@ -112,7 +116,8 @@ def split(rows: list[dict[str, Any]]) -> Batch:
     batch.payloads = list(map(_PAYLOAD, packet_rows))
     batch.rooms = list(map(_ROOMS, packet_rows))
     batch.except_rooms = list(map(_EXCEPT, packet_rows))
-    batch.target_numbers, batch.target_keys = _target_rows(packet_rows)
+    batch.target_numbers, batch.target_namespaces, batch.target_keys = \
+        _target_rows(packet_rows)
     return batch
 
 
@@ -168,10 +173,9 @@ def sqlite_write(db: sqlite3.Connection, sql: SQLiteStatements, batch: Batch,
             db.executemany(sql.packets, zip(
                 counting(base + 1), batch.namespaces, batch.payloads, batch.rooms,
                 batch.except_rooms, repeat(now), strict=False))
-            namespaces = batch.namespaces
             db.executemany(sql.targets, zip(
-                (namespaces[number - 1] for number in batch.target_numbers),
-                batch.target_keys, map(base.__add__, batch.target_numbers), strict=False))
+                batch.target_namespaces, batch.target_keys,
+                map(base.__add__, batch.target_numbers), strict=False))
         if batch.after:
             db.executemany(sql.control, zip(
                 map(base.__add__, batch.after), batch.origins, batch.targets,
@@ -210,8 +214,8 @@ WITH c AS (
         WITH ORDINALITY AS r(namespace, payload, rooms, except_rooms, k)
 ), t AS (
     INSERT INTO {name(packet_targets)} (namespace, target, seq)
-    SELECT ($2::text[])[r.k], r.target, c.top - $1 + r.k
-    FROM c, unnest($14::bigint[], $15::text[]) AS r(k, target)
+    SELECT r.namespace, r.target, c.top - $1 + r.k
+    FROM c, unnest($14::bigint[], $15::text[], $16::text[]) AS r(k, namespace, target)
 ), m AS (
     INSERT INTO {name(control)} (after_seq, origin, target, method, body, created_at)
     SELECT c.top - $1 + r.after, r.origin, r.target, r.method, r.body, $6
@@ -226,7 +230,7 @@ def postgres_args(batch: Batch, now: float, channel: str, bell: str) -> tuple[An
     """``bell``: the NOTIFY payload (the store's token, which its own listener ignores)."""
     return (batch.count, batch.namespaces, batch.payloads, batch.rooms, batch.except_rooms,
             now, batch.after, batch.origins, batch.targets, batch.methods, batch.bodies,
-            channel, bell, batch.target_numbers, batch.target_keys)
+            channel, bell, batch.target_numbers, batch.target_namespaces, batch.target_keys)
 
 
 # -- the writer's connection ----------------------------------------------------------

@@ -29,6 +29,10 @@ from .rules import TAKE, check_purge_args, decide_takes
 from .targets import TargetRange, targets_of
 
 
+def _seq(packet: StoredPacket) -> int:
+    return packet.seq
+
+
 class MemoryStore(Store):
     """Packets in a deque, sessions in a dict. For tests and single-process servers.
 
@@ -41,8 +45,8 @@ class MemoryStore(Store):
     def __init__(self, url: str = "memory://") -> None:
         self._epoch = secrets.token_hex(4)
         self._packets: deque[StoredPacket] = deque()
-        #: (namespace, target) -> the seqs of its retained packets, ascending
-        self._targets: dict[tuple[str, str], list[int]] = {}
+        #: (namespace, target) -> its retained packets, in seq order
+        self._targets: dict[tuple[str, str], list[StoredPacket]] = {}
         self._sessions: dict[tuple[str, str], Session] = {}
         self._leases: dict[str, float] = {}  # node -> expires_at
         self._top = 0
@@ -71,7 +75,7 @@ class MemoryStore(Store):
         )
         self._packets.append(stored)
         for target in targets_of(stored.rooms):
-            self._targets.setdefault((stored.namespace, target), []).append(stored.seq)
+            self._targets.setdefault((stored.namespace, target), []).append(stored)
         await self._deliver_pending()
         return stored.seq
 
@@ -116,14 +120,12 @@ class MemoryStore(Store):
         return out
 
     async def read_targets(self, ranges: Sequence[TargetRange]) -> list[list[StoredPacket]]:
-        first = self._packets[0].seq if self._packets else self._top + 1
         answers: list[list[StoredPacket]] = []
         for wanted in ranges:
-            seqs = self._targets.get((wanted.namespace, wanted.target), [])
-            lo = bisect.bisect_right(seqs, max(wanted.after, first - 1))
-            hi = bisect.bisect_right(seqs, wanted.until, lo=lo)
-            answers.append([self._packets[seq - first]
-                            for seq in seqs[lo:min(hi, lo + wanted.limit)]])
+            found = self._targets.get((wanted.namespace, wanted.target), [])
+            lo = bisect.bisect_right(found, wanted.after, key=_seq)
+            hi = bisect.bisect_right(found, wanted.until, lo=lo, key=_seq)
+            answers.append(found[lo:min(hi, lo + wanted.limit)])
         return answers
 
     async def bounds(self) -> HistoryBounds:
@@ -191,9 +193,9 @@ class MemoryStore(Store):
         removed = bisect.bisect_left(created, cutoff)
         for _ in range(removed):
             self._purged_through = self._packets.popleft().seq
-        for key, seqs in list(self._targets.items()):  # index entries go with their packets
-            del seqs[:bisect.bisect_right(seqs, self._purged_through)]
-            if not seqs:
+        for key, found in list(self._targets.items()):  # index entries go with their packets
+            del found[:bisect.bisect_right(found, self._purged_through, key=_seq)]
+            if not found:
                 del self._targets[key]
         return PurgeResult(
             sessions=len(expired), packets=removed, purged_through=self._purged_through

@@ -93,6 +93,7 @@ async def one_backlog(node: Node, args: argparse.Namespace, backlog: int
         await emit(node, backlog, "nobody")
         filled = time.monotonic() - t0
         await emit(node, args.owed, "rec")
+        await asyncio.sleep(args.settle)
         answers = await on_all(procs, reply_within=LIMIT, cmd="reconnect", url=node.url,
                                total=args.owed)
         recovered = sum(a["recovered"] for a in answers)
@@ -204,6 +205,9 @@ async def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--owed", type=int, default=10, help="events each client missed")
     parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds between the last emit and the reconnects (lets the "
+                             "database finish the backlog's background work first)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="measurements per cell (median p95 shown)")
     args = parser.parse_args()

@@ -6,10 +6,11 @@ a room it was in at the time. Each of those is one ``(namespace, target)`` of th
 in pages and merges them in seq order, so the work follows what the socket may be owed,
 not what the rest of the application emitted meanwhile.
 
-A reconnect storm brings many restores at once. They share store calls: every round of
-pages for every restore under way is one :meth:`Store.read_targets` call (one query, one
-script), identical pages (one room, many sockets) are read once, and a restore that
-arrives while a round runs joins the next one. Each page is read after its restore was
+A reconnect storm brings many restores at once. They share store calls: a round of
+pages for up to ``batch_max`` restores is one :meth:`Store.read_targets` call (one
+query, one script), identical pages (one room, many sockets) are read once, and a restore that
+arrives while the rounds under way run joins the next one (or starts one of its own,
+up to :data:`ROUNDS_IN_FLIGHT`). Each page is read after its restore was
 queued, so a caller never gets an answer read before it asked.
 """
 
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from .exceptions import StoreError
 from .stores.base import StoredPacket
 from .stores.targets import TargetRange
+
+ROUNDS_IN_FLIGHT = 4  # store calls of one reader under way at once
 
 ReadTargets = Callable[[Sequence[TargetRange]], Awaitable[list[list[StoredPacket]]]]
 
@@ -64,16 +67,20 @@ class OwedReader:
     :param page: packets read per target per round.
     :param batch_max: requests served by one round at most; the others wait for the
         next round.
+    :param in_flight: rounds under way at once at most (each serving its own requests),
+        so a store's latency is not paid once per round in turn.
     """
 
-    def __init__(self, read: ReadTargets, *, page: int, batch_max: int) -> None:
-        if page < 1 or batch_max < 1:
-            raise ValueError("page and batch_max must be >= 1")
+    def __init__(self, read: ReadTargets, *, page: int, batch_max: int,
+                 in_flight: int = ROUNDS_IN_FLIGHT) -> None:
+        if page < 1 or batch_max < 1 or in_flight < 1:
+            raise ValueError("page, batch_max and in_flight must be >= 1")
         self._read = read
         self._page = page
         self._batch_max = batch_max
+        self._in_flight = in_flight
         self._queue: list[_Request] = []
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         #: store calls made so far (for tests)
         self.calls = 0
 
@@ -89,8 +96,10 @@ class OwedReader:
         self._queue.append(_Request(
             namespace, until, owed, cap,
             [_Cursor(target, after) for target in dict.fromkeys(targets)], future))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain(), name="reading owed packets")
+        if len(self._tasks) < self._in_flight:
+            task = asyncio.create_task(self._drain(), name="reading owed packets")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await future
 
     async def _drain(self) -> None:
@@ -105,10 +114,13 @@ class OwedReader:
                     await self._round(active)
                     active = [r for r in active if not r.future.done()]
         finally:  # cancelled (the loop is closing): nobody is left waiting forever
-            for request in [*active, *self._queue]:
+            current = asyncio.current_task()
+            last = all(task is current for task in self._tasks)
+            for request in [*active, *(self._queue if last else ())]:
                 if not request.future.done():
                     request.future.set_exception(StoreError("reading owed packets stopped"))
-            self._queue.clear()
+            if last:
+                self._queue.clear()
 
     async def _round(self, active: list[_Request]) -> None:
         """One page for each cursor holding its request back, in one store call."""

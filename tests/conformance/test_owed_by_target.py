@@ -72,7 +72,9 @@ def _keeping_all(spec: StoreSpec) -> StoreSpec:
 async def test_a_socket_in_a_room_recovers_exactly_its_packets_among_100000_others(
         store_url: StoreSpec) -> None:
     # the replay is read from the store's target index, not from this node's memory
-    async with running(_keeping_all(store_url), history_cache_bytes=0) as node:
+    # a loaded machine takes a while to store 10^5 packets: the session must outlive it
+    async with running(_keeping_all(store_url), history_cache_bytes=0,
+                       max_disconnection_duration=600) as node:
         _rooms_handlers(node)
         peer = Peer()
         await peer.connect(node.url)

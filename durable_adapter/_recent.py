@@ -5,10 +5,10 @@ Two things share one byte budget:
 
 * **frames**: a stored packet's Socket.IO encoding (its offset last) is the same for
   every recipient, so it is kept per seq and reused by live delivery and every replay;
-* **the window**: the packets this node delivered, seq-contiguous across namespaces.
-  A replay whose whole range lies inside it is read from here; any other range (older,
-  or from before this process started) goes to the store, where concurrent restores
-  asking for the same page share one query.
+* **the window**: the packets this node delivered, seq-contiguous across namespaces,
+  indexed by target (:mod:`.stores.targets`) as the store is. A replay whose whole range
+  lies inside it reads its targets' packets from here; any other range (older, or from
+  before this process started) goes to the store's target index (``_owed``).
 
 The window never has a hole: it only grows at its top, by the next seq, and only
 shrinks at its bottom. A packet that does not follow its top (the follower skipped an
@@ -20,15 +20,16 @@ bounds around every replay, as before.
 
 from __future__ import annotations
 
-import asyncio
+import bisect
 import itertools
 from collections import OrderedDict
-from collections.abc import Awaitable
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 from engineio import packet as eio_packet
 
 from .stores.base import StoredPacket
+from .stores.targets import targets_of
 
 #: bytes counted per kept packet and per kept frame list besides the payload itself
 #: (the objects, their dict slots); a rough figure, so that many tiny packets count too
@@ -37,9 +38,26 @@ _SCALAR = 16  # bytes counted for a number, bool or None inside a payload
 _MAX_STEPS = 1_000_000
 
 
-class StoreRead(Protocol):
-    def __call__(self, *, after: int, limit: int, until: int | None = None,
-                 namespace: str | None = None) -> Awaitable[list[StoredPacket]]: ...
+class _Seqs:
+    """The ascending seqs of one target in the window; dropped from the front only."""
+
+    __slots__ = ("head", "seqs")
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.head = 0  # seqs before it were evicted
+
+    def drop_through(self, seq: int) -> None:
+        seqs = self.seqs
+        while self.head < len(seqs) and seqs[self.head] <= seq:
+            self.head += 1
+        if self.head > 64 and self.head * 2 > len(seqs):  # compact now and then
+            del seqs[:self.head]
+            self.head = 0
+
+    def between(self, after: int, until: int) -> list[int]:
+        lo = bisect.bisect_right(self.seqs, after, lo=self.head)
+        return self.seqs[lo:bisect.bisect_right(self.seqs, until, lo=lo)]
 
 
 class _Frames(NamedTuple):
@@ -91,8 +109,8 @@ class RecentHistory:
         self._window: dict[int, _Kept] = {}  # seqs lo+1 .. hi, every one of them
         self._lo = self._hi = 0
         self._bytes = 0
-        self._reads: dict[tuple[Any, ...], asyncio.Future[list[StoredPacket]]] = {}
-        self._generation = 0  # one more at every clear()
+        #: (namespace, target) -> the seqs of the window's packets sent to it
+        self._targets: dict[tuple[str, str], _Seqs] = {}
 
     # -- what is kept ------------------------------------------------------------------
 
@@ -108,13 +126,12 @@ class RecentHistory:
 
     def clear(self) -> None:
         """Forget everything: the history was replaced (seqs start again, another
-        epoch in every offset). Store reads under way are not shared any more."""
+        epoch in every offset)."""
         self._frames.clear()
         self._window.clear()
+        self._targets.clear()
         self._lo = self._hi = 0
         self._bytes = 0
-        self._reads = {}
-        self._generation += 1
 
     def add(self, packet: StoredPacket, frames: list[eio_packet.Packet] | None = None
             ) -> None:
@@ -133,6 +150,12 @@ class RecentHistory:
             else sum(len(frame.data) for frame in frames)
         size = ENTRY_OVERHEAD + data_size
         self._window[seq] = _Kept(packet, size, next(self._ticks))
+        for target in targets_of(packet.rooms):
+            key = (packet.namespace, target)
+            seqs = self._targets.get(key)
+            if seqs is None:
+                seqs = self._targets[key] = _Seqs()
+            seqs.seqs.append(seq)
         self._hi = seq
         self._bytes += size
         if frames is not None:
@@ -149,6 +172,23 @@ class RecentHistory:
         window = self._window
         return [kept.packet for seq in range(after + 1, until + 1)
                 if (kept := window[seq]).packet.namespace == namespace]
+
+    def read_targets(self, after: int, until: int, namespace: str, targets: Iterable[str]
+                     ) -> list[StoredPacket] | None:
+        """The packets of ``namespace`` sent to any of ``targets`` with
+        ``after < seq <= until``, in seq order, each once; None when the window does not
+        hold that whole range (read the store then)."""
+        if until <= after:
+            return []
+        if after < self._lo or until > self._hi:
+            return None
+        found: set[int] = set()
+        for target in targets:
+            seqs = self._targets.get((namespace, target))
+            if seqs is not None:
+                found.update(seqs.between(after, until))
+        window = self._window
+        return [window[seq].packet for seq in sorted(found)]
 
     def frames(self, seq: int) -> list[eio_packet.Packet] | None:
         """The frames kept for ``seq`` (``[]``: it cannot be encoded), None if none are.
@@ -171,92 +211,12 @@ class RecentHistory:
         self._bytes += size
         self._evict()
 
-    # -- a replay ------------------------------------------------------------------------
-
-    async def replay(self, read: StoreRead, after: int, until: int, namespace: str, *,
-                     page: int) -> list[StoredPacket]:
-        """The packets of ``namespace`` with ``after < seq <= until``, in seq order: from
-        the window when it holds the range, else read from the store in pages of
-        ``page`` packets (shared with concurrent replays of the same page).
-
-        A range the window could be extended with (an empty window, as after a restart,
-        or one that starts inside it) is read for every namespace and joins the window:
-        the next restores from there on read nothing.
-        """
-        packets = self.read(after, until, namespace)
-        if packets is not None:
-            return packets
-        lo, hi = self._lo, self._hi
-        if not self.max_bytes or (lo != hi and not after < lo <= until):
-            return await self._read_pages(read, after, until, namespace, page)
-        generation = self._generation
-        every = await self._read_pages(read, after, until, None, page)
-        if generation == self._generation:  # not a replaced history meanwhile
-            self._extend_down(every, after, until)
-        return [packet for packet in every if packet.namespace == namespace]
-
-    async def _read_pages(self, read: StoreRead, after: int, until: int,
-                          namespace: str | None, page: int) -> list[StoredPacket]:
-        packets: list[StoredPacket] = []
-        while after < until:
-            got = await self.shared_read(read, after=after, until=until, limit=page,
-                                         namespace=namespace)
-            if not got:
-                break
-            packets.extend(got)
-            after = got[-1].seq
-        return packets
-
-    def _extend_down(self, every: list[StoredPacket], after: int, until: int) -> None:
-        """Put ``every`` packet of ``(after, until]`` (as read) below the window, when
-        that leaves no hole: it holds every seq of the range, and the window is empty
-        or starts inside the range."""
-        if len(every) != until - after or any(
-                packet.seq != after + i for i, packet in enumerate(every, 1)):
-            return  # a hole (purged meanwhile, or a packet the store cannot decode)
-        if self._window and not after < self._lo <= until:
-            return  # evicted past it meanwhile, or already extended
-        if not self._window:
-            self._lo = self._hi = until
-        for packet in reversed(every[:self._lo - after]):
-            size = ENTRY_OVERHEAD + payload_size(packet.data)
-            self._window[packet.seq] = _Kept(packet, size, next(self._ticks))
-            self._bytes += size
-        self._lo = after
-        self._evict()
-
-    # -- reading the store -----------------------------------------------------------------
-
-    async def shared_read(self, read: StoreRead, *, after: int, until: int, limit: int,
-                          namespace: str | None) -> list[StoredPacket]:
-        """``read(...)``, sharing one query among concurrent callers with the same page.
-
-        Safe to share: a caller's ``until`` is at most what this node had delivered, so
-        every seq up to it was committed before the first caller's query started.
-        """
-        key = (after, until, limit, namespace)
-        reads = self._reads
-        future = reads.get(key)
-        if future is None:
-            future = asyncio.ensure_future(
-                read(after=after, until=until, limit=limit, namespace=namespace))
-            reads[key] = future
-
-            def done(task: asyncio.Future[list[StoredPacket]]) -> None:
-                if reads.get(key) is task:
-                    del reads[key]
-                if not task.cancelled():
-                    task.exception()  # seen: its waiters each get it, or none is left
-
-            future.add_done_callback(done)
-        # one caller giving up (its client went away) must not cancel the others' read
-        return await asyncio.shield(future)
-
     # -- the budget -----------------------------------------------------------------------
 
     def _drop_window(self) -> None:
         self._bytes -= sum(kept.size for kept in self._window.values())
         self._window.clear()
+        self._targets.clear()
         self._lo = self._hi
 
     def _evict(self) -> None:
@@ -276,4 +236,12 @@ class RecentHistory:
             del window[self._lo + 1]
             self._lo += 1
             self._bytes -= bottom.size
+            packet = bottom.packet
+            for target in targets_of(packet.rooms):
+                key = (packet.namespace, target)
+                seqs = self._targets.get(key)
+                if seqs is not None:
+                    seqs.drop_through(self._lo)
+                    if seqs.head == len(seqs.seqs):
+                        del self._targets[key]
 

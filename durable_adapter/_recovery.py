@@ -12,7 +12,7 @@ from .exceptions import ConfigurationError
 from .stores.base import LIVE_EXPIRY, HistoryBounds, Session
 
 DEFAULT_MAX_DISCONNECTION_DURATION = 120.0  # seconds, as the JS server
-DEFAULT_MAX_REPLAY_PACKETS = 100_000  # packets scanned for one restore; over it: refused
+DEFAULT_MAX_REPLAY_PACKETS = 100_000  # packets owed to one restore; over it: refused
 DEFAULT_LEASE_EXPIRY = 10.0  # seconds a node that stopped renewing its lease counts as alive
 DEFAULT_HANDOVER_TIMEOUT = 3.0  # seconds a reconnect waits for the live owner to let go
 DEFAULT_HISTORY_CACHE_BYTES = 32 * 2**20  # memory for the recent history (``_recent``)
@@ -39,7 +39,8 @@ class RecoveryOptions:
     :param skip_middlewares: when True a recovered socket does not run the connect
         handler (JS semantics); when False (our default) the handler runs on recovery
         too and may reject it, and ``is_recovered`` tells it apart.
-    :param max_replay_packets: a restore that would scan more packets is refused.
+    :param max_replay_packets: a restore owed more packets is refused (packets sent
+        elsewhere meanwhile do not count).
     :param namespaces: namespaces that recover; None means all but ``/admin``.
     :param lease_expiry: seconds after its last lease renewal (every third of it) that a
         node counts as dead, and its sockets' sessions are taken over by the node their
@@ -202,10 +203,9 @@ def next_resume_seq(session: Session, offset: object, start: int) -> int:
     return start
 
 
-def check_window(start: int, upto: int, bounds: HistoryBounds, cap: int
-                 ) -> RecoveryFailure | None:
+def check_window(start: int, bounds: HistoryBounds) -> RecoveryFailure | None:
+    """Whether every packet after ``start`` is still retained. The cap counts what the
+    socket is owed, found while reading (``_owed``), not the width of the window."""
     if start < bounds.purged_through:
         return RecoveryFailure.NOT_RETAINED
-    if upto - start > cap:
-        return RecoveryFailure.REPLAY_TOO_LARGE
     return None

@@ -25,6 +25,7 @@ from . import metrics
 from ._attempt import Attempt, Restore, Takeover
 from ._batch import Batcher
 from ._offsets import hash_pid, is_valid_pid
+from ._owed import OwedReader, TooMany
 from ._recovery import (
     REPLAY_PAGE,
     RecoveryFailure,
@@ -47,6 +48,7 @@ from .stores.base import (
     TakeResult,
 )
 from .stores.membership import membership_of
+from .stores.targets import NAMESPACE, room_target
 
 if TYPE_CHECKING:
     from .manager import DurableManager
@@ -55,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 SID_RELEASE_WAIT = 5.0  # seconds a restore waits for the old socket of its sid to go
 TAKE_BATCH_MAX = 500  # sessions taken in one store transaction during a reconnect storm
+OWED_BATCH_MAX = 100  # restores whose replays are read by one store call (a round of pages)
 #: seconds the asking node waits for a live owner beyond the owner's own waits (a
 #: restore under way there, its session writes), so it never gives up first
 HANDOVER_MARGIN = 1.0
@@ -89,6 +92,9 @@ class Restorer:
             self._take_batch, batch_max=TAKE_BATCH_MAX, name="taking sessions")
         self._bounds_reads: Batcher[None, HistoryBounds] = Batcher(
             self._read_bounds, batch_max=1_000_000, name="reading the bounds")
+        # replays are read through the store's target index, rounds shared by restores
+        self.owed = OwedReader(lambda ranges: self.store.read_targets(ranges),
+                               page=REPLAY_PAGE, batch_max=OWED_BATCH_MAX)
 
     @property
     def pending(self) -> int:
@@ -276,16 +282,17 @@ class Restorer:
         # this node may lag behind the one the client left: what the client already
         # has (up to ``start``) must not come again from the hold
         hold.upto = max(hold.upto, start)
-        cap = self.options.max_replay_packets
         try:
-            failure = check_window(start, hold.upto, await self.bounds(), cap)
+            failure = check_window(start, await self.bounds())
             if failure is None:
                 restore.replay = await self._read_replay(namespace, restore.session, start,
                                                          hold.upto)
                 # a purge that ran while we read could have left holes: look again. The
                 # bounds come from a query that started after the read ended, so a purge
                 # that committed during the read is seen
-                failure = check_window(start, hold.upto, await self.bounds(), cap)
+                failure = check_window(start, await self.bounds())
+        except TooMany:
+            failure = RecoveryFailure.REPLAY_TOO_LARGE
         except Exception:
             logger.exception("reading the replay failed")
             failure = RecoveryFailure.STORE_UNAVAILABLE
@@ -306,13 +313,27 @@ class Restorer:
 
     async def _read_replay(self, namespace: str, session: Session, start: int, upto: int
                            ) -> list[StoredPacket]:
-        """The packets of ``(start, upto]`` that ``session`` is owed, in seq order: from
-        this node's recent history when it holds them, else from the store, each page
-        read once for all the restores asking for it at once (``_recent``)."""
+        """The packets of ``(start, upto]`` that ``session`` is owed, in seq order, found
+        by target (the namespace, its sid, the rooms it was in meanwhile): from this
+        node's recent history when it holds the range, else from the store's index.
+        More than ``max_replay_packets`` owed raises :class:`TooMany`."""
         membership = membership_of(session)
-        packets = await self.manager.recent.replay(
-            self.store.read, start, upto, namespace, page=REPLAY_PAGE)
-        return [p for p in packets if membership.was_for(p, session.sid)]
+        sid = session.sid
+        targets = [NAMESPACE, room_target(sid),
+                   *(room_target(room) for room in membership.rooms_during(start, upto))]
+        cap = self.options.max_replay_packets
+
+        def owed(packet: StoredPacket) -> bool:
+            return membership.was_for(packet, sid)
+
+        kept = self.manager.recent.read_targets(start, upto, namespace, targets)
+        if kept is None:
+            return await self.owed.read(namespace, targets, after=start, until=upto,
+                                        owed=owed, cap=cap)
+        replay = [packet for packet in kept if owed(packet)]
+        if len(replay) > cap:
+            raise TooMany
+        return replay
 
     @staticmethod
     def _refuse(failure: RecoveryFailure) -> Attempt:

@@ -30,7 +30,8 @@ from ._packets import as_args, as_rooms, check_sendable, packet_class_for
 from .exceptions import ConfigurationError, StoreError
 from .stores.base import NewPacket
 from .stores.rules import check_new_packet
-from .stores.sql.schema import SINGLETON_ID, counter, packet_values, packets
+from .stores.sql.schema import SINGLETON_ID, counter, packet_targets, packet_values, packets
+from .stores.targets import targets_of
 
 _NO_TRANSACTIONS = {
     "redis": "Redis has no rollback: a MULTI block runs every command even when one fails, "
@@ -141,6 +142,12 @@ def _sqlite_row(seq: int, values: dict[str, Any]) -> dict[str, Any]:
     return {**values, "seq": seq, "created_at": time.time()}
 
 
+def _sqlite_target_rows(seq: int, packet: NewPacket) -> list[dict[str, Any]]:
+    """The packet's target index rows (PostgreSQL's emit function writes its own)."""
+    return [{"namespace": packet.namespace, "target": target, "seq": seq}
+            for target in targets_of(packet.rooms)]
+
+
 async def _emit_async(conn: AsyncConnection | AsyncSession, packet: NewPacket,
                       values: dict[str, Any], schema: str | None) -> int:
     if _check(conn, schema) == "postgresql":
@@ -149,6 +156,7 @@ async def _emit_async(conn: AsyncConnection | AsyncSession, packet: NewPacket,
         return int(result.scalar_one())
     seq = _new_seq((await conn.execute(_sqlite_counter_update())).scalar_one_or_none())
     await conn.execute(packets.insert(), [_sqlite_row(seq, values)])
+    await conn.execute(packet_targets.insert(), _sqlite_target_rows(seq, packet))
     return seq
 
 
@@ -159,6 +167,7 @@ def _emit_sync(conn: Connection | Session, packet: NewPacket, values: dict[str, 
         return int(result.scalar_one())
     seq = _new_seq(conn.execute(_sqlite_counter_update()).scalar_one_or_none())
     conn.execute(packets.insert(), [_sqlite_row(seq, values)])
+    conn.execute(packet_targets.insert(), _sqlite_target_rows(seq, packet))
     return seq
 
 

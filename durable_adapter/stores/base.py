@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Protocol
 from .._codec import DEFAULT_CODEC, Codec
 from ..exceptions import StoreError
 from .membership import MembershipLog
+from .targets import TargetRange
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,6 +203,10 @@ class Store(abc.ABC):
     - :meth:`read`: the packets ``after < seq <= until`` (of one namespace if given) in
       seq order, at most ``limit``; one that cannot be decoded raises rather than leave a
       hole.
+    - :meth:`read_targets`: for each :class:`~.targets.TargetRange`, the packets of one
+      ``(namespace, target)`` in a seq range, through the store's target index; many
+      ranges in one round trip. The index entries are written with their packet, in the
+      same transaction, and purged with it.
     - :meth:`bounds`: the epoch, the top and the purge watermark.
     - :meth:`follow`: one follower per store, configured in the one call: each packet
       after ``after`` handed to the listener once, in seq order, this node's own too.
@@ -281,6 +286,15 @@ class Store(abc.ABC):
         self, *, after: int, limit: int, until: int | None = None, namespace: str | None = None
     ) -> list[StoredPacket]:
         """Packets with ``after < seq <= until`` (of ``namespace`` if given), in seq order."""
+
+    @abc.abstractmethod
+    async def read_targets(self, ranges: Sequence[TargetRange]) -> list[list[StoredPacket]]:
+        """For each range, the packets of its namespace sent to its target (see
+        :mod:`.targets`) with ``after < seq <= until``, in seq order, at most ``limit``;
+        the answers in the order of ``ranges``, read in one round trip (one query, one
+        script) where the store allows. A packet that cannot be decoded raises rather
+        than leave a hole. Used by restores: what a socket may be owed, found by index.
+        """
 
     @abc.abstractmethod
     async def bounds(self) -> HistoryBounds:

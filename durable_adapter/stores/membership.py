@@ -107,6 +107,12 @@ class MembershipLog:
         return any(joined < seq and (left is None or seq <= left)
                    for joined, left in self.rooms.get(room, ()))
 
+    def rooms_during(self, after: int, until: int) -> list[str]:
+        """The rooms the socket was in at some seq of ``(after, until]``."""
+        return [room for room, stays in self.rooms.items()
+                if any(joined < until and (left is None or left > after)
+                       for joined, left in stays)]
+
     def was_for(self, packet: Addressed, sid: str) -> bool:
         """True when socket ``sid`` was a recipient of ``packet`` at its seq."""
         def member(room: str) -> bool:

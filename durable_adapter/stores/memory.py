@@ -8,6 +8,7 @@ loop between batches, so a large backlog never stalls the server.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
 import secrets
 import time
@@ -29,6 +30,11 @@ from .base import (
     TakeResult,
 )
 from .rules import TAKE, check_purge_args, decide_takes
+from .targets import TargetRange, targets_of
+
+
+def _seq(packet: StoredPacket) -> int:
+    return packet.seq
 
 
 class MemoryStore(Store):
@@ -43,6 +49,8 @@ class MemoryStore(Store):
     def __init__(self, url: str = "memory://") -> None:
         self._epoch = secrets.token_hex(4)
         self._packets: deque[StoredPacket] = deque()
+        #: (namespace, target) -> its retained packets, in seq order
+        self._targets: dict[tuple[str, str], list[StoredPacket]] = {}
         self._sessions: dict[tuple[str, str], Session] = {}
         #: (namespace, sid) -> the pid hashes of its sessions, for deletes by sid
         self._by_sid: dict[tuple[str, str], set[str]] = {}
@@ -72,6 +80,8 @@ class MemoryStore(Store):
             created_at=time.time(),
         )
         self._packets.append(stored)
+        for target in targets_of(stored.rooms):
+            self._targets.setdefault((stored.namespace, target), []).append(stored)
         await self._deliver_pending()
         return stored.seq
 
@@ -114,6 +124,15 @@ class MemoryStore(Store):
                 out.append(stored)
             index += 1
         return out
+
+    async def read_targets(self, ranges: Sequence[TargetRange]) -> list[list[StoredPacket]]:
+        answers: list[list[StoredPacket]] = []
+        for wanted in ranges:
+            found = self._targets.get((wanted.namespace, wanted.target), [])
+            lo = bisect.bisect_right(found, wanted.after, key=_seq)
+            hi = bisect.bisect_right(found, wanted.until, lo=lo, key=_seq)
+            answers.append(found[lo:min(hi, lo + wanted.limit)])
+        return answers
 
     async def bounds(self) -> HistoryBounds:
         return HistoryBounds(epoch=self.epoch, top=self._top, purged_through=self._purged_through)
@@ -205,6 +224,10 @@ class MemoryStore(Store):
                 self._purged_through = self._packets.popleft().seq
                 removed_packets += 1
             await asyncio.sleep(0)
+        for key, found in list(self._targets.items()):  # index entries go with their packets
+            del found[:bisect.bisect_right(found, self._purged_through, key=_seq)]
+            if not found:
+                del self._targets[key]
         return PurgeResult(sessions=removed_sessions, packets=removed_packets,
                            purged_through=self._purged_through)
 

@@ -17,10 +17,12 @@ import pytest
 from socketio import packet as sio_packet
 
 from durable_adapter import RecoveryFailure
+from durable_adapter._owed import OwedReader
 from durable_adapter._recent import ENTRY_OVERHEAD, RecentHistory
 from durable_adapter._recovery import DEFAULT_HISTORY_CACHE_BYTES
 from durable_adapter.stores.base import NewPacket, Store, StoredPacket
 from durable_adapter.stores.memory import MemoryStore
+from durable_adapter.stores.targets import NAMESPACE, room_target
 from tests._harness import WAIT, serving, until
 from tests.conformance.conftest import Node, Peer, StoreSpec, away_after_one, running
 from tests.conformance.test_restore_paths import FlakyStore
@@ -33,22 +35,18 @@ from tests.conformance.test_room_history import (
 
 
 class ReadCounter:
-    """Counts ``store.read`` calls on a real store instance (the calls go through).
-
-    A store's follower may read through the same method (the memory store does), so
-    a test counts around a reconnect only, with no emit under way: a restore reads its
-    replay before the CONNECT reply.
-    """
+    """Counts the replay reads (``store.read_targets`` calls) on a real store instance
+    (the calls go through). A restore reads its replay before the CONNECT reply."""
 
     def __init__(self, store: Store) -> None:
         self.calls = 0
-        read = store.read
+        read = store.read_targets
 
-        async def counted(**kwargs: Any) -> list[StoredPacket]:
+        async def counted(ranges: Any) -> list[list[StoredPacket]]:
             self.calls += 1
-            return await read(**kwargs)
+            return await read(ranges)
 
-        store.read = counted  # type: ignore[method-assign]
+        store.read_targets = counted  # type: ignore[method-assign]
 
 
 class Frames:
@@ -297,6 +295,26 @@ def test_the_window_evicts_by_bytes_from_its_bottom_only() -> None:
     assert recent.read(lo, hi + 1, "/a") is None
 
 
+def test_the_window_finds_its_packets_by_target_as_it_evicts() -> None:
+    recent = RecentHistory(max_bytes=40 * ENTRY_OVERHEAD)
+    kept: dict[int, StoredPacket] = {}
+    rooms = [(), ("a",), ("b",), ("a", "b"), ("sid1",)]
+    targets = [NAMESPACE, room_target("a"), room_target("sid1")]
+    for seq in range(1, 400):
+        if seq in (150, 151):
+            continue  # a skipped seq starts the window over
+        packet = StoredPacket(namespace="/" if seq % 5 else "/x", data=["e", "y" * (seq % 90)],
+                              rooms=rooms[seq % len(rooms)], seq=seq, created_at=0.0)
+        kept[seq] = packet
+        recent.add(packet)
+        lo, hi = recent.window
+        got = recent.read_targets(lo, hi, "/", targets)
+        assert got is not None
+        assert got == [kept[s] for s in range(lo + 1, hi + 1) if kept[s].namespace == "/"
+                       and (not kept[s].rooms or {"a", "sid1"} & set(kept[s].rooms))]
+        assert recent.read_targets(lo - 1, hi, "/", targets) is None
+
+
 def test_a_skipped_seq_starts_a_new_window() -> None:
     recent = RecentHistory(DEFAULT_HISTORY_CACHE_BYTES)
     for seq in (1, 2, 3):
@@ -329,32 +347,31 @@ def test_frames_are_kept_once_and_handed_out_fresh() -> None:
     assert off.frames(1) is None and off.read(0, 1, "/") is None
 
 
-async def test_concurrent_reads_of_one_page_share_one_query() -> None:
+async def test_concurrent_replays_of_one_room_share_one_store_call() -> None:
     store = MemoryStore()
     async with store:
-        for i in range(5):
-            await store.append(NewPacket(namespace="/", data=["e", i]))
+        for i in range(6):
+            await store.append(NewPacket(namespace="/", data=["e", i],
+                                         rooms=("room",) if i % 2 else ()))
         gate = asyncio.Event()
-        calls = 0
-        read = store.read
+        calls: list[int] = []
+        read = store.read_targets
 
-        async def slow(**kwargs: Any) -> list[StoredPacket]:
-            nonlocal calls
-            calls += 1
+        async def slow(ranges: Any) -> list[list[StoredPacket]]:
+            calls.append(len(ranges))
             await gate.wait()
-            return await read(**kwargs)
+            return await read(ranges)
 
-        recent = RecentHistory(DEFAULT_HISTORY_CACHE_BYTES)
-        tasks = [asyncio.ensure_future(recent.replay(slow, 0, 5, "/", page=1000))
-                 for _ in range(20)]
-        # the query starts once every replay has asked for the page (tasks run in order)
-        await until(lambda: calls == 1, "the shared query")
+        reader = OwedReader(slow, page=1000, batch_max=100)
+        tasks = [asyncio.ensure_future(reader.read(
+            "/", [NAMESPACE, room_target("room")], after=0, until=6,
+            owed=lambda packet: True, cap=100)) for _ in range(20)]
+        # the call starts once every replay has asked (tasks run in order)
+        await until(lambda: len(calls) == 1, "the shared call")
         gate.set()
         results = await asyncio.gather(*tasks)
-        assert calls == 1
-        assert all([p.seq for p in r] == [1, 2, 3, 4, 5] for r in results)
-        assert recent.window == (0, 5)  # joined the (empty) window
-        assert [p.seq for p in recent.read(2, 5, "/") or []] == [3, 4, 5]
+        assert calls == [2]  # one call, each (namespace, target, range) read once
+        assert all([p.seq for p in r] == [1, 2, 3, 4, 5, 6] for r in results)
 
 
 class _OwnJsonPacket(sio_packet.Packet):  # type: ignore[misc]

@@ -107,15 +107,15 @@ async def test_refused_connects_leave_nothing_behind_and_keep_the_session(
 # -- item 3: refusals after the claim -----------------------------------------------------
 
 class FlakyStore(MemoryStore):
-    """A memory store whose next read fails, as a store that is briefly unreachable."""
+    """A memory store whose next replay read fails, as a store that is briefly unreachable."""
 
     fail_next_read = False
 
-    async def read(self, **kwargs: Any) -> Any:
+    async def read_targets(self, ranges: Any) -> Any:
         if self.fail_next_read:
             self.fail_next_read = False
             raise StoreError("the store is briefly unreachable")
-        return await super().read(**kwargs)
+        return await super().read_targets(ranges)
 
 
 async def test_a_store_failure_while_reading_the_replay_keeps_the_session() -> None:

@@ -401,3 +401,25 @@ async def test_repeatable_read_gets_a_serialization_failure_to_retry(
     assert failures == 1
     await recorder.inbox.wait_for(2)
     assert recorder.payloads == ["meanwhile", "rr"]
+
+
+async def test_transactional_emits_are_found_by_their_targets(
+        backend: Backend, server: Server) -> None:
+    """A restore finds packets through the target index: emit_in (SQLite rows,
+    PostgreSQL's emit function) writes its rows in the caller's transaction."""
+    from durable_adapter.stores.targets import NAMESPACE, TargetRange, room_target
+
+    before = await top(backend)
+    async with app_connection(backend) as conn, conn.begin():
+        await durable_adapter.emit_in(conn, "news", "all", schema=backend.schema)
+        await durable_adapter.emit_in(conn, "news", "r1", to="r1", schema=backend.schema)
+        await durable_adapter.emit_in(conn, "news", "both", to=["r1", "r2", "r1"],
+                                      schema=backend.schema)
+    store = backend.store()
+    async with store:
+        after = (await store.bounds()).top
+        got = await store.read_targets([
+            TargetRange("/", target, before, after, 10)
+            for target in (NAMESPACE, room_target("r1"), room_target("r2"))])
+    assert [[p.data[1] for p in answer] for answer in got] == [
+        ["all"], ["r1", "both"], ["both"]]

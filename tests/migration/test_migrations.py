@@ -211,3 +211,67 @@ async def test_postgres_migrations_match_the_metadata_in_a_schema() -> None:
                 assert [row[0] for row in versions] == list(head_revisions())
         finally:
             await engine.dispose()
+
+
+# packets stored before 0006, as (namespace, rooms JSON): what the backfill indexes
+_BEFORE_TARGETS = [("/", "[]"), ("/", '["a", "b"]'), ("/chat", '["a"]'), ("/", '["a"]')]
+
+
+async def _found_by_target(store: SQLStore) -> list[list[int]]:
+    from durable_adapter.stores.targets import NAMESPACE, TargetRange, room_target
+
+    ranges = [TargetRange("/", NAMESPACE, 0, 10, 10), TargetRange("/", room_target("a"), 0, 10, 10),
+              TargetRange("/", room_target("b"), 0, 10, 10),
+              TargetRange("/chat", room_target("a"), 0, 10, 10)]
+    return [[p.seq for p in answer] for answer in await store.read_targets(ranges)]
+
+
+async def test_packets_stored_before_0007_are_found_by_their_targets(tmp_path: Path) -> None:
+    path = tmp_path / "before_targets.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    assert _alembic("-x", f"url={url}", "upgrade", "durable_adapter_0006").returncode == 0
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("INSERT INTO durable_adapter_meta VALUES (1, 'e')")
+        db.execute("INSERT INTO durable_adapter_counter VALUES (1, 4, 0)")
+        db.executemany(
+            "INSERT INTO durable_adapter_packets VALUES (?, ?, ?, ?, '[]', ?)",
+            [(seq, ns, encode_value(["e", seq]), rooms, time.time())
+             for seq, (ns, rooms) in enumerate(_BEFORE_TARGETS, 1)])
+    await asyncio.wait_for(migrate(url), WAIT)
+    async with SQLStore(url, auto_migrate=False) as store:
+        assert await _found_by_target(store) == [[1], [2, 4], [2], [3]]
+    done = _alembic("-x", f"url={url}", "downgrade", "durable_adapter_0006")
+    assert done.returncode == 0, done.stderr
+
+
+async def test_postgres_backfills_the_target_index_and_its_emit_function_writes_it() -> None:
+    from durable_adapter.stores.sql.postgres import PostgresStore
+
+    async with postgres_schema(migrated=False) as schema:
+        url = POSTGRES_URL
+        done = _alembic("-x", f"url={url}", "-x", f"schema={schema}", "upgrade",
+                        "durable_adapter_0006")
+        assert done.returncode == 0, done.stderr
+        engine = create_async_engine(url)
+        try:
+            async with engine.begin() as connection:
+                await connection.exec_driver_sql(
+                    f'INSERT INTO "{schema}".durable_adapter_meta VALUES (1, \'e\')')
+                await connection.exec_driver_sql(
+                    f'INSERT INTO "{schema}".durable_adapter_counter VALUES (1, 4, 0)')
+                for seq, (ns, rooms) in enumerate(_BEFORE_TARGETS, 1):
+                    await connection.exec_driver_sql(
+                        f'INSERT INTO "{schema}".durable_adapter_packets VALUES '
+                        "($1, $2, $3, $4, '[]', $5)",
+                        (seq, ns, encode_value(["e", seq]), rooms, time.time()))
+            await asyncio.wait_for(migrate(url, schema=schema), WAIT)
+            async with engine.begin() as connection:  # the function of 0007: rows too
+                await connection.exec_driver_sql(
+                    f"SELECT \"{schema}\".durable_adapter_emit('/', 'e', '[]', ARRAY['b'])")
+            async with PostgresStore(url, schema=schema) as store:
+                assert await _found_by_target(store) == [[1], [2, 4], [2, 5], [3]]
+            done = _alembic("-x", f"url={url}", "-x", f"schema={schema}", "downgrade",
+                            "durable_adapter_0006")
+            assert done.returncode == 0, done.stderr
+        finally:
+            await engine.dispose()

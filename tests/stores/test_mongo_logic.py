@@ -559,3 +559,47 @@ async def test_open_warns_once_that_the_store_is_experimental() -> None:
     experimental = [w for w in caught if issubclass(w.category, ExperimentalWarning)]
     assert len(experimental) == 1
     assert "experimental" in str(experimental[0].message)
+
+
+# -- the target index ------------------------------------------------------------------
+
+
+class _Packets:
+    """A packets collection answering the target finds as a server would (a multikey
+    match on ``k``, a range on ``_id``, no tombstones), recording each."""
+
+    def __init__(self, documents: list[dict[str, Any]]) -> None:
+        self.documents = documents
+        self.finds: list[tuple[dict[str, Any], dict[str, Any]]] = []
+
+    def find(self, query: dict[str, Any], **options: Any) -> _Found:
+        self.finds.append((query, options))
+        assert options["sort"] == [("_id", 1)]
+        found = sorted((d for d in self.documents if query["k"] in d.get("k", ())
+                        and query["_id"]["$gt"] < d["_id"] <= query["_id"]["$lte"]
+                        and "tomb" not in d), key=lambda d: d["_id"])
+        return _Found(found[:options["limit"]])
+
+
+async def test_target_reads_find_each_range_through_the_target_index() -> None:
+    from durable_adapter.stores.targets import NAMESPACE, TargetRange, room_target
+
+    sent = [("/", ()), ("/", ("a",)), ("/chat", ("a",)), ("/", ("a", "b")), ("/", ("b",)),
+            ("/", ()), ("/", ("a",))]
+    documents = [roundtrip(schema.packet_document(seq, schema.packet_fields(NewPacket(
+        namespace=ns, data=["e", seq], rooms=rooms)), at=1.0))
+        for seq, (ns, rooms) in enumerate(sent, 1)]
+    documents.append(schema.tombstone_document(8, 1.0))
+    packets = _Packets(documents)
+    store = MongoStore("mongodb://127.0.0.1:1/?replicaSet=rs0")
+    store._collection = lambda name: packets  # type: ignore[assignment,method-assign,return-value]
+    got = await store.read_targets([
+        TargetRange("/", room_target("a"), 0, 8, 100),
+        TargetRange("/", NAMESPACE, 0, 8, 100),
+        TargetRange("/", room_target("b"), 3, 8, 1),
+        TargetRange("/chat", room_target("a"), 0, 8, 100),
+    ])
+    assert [[p.seq for p in answer] for answer in got] == [[2, 4, 7], [1, 6], [4], [3]]
+    assert len(packets.finds) == 4 and all(
+        options["hint"] == "targets" for _, options in packets.finds)
+    assert schema.TARGETS_INDEX == [("k", 1), ("_id", 1)]

@@ -99,8 +99,8 @@ def test_the_store_docstring_lists_every_member_of_the_contract() -> None:
               if f":meth:`{name}`" in (Store.__doc__ or "")
               or f":attr:`{name}`" in (Store.__doc__ or "")}
     assert listed == members
-    # one form per operation: keep it small (19: the operations, plus ``codec``)
-    assert len(members) <= 19
+    # one form per operation: keep it small (20: the operations, plus ``codec``)
+    assert len(members) <= 20
 
 
 # -- capabilities -----------------------------------------------------------------
@@ -472,3 +472,41 @@ async def test_sqlite_follower_survives_a_failed_read(tmp_path: Path) -> None:
             assert collector.seqs == [1]
     finally:
         logger.removeHandler(signal)
+
+
+async def test_packets_are_found_by_target_and_their_entries_go_with_them(
+        store: Store) -> None:
+    from durable_adapter.stores.targets import NAMESPACE, TargetRange, room_target
+
+    sent = [packet("all"), packet("a", rooms=("a",)), packet("chat-a", namespace="/chat",
+            rooms=("a",)), packet("a-b", rooms=("a", "b", "a")), packet("b", rooms=("b",)),
+            packet("all-but-a", except_rooms=("a",)), packet("sid", rooms=("sid1",))]
+    seqs = [await bounded(store.append(p)) for p in sent]
+
+    def ranges(after: int, limit: int = 100) -> list[TargetRange]:
+        top = seqs[-1]
+        return [TargetRange("/", NAMESPACE, after, top, limit),
+                TargetRange("/", room_target("a"), after, top, limit),
+                TargetRange("/", room_target("b"), after, top - 3, limit),
+                TargetRange("/chat", room_target("a"), after, top, limit),
+                TargetRange("/", room_target("sid1"), after, top, limit),
+                TargetRange("/", room_target("nobody"), after, top, limit),
+                TargetRange("/", room_target("a"), after, top, 1)]
+
+    got = await bounded(store.read_targets(ranges(seqs[0] - 1)))
+    assert [[p.data[1] for p in answer] for answer in got] == [
+        ["all", "all-but-a"], ["a", "a-b"], ["a-b"], ["chat-a"], ["sid"], [], ["a"]]
+    assert got[1][1] == (await bounded(store.read(after=seqs[3] - 1, limit=1)))[0]
+    assert await bounded(store.read_targets([])) == []
+
+    # everything older than a moment ago is purged, index entries with their packets
+    await bounded(store.purge(now=time.time() + 1, retention=0))
+    assert all(answer == [] for answer in await bounded(store.read_targets(ranges(0))))
+    if isinstance(store, SQLStore):
+        from durable_adapter.stores.sql.schema import packet_targets
+
+        async with store.engine.connect() as connection:
+            left = (await connection.execute(packet_targets.select())).all()
+        assert left == []
+    if type(store).__name__ == "RedisStore":  # every target zset deleted with its packets
+        assert await store.redis.zcard(store.keys.targets) == 0  # type: ignore[attr-defined]

@@ -33,6 +33,7 @@ from ..._codec import DEFAULT_CODEC, Codec, decode_value, encode_value
 from ...exceptions import ConfigurationError
 from ..base import ControlMessage, NewPacket, Session, StoredPacket
 from ..membership import MembershipLog
+from ..targets import TargetRange, target_key, targets_of
 
 HISTORY_ID = "history"
 DUPLICATE_KEY = 11000  # server error code
@@ -125,7 +126,19 @@ def packet_fields(packet: NewPacket, codec: Codec = DEFAULT_CODEC) -> dict[str, 
         "payload": Binary(codec.encode(list(packet.data))),
         "rooms": list(packet.rooms),
         "except": list(packet.except_rooms),
+        # its target index keys (TARGETS_INDEX); packets stored before it have none
+        "k": [target_key(packet.namespace, target) for target in targets_of(packet.rooms)],
     }
+
+
+#: the target index of the packets collection: each packet under each of its keys
+TARGETS_INDEX = [("k", 1), ("_id", 1)]
+
+
+def target_filter(wanted: TargetRange) -> dict[str, Any]:
+    """The filter of one target range (the index :data:`TARGETS_INDEX`)."""
+    return {"k": target_key(wanted.namespace, wanted.target),
+            "_id": {"$gt": wanted.after, "$lte": wanted.until}, "tomb": {"$exists": False}}
 
 
 def packet_document(seq: int, fields: Mapping[str, Any], at: float) -> dict[str, Any]:

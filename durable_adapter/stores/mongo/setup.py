@@ -17,6 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
 
 from ...exceptions import ConfigurationError
+from . import schema
 from .schema import HISTORY_ID
 
 NAMESPACE_EXISTS = 48  # server error code of a create that lost a race
@@ -27,19 +28,39 @@ async def create_schema(
     packets: AsyncCollection[Any],
     control: AsyncCollection[Any],
     sessions: AsyncCollection[Any],
+    meta: AsyncCollection[Any],
     *,
     packets_size: int,
     control_size: int,
 ) -> None:
-    """Capped ``packets`` and ``control`` (their _id index comes with them), and the
-    sessions' indexes: TTL on ``expires_at`` (a date), ``(ns, sid)``, and ``owner``."""
+    """Capped ``packets`` and ``control`` (their _id index comes with them), the
+    packets' target index, and the sessions' indexes: TTL on ``expires_at`` (a date),
+    ``(ns, sid)``, and ``owner``."""
     await create_capped(db, packets, packets_size)
     await create_capped(db, control, control_size)
+    await index_targets(packets, meta)
     await sessions.create_index(
         [("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl"
     )
     await sessions.create_index([("ns", ASCENDING), ("sid", ASCENDING)], name="ns_sid")
     await sessions.create_index([("owner", ASCENDING)], name="owner")
+
+
+async def index_targets(packets: AsyncCollection[Any], meta: AsyncCollection[Any]) -> None:
+    """The packets' target index. Packets stored before it existed have no target keys,
+    so a restore could not find them: they count as purged (the history's watermark is
+    raised to the newest of them), and a client owed one is refused, never sent a replay
+    with a hole."""
+    existed = "targets" in await packets.index_information()
+    await packets.create_index(schema.TARGETS_INDEX, name="targets")
+    if existed:
+        return
+    newest = await packets.find_one(
+        {}, projection={"_id": True}, sort=[("_id", -1)], hint=[("_id", ASCENDING)]
+    )
+    if newest is not None:  # no history document yet: init_history starts above them
+        await meta.update_one({"_id": HISTORY_ID},
+                              {"$max": {"purged_through": int(newest["_id"])}})
 
 
 async def create_capped(db: AsyncDatabase[Any], collection: AsyncCollection[Any], size: int

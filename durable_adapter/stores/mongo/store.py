@@ -72,6 +72,7 @@ from ..base import (
 )
 from ..errors import driver_errors
 from ..rules import MINE, check_new_packet, check_purge_args, decide_take, take_one_by_one
+from ..targets import TargetRange
 from . import schema, setup
 from .follow import (
     READY_TIMEOUT,
@@ -224,7 +225,7 @@ class MongoStore(Store):
         assert self._db is not None
         with self._errors(f"cannot create the collections at {self._where()}"):
             await setup.create_schema(
-                self._db, self._packets, self._control, self._sessions,
+                self._db, self._packets, self._control, self._sessions, self._meta,
                 packets_size=self.capped_size_bytes, control_size=self.control_size_bytes,
             )
 
@@ -306,6 +307,17 @@ class MongoStore(Store):
                 hint=[("_id", ASCENDING)],
             ).to_list()
         return [schema.packet_from_document(document, self.codec) for document in documents]
+
+    async def read_targets(self, ranges: Sequence[TargetRange]) -> list[list[StoredPacket]]:
+        """One find per range through the target index, run concurrently."""
+        async def one(wanted: TargetRange) -> list[StoredPacket]:
+            documents = await self._packets.find(
+                schema.target_filter(wanted), sort=[("_id", ASCENDING)],
+                limit=wanted.limit, hint="targets").to_list()
+            return [schema.packet_from_document(document) for document in documents]
+
+        with self._errors(f"reading the store at {self._where()} failed"):
+            return list(await asyncio.gather(*map(one, ranges)))
 
     async def bounds(self) -> HistoryBounds:
         with self._errors(f"reading the store at {self._where()} failed"):

@@ -13,8 +13,13 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ...exceptions import ConfigurationError
+from ..targets import target_key
 
-KEY_VERSION = "v1"  # part of every key name: a new layout gets new keys, old nodes keep theirs
+#: part of every key name: a new layout gets new keys, old nodes keep theirs. v2: the
+#: target index; packets stored under v1 were not indexed, so a v2 node starts a history
+#: of its own (a client owed v1 packets is refused as of another history, never given a
+#: replay with a hole)
+KEY_VERSION = "v2"
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 
 
@@ -73,6 +78,11 @@ class Keys:
         #: hash: node -> the max_disconnection_duration it runs with (its lease says
         #: whether it is alive): what a cleanup worker keeps packets for
         self.retention = f"{base}:retention"
+        # the target index (stores/targets.py): a zset per (namespace, target), member
+        # and score the seq of each retained packet sent to it; ``targets`` lists those
+        # zsets, scored by the last seq each got (the purge deletes the idle ones)
+        self.targets = f"{base}:targets"
+        self._target = f"{base}:t:"
 
     @property
     def history(self) -> list[str]:
@@ -88,6 +98,10 @@ class Keys:
     def sid_index(self, namespace: str, sid: str) -> str:
         """A set of the pid hashes stored for ``(namespace, sid)``."""
         return f"{self._sids}{len(namespace)}:{namespace}:{sid}"
+
+    def target(self, namespace: str, target: str) -> str:
+        """The zset of the seqs of the packets of ``namespace`` sent to ``target``."""
+        return self._target + target_key(namespace, target)
 
     def all_pattern(self) -> str:
         """A SCAN pattern matching every key of this store (tests delete with it)."""
@@ -127,22 +141,93 @@ local function history(candidate, use_time)
 end
 """
 
-# ARGV = candidate epoch, use_time, approximate MAXLEN, then (namespace, payload) pairs.
-# One INCRBY for the batch, then one XADD per packet with the explicit id "<seq>-0": the
-# stream order is the counter order. Returns {epoch, first seq}.
+# The first retained packet's seq of the stream (KEYS[4]), or nil when it is empty.
+_HEAD = """
+local function head_seq()
+  local first = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
+  if not first[1] then return nil end
+  local seq, n = string.match(first[1][1], '^(%d+)-(%d+)$')
+  if n == '0' then return tonumber(seq) end
+  return tonumber(seq) + 1
+end
+"""
+
+# KEYS = epoch, top, floor, packets, targets, then the target zsets the batch writes.
+# ARGV = candidate epoch, use_time, approximate MAXLEN, packet count, then per packet:
+# namespace, payload, k, and the k indexes into KEYS of its target zsets. One INCRBY for
+# the batch, then one XADD per packet with the explicit id "<seq>-0" (the stream order is
+# the counter order) and its seq into each of its target zsets, in the same script. The
+# zsets written are trimmed below the stream's first retained packet. Returns
+# {epoch, first seq}.
 APPEND = (
     _HISTORY
+    + _HEAD
     + """
 local epoch = history(ARGV[1], ARGV[2])
-local count = (#ARGV - 3) / 2
+local count = tonumber(ARGV[4])
 local first = redis.call('INCRBY', KEYS[2], count) - count + 1
 local t = redis.call('TIME')
 local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local a = 5
 for i = 0, count - 1 do
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], string.format('%.0f-0', first + i),
-             'n', ARGV[4 + 2 * i], 'p', ARGV[5 + 2 * i], 't', now, 'e', epoch)
+  local seq = string.format('%.0f', first + i)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], seq .. '-0',
+             'n', ARGV[a], 'p', ARGV[a + 1], 't', now, 'e', epoch)
+  local k = tonumber(ARGV[a + 2])
+  for j = 1, k do
+    local key = KEYS[tonumber(ARGV[a + 2 + j])]
+    redis.call('ZADD', key, seq, seq)
+    redis.call('ZADD', KEYS[5], seq, key)
+  end
+  a = a + 3 + k
+end
+local head = head_seq()
+if head then
+  for j = 6, #KEYS do
+    redis.call('ZREMRANGEBYSCORE', KEYS[j], '-inf', '(' .. string.format('%.0f', head))
+  end
 end
 return {epoch, first}
+"""
+)
+
+# KEYS = packets, then target zsets; ARGV = epoch, then per range: index into KEYS of
+# its zset, after, until, limit. Returns {seqs per range, entries}: each range's seqs
+# (at most limit, ascending), and the stream entry of each seq once (a seq whose entry
+# was trimmed meanwhile has none: the caller's check of the bounds refuses that replay).
+READ_TARGETS = """
+local seen, ranges, entries = {}, {}, {}
+for r = 0, (#ARGV - 1) / 4 - 1 do
+  local a = 2 + 4 * r
+  local seqs = redis.call('ZRANGEBYSCORE', KEYS[tonumber(ARGV[a])], '(' .. ARGV[a + 1],
+                          ARGV[a + 2], 'LIMIT', 0, tonumber(ARGV[a + 3]))
+  ranges[r + 1] = seqs
+  for _, seq in ipairs(seqs) do
+    if not seen[seq] then
+      seen[seq] = true
+      local entry = redis.call('XRANGE', KEYS[1], seq .. '-0', seq .. '-0')
+      if entry[1] then entries[#entries + 1] = entry[1] end
+    end
+  end
+end
+return {ranges, entries}
+"""
+
+# KEYS = epoch, top, floor, packets, targets. Deletes the target zsets whose every seq is
+# below the stream's first retained packet (each trims the rest at its next append), at
+# most ARGV[1] of them. Returns how many were deleted.
+PURGE_TARGETS = (
+    _HEAD
+    + """
+local head = head_seq()
+local below = head and '(' .. string.format('%.0f', head) or '+inf'
+local idle = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', below, 'LIMIT', 0,
+                        tonumber(ARGV[1]))
+for _, key in ipairs(idle) do
+  redis.call('DEL', key)
+  redis.call('ZREM', KEYS[5], key)
+end
+return #idle
 """
 )
 

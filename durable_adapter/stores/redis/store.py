@@ -23,6 +23,12 @@ Retention is bounded by an approximate ``MAXLEN`` (memory) and :meth:`RedisStore
 (age). ``bounds().purged_through`` is the first retained seq - 1, so a replay from an
 offset older than the first entry is refused.
 
+The target index (:mod:`..targets`): a zset per ``(namespace, target)`` holding the seqs
+of its retained packets, written by the append script with the stream entry and trimmed
+below the stream's head at each append to it; :meth:`RedisStore.purge` deletes the
+zsets left with purged seqs only. A restore reads its targets' seqs and their entries in
+one script (``READ_TARGETS``).
+
 Control messages (cross-node operations) go into the same stream with the id
 ``<top>-<n>``: right after the packet that was the top when they were sent. A node that
 enters a remote socket into a room and then emits to the room has the two applied in that
@@ -76,6 +82,7 @@ from ..delivery import decode_or_refuse
 from ..errors import driver_errors
 from ..membership import MembershipLog
 from ..rules import check_new_packet, check_purge_args
+from ..targets import TargetRange, targets_of
 from . import scripts
 from .cleanup_lock import RedisLock
 from .follow import Entry, RedisFollower, entry_seq, split_id
@@ -103,7 +110,7 @@ class RedisStore(Store):
                 best without retries: a retried append can store a packet twice),
                 which the store never closes. URL options ``prefix``, ``maxlen`` and
                 ``block_ms`` set the parameters below.
-    :param prefix: start of every key name (``{prefix}:v1:...``); one store per prefix.
+    :param prefix: start of every key name (``{prefix}:v2:...``); one store per prefix.
     :param maxlen: stream entries kept (approximately: packets and control messages);
                    older ones are trimmed and offsets before them are refused.
     :param block_ms: milliseconds one ``XREAD BLOCK`` of the follower waits.
@@ -187,7 +194,8 @@ class RedisStore(Store):
         self._redis = client
         self._scripts = {name: client.register_script(getattr(scripts, name)) for name in (
             "APPEND", "BOUNDS", "CONTROL", "SAVE_SESSIONS", "TAKE_SESSIONS", "OWNERS",
-            "DELETE_SESSIONS", "PURGE_SESSIONS", "PURGE_OWNED")}
+            "DELETE_SESSIONS", "PURGE_SESSIONS", "PURGE_OWNED", "READ_TARGETS",
+            "PURGE_TARGETS")}
         try:
             with self._errors(f"cannot reach the store at {self._where()}"):
                 await client.ping()
@@ -237,13 +245,23 @@ class RedisStore(Store):
             raise StoreError("the store is not open")
         payload = self.codec.encode({"d": list(packet.data), "r": list(packet.rooms),
                                     "x": list(packet.except_rooms)})
-        return await self._writer.submit({"n": packet.namespace, "p": payload})
+        return await self._writer.submit({"n": packet.namespace, "p": payload,
+                                          "k": targets_of(packet.rooms)})
 
     async def _append_batch(self, rows: list[dict[str, Any]]) -> list[int]:
-        args: list[Any] = [secrets.token_hex(8), "1", self.maxlen]
+        keys = [*self.keys.history, self.keys.targets]
+        index: dict[str, int] = {}  # target zset -> its index in KEYS (Lua: 1-based)
+        args: list[Any] = [secrets.token_hex(8), "1", self.maxlen, len(rows)]
         for row in rows:
-            args += [row["n"], row["p"]]
-        epoch, first = await self._run("APPEND", self.keys.history, args, "appending")
+            namespace, targets = row["n"], row["k"]
+            args += [namespace, row["p"], len(targets)]
+            for target in targets:
+                key = self.keys.target(namespace, target)
+                if key not in index:
+                    keys.append(key)
+                    index[key] = len(keys)
+                args.append(index[key])
+        epoch, first = await self._run("APPEND", keys, args, "appending")
         self._adopt(epoch)
         return list(range(first, first + len(rows)))
 
@@ -286,6 +304,30 @@ class RedisStore(Store):
                 break
             start = entry_seq(entries[-1][0]) + 1
         return out
+
+    async def read_targets(self, ranges: Sequence[TargetRange]) -> list[list[StoredPacket]]:
+        if not ranges:
+            return []
+        keys = [self.keys.packets]
+        index: dict[str, int] = {}
+        args: list[Any] = [self.epoch]
+        for wanted in ranges:
+            key = self.keys.target(wanted.namespace, wanted.target)
+            if key not in index:
+                keys.append(key)
+                index[key] = len(keys)
+            args += [index[key], wanted.after, wanted.until, wanted.limit]
+        seqs, entries = await self._run("READ_TARGETS", keys, args, "reading the store")
+        epoch = self.epoch.encode()
+        found: dict[int, StoredPacket] = {}
+        for entry_id, flat in entries:
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            if fields.get(b"e") != epoch:
+                raise StoreError("the Redis history was reset while reading it")
+            seq = entry_seq(entry_id)
+            # a replay refuses rather than leave a silent hole
+            found[seq] = decode_or_refuse(self._decode_packet, (entry_id, fields), seq)
+        return [[found[seq] for seq in map(int, got) if seq in found] for got in seqs]
 
     async def _bounds(self, *, use_time: bool = True) -> HistoryBounds:
         epoch, top, purged = await self._run(
@@ -453,6 +495,10 @@ class RedisStore(Store):
                 seq, n = max(old)
                 packets += await self.redis.xtrim(
                     self.keys.packets, minid=f"{seq}-{n + 1}", approximate=False)
+        # target zsets left with purged packets only go with them
+        while await self._run("PURGE_TARGETS", [*self.keys.history, self.keys.targets],
+                              [batch_size], "purging the target index") >= batch_size:
+            pass
         bounds = await self.bounds()
         return PurgeResult(sessions=sessions, packets=packets,
                            purged_through=bounds.purged_through)

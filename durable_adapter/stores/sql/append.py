@@ -1,7 +1,7 @@
 """The SQL store's append: a writer batch in one round trip, straight through the driver.
 
 The batch is split into columns once (:func:`split`). PostgreSQL gets them as arrays in
-one statement (:func:`postgres_statement`): the counter update, both INSERTs and the
+one statement (:func:`postgres_statement`): the counter update, the INSERTs and the
 NOTIFY, committed as that statement's own transaction. SQLite gets one call on the
 aiosqlite thread (:func:`sqlite_write`): ``BEGIN IMMEDIATE``, the counter update, an
 ``executemany`` per table fed by C iterators, ``COMMIT``. Either way SQLAlchemy compiles
@@ -29,13 +29,30 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ...exceptions import StoreError
 from .control import CONTROL_ROW
-from .schema import SINGLETON_ID, control, counter, packets
+from .schema import SINGLETON_ID, control, counter, packet_targets, packets
+
+#: the key of a queued packet row holding its targets (stores/targets.py)
+TARGETS = "targets"
 
 #: seconds the writer keeps its connection unused before giving it back to the pool
 HOLD_IDLE = 30.0
 
 _NAMESPACE, _PAYLOAD, _ROOMS, _EXCEPT = (itemgetter(key) for key in
                                          ("namespace", "payload", "rooms", "except_rooms"))
+
+
+def _target_rows(rows: list[dict[str, Any]]) -> tuple[list[int], list[str], list[str]]:
+    """For each target of each packet row: the packet's number in the batch (1-based),
+    its namespace and the target."""
+    numbers: list[int] = []
+    namespaces: list[str] = []
+    targets: list[str] = []
+    for number, row in enumerate(rows, 1):
+        for target in row[TARGETS]:
+            numbers.append(number)
+            namespaces.append(row["namespace"])
+            targets.append(target)
+    return numbers, namespaces, targets
 
 
 @dataclass(slots=True)
@@ -59,6 +76,10 @@ class Batch:
     methods: list[str] = field(default_factory=list)
     bodies: list[str] = field(default_factory=list)
     numbers: list[int] | None = None
+    #: one entry per target index row: its packet's number in the batch, namespace, target
+    target_numbers: list[int] = field(default_factory=list)
+    target_namespaces: list[str] = field(default_factory=list)
+    target_keys: list[str] = field(default_factory=list)
 
     def seqs(self, top: int) -> list[int]:
         """One number per row for the writer's callers, given the top after the batch."""
@@ -71,8 +92,11 @@ class Batch:
 def split(rows: list[dict[str, Any]]) -> Batch:
     """``rows`` (packet values and control rows, as queued) as a :class:`Batch`."""
     if not any(CONTROL_ROW in row for row in rows):  # the common case: packets only
+        indexed = _target_rows(rows)
         return Batch(len(rows), list(map(_NAMESPACE, rows)), list(map(_PAYLOAD, rows)),
-                     list(map(_ROOMS, rows)), list(map(_EXCEPT, rows)))
+                     list(map(_ROOMS, rows)), list(map(_EXCEPT, rows)),
+                     target_numbers=indexed[0], target_namespaces=indexed[1],
+                     target_keys=indexed[2])
     packet_rows: list[dict[str, Any]] = []
     numbers: list[int] = []
     batch = Batch(0, [], [], [], [], numbers=numbers)
@@ -92,6 +116,8 @@ def split(rows: list[dict[str, Any]]) -> Batch:
     batch.payloads = list(map(_PAYLOAD, packet_rows))
     batch.rooms = list(map(_ROOMS, packet_rows))
     batch.except_rooms = list(map(_EXCEPT, packet_rows))
+    batch.target_numbers, batch.target_namespaces, batch.target_keys = \
+        _target_rows(packet_rows)
     return batch
 
 
@@ -110,6 +136,7 @@ class SQLiteStatements:
     top: str
     packets: str
     control: str
+    targets: str
 
 
 def sqlite_statements(dialect: Dialect) -> SQLiteStatements:
@@ -122,6 +149,8 @@ def sqlite_statements(dialect: Dialect) -> SQLiteStatements:
                 " created_at) VALUES (?, ?, ?, ?, ?, ?)",
         control=f"INSERT INTO {name(control)} (after_seq, origin, target, method, body,"
                 " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        targets=f"INSERT INTO {name(packet_targets)} (namespace, target, seq)"
+                " VALUES (?, ?, ?)",
     )
 
 
@@ -144,6 +173,9 @@ def sqlite_write(db: sqlite3.Connection, sql: SQLiteStatements, batch: Batch,
             db.executemany(sql.packets, zip(
                 counting(base + 1), batch.namespaces, batch.payloads, batch.rooms,
                 batch.except_rooms, repeat(now), strict=False))
+            db.executemany(sql.targets, zip(
+                batch.target_namespaces, batch.target_keys,
+                map(base.__add__, batch.target_numbers), strict=False))
         if batch.after:
             db.executemany(sql.control, zip(
                 map(base.__add__, batch.after), batch.origins, batch.targets,
@@ -160,7 +192,8 @@ def sqlite_write(db: sqlite3.Connection, sql: SQLiteStatements, batch: Batch,
 
 
 def postgres_statement(dialect: Dialect, schema: str | None) -> str:
-    """One statement for a whole batch; its parameters are :func:`postgres_args`'.
+    """One statement for a whole batch; its parameters are :func:`postgres_args`'. The
+    target index rows (:mod:`..targets`) go in with their packets.
 
     Every sub-statement reads ``c``, the counter row as updated, so nothing is inserted
     before the row lock is held, and the seqs come from the locked row's newest
@@ -179,6 +212,10 @@ WITH c AS (
     SELECT c.top - $1 + r.k, r.namespace, r.payload, r.rooms, r.except_rooms, $6
     FROM c, unnest($2::text[], $3::bytea[], $4::text[], $5::text[])
         WITH ORDINALITY AS r(namespace, payload, rooms, except_rooms, k)
+), t AS (
+    INSERT INTO {name(packet_targets)} (namespace, target, seq)
+    SELECT r.namespace, r.target, c.top - $1 + r.k
+    FROM c, unnest($14::bigint[], $15::text[], $16::text[]) AS r(k, namespace, target)
 ), m AS (
     INSERT INTO {name(control)} (after_seq, origin, target, method, body, created_at)
     SELECT c.top - $1 + r.after, r.origin, r.target, r.method, r.body, $6
@@ -193,7 +230,7 @@ def postgres_args(batch: Batch, now: float, channel: str, bell: str) -> tuple[An
     """``bell``: the NOTIFY payload (the store's token, which its own listener ignores)."""
     return (batch.count, batch.namespaces, batch.payloads, batch.rooms, batch.except_rooms,
             now, batch.after, batch.origins, batch.targets, batch.methods, batch.bodies,
-            channel, bell)
+            channel, bell, batch.target_numbers, batch.target_namespaces, batch.target_keys)
 
 
 # -- the writer's connection ----------------------------------------------------------

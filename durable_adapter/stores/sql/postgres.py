@@ -22,18 +22,20 @@ import contextlib
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
+from sqlalchemy import TextClause
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..._tasks import Backoff, finish_or_cancel
 from ...exceptions import ConfigurationError, StoreError
 from ..base import HistoryResetListener, PacketListener
+from ..targets import TargetRange
 from . import append as appends
-from . import dialect
+from . import dialect, target_reads
 from .store import BATCH_MAX, SQLStore
 
 logger = logging.getLogger(__name__)
@@ -117,6 +119,7 @@ class PostgresStore(SQLStore):
         #: the payload of this store's doorbells, which its own listener ignores
         self._bell_token = secrets.token_hex(8)
         self._statement: str | None = None
+        self._target_statement: TextClause | None = None
 
     _driver_errors = (*SQLStore._driver_errors, asyncpg.PostgresError, asyncpg.InterfaceError)
 
@@ -156,6 +159,12 @@ class PostgresStore(SQLStore):
         if row is None:
             raise StoreError("the counter row is missing (tables emptied by hand?)")
         return int(row[0])
+
+    def _target_query(self, ranges: Sequence[TargetRange]) -> tuple[Any, dict[str, Any]]:
+        if self._target_statement is None:
+            self._target_statement = target_reads.postgres_query(self.engine.dialect,
+                                                                 self.schema)
+        return self._target_statement, target_reads.postgres_params(ranges)
 
     def _lost(self, error: BaseException, driver: Any) -> bool:
         # as SQLAlchemy's asyncpg dialect judges a disconnect: the connection is closed

@@ -8,7 +8,7 @@ from __future__ import annotations
 from sqlalchemy import and_, delete, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .schema import SINGLETON_ID, counter, packets, sessions
+from .schema import SINGLETON_ID, counter, packet_targets, packets, sessions
 
 
 async def purge_sessions(connection: AsyncConnection, now: float, batch_size: int) -> int:
@@ -51,6 +51,9 @@ async def purge_packets(connection: AsyncConnection, cutoff: float, batch_size: 
         return 0
     result = await connection.execute(
         delete(packets).where(packets.c.seq > after, packets.c.seq <= through))
+    # the target index rows go with their packets, in the same transaction
+    await connection.execute(delete(packet_targets).where(packet_targets.c.seq > after,
+                                                          packet_targets.c.seq <= through))
     await connection.execute(
         update(counter)
         .where(counter.c.id == SINGLETON_ID, counter.c.purged_through < through)

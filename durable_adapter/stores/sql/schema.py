@@ -71,6 +71,20 @@ packets = Table(
     Column("created_at", Double, nullable=False),  # unix seconds
 )
 
+# The target index (stores/targets.py): one row per (namespace, target) a packet was sent
+# to, written in the packet's transaction and purged with it (hence the seq index). A
+# restore reads its targets' rows in seq order; the key is what a split of the history
+# by target would partition on. SQLite: the key is the table (no rowid).
+packet_targets = Table(
+    f"{PREFIX}packet_targets",
+    metadata,
+    Column("namespace", Text, primary_key=True),
+    Column("target", Text, primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Index(f"ix_{PREFIX}packet_targets_seq", "seq"),
+    sqlite_with_rowid=False,
+)
+
 sessions = Table(
     f"{PREFIX}sessions",
     metadata,
@@ -105,7 +119,7 @@ nodes = Table(
     Column("id", Text, primary_key=True),
     Column("expires_at", Double, nullable=False),
     # the recovery window (seconds) the node serves, for the cleanup's retention; NULL
-    # for nodes of releases before revision 0006
+    # for nodes of releases before revision durable_adapter_0006
     Column("max_disconnection_duration", Double, nullable=True),
 )
 

@@ -47,9 +47,10 @@ from ..batch_writer import BatchWriter
 from ..delivery import decode_each, decode_or_refuse
 from ..errors import driver_errors
 from ..rules import check_new_packet, check_purge_args
+from ..targets import TargetRange, targets_of
 from . import append as appends
 from . import control as controls
-from . import dialect, leases, space
+from . import dialect, leases, space, target_reads
 from .follow import SQLFollower
 from .migrate import schema_state, upgrade_engine
 from .retention import purge_packets, purge_sessions
@@ -80,6 +81,12 @@ CLOSE_WAIT = 1.5  # seconds a closing store waits for its queries before abandon
 #: always seen by its next try, so an emit waits about one batch, not the whole pass.
 SQLITE_PURGE_PAUSE = 0.03
 VACUUM_STEP = 2048  # pages released per transaction by vacuum() (8 MiB of 4 KiB pages)
+#: target ranges per statement (SQLite binds at most 32766 values, 4 per range)
+TARGET_RANGES_MAX = 2000
+
+
+def _seq_of(packet: StoredPacket) -> int:
+    return packet.seq
 
 
 def _shielded(
@@ -325,7 +332,9 @@ class SQLStore(controls.SQLControl, Store):
         if self._writer is None:
             raise StoreError("the store is not open")
         # encoded here, so a payload that cannot be stored fails its own caller only
-        return await self._writer.submit(packet_values(packet, self.codec))
+        values = packet_values(packet, self.codec)
+        values[appends.TARGETS] = targets_of(packet.rooms)
+        return await self._writer.submit(values)
 
     async def _insert_batch(self, rows: list[dict[str, Any]]) -> list[int]:
         batch = appends.split(rows)
@@ -384,6 +393,24 @@ class SQLStore(controls.SQLControl, Store):
             rows = (await connection.execute(query)).all()
         # a replay refuses rather than leave a silent hole
         return [decode_or_refuse(self._packet_from_row, row, row.seq) for row in rows]
+
+    @_shielded
+    async def read_targets(self, ranges: Sequence[TargetRange]) -> list[list[StoredPacket]]:
+        answers: list[list[StoredPacket]] = [[] for _ in ranges]
+        for start in range(0, len(ranges), TARGET_RANGES_MAX):
+            chunk = ranges[start:start + TARGET_RANGES_MAX]
+            async with self._read() as connection:
+                rows = (await connection.execute(*self._target_query(chunk))).all()
+            for row in rows:
+                # a replay refuses rather than leave a silent hole
+                answers[start + row.i - 1].append(
+                    decode_or_refuse(self._packet_from_row, row, row.seq))
+        for answer in answers:
+            answer.sort(key=_seq_of)
+        return answers
+
+    def _target_query(self, ranges: Sequence[TargetRange]) -> tuple[Any, dict[str, Any]]:
+        return target_reads.sqlite_query(self.engine.dialect, ranges)
 
     @_shielded
     async def _follow_page(self, *, after: int, limit: int

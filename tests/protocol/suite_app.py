@@ -14,6 +14,8 @@ namespace, and on connect an ``auth`` event echoing the handshake's auth (``{}``
 client sent none, as ``socket.handshake.auth`` is in JS); ``message`` is echoed back as
 ``message-back`` and ``message-with-ack`` acknowledged with its own arguments.
 
+``--web`` picks the web server: aiohttp (``sio.attach``; aiohttp always negotiates
+permessage-deflate) or uvicorn (``ASGIApp``, permessage-deflate off as in JS socket.io).
 Serves on ``--host`` (127.0.0.1) and ``--port`` (0: an ephemeral one; the suite's own
 source expects 3000 on localhost) and prints ``{"port": P}`` once it listens; stops
 on SIGTERM or SIGINT.

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from durable_adapter.exceptions import ConfigurationError, StoreError
 from durable_adapter.stores.base import ControlMessage, StoredPacket
 from durable_adapter.stores.sql import SQLStore
-from durable_adapter.stores.sql.append import split
+from durable_adapter.stores.sql.append import TARGETS, split
 from durable_adapter.stores.sql.control import control_row
 from durable_adapter.stores.sql.follow import FOLLOW_PAGE
 from durable_adapter.stores.sql.postgres import CHANNEL_PREFIX, PostgresStore, channel_name
@@ -137,7 +137,8 @@ async def test_large_and_binary_payloads_reach_the_other_instance(
 
 def test_a_batch_numbers_packets_and_places_control_messages() -> None:
     def row(i: int) -> dict[str, object]:
-        return {"namespace": "/", "payload": b"%d" % i, "rooms": "[]", "except_rooms": "[]"}
+        return {"namespace": "/", "payload": b"%d" % i, "rooms": "[]", "except_rooms": "[]",
+                TARGETS: ["*"]}
 
     def message(method: str) -> dict[str, object]:
         return control_row(ControlMessage(method=method, origin="n1"))

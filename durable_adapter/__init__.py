@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .client import AsyncClient
     from .emitter import AsyncEmitter, Emitter, SyncEmitter
     from .server import AsyncServer
+    from .sync_server import Server
     from .stores import Store, store_from_url
     from .transactional import emit_in
 
@@ -36,6 +37,7 @@ _LAZY: dict[str, str] = {
     "Emitter": ".emitter",
     "RecoveryFailure": "._recovery",
     "RecoveryOptions": "._recovery",
+    "Server": ".sync_server",
     "Store": ".stores",
     "SyncEmitter": ".emitter",
     "emit_in": ".transactional",
@@ -56,6 +58,7 @@ __all__ = [
     "Emitter",
     "RecoveryFailure",
     "RecoveryOptions",
+    "Server",
     "SessionDataError",
     "StartupError",
     "Store",

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from .client import AsyncClient
     from .emitter import AsyncEmitter, Emitter, SyncEmitter
     from .server import AsyncServer
-    from .sync_server import Server
     from .stores import Store, store_from_url
+    from .sync_client import Client
+    from .sync_server import Server
     from .transactional import emit_in
 
 #: public name -> the module (relative to this package) that defines it
@@ -34,6 +35,7 @@ _LAZY: dict[str, str] = {
     "AsyncClient": ".client",
     "AsyncEmitter": ".emitter",
     "AsyncServer": ".server",
+    "Client": ".sync_client",
     "Emitter": ".emitter",
     "RecoveryFailure": "._recovery",
     "RecoveryOptions": "._recovery",
@@ -53,6 +55,7 @@ __all__ = [
     "AsyncClient",
     "AsyncEmitter",
     "AsyncServer",
+    "Client",
     "ConfigurationError",
     "DurableAdapterError",
     "Emitter",

@@ -18,6 +18,7 @@ from typing import Any
 
 import socketio
 
+from . import _socketio
 from ._loop_thread import LoopThread, in_thread
 from ._recovery import RecoveryFailure, RecoveryOptions
 from .exceptions import ConfigurationError
@@ -299,3 +300,6 @@ def _in_thread(callback: Callable[..., Any] | None) -> Callable[..., Any] | None
         await in_thread(callback, *args)
 
     return run
+
+
+_socketio.check_sync_server_surface()

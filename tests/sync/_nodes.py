@@ -36,12 +36,13 @@ class SyncNode(NodeProcess):
 
 @asynccontextmanager
 async def sync_nodes(store: str, size: int, args: tuple[str, ...] = (), *,
-                     flask: bool = False) -> AsyncIterator[list[SyncNode]]:
+                     flask: bool = False, env: dict[str, str] | None = None
+                     ) -> AsyncIterator[list[SyncNode]]:
     """``size`` sync nodes on ``store``, started one after the other, stopped at exit."""
     async with AsyncExitStack() as stack:
         nodes: list[SyncNode] = []
         for i in range(size):
-            node = SyncNode(f"s{i}", store, args=args, flask=flask)
+            node = SyncNode(f"s{i}", store, args=args, env=env or {}, flask=flask)
             stack.push_async_callback(node.stop)
             await node.start()
             nodes.append(node)

@@ -10,7 +10,8 @@ connect went: recovered, why not, rooms, session, Flask session), ``GET /sockets
 (whether this node holds it). SIGTERM saves the live sessions and exits.
 
 Every socket that connects fresh joins the room ``lobby`` and keeps its auth's ``user``
-in its session (the Flask variant in ``flask.session`` as well).
+in its session (the Flask variant in ``flask.session`` as well). The event ``join``
+(a room name) enters that room and acks True once the stored session has it.
 """
 
 from __future__ import annotations
@@ -26,11 +27,21 @@ import flask
 from werkzeug.serving import make_server
 
 import durable_adapter
-from tests.cluster.node_app import make_store
+from tests.cluster.node_app import handover_timeout, lease_expiry, make_store
 
 ROOM = "lobby"
 OPTIONS: dict[str, Any] = {"ping_interval": 1, "ping_timeout": 2}
-RECOVERY = {"max_disconnection_duration": 60}
+
+
+def recovery() -> dict[str, Any]:
+    """The recovery options, with the lease and handover times the environment sets
+    (``DURABLE_ADAPTER_LEASE_EXPIRY``, ``DURABLE_ADAPTER_HANDOVER_TIMEOUT``)."""
+    options: dict[str, Any] = {"max_disconnection_duration": 60}
+    if lease_expiry() is not None:
+        options["lease_expiry"] = lease_expiry()
+    if handover_timeout() is not None:
+        options["handover_timeout"] = handover_timeout()
+    return options
 
 
 def control(app: flask.Flask, sio: durable_adapter.Server,
@@ -52,7 +63,7 @@ def control(app: flask.Flask, sio: durable_adapter.Server,
 
 
 def plain(store: Any) -> tuple[Any, durable_adapter.Server]:
-    sio = durable_adapter.Server(store=store, connection_state_recovery=RECOVERY, **OPTIONS)
+    sio = durable_adapter.Server(store=store, connection_state_recovery=recovery(), **OPTIONS)
     connects: dict[str, dict[str, Any]] = {}
 
     @sio.event
@@ -64,6 +75,11 @@ def plain(store: Any) -> tuple[Any, durable_adapter.Server]:
         if not recovered:
             sio.enter_room(sid, ROOM)
             sio.save_session(sid, {"user": (auth or {}).get("user")})
+
+    @sio.on("join")
+    def join(sid: str, room: str) -> bool:
+        sio.enter_room(sid, room)  # returns once the stored session has the room
+        return True
 
     @sio.on("*")
     def any_event(event: str, sid: str, *args: Any) -> Any:
@@ -83,7 +99,7 @@ def with_flask(store: Any) -> tuple[Any, durable_adapter.Server]:
 
     app = flask.Flask(__name__)
     app.secret_key = "test"
-    socketio = SocketIO(app, store=store, connection_state_recovery=RECOVERY, **OPTIONS)
+    socketio = SocketIO(app, store=store, connection_state_recovery=recovery(), **OPTIONS)
     connects: dict[str, dict[str, Any]] = {}
 
     @socketio.on("connect")

@@ -7,6 +7,7 @@ nodes through a proxy whose upstream the test switches.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,12 +18,13 @@ import pytest
 from tests._proxy import Proxy
 from tests.cluster.conftest import open_cluster_store
 from tests.cluster.harness import released
-from tests.interop.conftest import js_client_installed  # noqa: F401  (a fixture)
+from tests.cluster.node_app import HANDOVER_TIMEOUT_ENV, LEASE_EXPIRY_ENV
 from tests.interop.jsclient import JsClient, js_client
 from tests.sync._nodes import SyncNode, sync_nodes
 
 ROOM = "lobby"  # node_app puts every fresh socket in it
 MISSED = 200  # events emitted while the client is away
+LEASE_EXPIRY = 2.0  # seconds: a killed node's sessions are taken over after it
 
 needs_node = pytest.mark.usefixtures("js_client_installed")
 APPS = [pytest.param(False, id="socketio"), pytest.param(True, id="flask")]
@@ -68,10 +70,10 @@ async def assert_recovered(node: SyncNode, js: JsClient, sid: str, flask: bool) 
 
 
 @asynccontextmanager
-async def nodes(kind: str, tmp_path: Path, size: int, flask: bool
-                ) -> AsyncIterator[list[SyncNode]]:
+async def nodes(kind: str, tmp_path: Path, size: int, flask: bool,
+                env: dict[str, str] | None = None) -> AsyncIterator[list[SyncNode]]:
     async with open_cluster_store(kind, tmp_path) as store, \
-            sync_nodes(store.url, size, store.args, flask=flask) as started:
+            sync_nodes(store.url, size, store.args, flask=flask, env=env) as started:
         yield started
 
 
@@ -79,9 +81,9 @@ async def nodes(kind: str, tmp_path: Path, size: int, flask: bool
 @pytest.mark.parametrize("flask", APPS)
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres"])
 async def test_js_client_recovers_sid_rooms_session_and_missed_events_in_order(
-        kind: str, flask: bool, tmp_path: Path) -> None:
-    async with nodes(kind, tmp_path, 1, flask) as (a,), \
-            js_client(a.url, auth={"user": "ada"}, reconnection=False) as js:
+        kind: str, flask: bool, tmp_path: Path, transport: str) -> None:
+    async with nodes(kind, tmp_path, 1, flask) as (a,), js_client(
+            a.url, transport=transport, auth={"user": "ada"}, reconnection=False) as js:
         first = await js.wait_connects(1)
         assert first["recovered"] is False
         await emit(a, 0, 2)
@@ -144,5 +146,35 @@ async def test_sigterm_saves_and_the_client_recovers_on_another_process(
         proxy.upstream = b.port
         await js.send("connect")
         await assert_recovered(b, js, sid, False)
+        await js.wait_events(10, "tick")
+        assert ticks(js) == list(range(10))
+
+
+@needs_node
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_sigkill_then_recovery_elsewhere_keeps_a_room_joined_just_before(
+        kind: str, tmp_path: Path) -> None:
+    """Nothing saves at a SIGKILL: the session as written through (the room's write
+    committed before ``enter_room`` returned) is taken once the node's lease expired."""
+    env = {LEASE_EXPIRY_ENV: str(LEASE_EXPIRY), HANDOVER_TIMEOUT_ENV: "1"}
+    async with nodes(kind, tmp_path, 2, False, env) as (a, b), Proxy(a.port) as proxy, \
+            js_client(proxy.url, auth={"user": "ada"}, reconnection=False) as js:
+        await js.wait_connects(1)
+        await js.send("emit_ack", event="join", args=["extra"], ref="j")
+        assert (await js.wait_line("ack", ref="j"))["args"] == [True]
+        await emit(a, 0, 3)
+        await js.wait_events(3, "tick")
+        sid = js.connects()[-1]["id"]
+        start = js.mark()
+        await a.stop(signal.SIGKILL)
+        await js.wait_line("disconnect", start)
+        await emit(b, 3, 8)
+        await emit(b, 8, 10, to="extra")
+
+        proxy.upstream = b.port
+        await js.send("connect")
+        await assert_recovered(b, js, sid, False)
+        seen = await b.connect_of(sid)
+        assert seen is not None and "extra" in seen["rooms"], seen
         await js.wait_events(10, "tick")
         assert ticks(js) == list(range(10))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import os
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -22,12 +23,27 @@ STOP_WAIT = 5.0  # seconds a stopping loop gives its remaining tasks
 
 
 class LoopThread:
-    """An event loop running in a daemon thread, started at construction."""
+    """An event loop running in a daemon thread, started at construction, and again in
+    a child process that was forked after (gunicorn's ``--preload``: a thread does not
+    survive a fork, and a call onto the parent's loop would wait forever)."""
 
     def __init__(self, name: str) -> None:
+        self._name = name
+        self._stopped = False
+        self._start()
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
+
+    def _forked(self) -> bool:
+        """True (once, the loop restarted) in a process forked since it started."""
+        if self._pid == os.getpid() or self._stopped:
+            return False
+        self._start()
+        return True
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -46,14 +62,21 @@ class LoopThread:
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive() and not self.loop.is_closed()
+        self._forked()
+        return not self._stopped and self._thread.is_alive() and not self.loop.is_closed()
 
     def in_loop(self) -> bool:
         """True when called from the loop's own thread."""
         return threading.get_ident() == self._thread.ident
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Run ``coro`` on the loop (in the caller's context); do not wait for it."""
+        """Run ``coro`` on the loop (in the caller's context); do not wait for it.
+
+        :raises RuntimeError: the loop was stopped (the server shut down).
+        """
+        if not self.running:
+            coro.close()
+            raise RuntimeError("the server's event loop has stopped (it was shut down)")
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -70,6 +93,7 @@ class LoopThread:
         """Stop the loop (its remaining tasks cancelled) and wait for its thread."""
         if self.running:
             self.loop.call_soon_threadsafe(self.loop.stop)
+        self._stopped = True
         if not self.in_loop():
             self._thread.join(STOP_WAIT * 2)
 

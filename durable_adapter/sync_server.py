@@ -254,6 +254,9 @@ class Server(socketio.Server):  # type: ignore[misc]
     def _handle_eio_connect(self, eio_sid: str, environ: Any) -> Any:
         if self._core is None:
             return super()._handle_eio_connect(eio_sid, environ)
+        assert self._loop is not None
+        if not self._loop.running:
+            return False  # shut down: no new connection
         return self._run(self._core._handle_eio_connect(eio_sid, environ))
 
     def _handle_eio_message(self, eio_sid: str, data: Any) -> None:

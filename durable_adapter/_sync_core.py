@@ -101,11 +101,17 @@ class _SyncHandlers(socketio.AsyncServer):  # type: ignore[misc]
     registered on it) in threads: placed below :class:`AsyncServer` so that everything
     it does around a handler (skip_middlewares, the accepted flag) stays as it is."""
 
-    face: socketio.Server
+    face: Any  # the durable_adapter.Server
 
     async def _trigger_event(self, event: str, namespace: str, *args: Any) -> Any:
-        return await in_thread(socketio.Server._trigger_event, self.face, event, namespace,
-                               *args)
+        return await in_thread(self._run_handler, event, namespace, *args)
+
+    def _run_handler(self, event: str, namespace: str, *args: Any) -> Any:
+        """In the handler's thread: the handler, then its emits out (before its ack)."""
+        try:
+            return socketio.Server._trigger_event(self.face, event, namespace, *args)
+        finally:
+            self.face._settle()
 
 
 class SyncCore(AsyncServer, _SyncHandlers):

@@ -12,7 +12,9 @@ calling thread until the core is done with it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +32,9 @@ logger = logging.getLogger(__name__)
 #: the async modes the sync server recovers in: its core's loop needs a real OS thread,
 #: and sends from that thread need a thread-safe queue (eventlet and gevent give neither)
 SUPPORTED_ASYNC_MODES = ("threading",)
+#: emits a thread may have handed to the core and not yet seen committed; past it, an
+#: emit waits for the oldest (memory stays bounded when the store is slower)
+MAX_PENDING_EMITS = 1000
 
 
 def check_async_mode(async_mode: str | None) -> None:
@@ -100,6 +105,8 @@ class Server(socketio.Server):  # type: ignore[misc]
         recovery = RecoveryOptions.from_value(connection_state_recovery)
         self._loop: LoopThread | None = None
         self._core: Any = None
+        #: per thread, its emits handed to the core, oldest first (see :meth:`emit`)
+        self._emits = threading.local()
         if recovery is None:
             super().__init__(*args, **kwargs)
             return
@@ -171,15 +178,45 @@ class Server(socketio.Server):  # type: ignore[misc]
     def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None,
              skip_sid: Any = None, namespace: str | None = None, callback: Any = None,
              ignore_queue: bool = False, volatile: bool = False) -> None:
-        """python-socketio's ``emit``: returns once the packet is committed and handed
-        to this node's sockets. ``volatile=True`` sends it live only (no replay)."""
+        """python-socketio's ``emit``. ``volatile=True`` sends it live only (no replay).
+
+        It returns once the packet is handed to the core, in this thread's order (as
+        python-socketio's returns once it is queued); clients get it once it is
+        committed. This thread's next call of any other method, and the end of the
+        handler that emitted it (before its ack goes out), wait until its emits are
+        committed and handed to this node's sockets: a handler's emits are out when it
+        returns, as with :class:`AsyncServer`. :meth:`flush` waits for them explicitly
+        and raises the first that failed (a failure is logged in any case).
+        """
         if self._core is None:
             super().emit(event, data, to=to, room=room, skip_sid=skip_sid,
                          namespace=namespace, callback=callback, ignore_queue=ignore_queue)
             return
-        self._run(self._core.emit(event, data, to=to, room=room, skip_sid=skip_sid,
-                                  namespace=namespace, callback=_in_thread(callback),
-                                  ignore_queue=ignore_queue, volatile=volatile))
+        assert self._loop is not None
+        pending = self._pending_emits()
+        while len(pending) >= MAX_PENDING_EMITS:
+            _outcome(pending.pop(0))
+        future = self._loop.submit(self._core.emit(
+            event, data, to=to, room=room, skip_sid=skip_sid, namespace=namespace,
+            callback=_in_thread(callback), ignore_queue=ignore_queue, volatile=volatile))
+        future.add_done_callback(_log_failure)
+        pending.append(future)
+
+    def flush(self) -> None:
+        """Wait until every emit this thread made is committed and handed to this node's
+        sockets.
+
+        :raises Exception: the first of them that failed (say, :class:`StoreError`).
+        """
+        if self._core is None:
+            return
+        first: BaseException | None = None
+        pending = self._pending_emits()
+        while pending:
+            error = _outcome(pending.pop(0))
+            first = first or error
+        if first is not None:
+            raise first
 
     def enter_room(self, sid: str, room: str, namespace: str | None = None) -> None:
         """python-socketio's; returns once the socket's stored session has the room."""
@@ -291,7 +328,39 @@ class Server(socketio.Server):  # type: ignore[misc]
 
     def _run(self, coro: Any) -> Any:
         assert self._loop is not None
+        self._settle()
         return self._loop.call(coro)
+
+    def _pending_emits(self) -> list[concurrent.futures.Future[Any]]:
+        pending: list[concurrent.futures.Future[Any]] | None = getattr(
+            self._emits, "pending", None)
+        if pending is None:
+            pending = self._emits.pending = []
+        return pending
+
+    def _settle(self) -> None:
+        """Wait for this thread's emits (their failures were logged): what a thread
+        does after an emit happens after it, as with an awaited emit."""
+        pending = self._pending_emits()
+        if self._loop is not None and self._loop.in_loop():
+            return
+        while pending:
+            _outcome(pending.pop(0))
+
+
+def _outcome(future: concurrent.futures.Future[Any]) -> BaseException | None:
+    """Wait for a handed emit; its exception, if it failed."""
+    try:
+        future.result()
+    except BaseException as exc:  # logged by _log_failure; returned for flush()
+        return exc
+    return None
+
+
+def _log_failure(future: concurrent.futures.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("an emit failed: %s", future.exception(),
+                     exc_info=future.exception(), extra={"action": "emit_failed"})
 
 
 def _in_thread(callback: Callable[..., Any] | None) -> Callable[..., Any] | None:

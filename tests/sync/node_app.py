@@ -4,10 +4,11 @@ Werkzeug's threaded server, or (``--flask``) a Flask-SocketIO app on
 
 ``python -m tests.sync.node_app --store URL [--schema S] [--flask]`` prints
 ``{"port": P}`` once it listens on 127.0.0.1, then serves Socket.IO and a small control
-surface: ``POST /emit`` (``{"event", "start", "stop", "to"}``: emits ``start``...``stop - 1``
-one by one, to a room or sid or everybody), ``GET /connects/<sid>`` (how its latest
-connect went: recovered, why not, rooms, session, Flask session), ``GET /sockets/<sid>``
-(whether this node holds it). SIGTERM saves the live sessions and exits.
+surface: ``POST /emit`` (``{"event", "start", "stop", "to"}``: emits ``start``...
+``stop - 1`` one by one, to a room or sid or everybody; answers once they are committed),
+``GET /connects/<sid>`` (how its latest connect went: recovered, why not, rooms, session,
+Flask session), ``GET /sockets/<sid>`` (whether this node holds it). SIGTERM saves the
+live sessions and exits.
 
 Every socket that connects fresh joins the room ``lobby`` and keeps its auth's ``user``
 in its session (the Flask variant in ``flask.session`` as well). The event ``join``
@@ -51,6 +52,7 @@ def control(app: flask.Flask, sio: durable_adapter.Server,
         body = flask.request.get_json()
         for i in range(body["start"], body["stop"]):
             sio.emit(body.get("event", "tick"), i, to=body.get("to"))
+        sio.flush()  # committed when the answer goes: the test orders nodes' emits by it
         return {"emitted": body["stop"] - body["start"]}
 
     @app.get("/connects/<sid>")

@@ -12,7 +12,9 @@ live sessions and exits.
 
 Every socket that connects fresh joins the room ``lobby`` and keeps its auth's ``user``
 in its session (the Flask variant in ``flask.session`` as well). The event ``join``
-(a room name) enters that room and acks True once the stored session has it.
+(a room name) enters that room and acks True once the stored session has it; in the
+Flask variant ``say`` (a text) emits ``said`` (the text and the session's user) to the
+room with Flask-SocketIO's ``emit``.
 """
 
 from __future__ import annotations
@@ -119,10 +121,10 @@ def with_flask(store: Any) -> tuple[Any, durable_adapter.Server]:
             flask_socketio.join_room(ROOM)
             flask.session["user"] = (auth or {}).get("user")
 
-    @socketio.on("whoami")
-    def whoami() -> Any:
-        return {"sid": flask.request.sid,  # type: ignore[attr-defined]
-                "user": flask.session.get("user")}
+    @socketio.on("say")
+    def say(text: str) -> None:  # Flask-SocketIO's emit, in a handler: stored, offset
+        flask_socketio.emit("said", {"text": text, "user": flask.session.get("user")},
+                            to=ROOM)
 
     control(app, socketio.server, connects)
     return app, socketio.server

@@ -102,6 +102,11 @@ async def test_js_client_recovers_sid_rooms_session_and_missed_events_in_order(
         await js.wait_events(MISSED + 6, "tick")
         assert ticks(js) == list(range(MISSED + 6))
         assert_offsets(js)
+        if flask:  # Flask-SocketIO's emit in a handler of the recovered socket
+            await js.send("emit", event="say", args=["hi"])
+            said = (await js.wait_events(1, "said"))[0]
+            assert said["args"][0] == {"text": "hi", "user": "ada"}
+            assert len(said["args"]) == 2 and isinstance(said["args"][1], str)
 
 
 @needs_node

@@ -79,7 +79,7 @@ async def nodes(kind: str, tmp_path: Path, size: int, flask: bool,
 
 @needs_node
 @pytest.mark.parametrize("flask", APPS)
-@pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres"])
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres", "redis"])
 async def test_js_client_recovers_sid_rooms_session_and_missed_events_in_order(
         kind: str, flask: bool, tmp_path: Path, transport: str) -> None:
     async with nodes(kind, tmp_path, 1, flask) as (a,), js_client(
@@ -111,7 +111,7 @@ async def test_js_client_recovers_sid_rooms_session_and_missed_events_in_order(
 
 @needs_node
 @pytest.mark.parametrize("flask", APPS)
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])
 async def test_js_client_recovers_on_another_process_sharing_the_store(
         kind: str, flask: bool, tmp_path: Path) -> None:
     async with nodes(kind, tmp_path, 2, flask) as (a, b), Proxy(a.port) as proxy, \

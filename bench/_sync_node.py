@@ -8,7 +8,8 @@
   one after the other from this one request's thread (a fan-out from one handler).
 * ``GET /cpu``: this process's CPU seconds (user + system) so far.
 
-A client whose auth carries ``room`` joins it at connect. SIGTERM shuts down and exits.
+A client whose auth carries ``room`` joins it at a fresh connect (a recovered one is
+back in it). SIGTERM shuts down and exits.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def main() -> None:
 
     @sio.event
     def connect(sid: str, environ: Any, auth: Any) -> None:
-        if isinstance(auth, dict) and auth.get("room"):
+        recovered = isinstance(sio, durable_adapter.Server) and sio.is_recovered(sid)
+        if not recovered and isinstance(auth, dict) and auth.get("room"):
             sio.enter_room(sid, auth["room"])
 
     server = make_server("127.0.0.1", args.port, socketio.WSGIApp(sio, control(sio)),

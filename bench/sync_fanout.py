@@ -16,14 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import sys
 
 from _common import (
-    HERE,
-    ROOT,
-    START_WAIT,
-    Node,
     StoreSpec,
     drop_store,
     make_store,
@@ -32,27 +26,14 @@ from _common import (
     scratch_dir,
     split,
     start_clients,
+    start_node,
     table,
 )
 from fanout import ROOM, Row, measure
 
 
-async def start_sync_node(kind: str, spec: StoreSpec | None, name: str) -> Node:
-    args = [sys.executable, str(HERE / "_sync_node.py"), "--kind", kind, "--name", name]
-    if spec is not None:
-        args += spec.node_args()
-    process = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
-                                                   cwd=ROOT)
-    assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), START_WAIT)
-    if not line:
-        await process.wait()
-        raise RuntimeError(f"sync server process {name} exited before listening")
-    return Node(process, json.loads(line))
-
-
 async def setup_row(label: str, spec: StoreSpec | None, clients: int, nprocs: int) -> Row:
-    node = await start_sync_node("plain" if spec is None else "ours", spec, label)
+    node = await start_node("sync-plain" if spec is None else "sync-ours", spec, name=label)
     procs = await start_clients(nprocs)
     row = Row(label, node, procs, spec)
     answers = await asyncio.gather(*(

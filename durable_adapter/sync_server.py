@@ -115,7 +115,10 @@ class Server(socketio.Server):  # type: ignore[misc]
         from ._sync_core import SOCKETIO_OPTIONS, SyncCore
 
         core_options = {name: kwargs[name] for name in SOCKETIO_OPTIONS if name in kwargs}
-        if args or kwargs.get("client_manager") is not None:
+        if args:
+            raise ConfigurationError("durable_adapter.Server takes python-socketio's "
+                                     "options by name with recovery on (logger=..., ...)")
+        if kwargs.get("client_manager") is not None:
             raise ConfigurationError(
                 "client_manager cannot be combined with connection state recovery: "
                 "the store is the message queue (pass store= instead)")

@@ -13,6 +13,7 @@ calling thread until the core is done with it.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import logging
 import threading
 from collections.abc import Callable
@@ -254,19 +255,27 @@ class Server(socketio.Server):  # type: ignore[misc]
         return self._run(read())  # type: ignore[no-any-return]
 
     def get_session(self, sid: str, namespace: str | None = None) -> Any:
+        """python-socketio's: a copy of the session (change it, then :meth:`save_session`,
+        or use :meth:`session`); the loop thread reads the stored one at any time."""
         if self._core is None:
             return super().get_session(sid, namespace=namespace)
-        return self._run(self._core.get_session(sid, namespace=namespace))
+        core = self._core
+
+        async def read() -> Any:  # copied on the loop, where the session changes
+            return copy.deepcopy(await core.get_session(sid, namespace=namespace))
+
+        return self._run(read())
 
     def save_session(self, sid: str, session: Any, namespace: str | None = None) -> None:
-        """python-socketio's; returns once the session is committed.
+        """python-socketio's; returns once the session is committed. A copy is stored:
+        the caller's later changes to ``session`` need another save.
 
         :raises SessionDataError: the session holds what the store cannot keep.
         """
         if self._core is None:
             super().save_session(sid, session, namespace=namespace)
             return
-        self._run(self._core.save_session(sid, session, namespace=namespace))
+        self._run(self._core.save_session(sid, copy.deepcopy(session), namespace=namespace))
 
     def disconnect(self, sid: str, namespace: str | None = None,
                    ignore_queue: bool = False) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# python-socketio's own async server, client and admin tests, from its sdist on the package
-# index, run twice: on stock python-socketio, then with durable_adapter's AsyncServer and
-# AsyncClient swapped in (recovery off, .ci/socketio_swap.py). The pass/fail sets must match.
+# python-socketio's own async and sync server, client and admin tests, from its sdist on the package
+# index, run twice: on stock python-socketio, then with durable_adapter's AsyncServer,
+# AsyncClient, Server and Client swapped in (recovery off, .ci/socketio_swap.py). The pass/fail sets must match.
 # DURABLE_ADAPTER_VENV picks the virtualenv (and so the python-socketio version) to test;
 # KEEP_WORK=1 keeps the sdist and the pytest logs (the script prints where).
 set -euo pipefail
@@ -25,6 +25,15 @@ if [ "${#tests[@]}" -ne 3 ]; then
        "found: ${tests[*]:-none}" >&2
   exit 1
 fi
+sync_tests=()
+for name in test_server.py test_client.py; do
+  [ -f "$src/tests/common/$name" ] && sync_tests+=("tests/common/$name")
+done
+if [ "${#sync_tests[@]}" -ne 2 ]; then
+  echo "python-socketio $version sdist: expected tests/common/test_{server,client}.py," \
+       "found: ${sync_tests[*]:-none}" >&2
+  exit 1
+fi
 # what its tox.ini installs for these tests and our virtualenv lacks, kept out of the venv
 "${pip[@]}" install --target "$work/deps" requests websocket-client msgpack
 
@@ -39,7 +48,7 @@ run() {  # run <stock|durable> <outcomes file> <test files...>
 # The admin tests listen on port 8900, count threads at teardown (they fail under CPU
 # load, stock included) and one waits ~45 s for a long-poll: they run alone, and on stock
 # only if ours fails something (a test ours passes is no regression).
-unit=("${tests[@]:0:2}")
+unit=("${tests[@]:0:2}" "${sync_tests[@]}")
 run stock "$work/stock-unit" "${unit[@]}" &
 run durable "$work/durable-unit" "${unit[@]}" &
 wait
@@ -65,7 +74,7 @@ for part in unit admin; do
     status=1
   fi
 done
-for class in RecoveryOffServer DurableClient; do
+for class in RecoveryOffServer DurableClient RecoveryOffSyncServer DurableSyncClient; do
   built=$(cat "$work"/durable-*.built 2>/dev/null | awk -v c="$class" '$1 == c {n += $2} END {print n + 0}')
   if [ "$built" -eq 0 ]; then
     echo "python-socketio $version own tests: $class never built, the swap did not take" >&2
@@ -74,6 +83,6 @@ for class in RecoveryOffServer DurableClient; do
 done
 passed=$(cat "$work/durable-unit" "$work/durable-admin" | grep -c '^passed ' || true)
 if [ "$status" -eq 0 ]; then
-  echo "python-socketio $version own async tests: $passed passed with durable_adapter, as on stock"
+  echo "python-socketio $version own tests: $passed passed with durable_adapter, as on stock"
 fi
 exit $status

@@ -1,8 +1,9 @@
 """pytest plugin for python-socketio's own test suite (see socketio_own_tests.sh).
 
-With ``SOCKETIO_SWAP=durable`` it replaces python-socketio's ``AsyncServer`` and
-``AsyncClient`` (the package attributes and the module attributes the tests reach them
-by) with durable_adapter's subclasses, recovery off: they must behave exactly as stock.
+With ``SOCKETIO_SWAP=durable`` it replaces python-socketio's ``AsyncServer``,
+``AsyncClient``, ``Server`` and ``Client`` (the package attributes and the module
+attributes the tests reach them by) with durable_adapter's subclasses, the servers with
+recovery off: they must behave exactly as stock.
 Either way it writes one ``<outcome> <test id>`` line per test to ``SOCKETIO_OUTCOMES``,
 so the script can compare the stock run with the swapped one; swapped, it also writes how
 many of each swapped class the tests built to ``SOCKETIO_OUTCOMES.built``.
@@ -15,12 +16,13 @@ from typing import Any
 
 import pytest
 import socketio
-from socketio import async_client, async_server
+from socketio import async_client, async_server, client, server
 
 import durable_adapter
 
 #: instances built per swapped class: a swap the tests never reach would prove nothing
-_built: dict[str, int] = {"RecoveryOffServer": 0, "DurableClient": 0}
+_built: dict[str, int] = {"RecoveryOffServer": 0, "DurableClient": 0,
+                          "RecoveryOffSyncServer": 0, "DurableSyncClient": 0}
 
 
 class RecoveryOffServer(durable_adapter.AsyncServer):
@@ -37,6 +39,20 @@ class DurableClient(durable_adapter.AsyncClient):
         _built["DurableClient"] += 1
 
 
+class RecoveryOffSyncServer(durable_adapter.Server):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("connection_state_recovery", None)
+        kwargs.setdefault("store", "memory://")
+        super().__init__(*args, **kwargs)
+        _built["RecoveryOffSyncServer"] += 1
+
+
+class DurableSyncClient(durable_adapter.Client):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _built["DurableSyncClient"] += 1
+
+
 #: test id -> outcome; a failure in any phase (setup, call, teardown) makes it "failed"
 _outcomes: dict[str, str] = {}
 
@@ -48,6 +64,10 @@ def pytest_configure(config: pytest.Config) -> None:
             module.AsyncServer = RecoveryOffServer
         for module in (socketio, async_client):
             module.AsyncClient = DurableClient
+        for module in (socketio, server):
+            module.Server = RecoveryOffSyncServer
+        for module in (socketio, client):
+            module.Client = DurableSyncClient
     elif mode != "stock":
         raise pytest.UsageError(f"SOCKETIO_SWAP must be 'stock' or 'durable', not {mode!r}")
 

@@ -192,9 +192,13 @@ async def start_node(kind: str, spec: StoreSpec | None = None, *, name: str = "n
                      port: int = 0, reuse_port: bool = False,
                      poll_interval: float | None = None,
                      extra_args: Sequence[str] = ()) -> Node:
-    """``kind``: plain or ours (bench/_node.py), or js (bench/js/server.js: socket.io
-    4.8 with recovery on; needs ``npm ci`` in bench/js)."""
-    if kind == "js":
+    """``kind``: plain or ours (bench/_node.py), sync-plain or sync-ours (bench/_sync_node.py:
+    python-socketio's sync server, or durable_adapter.Server, under Werkzeug), or js
+    (bench/js/server.js: socket.io 4.8 with recovery on; needs ``npm ci`` in bench/js)."""
+    if kind.startswith("sync-"):
+        args = [sys.executable, str(HERE / "_sync_node.py"), "--kind", kind[5:],
+                "--name", name, "--port", str(port), *extra_args]
+    elif kind == "js":
         if not (HERE / "js" / "node_modules" / "socket.io").is_dir():
             raise RuntimeError("run `npm ci` in bench/js first")
         args = ["node", str(HERE / "js" / "server.js"), "--name", name]

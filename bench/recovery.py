@@ -15,6 +15,7 @@ last one), so "vs live" says how a replay compares with delivering those events 
 happen. Ratios against the memory store are shown too.
 
     python bench/recovery.py                    # memory, SQLite, PostgreSQL
+    python bench/recovery.py --server sync      # durable_adapter.Server (threads, Werkzeug)
     python bench/recovery.py --stores postgres --clients 100 --missed 1000 --solo 10000
 """
 
@@ -77,7 +78,8 @@ async def recover(node: Node, procs: list[ClientProc], room: str, missed: int
 
 async def run_store(kind: str, label: str, spec: Any, args: argparse.Namespace
                     ) -> dict[str, Any]:
-    node = await start_node("ours", spec, name=label)
+    node = await start_node("sync-ours" if args.server == "sync" else "ours", spec,
+                            name=label)
     procs = await start_clients(args.client_procs)
     solo = (await start_clients(1))[0]
     try:
@@ -113,6 +115,9 @@ async def main() -> None:
                         help="raw: minimal protocol client (default); sio: "
                              "durable_adapter.AsyncClient")
     parser.add_argument("--stores", default="memory,sqlite,postgres")
+    parser.add_argument("--server", choices=("async", "sync"), default="async",
+                        help="async: AsyncServer on aiohttp (default); sync: "
+                             "durable_adapter.Server under Werkzeug's threaded server")
     args = parser.parse_args()
 
     results: list[dict[str, Any]] = []
@@ -128,8 +133,9 @@ async def main() -> None:
             finally:
                 await drop_store(spec)
 
-    print(f"recovery: {args.clients} clients each missed {args.missed} events and reconnect "
-          f"at once; 1 client missed {args.solo} ({args.client} clients, websocket)")
+    print(f"recovery ({args.server} server): {args.clients} clients each missed "
+          f"{args.missed} events and reconnect at once; 1 client missed {args.solo} "
+          f"({args.client} clients, websocket)")
     base = results[0] if results else None
     rows = []
     for r in results:

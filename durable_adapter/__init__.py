@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from .emitter import AsyncEmitter, Emitter, SyncEmitter
     from .server import AsyncServer
     from .stores import Store, store_from_url
+    from .sync_client import Client
+    from .sync_server import Server
     from .transactional import emit_in
 
 #: public name -> the module (relative to this package) that defines it
@@ -33,9 +35,11 @@ _LAZY: dict[str, str] = {
     "AsyncClient": ".client",
     "AsyncEmitter": ".emitter",
     "AsyncServer": ".server",
+    "Client": ".sync_client",
     "Emitter": ".emitter",
     "RecoveryFailure": "._recovery",
     "RecoveryOptions": "._recovery",
+    "Server": ".sync_server",
     "Store": ".stores",
     "SyncEmitter": ".emitter",
     "emit_in": ".transactional",
@@ -51,11 +55,13 @@ __all__ = [
     "AsyncClient",
     "AsyncEmitter",
     "AsyncServer",
+    "Client",
     "ConfigurationError",
     "DurableAdapterError",
     "Emitter",
     "RecoveryFailure",
     "RecoveryOptions",
+    "Server",
     "SessionDataError",
     "StartupError",
     "Store",

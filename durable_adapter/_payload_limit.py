@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import engineio.async_client
+import engineio.client
 import engineio.payload
 
 _limit: contextvars.ContextVar[int | None] = contextvars.ContextVar(
@@ -31,14 +34,14 @@ class _ScopedPayload(engineio.payload.Payload):  # type: ignore[misc]
 
 
 def _install() -> None:
-    """Point engineio's async client (only) at a payload module using ``_ScopedPayload``."""
-    current = engineio.async_client.payload
-    if getattr(current, "Payload", None) is _ScopedPayload:
-        return
-    shim = types.ModuleType(engineio.payload.__name__, engineio.payload.__doc__)
-    shim.__dict__.update(vars(engineio.payload))
-    shim.Payload = _ScopedPayload  # type: ignore[attr-defined]
-    engineio.async_client.payload = shim
+    """Point engineio's clients (only) at a payload module using ``_ScopedPayload``."""
+    for client in (engineio.async_client, engineio.client):
+        if getattr(client.payload, "Payload", None) is _ScopedPayload:
+            continue
+        shim = types.ModuleType(engineio.payload.__name__, engineio.payload.__doc__)
+        shim.__dict__.update(vars(engineio.payload))
+        shim.Payload = _ScopedPayload  # type: ignore[attr-defined]
+        client.payload = shim
 
 
 @contextlib.contextmanager
@@ -50,3 +53,19 @@ def raised_limit(packets: int) -> Iterator[None]:
         yield
     finally:
         _limit.reset(token)
+
+
+def with_limit(packets: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wraps a thread's target so that it runs with ``packets`` accepted: the sync
+    client's read loop runs in a thread, which inherits no context variable."""
+    _install()
+
+    def wrap(target: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(target)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with raised_limit(packets):
+                return target(*args, **kwargs)
+
+        return run
+
+    return wrap

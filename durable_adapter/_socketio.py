@@ -26,6 +26,18 @@ offset, hold early events), ``_handle_disconnect``, ``_handle_error``,
 ``eio.state``, ``eio.queue`` (engineio's send queue, see :func:`engineio_send_queue`);
 and ``engineio.async_client.payload`` (see ``_payload_limit``).
 
+Sync client (``socketio.Client``), wrapped: the same hooks as the async client's; on its
+``engineio.Client`` instance: ``_trigger_event`` ('message' routed to one ordered
+thread), ``start_background_task`` (the read loop with the raised payload limit),
+``queue.unfinished_tasks`` and ``state`` read; and ``engineio.client.payload``.
+
+Sync server (``socketio.Server``): ``_handle_eio_connect``, ``_handle_eio_message``,
+``_handle_eio_disconnect`` handed to the core; ``_trigger_event`` called from the
+core's threads; ``environ``, ``handlers``, ``namespace_handlers``, ``not_handled``
+shared with it. Its ``engineio.Server``: ``sockets``, ``send_packet``,
+``get_session``, ``save_session``, ``disconnect``, ``shutdown``, ``generate_id``, and
+each socket's ``close(wait, abort, reason)``, ``closing``, ``closed``.
+
 Manager (``socketio.AsyncManager``), overridden or called:
   ``emit``                                        replaced for recovering namespaces
   ``pre_connect(eio_sid, namespace)`` (5.18+) or ``connect(eio_sid, namespace)`` (<5.18)
@@ -47,6 +59,7 @@ from typing import Any
 
 import engineio
 import engineio.async_client
+import engineio.client
 import socketio
 from socketio.base_manager import BaseManager
 
@@ -93,6 +106,52 @@ def check_client_surface() -> None:
     if not isinstance(payload, types.ModuleType) or not hasattr(payload, "Payload"):
         raise ImportError("python-engineio's async client no longer decodes through "
                           "engineio.async_client.payload.Payload; see _payload_limit")
+
+
+SYNC_CLIENT_NAMES = CLIENT_NAMES[1:]  # connect is not wrapped
+SYNC_SERVER_NAMES = ("_handle_eio_connect", "_handle_eio_message", "_handle_eio_disconnect",
+                     "_trigger_event")
+ENGINEIO_SYNC_SERVER_NAMES = ("sockets", "send_packet", "get_session", "save_session",
+                              "disconnect", "shutdown", "generate_id")
+
+
+def check_sync_client_surface() -> None:
+    _check(socketio.Client, SYNC_CLIENT_NAMES)
+    _check(engineio.Client, ("_trigger_event", "start_background_task"))
+    payload = getattr(engineio.client, "payload", None)
+    if not isinstance(payload, types.ModuleType) or not hasattr(payload, "Payload"):
+        raise ImportError("python-engineio's client no longer decodes through "
+                          "engineio.client.payload.Payload; see _payload_limit")
+
+
+def check_sync_server_surface() -> None:
+    _check(socketio.Server, SYNC_SERVER_NAMES)
+    _check(engineio.Server, tuple(n for n in ENGINEIO_SYNC_SERVER_NAMES if n != "sockets"))
+
+
+def route_engineio_messages(eio: Any, receive: Any) -> None:
+    """python-engineio's sync client runs each 'message' handler in a thread of its own
+    (``_trigger_event(..., run_async=True)``), in no set order: hand messages to
+    ``receive`` instead, called in its read loop's thread, in arrival order."""
+    trigger = eio._trigger_event
+
+    def _trigger_event(event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "message":
+            return receive(*args)
+        return trigger(event, *args, **kwargs)
+
+    eio._trigger_event = _trigger_event
+
+
+def wrap_engineio_tasks(eio: Any, wrap: Any) -> None:
+    """Every background task of the sync ``eio`` client (its read loop among them) runs
+    its target through ``wrap``."""
+    start = eio.start_background_task
+
+    def start_background_task(target: Any, *args: Any, **kwargs: Any) -> Any:
+        return start(wrap(target), *args, **kwargs)
+
+    eio.start_background_task = start_background_task
 
 
 def check_manager_surface() -> None:

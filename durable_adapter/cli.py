@@ -3,7 +3,7 @@
 Subcommands::
 
     durable-adapter --version
-    durable-adapter demo    [--store URL] [--host HOST] [--port PORT]
+    durable-adapter demo    [--store URL] [--host HOST] [--port PORT] [--flask]
     durable-adapter migrate --store URL [--sql]
     durable-adapter check   --store URL [--schema NAME] [--timeout SECONDS]
     durable-adapter cleanup --store URL [--interval SECONDS] [--once] [--retention SECONDS]
@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._version import version
-from .exceptions import DurableAdapterError
+from .exceptions import ConfigurationError, DurableAdapterError
 
 ENV_STORE_URL = "DURABLE_ADAPTER_STORE_URL"
 ENV_HOST = "DURABLE_ADAPTER_HOST"
@@ -114,6 +114,10 @@ def _add_demo(subparsers: _Subparsers) -> None:
     _env_flag(parser, "--workers", ENV_WORKERS, default=1, type=_workers,
               help="worker processes sharing the port and the store (websocket only "
                    "when more than one)")
+    parser.add_argument("--flask", action="store_true",
+                        help="serve the demo with Flask-SocketIO on the sync server "
+                             "(durable_adapter.flask.SocketIO, Werkzeug's threaded server; "
+                             "needs durable-adapter[flask])")
     parser.set_defaults(func=_run_demo)
 
 
@@ -124,6 +128,14 @@ def _run_demo(args: argparse.Namespace) -> int:
         print(f"durable-adapter demo running on {url} (store: {_safe_url(args.store)}); "
               "press Ctrl+C to stop", flush=True)
 
+    if args.flask:
+        if args.workers > 1:
+            raise ConfigurationError("--flask serves one process: run several behind "
+                                     "gunicorn (docs/sync.md) instead of --workers")
+        from .demo.flask_app import run as run_flask
+
+        run_flask(store=args.store, host=args.host, port=args.port, ready=ready)
+        return 0
     if args.workers > 1:
         from .demo.app import run_workers
 

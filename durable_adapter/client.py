@@ -6,32 +6,23 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import socketio
 from socketio import packet as sio_packet
 
 from . import _socketio
-from ._offsets import parse_offset
+from ._client_recovery import (
+    DISCONNECT_FLUSH_TIMEOUT,
+    MAX_BUFFERED_EVENTS,
+    MAX_PACKETS_PER_POLL,
+    ClientRecovery,
+    RecoveryState,
+)
 from ._payload_limit import raised_limit
 from ._redact import redact_pids
 
 logger = logging.getLogger(__name__)
-
-#: events held for a namespace until its CONNECT reply and connect handler are done
-MAX_BUFFERED_EVENTS = 100_000
-#: a long-poll response may carry a whole replay; python-engineio refuses more than 16
-#: packets per response by default (raised for this client only, see _payload_limit)
-MAX_PACKETS_PER_POLL = 100_000
-DISCONNECT_FLUSH_TIMEOUT = 1.0  # seconds to let a deliberate DISCONNECT reach the server
-
-
-@dataclass
-class _Recovery:
-    pid: str
-    offset: str | None = None
-
 
 class AsyncClient(socketio.AsyncClient):  # type: ignore[misc]
     """A ``socketio.AsyncClient`` that speaks connection state recovery.
@@ -54,29 +45,24 @@ class AsyncClient(socketio.AsyncClient):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         redact_pids(self.logger)  # its CONNECT packets carry the pid: never log it whole
         redact_pids(self.eio.logger)
-        self._recovery: dict[str, _Recovery] = {}
-        self._recovered: dict[str, bool] = {}
+        self._recovery = ClientRecovery()
         #: per namespace, events held in arrival order until its connect handler is done
         self._held: dict[str, deque[tuple[int | None, Any]]] = {}
 
     def is_recovered(self, namespace: str | None = None) -> bool:
         """True when the latest connection to ``namespace`` got its old session back."""
-        return self._recovered.get(namespace or "/", False)
+        return self._recovery.is_recovered(namespace or "/")
 
     def last_offset(self, namespace: str | None = None) -> str | None:
-        state = self._recovery.get(namespace or "/")
-        return state.offset if state else None
+        return self._recovery.last_offset(namespace or "/")
 
-    def recovery_state(self) -> dict[str, dict[str, str | None]]:
+    def recovery_state(self) -> RecoveryState:
         """The pid and last offset per namespace, to resume from another process."""
-        return {ns: {"pid": s.pid, "offset": s.offset} for ns, s in self._recovery.items()}
+        return self._recovery.state()
 
-    def load_recovery_state(self, state: dict[str, dict[str, str | None]]) -> None:
+    def load_recovery_state(self, state: RecoveryState) -> None:
         """Resume with a :meth:`recovery_state` saved earlier; call before ``connect``."""
-        for namespace, values in state.items():
-            pid = values.get("pid")
-            if isinstance(pid, str):
-                self._recovery[namespace] = _Recovery(pid=pid, offset=values.get("offset"))
+        self._recovery.load(state)
 
     async def connect(self, *args: Any, **kwargs: Any) -> None:
         # engineio's read loop starts in here and keeps this context: the raised limit
@@ -97,14 +83,8 @@ class AsyncClient(socketio.AsyncClient):  # type: ignore[misc]
             self._recovery.clear()
 
     async def _send_packet(self, pkt: Any) -> None:
-        namespace = pkt.namespace or "/"
-        state = self._recovery.get(namespace)
-        if pkt.packet_type == sio_packet.CONNECT and state is not None \
-                and isinstance(pkt.data, dict | None):
-            credentials: dict[str, Any] = {"pid": state.pid}
-            if state.offset is not None:
-                credentials["offset"] = state.offset
-            pkt.data = {**credentials, **(pkt.data or {})}
+        if pkt.packet_type == sio_packet.CONNECT:
+            pkt.data = self._recovery.connect_data(pkt.namespace or "/", pkt.data)
         await super()._send_packet(pkt)
         if pkt.packet_type == sio_packet.DISCONNECT:
             # python-engineio closes the websocket without sending what is queued: the
@@ -116,14 +96,7 @@ class AsyncClient(socketio.AsyncClient):  # type: ignore[misc]
 
     async def _handle_connect(self, namespace: str | None, data: Any) -> None:
         namespace = namespace or "/"
-        pid = data.get("pid") if isinstance(data, dict) else None
-        previous = self._recovery.get(namespace)
-        recovered = isinstance(pid, str) and previous is not None and previous.pid == pid
-        self._recovered[namespace] = recovered
-        if not isinstance(pid, str):
-            self._recovery.pop(namespace, None)
-        elif not recovered:
-            self._recovery[namespace] = _Recovery(pid=pid)
+        self._recovery.connected(namespace, data)
         # a server may send the missed events before its CONNECT reply (the JS one does);
         # they, and events arriving while the connect handler runs, wait their turn
         held = self._held.setdefault(namespace, deque())
@@ -159,19 +132,13 @@ class AsyncClient(socketio.AsyncClient):  # type: ignore[misc]
         await self._deliver(namespace, id, data)
 
     async def _deliver(self, namespace: str, id: int | None, data: Any) -> None:
-        state = self._recovery.get(namespace)
-        # stored events carry their offset last; ack'd events never do (JS client's rule).
-        # Only a value in our offset format is one: a volatile emit("typing", "alice") keeps
-        # its argument. Record it before any await: arrival order is only certain up to it.
-        if state is not None and id is None and isinstance(data, list) and len(data) > 1 \
-                and parse_offset(data[-1]) is not None:
-            state.offset = data[-1]
-            data = data[:-1]
+        # recorded before any await: arrival order is only certain up to it
+        data = self._recovery.strip(namespace, id, data)
         await super()._handle_event(namespace, id, data)
 
     async def _handle_disconnect(self, namespace: str | None) -> None:
         # the server closed the namespace on purpose: it kept nothing to recover
-        self._recovery.pop(namespace or "/", None)
+        self._recovery.forget(namespace or "/")
         self._held.pop(namespace or "/", None)
         await super()._handle_disconnect(namespace)
 

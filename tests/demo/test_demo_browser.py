@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import pytest
 
 from tests._env import fail_in_ci_else_skip
 
@@ -140,8 +141,9 @@ class DevTools:
 
 
 @contextlib.asynccontextmanager
-async def demo_server(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
-    """``python -m durable_adapter demo`` on a free port; yields its URL and log file."""
+async def demo_server(tmp_path: Path, *options: str) -> AsyncIterator[tuple[str, Path]]:
+    """``python -m durable_adapter demo`` (with ``options``, e.g. ``--flask``) on a free
+    port; yields its URL and log file."""
     log_path = tmp_path / "demo.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
@@ -149,7 +151,7 @@ async def demo_server(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "durable_adapter", "demo", "--port", "0", "--store", store,
-            cwd=tmp_path, env=env, stdin=asyncio.subprocess.DEVNULL,
+            *options, cwd=tmp_path, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=log, stderr=asyncio.subprocess.STDOUT)
     try:
         async def started() -> str | None:
@@ -224,9 +226,14 @@ def check_png(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-async def test_page_recovers_missed_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("options", [
+    pytest.param((), id="aiohttp"),
+    pytest.param(("--flask",), id="flask-socketio"),
+])
+async def test_page_recovers_missed_message(tmp_path: Path, options: tuple[str, ...]) -> None:
     _require_chromium()
-    async with aiohttp.ClientSession() as http, demo_server(tmp_path) as (url, log_path), \
+    async with aiohttp.ClientSession() as http, \
+            demo_server(tmp_path, *options) as (url, log_path), \
             chromium(tmp_path, http) as page:
 
         async def state() -> str:

@@ -1,0 +1,154 @@
+"""The core of the sync server: :class:`~.server.AsyncServer` itself, run on a loop thread.
+
+:class:`durable_adapter.Server` is python-socketio's sync server on the outside (its
+Engine.IO server, its threads, its web integrations) and this core on the inside: every
+Socket.IO packet, every room change and every emit is handled by the same code as the
+async server's, on one event loop in a thread of its own. Two seams make that work:
+
+- :class:`EngineIOBridge` is the async Engine.IO surface the core sends through, over the
+  sync server's ``engineio.Server``: a send puts the packet on the connection's queue
+  (a ``queue.Queue`` under ``threading``: safe from any thread), which its transport's
+  own thread writes out.
+- :class:`SyncCore` runs the application's (sync) handlers each in a thread of its own,
+  as python-socketio's sync server does, never on the loop: a handler that calls back
+  into the server blocks its own thread, not the loop that serves the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import engineio
+import socketio
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
+
+from ._loop_thread import in_thread
+from .server import AsyncServer
+
+logger = logging.getLogger(__name__)
+
+#: python-socketio's options that the core takes as the sync server got them (the rest
+#: are Engine.IO's, which only the sync server's own Engine.IO server uses)
+SOCKETIO_OPTIONS = ("logger", "serializer", "json", "async_handlers", "always_connect",
+                    "namespaces")
+
+
+class EngineIOBridge:
+    """What python-socketio's ``AsyncServer`` (and ours) use of an ``engineio.AsyncServer``,
+    done on a sync ``engineio.Server``.
+
+    Sends never block: they queue. What may block (closing a connection waits for its
+    disconnect handler, which calls back into the loop) runs in a thread.
+    """
+
+    def __init__(self, eio: engineio.Server) -> None:
+        self.eio = eio
+        self.logger = eio.logger
+        self.async_mode = eio.async_mode
+        self.generate_id: Callable[[], str] = eio.generate_id
+
+    @property
+    def sockets(self) -> dict[str, Any]:
+        sockets: dict[str, Any] = self.eio.sockets
+        return sockets
+
+    def on(self, event: str, handler: Any = None) -> None:
+        """The sync server receives Engine.IO's events and hands them to the core."""
+
+    async def send(self, sid: str, data: Any) -> None:
+        await self.send_packet(sid, eio_packet.Packet(eio_packet.MESSAGE, data=data))
+
+    async def send_packet(self, sid: str, pkt: eio_packet.Packet) -> None:
+        try:
+            self.eio.send_packet(sid, pkt)
+        except eio_exceptions.SocketIsClosedError:
+            pass  # closed meanwhile by its transport's thread: as a send to a gone sid
+
+    async def get_session(self, sid: str) -> dict[str, Any]:
+        session: dict[str, Any] = self.eio.get_session(sid)
+        return session
+
+    async def save_session(self, sid: str, session: dict[str, Any]) -> None:
+        self.eio.save_session(sid, session)
+
+    async def disconnect(self, sid: str | None = None) -> None:
+        await in_thread(self.eio.disconnect, sid)
+
+    async def shutdown(self) -> None:
+        await in_thread(self.eio.shutdown)
+
+    def transport(self, sid: str) -> str:
+        transport: str = self.eio.transport(sid)
+        return transport
+
+    def start_background_task(self, target: Callable[..., Any], *args: Any,
+                              **kwargs: Any) -> asyncio.Task[Any]:
+        return asyncio.ensure_future(target(*args, **kwargs))
+
+    async def sleep(self, seconds: float = 0) -> None:
+        await asyncio.sleep(seconds)
+
+    def create_event(self) -> asyncio.Event:
+        return asyncio.Event()
+
+
+class _SyncHandlers(socketio.AsyncServer):  # type: ignore[misc]
+    """Runs the sync server's handlers (functions and ``socketio.Namespace`` classes,
+    registered on it) in threads: placed below :class:`AsyncServer` so that everything
+    it does around a handler (skip_middlewares, the accepted flag) stays as it is."""
+
+    face: Any  # the durable_adapter.Server
+
+    async def _trigger_event(self, event: str, namespace: str, *args: Any) -> Any:
+        return await in_thread(self._run_handler, event, namespace, *args)
+
+    def _run_handler(self, event: str, namespace: str, *args: Any) -> Any:
+        """In the handler's thread: the handler, then its emits out (before its ack)."""
+        try:
+            return socketio.Server._trigger_event(self.face, event, namespace, *args)
+        finally:
+            self.face._settle()
+
+
+class SyncCore(AsyncServer, _SyncHandlers):
+    """The async server behind a :class:`durable_adapter.Server`; not used on its own."""
+
+    def __init__(self, face: socketio.Server, **kwargs: Any) -> None:
+        self.face = face
+        self._bridge = EngineIOBridge(face.eio)
+        super().__init__(**kwargs)
+        # one registry of handlers, environs and the "no handler" mark for both faces
+        self.handlers = face.handlers
+        self.namespace_handlers = face.namespace_handlers
+        self.environ = face.environ
+        self.not_handled = face.not_handled
+
+    def _engineio_server_class(self) -> Callable[..., EngineIOBridge]:
+        return lambda **_options: self._bridge
+
+    async def evict(self, eio_sid: str, *, abort: bool = False) -> None:
+        """As :meth:`AsyncServer.evict`, on a sync connection (its close runs the
+        disconnect handlers, which call back into this loop: in a thread)."""
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None:
+            return
+        self._evicting.add(eio_sid)
+        try:
+            # the sync close puts the writer's end mark itself: its writer closes the
+            # websocket, which ends the reader
+            await in_thread(socket.close, False, abort, self.reason.TRANSPORT_CLOSE)
+        finally:
+            self._evicting.discard(eio_sid)
+            self.eio.sockets.pop(eio_sid, None)
+
+    async def _close_transports(self) -> None:
+        for socket in list(self.eio.sockets.values()):
+            try:
+                await in_thread(socket.close, False, True, self.reason.TRANSPORT_CLOSE)
+            except Exception:  # one broken connection does not keep the others open
+                logger.exception("could not close connection %s at shutdown", socket.sid)
+        self.eio.sockets.clear()

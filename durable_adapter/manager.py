@@ -22,6 +22,7 @@ from engineio import packet as eio_packet
 from . import _socketio, metrics
 from ._attempt import Hold, current_attempt
 from ._cluster import LetGo, in_control_handler
+from ._direct import DirectWrites
 from ._lease import Lease
 from ._offsets import format_offset
 from ._packets import as_args, as_rooms, encode_event, encode_with_offset, set_offset
@@ -96,6 +97,8 @@ class DurableManager(RoomsManager):
         self.window = max_disconnection_duration
         self._on_lease_regained = on_lease_regained
         self.lease = Lease(store, self.host_id, lease_expiry, on_regained=self._lease_regained)
+        #: writes frames to websockets without a writer wake-up (set by the server)
+        self.direct: DirectWrites | None = None
         #: the purge this node runs, if any (started with the node)
         self.cleanup: ServerCleanup | None = None
         if purge_window is not None:
@@ -399,6 +402,7 @@ class DurableManager(RoomsManager):
                 await self.sessions.committed(unwritten, strict=False)
         holds = self.holds.get(namespace, {})
         sockets = self.sockets
+        write = self._direct_write(parts)
         for sid, eio_sid in targets:
             hold = holds.get(sid)
             state = sockets.get(namespace, sid)
@@ -409,8 +413,21 @@ class DurableManager(RoomsManager):
             if hold is not None:
                 hold.held.append((stored.seq, parts))
                 continue
+            if write is not None and write(eio_sid):
+                continue
             for part in parts:
                 await self.server._send_eio_packet(eio_sid, part)
+
+    def _direct_write(self, parts: list[eio_packet.Packet]
+                      ) -> Callable[[str], bool] | None:
+        """A packet's frame encoded once, and what writes it to one socket directly
+        (:mod:`._direct`); None when it goes through python-engineio's queue."""
+        direct = self.direct
+        if direct is None or len(parts) != 1 or not direct.active():
+            return None  # attachments go frame by frame through the queue
+        frame = parts[0].encode()
+        write = direct.write
+        return lambda eio_sid: write(eio_sid, frame)
 
     async def _history_reset(self, after: int) -> None:
         """The store's history was replaced (a Redis that lost its data): the packets after

@@ -19,6 +19,7 @@ from socketio import packet as sio_packet
 
 from . import _socketio, metrics, readiness
 from ._attempt import Attempt, current_attempt
+from ._direct import DirectWrites
 from ._fencing import close_disowned
 from ._offsets import new_pid
 from ._recovery import RecoveryFailure, RecoveryOptions, split_auth
@@ -117,6 +118,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         self._restorer: Restorer | None = None
         if self.recovery is not None:
             self._restorer = Restorer(self.durable_manager, self.recovery, self)
+            self.durable_manager.direct = DirectWrites(self.eio)
             self._wrap_generate_id()
             redact_pids(self.logger)  # CONNECT packets carry pids: never log them whole
             redact_pids(self.eio.logger)

@@ -1,0 +1,159 @@
+"""Frames written straight to a socket's websocket, without waking its writer task.
+
+python-engineio sends through a queue per socket: ``send`` puts the packet there and the
+socket's writer task wakes, takes it and writes it to the websocket. A fan-out that
+commits each packet on its own wakes every recipient's writer once per packet (a task
+step, a timer and a future per socket per packet). A packet's frame is the same text for
+every recipient, so :class:`DirectWrites` encodes it once and writes it to each socket's
+websocket itself where nothing can be ahead of it: the socket is on the websocket
+transport, its queue is empty and its writer is parked waiting on it (so it holds no
+packet taken from the queue either). Anything else, pings included, goes through the
+queue as before, and a packet falls back to the queue whenever a socket is not in that
+state; so frames reach each client in the order they were sent, as python-engineio's own
+writer would have put them.
+
+It relies on python-engineio's socket internals (``queue`` and its writer parked in
+``queue.get()``, ``upgraded``, ``upgrading``, ``closing``, ``closed``, ``last_ping``, the
+websocket driver built from ``_async['websocket']`` with the socket's
+``_websocket_handler``) and on ``asyncio.Queue``'s list of waiting getters; the writer
+loop is the same from python-engineio 4.8 to 4.15. Other versions, logging engine.io
+packets (python-engineio logs each send), or an async mode without those drivers: every
+packet goes through the queue, as without this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import types
+from collections.abc import Coroutine, Generator
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: python-engineio versions whose socket writer this module was checked against
+SUPPORTED = ((4, 8), (5, 0))
+#: async modes whose websocket driver is wrapped
+MODES = ("aiohttp", "asgi")
+#: attribute on a python-engineio socket holding its websocket driver
+WS_ATTR = "_durable_ws"
+
+
+def _engineio_supported() -> bool:
+    try:
+        parts = version("python-engineio").split(".")
+        current = (int(parts[0]), int(parts[1]))
+    except (PackageNotFoundError, ValueError, IndexError):
+        return False
+    low, high = SUPPORTED
+    return low <= current < high and hasattr(asyncio.Queue(), "_getters")
+
+
+@types.coroutine
+def _finish(coro: Coroutine[Any, Any, Any], pending: Any) -> Generator[Any, Any, Any]:
+    """The rest of ``coro``, which stopped on ``pending`` at its first step: whatever
+    the task running this sends or throws in goes on to ``coro``, as if it ran it."""
+    while True:
+        thrown: BaseException | None = None
+        try:
+            yield pending
+        except BaseException as exc:  # forwarded, as a task would
+            thrown = exc
+        try:
+            pending = coro.send(None) if thrown is None else coro.throw(thrown)
+        except StopIteration as stop:
+            return stop.value
+
+
+async def _rest(coro: Coroutine[Any, Any, Any], pending: Any) -> Any:
+    return await _finish(coro, pending)
+
+
+class DirectWrites:
+    """Writes a frame to a websocket socket with nothing ahead of it, else says no."""
+
+    def __init__(self, eio: Any) -> None:
+        self.eio = eio
+        #: frames written directly / sends left to python-engineio's queue
+        self.direct = 0
+        self.queued = 0
+        #: a direct write whose websocket send did not finish at once (flow control)
+        self._unfinished: dict[Any, asyncio.Task[Any]] = {}
+        self.enabled = _engineio_supported() and self._wrap_driver()
+
+    def _wrap_driver(self) -> bool:
+        drivers = getattr(self.eio, "_async", None)
+        if getattr(self.eio, "async_mode", None) not in MODES or not isinstance(drivers, dict):
+            return False
+        driver = drivers.get("websocket")
+        if not isinstance(driver, type):
+            return False
+
+        class RecordingWebSocket(driver):  # type: ignore[valid-type,misc]
+            """python-engineio's websocket driver, recorded on the socket it serves."""
+
+            def __init__(self, handler: Any, server: Any) -> None:
+                super().__init__(handler, server)
+                owner = getattr(handler, "__self__", None)
+                if owner is not None:
+                    setattr(owner, WS_ATTR, self)
+
+        # the drivers' dict is shared by every server of that mode: this one gets a copy
+        self.eio._async = {**drivers, "websocket": RecordingWebSocket}
+        return True
+
+    def active(self) -> bool:
+        """Whether frames may go directly now (python-engineio logs each packet it
+        sends at INFO: with that on, everything goes through it)."""
+        return self.enabled and not self.eio.logger.isEnabledFor(logging.INFO)
+
+    def writable(self, socket: Any) -> Any:
+        """The websocket of ``socket`` when a frame written now would come after all it
+        was sent, else None."""
+        ws = getattr(socket, WS_ATTR, None)
+        if ws is None or not socket.upgraded or socket.upgrading or socket.closing \
+                or socket.closed or socket in self._unfinished:
+            return None
+        queue = socket.queue
+        if queue._queue or not queue._getters:
+            return None  # something queued, or the writer holds what it took
+        last_ping = socket.last_ping
+        if last_ping and time.time() - last_ping > self.eio.ping_timeout:
+            return None  # python-engineio's send closes it: let it
+        return ws
+
+    def write(self, eio_sid: str, frame: str | bytes) -> bool:
+        """Write ``frame`` (an encoded Engine.IO packet) to ``eio_sid``'s websocket if
+        nothing is ahead of it there; False: send it through python-engineio instead."""
+        socket = self.eio.sockets.get(eio_sid)
+        ws = self.writable(socket) if socket is not None else None
+        if ws is None:
+            self.queued += 1
+            return False
+        self.direct += 1
+        coro = ws.send(frame)
+        try:
+            pending = coro.send(None)
+        except StopIteration:
+            return True  # written (the common case: the transport took it)
+        except Exception:
+            # the connection is going away: its reader ends and closes the socket, as
+            # python-engineio's writer would on a failed send
+            logger.debug("direct websocket write to %s failed", eio_sid, exc_info=True)
+            return True
+        # waiting for the transport to drain: the rest runs in a task, and this socket
+        # gets its next frames through the queue until it is done (the frame is written
+        # before the wait in aiohttp's and the ASGI servers' websockets)
+        task = asyncio.ensure_future(_rest(coro, pending))
+        self._unfinished[socket] = task
+        task.add_done_callback(self._finished)
+        return True
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        for socket, unfinished in list(self._unfinished.items()):
+            if unfinished is task:
+                del self._unfinished[socket]
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("direct websocket write failed", exc_info=task.exception())

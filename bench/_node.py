@@ -160,7 +160,7 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
 
     async def frames(request: web.Request) -> web.Response:
         # frames written to websockets directly / left to python-engineio's writer task
-        direct = sio.durable_manager.direct if kind == "ours" else None
+        direct = getattr(sio.durable_manager, "direct", None) if kind == "ours" else None
         return web.json_response({"direct": direct.direct if direct else 0,
                                   "queued": direct.queued if direct else 0})
 

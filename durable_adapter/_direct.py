@@ -81,6 +81,8 @@ class DirectWrites:
         self.queued = 0
         #: a direct write whose websocket send did not finish at once (flow control)
         self._unfinished: dict[Any, asyncio.Task[Any]] = {}
+        #: aiohttp's WebSocketResponse and its text opcode, in aiohttp mode
+        self._aiohttp: tuple[Any, Any] | None = None
         self.enabled = _engineio_supported() and self._wrap_driver()
 
     def _wrap_driver(self) -> bool:
@@ -102,6 +104,12 @@ class DirectWrites:
 
         # the drivers' dict is shared by every server of that mode: this one gets a copy
         self.eio._async = {**drivers, "websocket": RecordingWebSocket}
+        if self.eio.async_mode == "aiohttp":
+            from aiohttp import WSMsgType, web
+
+            # what python-engineio's aiohttp driver does for a text frame, minus finding
+            # out per call which method to use and encoding the text per socket
+            self._aiohttp = (web.WebSocketResponse, WSMsgType.TEXT)
         return True
 
     def active(self) -> bool:
@@ -124,16 +132,22 @@ class DirectWrites:
             return None  # python-engineio's send closes it: let it
         return ws
 
-    def write(self, eio_sid: str, frame: str | bytes) -> bool:
-        """Write ``frame`` (an encoded Engine.IO packet) to ``eio_sid``'s websocket if
-        nothing is ahead of it there; False: send it through python-engineio instead."""
+    def write(self, eio_sid: str, frame: str, data: bytes) -> bool:
+        """Write ``frame`` (an encoded Engine.IO packet, ``data`` as UTF-8) to
+        ``eio_sid``'s websocket if nothing is ahead of it there; False: send it through
+        python-engineio instead."""
         socket = self.eio.sockets.get(eio_sid)
         ws = self.writable(socket) if socket is not None else None
         if ws is None:
             self.queued += 1
             return False
         self.direct += 1
-        coro = ws.send(frame)
+        aiohttp = self._aiohttp
+        sock = getattr(ws, "_sock", None) if aiohttp is not None else None
+        if aiohttp is not None and isinstance(sock, aiohttp[0]):
+            coro = sock.send_frame(data, aiohttp[1])
+        else:
+            coro = ws.send(frame)
         try:
             pending = coro.send(None)
         except StopIteration:

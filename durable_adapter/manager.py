@@ -402,7 +402,7 @@ class DurableManager(RoomsManager):
                 await self.sessions.committed(unwritten, strict=False)
         holds = self.holds.get(namespace, {})
         sockets = self.sockets
-        write = self._direct_write(parts)
+        direct = self._direct_frame(parts)
         for sid, eio_sid in targets:
             hold = holds.get(sid)
             state = sockets.get(namespace, sid)
@@ -413,21 +413,22 @@ class DurableManager(RoomsManager):
             if hold is not None:
                 hold.held.append((stored.seq, parts))
                 continue
-            if write is not None and write(eio_sid):
+            if direct is not None and direct[0](eio_sid, direct[1], direct[2]):
                 continue
             for part in parts:
                 await self.server._send_eio_packet(eio_sid, part)
 
-    def _direct_write(self, parts: list[eio_packet.Packet]
-                      ) -> Callable[[str], bool] | None:
-        """A packet's frame encoded once, and what writes it to one socket directly
-        (:mod:`._direct`); None when it goes through python-engineio's queue."""
+    def _direct_frame(self, parts: list[eio_packet.Packet]
+                      ) -> tuple[Callable[[str, str, bytes], bool], str, bytes] | None:
+        """What writes a packet to one socket directly (:mod:`._direct`) and its frame,
+        encoded once for every recipient; None when it goes through python-engineio."""
         direct = self.direct
         if direct is None or len(parts) != 1 or not direct.active():
-            return None  # attachments go frame by frame through the queue
+            return None  # binary attachments go frame by frame through the queue
         frame = parts[0].encode()
-        write = direct.write
-        return lambda eio_sid: write(eio_sid, frame)
+        if not isinstance(frame, str):
+            return None
+        return direct.write, frame, frame.encode("utf-8")
 
     async def _history_reset(self, after: int) -> None:
         """The store's history was replaced (a Redis that lost its data): the packets after

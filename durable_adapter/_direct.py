@@ -76,9 +76,11 @@ class DirectWrites:
 
     def __init__(self, eio: Any) -> None:
         self.eio = eio
-        #: frames written directly / sends left to python-engineio's queue
+        #: frames written directly / sends left to python-engineio's queue / direct
+        #: writes that had to wait for the transport to drain (finished in a task)
         self.direct = 0
         self.queued = 0
+        self.drained = 0
         #: a direct write whose websocket send did not finish at once (flow control)
         self._unfinished: dict[Any, asyncio.Task[Any]] = {}
         #: aiohttp's WebSocketResponse and its text opcode, in aiohttp mode
@@ -160,6 +162,7 @@ class DirectWrites:
         # waiting for the transport to drain: the rest runs in a task, and this socket
         # gets its next frames through the queue until it is done (the frame is written
         # before the wait in aiohttp's and the ASGI servers' websockets)
+        self.drained += 1
         task = asyncio.ensure_future(_rest(coro, pending))
         self._unfinished[socket] = task
         task.add_done_callback(self._finished)

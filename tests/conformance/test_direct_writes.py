@@ -15,10 +15,12 @@ from aiohttp import web
 
 import durable_adapter
 from tests._harness import WAIT, until
+from tests._raw import RawSocket, payload
 
 PACKETS = 400  # numbered packets each client must get once, in order
 WEBSOCKET_CLIENTS = 12
 POLLING_CLIENTS = 4
+BIG_PACKETS = 3000  # of 4 kB each: more than a stalled socket's buffers hold
 PING_INTERVAL = 0.05  # seconds: pings keep landing in the queues during the emits
 
 
@@ -75,8 +77,8 @@ class Counter:
         self.got: list[int] = []
         self.client.on("n", self._record)
 
-    def _record(self, number: int, *offset: Any) -> None:
-        self.got.append(number)
+    def _record(self, number: Any, *offset: Any) -> None:
+        self.got.append(number[0] if isinstance(number, list) else number)
 
     async def connect(self, url: str) -> None:
         await self.client.connect(url, transports=[self.transport], wait_timeout=WAIT)
@@ -134,3 +136,36 @@ async def test_without_direct_writes_every_packet_goes_through_the_queue() -> No
             assert direct.direct == 0
         finally:
             await client.client.disconnect()
+
+
+async def test_a_client_that_stops_reading_stalls_no_one_and_later_gets_everything_in_order(
+        ) -> None:
+    sio = server("aiohttp")
+    async with served(sio, "aiohttp") as url:
+        reader = Counter("websocket")
+        await reader.connect(url)
+        stalled = await RawSocket.open(url)
+        try:
+            await stalled.connect()
+            direct = sio.durable_manager.direct
+            assert direct is not None
+            # more than the loopback's buffers hold: the stalled socket's transport
+            # fills and a direct write has to wait for it to drain
+            pad = "x" * 4000
+            for n in range(BIG_PACKETS):
+                await asyncio.wait_for(sio.emit("n", [n, pad], to="all"), WAIT)
+            await until(lambda: len(reader.got) >= BIG_PACKETS,
+                        lambda: f"{len(reader.got)} packets at the reading client")
+            assert reader.got == list(range(BIG_PACKETS))
+            assert direct.drained > 0, "the stalled socket's transport never filled"
+            got: list[int] = []
+            while len(got) < BIG_PACKETS:
+                frame = await stalled.next_frame()
+                assert frame is not None, f"closed after {len(got)} packets"
+                event, (number, _), _offset = payload(frame)
+                assert event == "n"
+                got.append(number)
+            assert got == list(range(BIG_PACKETS))
+        finally:
+            await stalled.close()
+            await reader.client.disconnect()

@@ -413,17 +413,19 @@ class DurableManager(RoomsManager):
             if hold is not None:
                 hold.held.append((stored.seq, parts))
                 continue
-            if direct is not None and direct[0](eio_sid, direct[1], direct[2]):
-                continue
-            for part in parts:
-                await self.server._send_eio_packet(eio_sid, part)
+            if direct is None:
+                for part in parts:
+                    await self.server._send_eio_packet(eio_sid, part)
+            elif not direct[0](eio_sid, direct[1], direct[2]):
+                # tried directly already: python-socketio's own send, through the queue
+                await _socketio.queued_send(self.server, eio_sid, parts[0])
 
     def _direct_frame(self, parts: list[eio_packet.Packet]
                       ) -> tuple[Callable[[str, str, bytes], bool], str, bytes] | None:
         """What writes a packet to one socket directly (:mod:`._direct`) and its frame,
         encoded once for every recipient; None when it goes through python-engineio."""
         direct = self.direct
-        if direct is None or len(parts) != 1 or not direct.active():
+        if direct is None or len(parts) != 1 or parts[0].binary or not direct.active():
             return None  # binary attachments go frame by frame through the queue
         frame = parts[0].encode()
         if not isinstance(frame, str):

@@ -430,6 +430,17 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
                 await self._write_connected(state)
         return accepted
 
+    async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
+        # every packet python-socketio sends (CONNECT replies, acks, replays) goes
+        # straight to the websocket when nothing is ahead of it there (._direct)
+        direct = self.durable_manager.direct if self.recovery is not None else None
+        # (never a binary one: its encoding is cached, and polling needs it in base64)
+        if direct is not None and not eio_pkt.binary and direct.active():
+            frame = eio_pkt.encode()
+            if isinstance(frame, str) and direct.write(eio_sid, frame, frame.encode()):
+                return
+        await super()._send_eio_packet(eio_sid, eio_pkt)
+
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
         if pkt.packet_type != sio_packet.CONNECT or not isinstance(pkt.data, dict) \
                 or "sid" not in pkt.data or not self._recovers(pkt.namespace or "/"):

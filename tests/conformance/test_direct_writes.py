@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import uvicorn
 from aiohttp import web
+from engineio import packet as eio_packet
 
 import durable_adapter
 from tests._harness import WAIT, until
@@ -68,8 +69,8 @@ async def served(sio: durable_adapter.AsyncServer, async_mode: str) -> AsyncIter
 
 
 class Counter:
-    """A client that records the numbers it gets, stored and volatile alike (ours: a
-    stock client refuses a long-poll response of more than 16 packets)."""
+    """A client that records the numbers it gets (ours: a stock client refuses a
+    long-poll response of more than 16 packets)."""
 
     def __init__(self, transport: str) -> None:
         self.transport = transport
@@ -86,11 +87,16 @@ class Counter:
 
 async def interleaved(sio: durable_adapter.AsyncServer, count: int,
                       every: Callable[[int], bool]) -> None:
-    """Numbers 0..count-1 to everyone, in order from one task: stored ones (which may be
-    written directly) and, where ``every(n)``, volatile ones (always through
-    python-engineio's queue, as pings are)."""
+    """Numbers 0..count-1 to everyone, in order from one task: stored emits (which may be
+    written directly) and, where ``every(n)``, an event put in each socket's
+    python-engineio queue (as its pings are), never written directly."""
     for n in range(count):
-        await sio.emit("n", n, to="all", volatile=every(n))
+        if not every(n):
+            await sio.emit("n", n, to="all")
+            continue
+        for eio_sid in list(sio.eio.sockets):
+            await sio.eio.send_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE,
+                                                                 f'2["n",{n}]'))
         if n % 50 == 49:
             await asyncio.sleep(PING_INTERVAL)  # pings come due meanwhile
 
@@ -112,8 +118,8 @@ async def test_every_client_gets_every_packet_once_in_order_amid_queued_ones_and
                         lambda: f"counts {[len(c.got) for c in clients]}")
             for c in clients:
                 assert c.got == expected, f"{c.transport} client out of order or incomplete"
-            # both paths ran: stored frames went straight to the websockets, and others
-            # waited behind what the queues held (the volatile packets, the pings)
+            # both paths ran: frames went straight to the websockets, and others waited
+            # behind what the queues held
             assert direct.direct > 0
             assert direct.queued > 0
         finally:

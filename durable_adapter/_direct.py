@@ -71,6 +71,16 @@ async def _rest(coro: Coroutine[Any, Any, Any], pending: Any) -> Any:
     return await _finish(coro, pending)
 
 
+async def _send_frames(sock: Any, frames: list[bytes], opcode: Any) -> None:
+    for data in frames:
+        await sock.send_frame(data, opcode)
+
+
+async def _send_texts(ws: Any, frames: list[str]) -> None:
+    for frame in frames:
+        await ws.send(frame)
+
+
 class DirectWrites:
     """Writes a frame to a websocket socket with nothing ahead of it, else says no."""
 
@@ -83,6 +93,9 @@ class DirectWrites:
         self.drained = 0
         #: a direct write whose websocket send did not finish at once (flow control)
         self._unfinished: dict[Any, asyncio.Task[Any]] = {}
+        #: frames handed over this round, per socket, written by :meth:`_flush`
+        self._corked: dict[Any, tuple[Any, list[tuple[str, bytes]]]] = {}
+        self._flush_handle: asyncio.Handle | None = None
         #: aiohttp's WebSocketResponse and its text opcode, in aiohttp mode
         self._aiohttp: tuple[Any, Any] | None = None
         self.enabled = _engineio_supported() and self._wrap_driver()
@@ -125,7 +138,7 @@ class DirectWrites:
         ws = getattr(socket, WS_ATTR, None)
         if ws is None or not socket.upgraded or socket.upgrading or socket.closing \
                 or socket.closed or socket in self._unfinished:
-            return None
+            return None  # (frames corked for it this round are ahead of the queue's)
         queue = socket.queue
         if queue._queue or not queue._getters:
             return None  # something queued, or the writer holds what it took
@@ -137,36 +150,56 @@ class DirectWrites:
     def write(self, eio_sid: str, frame: str, data: bytes) -> bool:
         """Write ``frame`` (an encoded Engine.IO packet, ``data`` as UTF-8) to
         ``eio_sid``'s websocket if nothing is ahead of it there; False: send it through
-        python-engineio instead."""
+        python-engineio instead.
+
+        Frames are written at the end of the loop's current round, each socket's back to
+        back (:meth:`_flush`): a handler emitting many packets without yielding does not
+        interleave tiny writes across every socket (each its own TCP segment), and it
+        returns as soon as it handed them over, as with python-engineio's queue. The
+        flush is scheduled before anything queued later can wake a writer, so it still
+        goes first.
+        """
         socket = self.eio.sockets.get(eio_sid)
         ws = self.writable(socket) if socket is not None else None
         if ws is None:
             self.queued += 1
             return False
         self.direct += 1
-        aiohttp = self._aiohttp
-        sock = getattr(ws, "_sock", None) if aiohttp is not None else None
-        if aiohttp is not None and isinstance(sock, aiohttp[0]):
-            coro = sock.send_frame(data, aiohttp[1])
-        else:
-            coro = ws.send(frame)
-        try:
-            pending = coro.send(None)
-        except StopIteration:
-            return True  # written (the common case: the transport took it)
-        except Exception:
-            # the connection is going away: its reader ends and closes the socket, as
-            # python-engineio's writer would on a failed send
-            logger.debug("direct websocket write to %s failed", eio_sid, exc_info=True)
-            return True
-        # waiting for the transport to drain: the rest runs in a task, and this socket
-        # gets its next frames through the queue until it is done (the frame is written
-        # before the wait in aiohttp's and the ASGI servers' websockets)
-        self.drained += 1
-        task = asyncio.ensure_future(_rest(coro, pending))
-        self._unfinished[socket] = task
-        task.add_done_callback(self._finished)
+        corked = self._corked.get(socket)
+        if corked is None:
+            corked = self._corked[socket] = (ws, [])
+            if self._flush_handle is None:
+                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+        corked[1].append((frame, data))
         return True
+
+    def _flush(self) -> None:
+        """Write every socket's frames of this round, each socket's in one go."""
+        self._flush_handle = None
+        corked, self._corked = self._corked, {}
+        aiohttp = self._aiohttp
+        for socket, (ws, frames) in corked.items():
+            sock = getattr(ws, "_sock", None) if aiohttp is not None else None
+            if aiohttp is not None and isinstance(sock, aiohttp[0]):
+                coro = _send_frames(sock, [data for _, data in frames], aiohttp[1])
+            else:
+                coro = _send_texts(ws, [frame for frame, _ in frames])
+            try:
+                pending = coro.send(None)
+            except StopIteration:
+                continue  # written (the common case: the transport took it all)
+            except Exception:
+                # the connection is going away: its reader ends and closes the socket,
+                # as python-engineio's writer would on a failed send
+                logger.debug("direct websocket write failed", exc_info=True)
+                continue
+            # waiting for the transport to drain: the rest runs in a task, and this
+            # socket gets its next frames through the queue until it is done (a frame is
+            # written before the wait in aiohttp's and the ASGI servers' websockets)
+            self.drained += 1
+            task = asyncio.ensure_future(_rest(coro, pending))
+            self._unfinished[socket] = task
+            task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         for socket, unfinished in list(self._unfinished.items()):

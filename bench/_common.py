@@ -167,6 +167,12 @@ class Node:
             response.raise_for_status()
             return await response.json()
 
+    async def get(self, path: str, within: float = 10) -> Any:
+        async with aiohttp.ClientSession() as http, http.get(
+                self.control_url + path, timeout=aiohttp.ClientTimeout(total=within)) as r:
+            r.raise_for_status()
+            return await r.json()
+
     async def cpu(self) -> float:
         return (await self.cpus())[0]
 

@@ -19,6 +19,8 @@ benchmark can drive one worker of several sharing P through SO_REUSEPORT):
   while no client is connected. ``--write-through on|off`` is the state at start.
 * ``POST /profile`` ``{"path": P}``: start a cProfile of this process's event loop
   thread; ``{"path": null}`` stops it and writes the stats to the path given at start.
+* ``GET /frames``: frames written straight to websockets and sends left to
+  python-engineio's writer task by the delivery (``durable_adapter._direct``), so far.
 * ``POST /settle``: wait until the session writer has written everything marked so far;
   answers the Engine.IO sockets open, and the ``save_sessions`` / ``delete_sessions``
   calls (and sessions written) since the start.
@@ -156,6 +158,12 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
         sio.durable_manager.sessions.live = bool((await request.json())["on"]) and not memory
         return web.json_response({"on": sio.durable_manager.sessions.live})
 
+    async def frames(request: web.Request) -> web.Response:
+        # frames written to websockets directly / left to python-engineio's writer task
+        direct = getattr(sio.durable_manager, "direct", None) if kind == "ours" else None
+        return web.json_response({"direct": direct.direct if direct else 0,
+                                  "queued": direct.queued if direct else 0})
+
     profiling: dict[str, Any] = {}
 
     async def profile(request: web.Request) -> web.Response:
@@ -183,6 +191,7 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
     app.router.add_post("/write-through", write_through_state)
     app.router.add_post("/settle", settle)
     app.router.add_post("/profile", profile)
+    app.router.add_get("/frames", frames)
     async def metrics_state(request: web.Request) -> web.Response:
         if (await request.json())["on"]:
             metrics.enable()

@@ -58,6 +58,7 @@ class Row:
     cpus: list[float] = field(default_factory=list)  # server CPU s / wall s
     cpu_per: list[float] = field(default_factory=list)  # server CPU s per 10^4 deliveries
     emit_times: list[float] = field(default_factory=list)
+    direct: list[float] = field(default_factory=list)  # share of frames written directly
 
 
 async def setup_row(label: str, spec: StoreSpec | None, clients: int, nprocs: int,
@@ -80,6 +81,7 @@ async def measure(row: Row, clients: int, events: int, window: int, size: int,
     row.received += events
     await on_all(row.procs, cmd="arm", total=row.received)
     cpu0 = await row.node.cpu()
+    frames0 = await row.node.get("/frames")
     t0 = time.monotonic()
     reply = await row.node.post("/emit", {"count": events, "room": ROOM, "window": window,
                                           "size": size}, within=limit)
@@ -87,6 +89,9 @@ async def measure(row: Row, clients: int, events: int, window: int, size: int,
                            within=limit)
     done = [t for r in results for t in r["done"]]
     cpu = await row.node.cpu() - cpu0
+    frames = await row.node.get("/frames")
+    sent = sum(frames.values()) - sum(frames0.values())
+    row.direct.append((frames["direct"] - frames0["direct"]) / sent if sent else 0.0)
     if any(t is None for t in done):
         counts = [c for r in results for c in r["counts"]]
         raise RuntimeError(f"{row.label}: not every client got {row.received} events "
@@ -116,6 +121,9 @@ async def main() -> None:
     parser.add_argument("--stores", default="memory,sqlite,postgres,redis",
                         help="comma-separated: memory,sqlite,postgres,redis")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per round")
+    parser.add_argument("--profile", default=None, metavar="PREFIX",
+                        help="cProfile each server through the measured rounds, stats to "
+                             "PREFIX.<row number> (read them with python -m pstats)")
     args = parser.parse_args()
 
     rows: list[Row] = []
@@ -135,11 +143,17 @@ async def main() -> None:
             for row in rows:
                 await measure(row, args.clients, 10, args.window, args.size, args.timeout)
                 row.rates.clear(), row.cpus.clear(), row.cpu_per.clear()
-                row.emit_times.clear()
+                row.emit_times.clear(), row.direct.clear()
+            if args.profile:
+                for i, row in enumerate(rows):
+                    await row.node.post("/profile", {"path": f"{args.profile}.{i}"})
             for _ in range(args.rounds):
                 for row in rows:
                     await measure(row, args.clients, args.events, args.window, args.size,
                                   args.timeout)
+            if args.profile:
+                for row in rows:
+                    await row.node.post("/profile", {})
         finally:
             for row in rows:
                 await asyncio.gather(row.node.stop(), *(p.stop() for p in row.procs),
@@ -155,10 +169,11 @@ async def main() -> None:
           f"websocket, no compression, payload ~{args.size} B")
     print(table(
         ["server", "deliveries/s", "vs plain", "rounds (k/s)", "emit s", "server CPU/wall",
-         "CPU s/10^4", "CPU vs plain"],
+         "CPU s/10^4", "CPU vs plain", "direct frames"],
         [[r.label, median(r.rates), ratio(median(r.rates), base),
           " ".join(f"{x / 1000:.1f}" for x in r.rates), median(r.emit_times),
-          median(r.cpus), median(r.cpu_per), ratio(median(r.cpu_per), base_cpu)]
+          median(r.cpus), median(r.cpu_per), ratio(median(r.cpu_per), base_cpu),
+          f"{median(r.direct):.0%}"]
          for r in rows]))
     for note in notes:
         print("note:", note)

@@ -11,7 +11,9 @@ Server (``socketio.AsyncServer``), overridden or called:
   ``_handle_disconnect(eio_sid, namespace, reason)``  wrapped: save the session first
   ``_handle_eio_disconnect(eio_sid, reason)``     wrapped: marks an Engine.IO-level close
   ``_send_packet(eio_sid, pkt)``                  wrapped: pid in CONNECT, then the replay
-  ``_send_eio_packet(eio_sid, eio_pkt)``          called to send pre-encoded packets
+  ``_send_eio_packet(eio_sid, eio_pkt)``          wrapped: a frame written straight to
+                                                  the websocket (``_direct``); called to
+                                                  send pre-encoded packets
   ``_trigger_event(event, namespace, *args)``     wrapped: skip_middlewares skips 'connect'
   ``environ``, ``packet_class``, ``reason``       read
   ``eio.generate_id``                             wrapped on the instance: restored sid
@@ -170,3 +172,9 @@ def engineio_send_queue(eio: Any) -> asyncio.Queue[Any] | None:
     if getattr(eio, "state", None) != "connected" or not isinstance(queue, asyncio.Queue):
         return None
     return queue
+
+
+async def queued_send(server: Any, eio_sid: str, eio_pkt: Any) -> None:
+    """python-socketio's own ``_send_eio_packet`` (through python-engineio's queue), past
+    our override that first tries a direct write (``_direct``)."""
+    await socketio.AsyncServer._send_eio_packet(server, eio_sid, eio_pkt)

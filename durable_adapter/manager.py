@@ -22,6 +22,7 @@ from engineio import packet as eio_packet
 from . import _socketio, metrics
 from ._attempt import Hold, current_attempt
 from ._cluster import LetGo, in_control_handler
+from ._direct import DirectWrites
 from ._lease import Lease
 from ._offsets import format_offset
 from ._packets import as_args, as_rooms, encode_event, encode_with_offset, set_offset
@@ -96,6 +97,8 @@ class DurableManager(RoomsManager):
         self.window = max_disconnection_duration
         self._on_lease_regained = on_lease_regained
         self.lease = Lease(store, self.host_id, lease_expiry, on_regained=self._lease_regained)
+        #: writes frames to websockets without a writer wake-up (set by the server)
+        self.direct: DirectWrites | None = None
         #: the purge this node runs, if any (started with the node)
         self.cleanup: ServerCleanup | None = None
         if purge_window is not None:
@@ -399,6 +402,7 @@ class DurableManager(RoomsManager):
                 await self.sessions.committed(unwritten, strict=False)
         holds = self.holds.get(namespace, {})
         sockets = self.sockets
+        direct = self._direct_frame(parts)
         for sid, eio_sid in targets:
             hold = holds.get(sid)
             state = sockets.get(namespace, sid)
@@ -409,8 +413,24 @@ class DurableManager(RoomsManager):
             if hold is not None:
                 hold.held.append((stored.seq, parts))
                 continue
-            for part in parts:
-                await self.server._send_eio_packet(eio_sid, part)
+            if direct is None:
+                for part in parts:
+                    await self.server._send_eio_packet(eio_sid, part)
+            elif not direct[0](eio_sid, direct[1], direct[2]):
+                # tried directly already: python-socketio's own send, through the queue
+                await _socketio.queued_send(self.server, eio_sid, parts[0])
+
+    def _direct_frame(self, parts: list[eio_packet.Packet]
+                      ) -> tuple[Callable[[str, str, bytes], bool], str, bytes] | None:
+        """What writes a packet to one socket directly (:mod:`._direct`) and its frame,
+        encoded once for every recipient; None when it goes through python-engineio."""
+        direct = self.direct
+        if direct is None or len(parts) != 1 or parts[0].binary or not direct.active():
+            return None  # binary attachments go frame by frame through the queue
+        frame = parts[0].encode()
+        if not isinstance(frame, str):
+            return None
+        return direct.write, frame, frame.encode("utf-8")
 
     async def _history_reset(self, after: int) -> None:
         """The store's history was replaced (a Redis that lost its data): the packets after

@@ -19,6 +19,7 @@ from socketio import packet as sio_packet
 
 from . import _socketio, metrics, readiness
 from ._attempt import Attempt, current_attempt
+from ._direct import DirectWrites
 from ._fencing import close_disowned
 from ._offsets import new_pid
 from ._recovery import RecoveryFailure, RecoveryOptions, split_auth
@@ -117,6 +118,7 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         self._restorer: Restorer | None = None
         if self.recovery is not None:
             self._restorer = Restorer(self.durable_manager, self.recovery, self)
+            self.durable_manager.direct = DirectWrites(self.eio)
             self._wrap_generate_id()
             redact_pids(self.logger)  # CONNECT packets carry pids: never log them whole
             redact_pids(self.eio.logger)
@@ -427,6 +429,17 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             if self.always_connect and state.pid is not None:
                 await self._write_connected(state)
         return accepted
+
+    async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
+        # every packet python-socketio sends (CONNECT replies, acks, replays) goes
+        # straight to the websocket when nothing is ahead of it there (._direct)
+        direct = self.durable_manager.direct if self.recovery is not None else None
+        # (never a binary one: its encoding is cached, and polling needs it in base64)
+        if direct is not None and not eio_pkt.binary and direct.active():
+            frame = eio_pkt.encode()
+            if isinstance(frame, str) and direct.write(eio_sid, frame, frame.encode()):
+                return
+        await super()._send_eio_packet(eio_sid, eio_pkt)
 
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
         if pkt.packet_type != sio_packet.CONNECT or not isinstance(pkt.data, dict) \

@@ -193,11 +193,16 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         :param ignore_queue: python-socketio's.
         """
         namespace = namespace or "/"
+        recovers = self._recovers(namespace)
+        if recovers:
+            # deleted before the client is told: a reconnect right after the DISCONNECT
+            # packet must not find the session (on this node or another)
+            await self.durable_manager.start()
+            await self.durable_manager.sessions.deleted(namespace, sid)
         await super().disconnect(sid, namespace=namespace, ignore_queue=ignore_queue)
-        if self._recovers(namespace):
-            manager = self.durable_manager
-            await manager.start()
-            await manager.sessions.deleted(namespace, sid)
+        if recovers:
+            # again: a room change made while the first delete ran wrote the row back
+            await self.durable_manager.sessions.deleted(namespace, sid)
 
     async def open_store(self) -> None:
         """Open the store, check its tables, start following it: at start-up, instead

@@ -91,3 +91,26 @@ class ClientRecovery:
 
     def clear(self) -> None:
         self._positions.clear()
+
+
+class RecoveryStateMixin:
+    """The public recovery accessors both clients share (``AsyncClient``, ``Client``),
+    over their :class:`ClientRecovery`."""
+
+    _recovery: ClientRecovery
+
+    def is_recovered(self, namespace: str | None = None) -> bool:
+        """True when the latest connection to ``namespace`` got its old session back."""
+        return self._recovery.is_recovered(namespace or "/")
+
+    def last_offset(self, namespace: str | None = None) -> str | None:
+        return self._recovery.last_offset(namespace or "/")
+
+    def recovery_state(self) -> RecoveryState:
+        """The pid and last offset per namespace, to resume from another process."""
+        return self._recovery.state()
+
+    def load_recovery_state(self, state: RecoveryState) -> None:
+        """Resume with a :meth:`recovery_state` saved earlier; call before ``connect``."""
+        self._recovery.load(state)
+

@@ -17,14 +17,14 @@ from ._client_recovery import (
     MAX_BUFFERED_EVENTS,
     MAX_PACKETS_PER_POLL,
     ClientRecovery,
-    RecoveryState,
+    RecoveryStateMixin,
 )
 from ._payload_limit import raised_limit
 from ._redact import redact_pids
 
 logger = logging.getLogger(__name__)
 
-class AsyncClient(socketio.AsyncClient):  # type: ignore[misc]
+class AsyncClient(RecoveryStateMixin, socketio.AsyncClient):  # type: ignore[misc]
     """A ``socketio.AsyncClient`` that speaks connection state recovery.
 
     It keeps the private id and last offset of each namespace, sends them when it
@@ -48,21 +48,6 @@ class AsyncClient(socketio.AsyncClient):  # type: ignore[misc]
         self._recovery = ClientRecovery()
         #: per namespace, events held in arrival order until its connect handler is done
         self._held: dict[str, deque[tuple[int | None, Any]]] = {}
-
-    def is_recovered(self, namespace: str | None = None) -> bool:
-        """True when the latest connection to ``namespace`` got its old session back."""
-        return self._recovery.is_recovered(namespace or "/")
-
-    def last_offset(self, namespace: str | None = None) -> str | None:
-        return self._recovery.last_offset(namespace or "/")
-
-    def recovery_state(self) -> RecoveryState:
-        """The pid and last offset per namespace, to resume from another process."""
-        return self._recovery.state()
-
-    def load_recovery_state(self, state: RecoveryState) -> None:
-        """Resume with a :meth:`recovery_state` saved earlier; call before ``connect``."""
-        self._recovery.load(state)
 
     async def connect(self, *args: Any, **kwargs: Any) -> None:
         # engineio's read loop starts in here and keeps this context: the raised limit

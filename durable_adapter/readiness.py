@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .exceptions import ConfigurationError, DurableAdapterError, StartupError, StoreError
 from .stores import existing_store
 
 if TYPE_CHECKING:
     from .manager import DurableManager
-    from .server import AsyncServer
 
 STARTUP_WAIT = 30.0  # seconds a start-up gives the store to open (a host that drops packets)
 PROBE_WAIT = 5.0  # seconds a readiness probe gives the store to answer
@@ -122,7 +121,13 @@ async def check_store(url: str, *, schema: str | None = None,
     return Readiness(True, "ready: the store answers and its schema is current")
 
 
-def aiohttp_handler(sio: AsyncServer) -> Callable[[Any], Awaitable[Any]]:
+class Probed(Protocol):
+    """What a readiness route asks: a server's ``ready()`` (``AsyncServer``, ``Server``)."""
+
+    async def ready(self) -> Readiness: ...
+
+
+def aiohttp_handler(sio: Probed) -> Callable[[Any], Awaitable[Any]]:
     """An aiohttp handler answering 200 ``ready`` or 503 and the reason, from
     :meth:`AsyncServer.ready`.
 

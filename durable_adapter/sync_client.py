@@ -25,7 +25,7 @@ from ._client_recovery import (
     MAX_BUFFERED_EVENTS,
     MAX_PACKETS_PER_POLL,
     ClientRecovery,
-    RecoveryState,
+    RecoveryStateMixin,
 )
 from ._payload_limit import with_limit
 from ._redact import redact_pids
@@ -34,7 +34,7 @@ from ._redact import redact_pids
 _ACK_PREFIX = str(sio_packet.ACK)
 
 
-class Client(socketio.Client):  # type: ignore[misc]
+class Client(RecoveryStateMixin, socketio.Client):  # type: ignore[misc]
     """A ``socketio.Client`` that speaks connection state recovery.
 
     It keeps the private id and last offset of each namespace, sends them when it
@@ -62,23 +62,6 @@ class Client(socketio.Client):  # type: ignore[misc]
         self._dispatch_lock = threading.Lock()
         _socketio.route_engineio_messages(self.eio, self._receive)
         _socketio.wrap_engineio_tasks(self.eio, with_limit(MAX_PACKETS_PER_POLL))
-
-    # -- recovery state ----------------------------------------------------------
-
-    def is_recovered(self, namespace: str | None = None) -> bool:
-        """True when the latest connection to ``namespace`` got its old session back."""
-        return self._recovery.is_recovered(namespace or "/")
-
-    def last_offset(self, namespace: str | None = None) -> str | None:
-        return self._recovery.last_offset(namespace or "/")
-
-    def recovery_state(self) -> RecoveryState:
-        """The pid and last offset per namespace, to resume from another process."""
-        return self._recovery.state()
-
-    def load_recovery_state(self, state: RecoveryState) -> None:
-        """Resume with a :meth:`recovery_state` saved earlier; call before ``connect``."""
-        self._recovery.load(state)
 
     def disconnect(self) -> None:
         """Leave on purpose: nothing to recover afterwards."""

@@ -133,7 +133,7 @@ async def test_js_client_recovers_on_another_process_sharing_the_store(
 
 
 @needs_node
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])
 async def test_sigterm_saves_and_the_client_recovers_on_another_process(
         kind: str, tmp_path: Path) -> None:
     async with nodes(kind, tmp_path, 2, False) as (a, b), Proxy(a.port) as proxy, \
@@ -156,7 +156,7 @@ async def test_sigterm_saves_and_the_client_recovers_on_another_process(
 
 
 @needs_node
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])
 async def test_sigkill_then_recovery_elsewhere_keeps_a_room_joined_just_before(
         kind: str, tmp_path: Path) -> None:
     """Nothing saves at a SIGKILL: the session as written through (the room's write

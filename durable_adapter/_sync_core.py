@@ -96,6 +96,56 @@ class EngineIOBridge:
         return asyncio.Event()
 
 
+class _Frame(eio_packet.Packet):  # type: ignore[misc]
+    """An Engine.IO packet encoded once for all its recipients: each socket's writer
+    thread writes the same text instead of encoding it again."""
+
+    def __init__(self, frame: str) -> None:
+        super().__init__(int(frame[0]), frame[1:])
+        self.frame = frame
+
+    def encode(self, b64: bool = False) -> str:
+        return self.frame
+
+
+class SyncFrames:
+    """The sync twin of :class:`~._direct.DirectWrites`: a delivery's frame, encoded once,
+    put straight on each recipient's python-engineio queue from the loop, as
+    ``engineio.Server.send_packet`` would (its writer thread writes it), without a
+    coroutine chain through python-socketio per recipient.
+
+    python-engineio's sync socket takes a packet on its queue from any thread; its
+    ``send`` still checks the ping timeout and logs, as for any other packet.
+    """
+
+    def __init__(self, eio: engineio.Server) -> None:
+        self.eio = eio
+        #: frames handed to sockets' queues here / left to python-socketio's send
+        self.direct = 0
+        self.queued = 0
+        self._last: _Frame | None = None
+
+    def active(self) -> bool:
+        return True
+
+    def write(self, eio_sid: str, frame: str, data: bytes) -> bool:
+        """Queue ``frame`` for ``eio_sid``; False when it has no socket here (python-socketio's
+        send then finds none either)."""
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None:
+            self.queued += 1
+            return False
+        pkt = self._last
+        if pkt is None or pkt.frame is not frame:  # one packet per frame, not per socket
+            pkt = self._last = _Frame(frame)
+        self.direct += 1
+        try:
+            socket.send(pkt)
+        except eio_exceptions.SocketIsClosedError:
+            pass  # closed meanwhile by its transport's thread: as a send to a gone sid
+        return True
+
+
 class _SyncHandlers(socketio.AsyncServer):  # type: ignore[misc]
     """Runs the sync server's handlers (functions and ``socketio.Namespace`` classes,
     registered on it) in threads: placed below :class:`AsyncServer` so that everything
@@ -121,6 +171,8 @@ class SyncCore(AsyncServer, _SyncHandlers):
         self.face = face
         self._bridge = EngineIOBridge(face.eio)
         super().__init__(**kwargs)
+        if self.recovery is not None:
+            self.durable_manager.direct = SyncFrames(face.eio)
         # one registry of handlers, environs and the "no handler" mark for both faces
         self.handlers = face.handlers
         self.namespace_handlers = face.namespace_handlers

@@ -114,8 +114,8 @@ class SyncFrames:
     ``engineio.Server.send_packet`` would (its writer thread writes it), without a
     coroutine chain through python-socketio per recipient.
 
-    python-engineio's sync socket takes a packet on its queue from any thread; its
-    ``send`` still checks the ping timeout and logs, as for any other packet.
+    python-engineio's sync socket takes a packet on its queue from any thread; the ping
+    timeout is checked as its ``send`` does (and the packet logged, when it logs them).
     """
 
     def __init__(self, eio: engineio.Server) -> None:
@@ -140,10 +140,20 @@ class SyncFrames:
             pkt = self._last = _Frame(frame)
         self.direct += 1
         try:
-            socket.send(pkt)
+            if self.quiet:
+                # what its send does, minus a log call per recipient that logs nothing
+                if socket.check_ping_timeout():
+                    socket.queue.put(pkt)
+            else:
+                socket.send(pkt)
         except eio_exceptions.SocketIsClosedError:
             pass  # closed meanwhile by its transport's thread: as a send to a gone sid
         return True
+
+    @property
+    def quiet(self) -> bool:
+        """python-engineio logs no send (it logs each at INFO)."""
+        return not self.eio.logger.isEnabledFor(logging.INFO)
 
 
 class _SyncHandlers(socketio.AsyncServer):  # type: ignore[misc]

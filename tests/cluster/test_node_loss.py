@@ -26,6 +26,7 @@ WAIT = 30.0  # seconds for a hundred clients to see one thing happen
 until = functools.partial(_harness.until, within=WAIT)
 LEASE_EXPIRY = 2.0  # seconds: the killed node's sessions are free to take after this
 EXIT_WITHIN = 5.0  # seconds from SIGTERM to the process's exit (issue 11)
+SYNC_CLIENTS = 30  # clients of the SIGKILL case on sync nodes
 
 
 @asynccontextmanager
@@ -71,11 +72,13 @@ async def close_all(*groups: list[Listener]) -> None:
 @pytest.mark.parametrize("server", ["aiohttp", "sync"])
 async def test_sigkill_of_a_node_under_traffic(fault_store: ClusterStore, server: str) -> None:
     """100 clients on ``a``, ``b`` emitting to everyone before, while and after ``a`` is
-    killed: at least 99 recover on ``b`` with every event once, in order; any other gets
-    a fresh session and ``b`` says why (its RecoveryFailure). ``sync``: both nodes are
-    ``durable_adapter.Server`` (threads, its loop in a thread of its own)."""
+    killed: all but one at most recover on ``b`` with every event once, in order; any
+    other gets a fresh session and ``b`` says why (its RecoveryFailure). ``sync``: both
+    nodes are ``durable_adapter.Server`` (threads, its loop in a thread of its own), with
+    30 clients (the suite's time: the same paths, fewer sockets)."""
     a, b = node("a", fault_store, server), node("b", fault_store, server)
-    clients: list[Listener] = [Listener(f"c{i}") for i in range(100)]
+    size = SYNC_CLIENTS if server == "sync" else 100
+    clients: list[Listener] = [Listener(f"c{i}") for i in range(size)]
     successors: list[Listener] = []
     async with nodes(b, a):
         try:
@@ -98,7 +101,7 @@ async def test_sigkill_of_a_node_under_traffic(fault_store: ClusterStore, server
                         *(("after", i) for i in range(5))]
             recovered = [s for s in successors if s.recoveries]
             fresh = [s for s in successors if s.refusals]
-            assert len(recovered) >= 99, f"only {len(recovered)} of 100 recovered"
+            assert len(recovered) >= size - 1, f"only {len(recovered)} of {size} recovered"
             for successor, old in zip(successors, clients, strict=True):
                 if successor.recoveries:
                     assert successor.sid == old.sid

@@ -14,7 +14,8 @@ live sessions and exits.
 
 Every socket that connects fresh joins the room ``lobby`` and keeps its auth's ``user``
 in its session (the Flask variant in ``flask.session`` as well). The event ``join``
-(a room name) enters that room and acks True once the stored session has it; in the
+(a room name) enters that room and acks True once the stored session has it; ``burst``
+(a count) emits that many ``tick`` to the sender, then acks ``"done"``; in the
 Flask variant ``say`` (a text) emits ``said`` (the text and the session's user) to the
 room with Flask-SocketIO's ``emit``.
 """
@@ -94,6 +95,12 @@ def plain(store: Any, options: dict[str, Any] | None = None
     def join(sid: str, room: str) -> bool:
         sio.enter_room(sid, room)  # returns once the stored session has the room
         return True
+
+    @sio.on("burst")
+    def burst(sid: str, count: int) -> str:
+        for i in range(count):  # its ack goes out after these
+            sio.emit("tick", i, to=sid)
+        return "done"
 
     @sio.on("*")
     def any_event(event: str, sid: str, *args: Any) -> Any:

@@ -76,7 +76,11 @@ async def emit(node: Node, count: int, room: str) -> None:
                                   "window": 100}, within=LIMIT)
 
 
-async def one_backlog(node: Node, args: argparse.Namespace, backlog: int
+def profile_path(directory: str, name: str) -> str:
+    return str(Path(directory).resolve() / f"{name}.prof")
+
+
+async def one_backlog(node: Node, args: argparse.Namespace, backlog: int, ours: bool
                       ) -> tuple[int, list[float], float]:
     """Clients get one event live, drop, miss ``backlog`` unrelated + ``owed`` events,
     reconnect at once. Returns how many recovered, their reconnect-to-last-owed-event
@@ -94,12 +98,26 @@ async def one_backlog(node: Node, args: argparse.Namespace, backlog: int
         filled = time.monotonic() - t0
         await emit(node, args.owed, "rec")
         await asyncio.sleep(args.settle)
+        gc_before = await node.get("/gc?types=1") if args.gc and ours else None
+        if args.profile and ours:
+            await node.post("/profile", {"path": profile_path(args.profile, node.name)})
         answers = await on_all(procs, reply_within=LIMIT, cmd="reconnect", url=node.url,
                                total=args.owed)
         recovered = sum(a["recovered"] for a in answers)
         if not recovered:
             return 0, [], filled
         results = await on_all(procs, reply_within=LIMIT + 10, cmd="wait", within=LIMIT)
+        if args.profile and ours:
+            await node.post("/profile", {"path": None})
+        if gc_before is not None:
+            after = await node.get("/gc")
+            pauses = [f"gen{g} {after['counts'][g] - gc_before['counts'][g]}x "
+                      f"{(after['seconds'][g] - gc_before['seconds'][g]) * 1000:.0f} ms"
+                      for g in range(3)]
+            print(f"    gc over the reconnects: {', '.join(pauses)}; "
+                  f"{gc_before['objects']:,} objects tracked before, most: "
+                  f"{', '.join(f'{name} {n}' for name, n in gc_before['types'][:6])}",
+                  flush=True)
         counts = [c for r in results for c in r["counts"]]
         done = [d for r in results for d in r["done"]]
         starts = [s for r in results for s in r["started"]]
@@ -126,7 +144,7 @@ async def measure(key: str, tmp: Path, args: argparse.Namespace, backlog: int
     try:
         node = await start_node(kind, spec, name=f"{key}-{backlog}")
         try:
-            n, each, filled = await one_backlog(node, args, backlog)
+            n, each, filled = await one_backlog(node, args, backlog, kind == "ours")
         finally:
             await node.stop()
     finally:
@@ -210,6 +228,11 @@ async def main() -> None:
                              "database finish the backlog's background work first)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="measurements per cell (median p95 shown)")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="write a cProfile of each server's event loop thread over the "
+                             "reconnects to DIR/<server>-<K>.prof (for development: slower)")
+    parser.add_argument("--gc", action="store_true",
+                        help="print the garbage collections of our servers over the reconnects")
     args = parser.parse_args()
     backlogs = [int(k) for k in args.backlogs.split(",")]
 

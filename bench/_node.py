@@ -21,6 +21,7 @@ benchmark can drive one worker of several sharing P through SO_REUSEPORT):
   thread; ``{"path": null}`` stops it and writes the stats to the path given at start.
 * ``GET /frames``: frames written straight to websockets and sends left to
   python-engineio's writer task by the delivery (``durable_adapter._direct``), so far.
+* ``GET /delivered``: the last seq this node delivered (ours only).
 * ``GET /gc``: garbage collections so far and the seconds they took, per generation,
   and how many objects the collector tracks now (``?types=1``: and the most common types).
 * ``POST /settle``: wait until the session writer has written everything marked so far;
@@ -195,6 +196,9 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
 
     profiling: dict[str, Any] = {}
 
+    async def delivered(request: web.Request) -> web.Response:
+        return web.json_response({"delivered": sio.durable_manager.delivered})
+
     async def gc_pauses(request: web.Request) -> web.Response:
         figures = gc_stats.figures()
         if request.query.get("types"):  # the most common types of the tracked objects
@@ -228,6 +232,8 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
     app.router.add_post("/settle", settle)
     app.router.add_post("/profile", profile)
     app.router.add_get("/gc", gc_pauses)
+    if kind == "ours":
+        app.router.add_get("/delivered", delivered)
     app.router.add_get("/frames", frames)
     async def metrics_state(request: web.Request) -> web.Response:
         if (await request.json())["on"]:

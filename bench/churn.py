@@ -11,7 +11,10 @@ baseline) and 50 concurrent client lanes running ``--cycles`` cycles in all, in 
 The server emits a stored packet to each new socket and one to the room at each join.
 Printed per server: recoveries that worked, the server's RSS growth per 1000 cycles
 (over the second half of the run, after a ``gc.collect()``; the first half warms the
-allocator up), its RSS at the end, the
+allocator up), its RSS at the end, the growth of the objects its garbage collector tracks
+(per 1000 cycles, second half: a per-socket structure left behind shows there without
+the allocator's noise), the bytes its bounded recent history holds (packets kept for
+replays: it grows with the packets until its budget, 32 MB by default), the
 sockets and rooms it still tracks, and the sessions and packets the store still holds
 once every session expired and a purge ran: on ``memory://`` the server's own purge
 (nothing else runs), on the shared stores one pass run inside the server process.
@@ -118,9 +121,11 @@ async def serve(kind: str, url: str, schema: str | None) -> None:
         gc.collect()
         manager = sio.manager
         answer = {"rss": _rss_bytes(), "eio_sockets": len(sio.eio.sockets),
-                  "rooms": len(manager.rooms.get("/", {})), **await _held(sio)}
+                  "rooms": len(manager.rooms.get("/", {})), "objects": len(gc.get_objects()),
+                  **await _held(sio)}
         if kind != "stock":
             answer["registry"] = len(list(manager.sockets))
+            answer["recent_bytes"] = sio.durable_manager.recent.size
         return web.json_response(answer)
 
     async def purge(request: web.Request) -> web.Response:
@@ -192,6 +197,8 @@ class Run:
     tried: int = 0
     errors: int = 0
     rss: list[tuple[int, int]] = field(default_factory=list)  # (cycles done, bytes)
+    #: (cycles done, objects the garbage collector tracks)
+    objects: list[tuple[int, int]] = field(default_factory=list)
     end: dict[str, Any] = field(default_factory=dict)
     after: dict[str, Any] = field(default_factory=dict)
     purge_seconds: float = float("nan")
@@ -201,6 +208,13 @@ class Run:
         warms the allocator up to the lanes' peak)."""
         (c0, r0), (c1, r1) = self.rss[0], self.rss[-1]
         return (r1 - r0) / 2**20 / max(1, c1 - c0) * 1000
+
+    def objects_per_1000(self) -> float:
+        """Objects the garbage collector tracks, growth per 1000 cycles over the second
+        half (what a per-socket structure left behind would show, without the
+        allocator's noise)."""
+        (c0, n0), (c1, n1) = self.objects[0], self.objects[-1]
+        return (n1 - n0) / max(1, c1 - c0) * 1000
 
 
 async def _drop(client: Any) -> None:
@@ -255,12 +269,15 @@ async def churn(server: Server, cycles: int, run: Run) -> None:
             async with lock:
                 done += 1
                 if done == warm_up:
-                    run.rss.append((done, (await server.get("/state"))["rss"]))
+                    state = await server.get("/state")
+                    run.rss.append((done, state["rss"]))
+                    run.objects.append((done, state["objects"]))
 
     await asyncio.gather(*(lane(i) for i in range(LANES)))
     run.cycles = done
     run.end = await server.get("/state")
     run.rss.append((done, run.end["rss"]))
+    run.objects.append((done, run.end["objects"]))
 
 
 async def _settle(server: Server, condition: Callable[[dict[str, Any]], bool],
@@ -313,12 +330,13 @@ async def main(args: argparse.Namespace) -> None:
           f"drop for good, forged pid/offset); max_disconnection_duration {WINDOW:g} s")
     print(table(
         ["server", "cycles", "errors", "recovered", "RSS MB/1000 cycles", "vs stock",
-         "RSS MB at end",
+         "RSS MB at end", "objects/1000 cycles", "recent history MB",
          "sockets/rooms/registry at end", "sessions after", "packets after",
          "s until purged"],
         [[r.label, r.cycles, r.errors, f"{r.recovered}/{r.tried}" if r.tried else "-",
           r.growth_per_1000(), f"{r.growth_per_1000() - base:+.2f} MB",
-          r.end["rss"] / 2**20,
+          r.end["rss"] / 2**20, r.objects_per_1000(),
+          r.end["recent_bytes"] / 2**20 if "recent_bytes" in r.end else "-",
           f"{r.end['eio_sockets']}/{r.end['rooms']}/{r.end.get('registry', '-')}",
           r.after.get("sessions", "-"), r.after.get("packets", "-"), r.purge_seconds]
          for r in runs]))

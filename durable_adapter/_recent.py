@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import marshal
+import struct
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Final
@@ -39,26 +40,39 @@ _SCALAR = 16  # bytes counted for a number, bool or None inside a payload
 _MAX_STEPS = 1_000_000
 
 
-class _Seqs:
-    """The ascending seqs of one target in the window; dropped from the front only."""
+# The seqs of one target in the window, ascending: (head, packed), the seqs as native
+# 8-byte integers in a bytearray (which the garbage collector does not track, unlike a
+# list or an instance: a target per sid, as each socket's own emits make, would bring
+# back a tracked object per packet), those before index ``head`` evicted already.
+_Seqs = tuple[int, bytearray]
+_SEQ = struct.Struct("=q")
 
-    __slots__ = ("head", "seqs")
 
-    def __init__(self) -> None:
-        self.seqs: list[int] = []
-        self.head = 0  # seqs before it were evicted
+def _seqs_between(entry: _Seqs, after: int, until: int) -> list[int]:
+    head, packed = entry
+    with memoryview(packed) as raw, raw.cast("q") as seqs:
+        lo = bisect.bisect_right(seqs, after, lo=head)
+        found: list[int] = seqs[lo:bisect.bisect_right(
+            seqs, until, lo=lo)].tolist()
+    return found
 
-    def drop_through(self, seq: int) -> None:
-        seqs = self.seqs
-        while self.head < len(seqs) and seqs[self.head] <= seq:
-            self.head += 1
-        if self.head > 64 and self.head * 2 > len(seqs):  # compact now and then
-            del seqs[:self.head]
-            self.head = 0
 
-    def between(self, after: int, until: int) -> list[int]:
-        lo = bisect.bisect_right(self.seqs, after, lo=self.head)
-        return self.seqs[lo:bisect.bisect_right(self.seqs, until, lo=lo)]
+def _seqs_dropped_through(entry: _Seqs, seq: int) -> _Seqs | None:
+    """``entry`` without its seqs up to ``seq``; None when none is left."""
+    head, packed = entry
+    if _SEQ.unpack_from(packed, len(packed) - _SEQ.size)[0] <= seq:  # all of them
+        return None
+    if _SEQ.unpack_from(packed, head * _SEQ.size)[0] > seq:  # none of them
+        return entry
+    with memoryview(packed) as raw, raw.cast("q") as seqs:
+        head = bisect.bisect_right(seqs, seq, lo=head)
+        count = len(seqs)
+    if head == count:
+        return None
+    if head > 64 and head * 2 > count:  # compact now and then
+        del packed[:head * _SEQ.size]
+        head = 0
+    return head, packed
 
 
 # The garbage collector must not see the kept entries. A full collection walks every
@@ -191,10 +205,11 @@ class RecentHistory:
         self._window[seq] = (_record(packet), size, next(self._ticks))
         for target in targets_of(packet.rooms):
             key = (packet.namespace, target)
-            seqs = self._targets.get(key)
-            if seqs is None:
-                seqs = self._targets[key] = _Seqs()
-            seqs.seqs.append(seq)
+            entry = self._targets.get(key)
+            if entry is None:
+                self._targets[key] = (0, bytearray(_SEQ.pack(seq)))
+            else:
+                entry[1].extend(_SEQ.pack(seq))
         self._hi = seq
         self._bytes += size
         if frames is not None:
@@ -223,9 +238,9 @@ class RecentHistory:
             return None
         found: set[int] = set()
         for target in targets:
-            seqs = self._targets.get((namespace, target))
-            if seqs is not None:
-                found.update(seqs.between(after, until))
+            entry = self._targets.get((namespace, target))
+            if entry is not None:
+                found.update(_seqs_between(entry, after, until))
         window = self._window
         return [_packet(seq, window[seq][_RECORD]) for seq in sorted(found)]
 
@@ -287,10 +302,12 @@ class RecentHistory:
             namespace, rooms = _addressed(bottom[_RECORD])
             for target in targets_of(rooms):
                 key = (namespace, target)
-                seqs = self._targets.get(key)
-                if seqs is not None:
-                    seqs.drop_through(self._lo)
-                    if seqs.head == len(seqs.seqs):
+                entry = self._targets.get(key)
+                if entry is not None:
+                    left = _seqs_dropped_through(entry, self._lo)
+                    if left is None:
                         del self._targets[key]
+                    else:
+                        self._targets[key] = left
 
 

@@ -21,6 +21,9 @@ benchmark can drive one worker of several sharing P through SO_REUSEPORT):
   thread; ``{"path": null}`` stops it and writes the stats to the path given at start.
 * ``GET /frames``: frames written straight to websockets and sends left to
   python-engineio's writer task by the delivery (``durable_adapter._direct``), so far.
+* ``GET /delivered``: the last seq this node delivered (ours only).
+* ``GET /gc``: garbage collections so far and the seconds they took, per generation,
+  and how many objects the collector tracks now (``?types=1``: and the most common types).
 * ``POST /settle``: wait until the session writer has written everything marked so far;
   answers the Engine.IO sockets open, and the ``save_sessions`` / ``delete_sessions``
   calls (and sessions written) since the start.
@@ -38,6 +41,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import gc
 import json
 import logging
 import os
@@ -52,6 +57,31 @@ from aiohttp import web
 import durable_adapter
 from durable_adapter import metrics
 from durable_adapter.stores.memory import MemoryStore
+
+
+class GCStats:
+    """Garbage collections of this process and the time they took, per generation."""
+
+    def __init__(self) -> None:
+        self.counts = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.counts[generation] += 1
+            self.seconds[generation] += time.perf_counter() - self._started
+
+    def figures(self) -> dict[str, Any]:
+        return {"counts": self.counts, "seconds": self.seconds,
+                "objects": len(gc.get_objects())}
+
+
+gc_stats = GCStats()
 
 
 def make_store(url: str, schema: str | None, poll_interval: float | None) -> Any:
@@ -166,6 +196,16 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
 
     profiling: dict[str, Any] = {}
 
+    async def delivered(request: web.Request) -> web.Response:
+        return web.json_response({"delivered": sio.durable_manager.delivered})
+
+    async def gc_pauses(request: web.Request) -> web.Response:
+        figures = gc_stats.figures()
+        if request.query.get("types"):  # the most common types of the tracked objects
+            counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
+            figures["types"] = counts.most_common(12)
+        return web.json_response(figures)
+
     async def profile(request: web.Request) -> web.Response:
         import cProfile
 
@@ -191,6 +231,9 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
     app.router.add_post("/write-through", write_through_state)
     app.router.add_post("/settle", settle)
     app.router.add_post("/profile", profile)
+    app.router.add_get("/gc", gc_pauses)
+    if kind == "ours":
+        app.router.add_get("/delivered", delivered)
     app.router.add_get("/frames", frames)
     async def metrics_state(request: web.Request) -> web.Response:
         if (await request.json())["on"]:

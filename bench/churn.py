@@ -11,7 +11,13 @@ baseline) and 50 concurrent client lanes running ``--cycles`` cycles in all, in 
 The server emits a stored packet to each new socket and one to the room at each join.
 Printed per server: recoveries that worked, the server's RSS growth per 1000 cycles
 (over the second half of the run, after a ``gc.collect()``; the first half warms the
-allocator up), its RSS at the end, the
+allocator up), its RSS at the end, the growth of the objects its garbage collector tracks
+per 1000 cycles over the second half, counted at half and at the end once the server let
+go of every socket (python-engineio's per-socket tasks end up to a ping interval after
+the close) and the memory store emptied: a per-socket structure left behind shows
+there, by type, without the allocator's noise; the bytes its bounded recent history
+holds (packets kept for replays: it grows with the packets until its budget, 32 MiB by
+default, ``--history-bytes`` to change it), the
 sockets and rooms it still tracks, and the sessions and packets the store still holds
 once every session expired and a purge ran: on ``memory://`` the server's own purge
 (nothing else runs), on the shared stores one pass run inside the server process.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import gc
 import json
 import random
@@ -85,7 +92,7 @@ async def _held(sio: Any) -> dict[str, int]:
     return {"sessions": len(session_keys), "packets": bounds.top - bounds.purged_through}
 
 
-async def serve(kind: str, url: str, schema: str | None) -> None:
+async def serve(kind: str, url: str, schema: str | None, history: int | None) -> None:
     import socketio
 
     import durable_adapter
@@ -99,9 +106,11 @@ async def serve(kind: str, url: str, schema: str | None) -> None:
             from durable_adapter.stores.sql.postgres import PostgresStore
 
             store = PostgresStore(url, schema=schema)
-        sio = durable_adapter.AsyncServer(
-            store=store, connection_state_recovery={"max_disconnection_duration": WINDOW},
-            **options)
+        recovery: dict[str, Any] = {"max_disconnection_duration": WINDOW}
+        if history is not None:
+            recovery["history_cache_bytes"] = history
+        sio = durable_adapter.AsyncServer(store=store, connection_state_recovery=recovery,
+                                          **options)
 
     @sio.on("connect")
     async def connect(sid: str, environ: Any, auth: Any) -> None:
@@ -117,10 +126,15 @@ async def serve(kind: str, url: str, schema: str | None) -> None:
     async def state(request: web.Request) -> web.Response:
         gc.collect()
         manager = sio.manager
+        tracked = gc.get_objects()
         answer = {"rss": _rss_bytes(), "eio_sockets": len(sio.eio.sockets),
-                  "rooms": len(manager.rooms.get("/", {})), **await _held(sio)}
+                  "rooms": len(manager.rooms.get("/", {})), "objects": len(tracked),
+                  "types": collections.Counter(type(o).__qualname__ for o in tracked),
+                  **await _held(sio)}
+        del tracked
         if kind != "stock":
             answer["registry"] = len(list(manager.sockets))
+            answer["recent_bytes"] = sio.durable_manager.recent.size
         return web.json_response(answer)
 
     async def purge(request: web.Request) -> web.Response:
@@ -152,11 +166,13 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
 
     @classmethod
-    async def start(cls, kind: str, spec: StoreSpec | None) -> Server:
+    async def start(cls, kind: str, spec: StoreSpec | None, history: int | None) -> Server:
         args = [sys.executable, __file__, "--serve", kind,
                 spec.url if spec else "memory://"]
         if spec and spec.schema:
             args += ["--schema", spec.schema]
+        if history is not None:
+            args += ["--history-bytes", str(history)]
         process = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         assert process.stdout is not None
@@ -192,6 +208,9 @@ class Run:
     tried: int = 0
     errors: int = 0
     rss: list[tuple[int, int]] = field(default_factory=list)  # (cycles done, bytes)
+    #: (cycles done, state) once every socket of the cycles so far was gone and the
+    #: store emptied (ours on memory), at half the run and at the end
+    settled: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     end: dict[str, Any] = field(default_factory=dict)
     after: dict[str, Any] = field(default_factory=dict)
     purge_seconds: float = float("nan")
@@ -201,6 +220,19 @@ class Run:
         warms the allocator up to the lanes' peak)."""
         (c0, r0), (c1, r1) = self.rss[0], self.rss[-1]
         return (r1 - r0) / 2**20 / max(1, c1 - c0) * 1000
+
+    def objects_per_1000(self) -> float:
+        """Objects the garbage collector tracks, growth per 1000 cycles over the second
+        half, both ends taken once the server let go of every socket (what a per-socket
+        structure left behind would show, without the allocator's noise)."""
+        (c0, s0), (c1, s1) = self.settled[0], self.settled[-1]
+        grown: int = s1["objects"] - s0["objects"]
+        return grown / max(1, c1 - c0) * 1000
+
+    def grown_types(self) -> str:
+        grown = collections.Counter(self.settled[-1][1]["types"])
+        grown.subtract(self.settled[0][1]["types"])
+        return ", ".join(f"{name} {n:+,}" for name, n in grown.most_common(8) if n > 0)
 
 
 async def _drop(client: Any) -> None:
@@ -239,28 +271,19 @@ async def cycle(url: str, kind: str, room: str, run: Run) -> None:
     await again.disconnect()
 
 
-async def churn(server: Server, cycles: int, run: Run) -> None:
-    done = 0
-    warm_up = max(1, cycles // 2)
-    counter = iter(range(cycles))
-    lock = asyncio.Lock()
+async def churn(server: Server, first: int, last: int, run: Run) -> None:
+    """Cycles ``first`` .. ``last - 1``, ``LANES`` at a time."""
+    counter = iter(range(first, last))
 
-    async def lane(index: int) -> None:
-        nonlocal done
+    async def lane() -> None:
         for n in counter:
             try:
                 await cycle(server.url, KINDS[n % len(KINDS)], f"room-{n % 200}", run)
             except Exception:
                 run.errors += 1
-            async with lock:
-                done += 1
-                if done == warm_up:
-                    run.rss.append((done, (await server.get("/state"))["rss"]))
+            run.cycles += 1
 
-    await asyncio.gather(*(lane(i) for i in range(LANES)))
-    run.cycles = done
-    run.end = await server.get("/state")
-    run.rss.append((done, run.end["rss"]))
+    await asyncio.gather(*(lane() for _ in range(LANES)))
 
 
 async def _settle(server: Server, condition: Callable[[dict[str, Any]], bool],
@@ -273,15 +296,35 @@ async def _settle(server: Server, condition: Callable[[dict[str, Any]], bool],
         await asyncio.sleep(0.5)
 
 
-async def measure(label: str, kind: str, spec: StoreSpec | None, cycles: int) -> Run:
+async def _let_go(server: Server, memory_store: bool) -> dict[str, Any]:
+    """The state once the server let go of every socket of the cycles so far
+    (python-engineio's per-socket tasks end up to a ping interval after the close) and,
+    on ``memory://``, its own purge emptied the store."""
+    def gone(state: dict[str, Any]) -> bool:
+        return not state["types"].get("AsyncSocket") and (
+            not memory_store or (not state["sessions"] and not state["packets"]))
+
+    return await _settle(server, gone, WINDOW + EXPIRY_WAIT)
+
+
+async def measure(label: str, kind: str, spec: StoreSpec | None, cycles: int,
+                  history: int | None) -> Run:
     run = Run(label)
-    server = await Server.start(kind, spec)
+    server = await Server.start(kind, spec, history)
+    memory_store = kind != "stock" and (spec is None or spec.url.startswith("memory"))
     try:
-        await churn(server, cycles, run)
+        half = max(1, cycles // 2)
+        await churn(server, 0, half, run)
+        run.rss.append((run.cycles, (await server.get("/state"))["rss"]))
+        run.settled.append((run.cycles, await _let_go(server, memory_store)))
+        await churn(server, half, cycles, run)
+        run.end = await server.get("/state")
+        run.rss.append((run.cycles, run.end["rss"]))
         if kind == "stock":
+            run.settled.append((run.cycles, await _let_go(server, False)))
             return run
         finished = time.monotonic()
-        if spec is None or spec.url.startswith("memory"):
+        if memory_store:
             # nothing but the server's own purge: until it emptied the store
             run.after = await _settle(server, lambda s: not s["sessions"] and not s["packets"],
                                       WINDOW + EXPIRY_WAIT)
@@ -290,14 +333,16 @@ async def measure(label: str, kind: str, spec: StoreSpec | None, cycles: int) ->
             await server.post("/purge", {"retention": WINDOW})
             run.after = await server.get("/state")
         run.purge_seconds = time.monotonic() - finished
+        run.settled.append((run.cycles, await _let_go(server, memory_store)))
     finally:
         await server.stop()
     return run
 
 
 async def main(args: argparse.Namespace) -> None:
+    history = args.history_bytes
     runs: list[Run] = [await measure("python-socketio (stock, no recovery)", "stock", None,
-                                     args.cycles)]
+                                     args.cycles, None)]
     with scratch_dir() as tmp:
         for kind in args.stores:
             spec = await make_store(kind, tmp, "churn")
@@ -305,7 +350,8 @@ async def main(args: argparse.Namespace) -> None:
                 print(f"{kind}: skipped, {spec}")
                 continue
             try:
-                runs.append(await measure(f"ours, {spec.label}", "ours", spec, args.cycles))
+                runs.append(await measure(f"ours, {spec.label}", "ours", spec, args.cycles,
+                                          history))
             finally:
                 await drop_store(spec)
     base = runs[0].growth_per_1000()
@@ -313,15 +359,19 @@ async def main(args: argparse.Namespace) -> None:
           f"drop for good, forged pid/offset); max_disconnection_duration {WINDOW:g} s")
     print(table(
         ["server", "cycles", "errors", "recovered", "RSS MB/1000 cycles", "vs stock",
-         "RSS MB at end",
+         "RSS MB at end", "objects/1000 cycles", "recent history MB",
          "sockets/rooms/registry at end", "sessions after", "packets after",
          "s until purged"],
         [[r.label, r.cycles, r.errors, f"{r.recovered}/{r.tried}" if r.tried else "-",
           r.growth_per_1000(), f"{r.growth_per_1000() - base:+.2f} MB",
-          r.end["rss"] / 2**20,
+          r.end["rss"] / 2**20, r.objects_per_1000(),
+          r.end["recent_bytes"] / 2**20 if "recent_bytes" in r.end else "-",
           f"{r.end['eio_sockets']}/{r.end['rooms']}/{r.end.get('registry', '-')}",
           r.after.get("sessions", "-"), r.after.get("packets", "-"), r.purge_seconds]
          for r in runs]))
+    for r in runs:
+        print(f"{r.label}: tracked objects that grew most over the second half: "
+              f"{r.grown_types() or 'none'}")
 
 
 def parse_args() -> argparse.Namespace:
@@ -331,12 +381,17 @@ def parse_args() -> argparse.Namespace:
                         choices=("memory", "sqlite", "postgres", "redis"))
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "URL"), help=argparse.SUPPRESS)
     parser.add_argument("--schema", help=argparse.SUPPRESS)
+    parser.add_argument("--history-bytes", type=int, default=None,
+                        help="history_cache_bytes of our servers (default: the server's, "
+                             "32 MiB); a small one fills early, so that the second half's "
+                             "growth is what is not bounded")
     return parser.parse_args()
 
 
 if __name__ == "__main__":
     arguments = parse_args()
     if arguments.serve:
-        asyncio.run(serve(arguments.serve[0], arguments.serve[1], arguments.schema))
+        asyncio.run(serve(arguments.serve[0], arguments.serve[1], arguments.schema,
+                          arguments.history_bytes))
     else:
         asyncio.run(main(arguments))

@@ -18,6 +18,13 @@ the store's own at K = 0.
     python bench/recovery_backlog.py                                  # K = 0, 10^4, 10^5
     python bench/recovery_backlog.py --backlogs 0,100000,1000000 --servers js,postgres
 
+``--fill bulk`` writes the K unrelated packets straight into a SQL store's tables (one
+statement per table, as another node's appends would leave them: packets, their target
+rows, the counter) instead of emitting them through the server, and waits until the
+server's follower delivered them: a fill of 10^6 takes seconds instead of minutes.
+
+    python bench/recovery_backlog.py --servers postgres --backlogs 0,1000000 --fill bulk
+
 The Redis store keeps ``maxlen`` packets (default 10^5, approximate): the bench sets it
 to hold the backlog, as a deployment with that rate would.
 """
@@ -35,6 +42,7 @@ from _common import (
     ClientProc,
     Node,
     StoreSpec,
+    _pg_dsn,
     drop_store,
     make_store,
     on_all,
@@ -76,8 +84,65 @@ async def emit(node: Node, count: int, room: str) -> None:
                                   "window": 100}, within=LIMIT)
 
 
-async def one_backlog(node: Node, args: argparse.Namespace, backlog: int
-                      ) -> tuple[int, list[float], float]:
+def profile_path(directory: str, name: str) -> str:
+    return str(Path(directory).resolve() / f"{name}.prof")
+
+
+async def bulk_fill(node: Node, spec: StoreSpec, count: int) -> None:
+    """``count`` packets to room "nobody" written into the store's tables in one
+    transaction (seqs from the counter, as an append takes them), then wait until the
+    server delivered them (its follower reads them as another node's packets)."""
+    from durable_adapter._codec import DEFAULT_CODEC
+    from durable_adapter.stores.sql.schema import PREFIX
+
+    payload = DEFAULT_CODEC.encode(["ev", {"i": 0, "pad": "x" * 100}])
+    if spec.url.startswith("sqlite"):
+        import sqlite3
+
+        db = sqlite3.connect(spec.url.split("///", 1)[1], isolation_level=None, timeout=60)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            top = db.execute(f"UPDATE {PREFIX}counter SET top = top + ? WHERE id = 1 "
+                             "RETURNING top", (count,)).fetchone()[0]
+            series = ("WITH RECURSIVE g(s) AS (SELECT ? UNION ALL SELECT s + 1 FROM g "
+                      "WHERE s < ?) ")
+            db.execute(series + f"INSERT INTO {PREFIX}packets (seq, namespace, payload, rooms,"
+                       " except_rooms, created_at) SELECT s, '/', ?, '[\"nobody\"]', '[]', ?"
+                       " FROM g", (top - count + 1, top, payload, time.time()))
+            db.execute(series + f"INSERT INTO {PREFIX}packet_targets (namespace, target, seq)"
+                       " SELECT '/', '#nobody', s FROM g", (top - count + 1, top))
+            db.execute("COMMIT")
+        finally:
+            db.close()
+    else:
+        import asyncpg
+
+        db = await asyncpg.connect(_pg_dsn())
+        try:
+            async with db.transaction():
+                await db.execute(f'SET LOCAL search_path TO "{spec.schema}"')
+                top = await db.fetchval(f"UPDATE {PREFIX}counter SET top = top + $1 "
+                                        "WHERE id = 1 RETURNING top", count)
+                await db.execute(
+                    f"INSERT INTO {PREFIX}packets (seq, namespace, payload, rooms, "
+                    "except_rooms, created_at) SELECT g, '/', $3, '[\"nobody\"]', '[]', $4 "
+                    "FROM generate_series($1::bigint, $2::bigint) AS g",
+                    top - count + 1, top, payload, time.time())
+                await db.execute(
+                    f"INSERT INTO {PREFIX}packet_targets (namespace, target, seq) "
+                    "SELECT '/', '#nobody', g FROM generate_series($1::bigint, $2::bigint) g",
+                    top - count + 1, top)
+        finally:
+            await db.close()
+    deadline = time.monotonic() + LIMIT
+    while (await node.get("/delivered"))["delivered"] < top:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server did not deliver the bulk fill in time")
+        await asyncio.sleep(0.2)
+
+
+async def one_backlog(node: Node, args: argparse.Namespace, backlog: int, ours: bool,
+                      spec: StoreSpec | None) -> tuple[int, list[float], float]:
     """Clients get one event live, drop, miss ``backlog`` unrelated + ``owed`` events,
     reconnect at once. Returns how many recovered, their reconnect-to-last-owed-event
     seconds, and the seconds the backlog took to emit."""
@@ -90,16 +155,34 @@ async def one_backlog(node: Node, args: argparse.Namespace, backlog: int
             raise RuntimeError("not every client got its live event")
         await on_all(procs, reply_within=LIMIT, cmd="drop")
         t0 = time.monotonic()
-        await emit(node, backlog, "nobody")
+        if args.fill == "bulk" and backlog and spec is not None \
+                and spec.url.startswith(("sqlite", "postgresql")):
+            await bulk_fill(node, spec, backlog)
+        else:
+            await emit(node, backlog, "nobody")
         filled = time.monotonic() - t0
         await emit(node, args.owed, "rec")
         await asyncio.sleep(args.settle)
+        gc_before = await node.get("/gc?types=1") if args.gc and ours else None
+        if args.profile and ours:
+            await node.post("/profile", {"path": profile_path(args.profile, node.name)})
         answers = await on_all(procs, reply_within=LIMIT, cmd="reconnect", url=node.url,
                                total=args.owed)
         recovered = sum(a["recovered"] for a in answers)
         if not recovered:
             return 0, [], filled
         results = await on_all(procs, reply_within=LIMIT + 10, cmd="wait", within=LIMIT)
+        if args.profile and ours:
+            await node.post("/profile", {"path": None})
+        if gc_before is not None:
+            after = await node.get("/gc")
+            pauses = [f"gen{g} {after['counts'][g] - gc_before['counts'][g]}x "
+                      f"{(after['seconds'][g] - gc_before['seconds'][g]) * 1000:.0f} ms"
+                      for g in range(3)]
+            print(f"    gc over the reconnects: {', '.join(pauses)}; "
+                  f"{gc_before['objects']:,} objects tracked before, most: "
+                  f"{', '.join(f'{name} {n}' for name, n in gc_before['types'][:6])}",
+                  flush=True)
         counts = [c for r in results for c in r["counts"]]
         done = [d for r in results for d in r["done"]]
         starts = [s for r in results for s in r["started"]]
@@ -126,7 +209,7 @@ async def measure(key: str, tmp: Path, args: argparse.Namespace, backlog: int
     try:
         node = await start_node(kind, spec, name=f"{key}-{backlog}")
         try:
-            n, each, filled = await one_backlog(node, args, backlog)
+            n, each, filled = await one_backlog(node, args, backlog, kind == "ours", spec)
         finally:
             await node.stop()
     finally:
@@ -210,6 +293,14 @@ async def main() -> None:
                              "database finish the backlog's background work first)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="measurements per cell (median p95 shown)")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="write a cProfile of each server's event loop thread over the "
+                             "reconnects to DIR/<server>-<K>.prof (for development: slower)")
+    parser.add_argument("--fill", choices=("emit", "bulk"), default="emit",
+                        help="how the unrelated packets are stored: emitted through the "
+                             "server, or (SQL stores) written into the tables at once")
+    parser.add_argument("--gc", action="store_true",
+                        help="print the garbage collections of our servers over the reconnects")
     args = parser.parse_args()
     backlogs = [int(k) for k in args.backlogs.split(",")]
 

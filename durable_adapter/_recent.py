@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import marshal
+import struct
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any, Final
 
 from engineio import packet as eio_packet
 
@@ -38,38 +40,89 @@ _SCALAR = 16  # bytes counted for a number, bool or None inside a payload
 _MAX_STEPS = 1_000_000
 
 
-class _Seqs:
-    """The ascending seqs of one target in the window; dropped from the front only."""
-
-    __slots__ = ("head", "seqs")
-
-    def __init__(self) -> None:
-        self.seqs: list[int] = []
-        self.head = 0  # seqs before it were evicted
-
-    def drop_through(self, seq: int) -> None:
-        seqs = self.seqs
-        while self.head < len(seqs) and seqs[self.head] <= seq:
-            self.head += 1
-        if self.head > 64 and self.head * 2 > len(seqs):  # compact now and then
-            del seqs[:self.head]
-            self.head = 0
-
-    def between(self, after: int, until: int) -> list[int]:
-        lo = bisect.bisect_right(self.seqs, after, lo=self.head)
-        return self.seqs[lo:bisect.bisect_right(self.seqs, until, lo=lo)]
+# The seqs of one target in the window, ascending: (head, packed), the seqs as native
+# 8-byte integers in a bytearray (which the garbage collector does not track, unlike a
+# list or an instance: a target per sid, as each socket's own emits make, would bring
+# back a tracked object per packet), those before index ``head`` evicted already.
+_Seqs = tuple[int, bytearray]
+_SEQ = struct.Struct("=q")
 
 
-class _Frames(NamedTuple):
-    parts: tuple[str | bytes, ...]  # the engine.io MESSAGE payloads; () = cannot be encoded
-    size: int
-    tick: int  # insertion order, shared with the window's entries (oldest evicted first)
+def _seqs_between(entry: _Seqs, after: int, until: int) -> list[int]:
+    head, packed = entry
+    with memoryview(packed) as raw, raw.cast("q") as seqs:
+        lo = bisect.bisect_right(seqs, after, lo=head)
+        found: list[int] = seqs[lo:bisect.bisect_right(
+            seqs, until, lo=lo)].tolist()
+    return found
 
 
-class _Kept(NamedTuple):
-    packet: StoredPacket
-    size: int
-    tick: int
+def _seqs_dropped_through(entry: _Seqs, seq: int) -> _Seqs | None:
+    """``entry`` without its seqs up to ``seq``; None when none is left."""
+    head, packed = entry
+    if _SEQ.unpack_from(packed, len(packed) - _SEQ.size)[0] <= seq:  # all of them
+        return None
+    if _SEQ.unpack_from(packed, head * _SEQ.size)[0] > seq:  # none of them
+        return entry
+    with memoryview(packed) as raw, raw.cast("q") as seqs:
+        head = bisect.bisect_right(seqs, seq, lo=head)
+        count = len(seqs)
+    if head == count:
+        return None
+    if head > 64 and head * 2 > count:  # compact now and then
+        del packed[:head * _SEQ.size]
+        head = 0
+    return head, packed
+
+
+# The garbage collector must not see the kept entries. A full collection walks every
+# tracked object, and the rate of full collections follows how many survive: a window of
+# dataclasses, named tuples and payload lists and dicts made both grow with the
+# application's traffic (a reconnect storm on a busy node paid a collection of the whole
+# window). So each entry is a tuple of strings, bytes and numbers only, which CPython
+# stops tracking at the first collection that sees it (a tuple holding another tuple can
+# be looked at before the inner one is untracked, and then stays tracked until its
+# generation is collected again: for the window's entries, the oldest one).
+#
+# window, per seq: (record, size, tick); the record is the packet's (namespace, rooms,
+# except_rooms, created_at, data) marshalled to bytes, or the packet itself when marshal
+# cannot hold its payload (an object other than str, bytes, numbers, None, lists,
+# tuples, dicts and sets, or a subclass of one)
+_RECORD: Final = 0
+_SIZE: Final = 1  # in both
+_TICK: Final = 2  # in both
+_Kept = tuple["bytes | StoredPacket", int, int]
+# frames, per seq: (parts, size, tick, how); the engine.io MESSAGE payloads: none
+# (cannot be encoded), one (the part itself) or several (marshalled)
+_PARTS: Final = 0
+_HOW: Final = 3
+_NO_PARTS, _ONE_PART, _PARTS_MARSHALLED = 0, 1, 2
+_Frames = tuple["str | bytes", int, int, int]
+
+
+def _record(packet: StoredPacket) -> bytes | StoredPacket:
+    try:  # a bytearray or memoryview reads back as bytes, as from the store (_codec)
+        return marshal.dumps((packet.namespace, packet.rooms, packet.except_rooms,
+                              packet.created_at, packet.data))
+    except (ValueError, RecursionError):  # another type, a subclass, too deep
+        return packet
+
+
+def _packet(seq: int, record: bytes | StoredPacket) -> StoredPacket:
+    """The packet of a window entry; a marshalled one's payload is a fresh copy."""
+    if isinstance(record, StoredPacket):
+        return record
+    namespace, rooms, except_rooms, created_at, data = marshal.loads(record)
+    return StoredPacket(namespace=namespace, data=data, rooms=rooms,
+                        except_rooms=except_rooms, created_at=created_at, seq=seq)
+
+
+def _addressed(record: bytes | StoredPacket) -> tuple[str, tuple[str, ...]]:
+    """The namespace and rooms of a window entry."""
+    if isinstance(record, StoredPacket):
+        return record.namespace, record.rooms
+    namespace, rooms, *_ = marshal.loads(record)
+    return namespace, rooms
 
 
 def payload_size(value: Any) -> int:
@@ -149,13 +202,14 @@ class RecentHistory:
         data_size = payload_size(packet.data) if frames is None \
             else sum(len(frame.data) for frame in frames)
         size = ENTRY_OVERHEAD + data_size
-        self._window[seq] = _Kept(packet, size, next(self._ticks))
+        self._window[seq] = (_record(packet), size, next(self._ticks))
         for target in targets_of(packet.rooms):
             key = (packet.namespace, target)
-            seqs = self._targets.get(key)
-            if seqs is None:
-                seqs = self._targets[key] = _Seqs()
-            seqs.seqs.append(seq)
+            entry = self._targets.get(key)
+            if entry is None:
+                self._targets[key] = (0, bytearray(_SEQ.pack(seq)))
+            else:
+                entry[1].extend(_SEQ.pack(seq))
         self._hi = seq
         self._bytes += size
         if frames is not None:
@@ -170,8 +224,8 @@ class RecentHistory:
         if after < self._lo or until > self._hi:
             return None
         window = self._window
-        return [kept.packet for seq in range(after + 1, until + 1)
-                if (kept := window[seq]).packet.namespace == namespace]
+        packets = (_packet(seq, window[seq][_RECORD]) for seq in range(after + 1, until + 1))
+        return [packet for packet in packets if packet.namespace == namespace]
 
     def read_targets(self, after: int, until: int, namespace: str, targets: Iterable[str]
                      ) -> list[StoredPacket] | None:
@@ -184,11 +238,11 @@ class RecentHistory:
             return None
         found: set[int] = set()
         for target in targets:
-            seqs = self._targets.get((namespace, target))
-            if seqs is not None:
-                found.update(seqs.between(after, until))
+            entry = self._targets.get((namespace, target))
+            if entry is not None:
+                found.update(_seqs_between(entry, after, until))
         window = self._window
-        return [window[seq].packet for seq in sorted(found)]
+        return [_packet(seq, window[seq][_RECORD]) for seq in sorted(found)]
 
     def frames(self, seq: int) -> list[eio_packet.Packet] | None:
         """The frames kept for ``seq`` (``[]``: it cannot be encoded), None if none are.
@@ -199,7 +253,10 @@ class RecentHistory:
         kept = self._frames.get(seq)
         if kept is None:
             return None
-        return [eio_packet.Packet(eio_packet.MESSAGE, part) for part in kept.parts]
+        how, held = kept[_HOW], kept[_PARTS]
+        parts = () if how == _NO_PARTS else (held,) if how == _ONE_PART \
+            else marshal.loads(held)  # type: ignore[arg-type]  # bytes when marshalled
+        return [eio_packet.Packet(eio_packet.MESSAGE, part) for part in parts]
 
     def keep_frames(self, seq: int, frames: list[eio_packet.Packet] | None) -> None:
         """Keep what ``seq`` encodes to (None: it cannot be encoded)."""
@@ -207,14 +264,20 @@ class RecentHistory:
             return
         parts = tuple(frame.data for frame in frames or ())
         size = ENTRY_OVERHEAD + sum(len(part) for part in parts)
-        self._frames[seq] = _Frames(parts, size, next(self._ticks))
+        if not parts:
+            kept: _Frames = ("", size, next(self._ticks), _NO_PARTS)
+        elif len(parts) == 1:
+            kept = (parts[0], size, next(self._ticks), _ONE_PART)
+        else:
+            kept = (marshal.dumps(parts), size, next(self._ticks), _PARTS_MARSHALLED)
+        self._frames[seq] = kept
         self._bytes += size
         self._evict()
 
     # -- the budget -----------------------------------------------------------------------
 
     def _drop_window(self) -> None:
-        self._bytes -= sum(kept.size for kept in self._window.values())
+        self._bytes -= sum(kept[_SIZE] for kept in self._window.values())
         self._window.clear()
         self._targets.clear()
         self._lo = self._hi
@@ -226,22 +289,25 @@ class RecentHistory:
             bottom = window.get(self._lo + 1)
             if frames:
                 seq, oldest = next(iter(frames.items()))
-                if bottom is None or oldest.tick < bottom.tick:
+                if bottom is None or oldest[_TICK] < bottom[_TICK]:
                     del frames[seq]
-                    self._bytes -= oldest.size
+                    self._bytes -= oldest[_SIZE]
                     continue
             if bottom is None:
                 return  # nothing left (unreachable: sizes are positive)
             # only ever from the bottom: the window stays contiguous
             del window[self._lo + 1]
             self._lo += 1
-            self._bytes -= bottom.size
-            packet = bottom.packet
-            for target in targets_of(packet.rooms):
-                key = (packet.namespace, target)
-                seqs = self._targets.get(key)
-                if seqs is not None:
-                    seqs.drop_through(self._lo)
-                    if seqs.head == len(seqs.seqs):
+            self._bytes -= bottom[_SIZE]
+            namespace, rooms = _addressed(bottom[_RECORD])
+            for target in targets_of(rooms):
+                key = (namespace, target)
+                entry = self._targets.get(key)
+                if entry is not None:
+                    left = _seqs_dropped_through(entry, self._lo)
+                    if left is None:
                         del self._targets[key]
+                    else:
+                        self._targets[key] = left
+
 

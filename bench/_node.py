@@ -164,6 +164,29 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
         return web.json_response({"direct": direct.direct if direct else 0,
                                   "queued": direct.queued if direct else 0})
 
+    stages = _stage_timer() if kind == "ours" else {}
+
+    async def stage_times(request: web.Request) -> web.Response:
+        # per stage of the connect path: calls, mean and p95 wall ms since the last read
+        out = {}
+        for name, times in stages.items():
+            if times:
+                ordered = sorted(times)
+                out[name] = {"calls": len(times), "mean_ms": sum(times) / len(times) * 1e3,
+                             "total_ms": sum(times) * 1e3,
+                             "p95_ms": ordered[int(0.95 * (len(ordered) - 1))] * 1e3}
+            times.clear()
+        return web.json_response(out)
+
+    async def heap(request: web.Request) -> web.Response:
+        # objects the garbage collector tracks, by type (the cost of a full collection)
+        import collections
+        import gc
+
+        kinds = collections.Counter(type(o).__name__ for o in gc.get_objects())
+        return web.json_response({"objects": sum(kinds.values()),
+                                  "top": kinds.most_common(25)})
+
     profiling: dict[str, Any] = {}
 
     async def profile(request: web.Request) -> web.Response:
@@ -192,6 +215,8 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
     app.router.add_post("/settle", settle)
     app.router.add_post("/profile", profile)
     app.router.add_get("/frames", frames)
+    app.router.add_get("/stages", stage_times)
+    app.router.add_get("/heap", heap)
     async def metrics_state(request: web.Request) -> web.Response:
         if (await request.json())["on"]:
             metrics.enable()
@@ -204,6 +229,54 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
         app.router.add_get("/metrics", metrics.aiohttp_handler())
         app.router.add_post("/metrics-state", metrics_state)
     return app, sio
+
+
+def _stage_timer() -> dict[str, list[float]]:
+    """Wall time of each stage of the connect path, per call (``GET /stages``): wraps
+    the server's and the restorer's methods in this process only."""
+    from durable_adapter import _restore, server
+
+    stages: dict[str, list[float]] = {}
+
+    def timed(cls: Any, method: str, name: str) -> None:
+        original = getattr(cls, method)
+        times = stages.setdefault(name, [])
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                times.append(time.perf_counter() - t0)
+
+        setattr(cls, method, wrapper)
+
+    import gc
+
+    collections = {gen: stages.setdefault(f"gc generation {gen}", []) for gen in range(3)}
+    started: list[float] = []
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            collections[info["generation"]].append(time.perf_counter() - started[0])
+
+    gc.callbacks.append(on_gc)
+
+    for cls, method, name in (
+            (server.AsyncServer, "_handle_eio_connect", "eio connect (whole)"),
+            (server.AsyncServer, "_handle_connect", "CONNECT (whole)"),
+            (_restore.Restorer, "prepare", "prepare (take, bounds, owed read)"),
+            (_restore.Restorer, "_take", "  take"),
+            (_restore.Restorer, "_sid_released", "  sid released"),
+            (_restore.Restorer, "_load_replay", "  load replay (bounds x2, read)"),
+            (_restore.Restorer, "_read_replay", "    read replay"),
+            (server.AsyncServer, "_write_connected", "session write (CONNECT reply)"),
+            (_restore.Restorer, "complete", "complete (replay sent)"),
+            (_restore.Restorer, "end", "end")):
+        timed(cls, method, name)
+    return stages
 
 
 async def main() -> None:

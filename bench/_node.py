@@ -19,6 +19,9 @@ benchmark can drive one worker of several sharing P through SO_REUSEPORT):
   while no client is connected. ``--write-through on|off`` is the state at start.
 * ``POST /profile`` ``{"path": P}``: start a cProfile of this process's event loop
   thread; ``{"path": null}`` stops it and writes the stats to the path given at start.
+* ``GET /stages``: with ``BENCH_NODE_STAGES=1`` in the environment, the wall time of each
+  stage of the connect path since the last call (calls, mean, p95, total ms), and the
+  garbage collector's collections; ``GET /heap``: the objects it tracks, by type.
 * ``GET /frames``: frames written straight to websockets and sends left to
   python-engineio's writer task by the delivery (``durable_adapter._direct``), so far.
 * ``POST /settle``: wait until the session writer has written everything marked so far;
@@ -75,6 +78,8 @@ def make_store(url: str, schema: str | None, poll_interval: float | None) -> Any
 def build(kind: str, store: Any, name: str, with_metrics: bool = False,
           write_through: bool = True) -> tuple[web.Application, Any]:
     common: dict[str, Any] = {"async_mode": "aiohttp", "http_compression": False}
+    # wrapped before the server is built (its restorer binds its methods then)
+    stages = _stage_timer() if kind == "ours" and os.environ.get("BENCH_NODE_STAGES") else {}
     if kind == "plain":
         sio = socketio.AsyncServer(**common)
     else:
@@ -164,8 +169,6 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
         return web.json_response({"direct": direct.direct if direct else 0,
                                   "queued": direct.queued if direct else 0})
 
-    stages = _stage_timer() if kind == "ours" else {}
-
     async def stage_times(request: web.Request) -> web.Response:
         # per stage of the connect path: calls, mean and p95 wall ms since the last read
         out = {}
@@ -233,7 +236,8 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
 
 def _stage_timer() -> dict[str, list[float]]:
     """Wall time of each stage of the connect path, per call (``GET /stages``): wraps
-    the server's and the restorer's methods in this process only."""
+    the server's and the restorer's methods in this process only; call it before the
+    server is built."""
     from durable_adapter import _restore, server
 
     stages: dict[str, list[float]] = {}
@@ -250,6 +254,15 @@ def _stage_timer() -> dict[str, list[float]]:
                 times.append(time.perf_counter() - t0)
 
         setattr(cls, method, wrapper)
+
+    sizes = stages.setdefault("take batch size (as ms: requests)", [])
+    take_batch = _restore.Restorer._take_batch
+
+    async def counted_take_batch(self: Any, requests: Any) -> Any:
+        sizes.append(len(requests) / 1e3)
+        return await take_batch(self, requests)
+
+    _restore.Restorer._take_batch = counted_take_batch  # type: ignore[method-assign]
 
     import gc
 
@@ -269,6 +282,8 @@ def _stage_timer() -> dict[str, list[float]]:
             (server.AsyncServer, "_handle_connect", "CONNECT (whole)"),
             (_restore.Restorer, "prepare", "prepare (take, bounds, owed read)"),
             (_restore.Restorer, "_take", "  take"),
+            (_restore.Restorer, "_take_batch", "  take (one store call, per batch)"),
+            (_restore.Restorer, "_read_bounds", "  bounds (one store call, per batch)"),
             (_restore.Restorer, "_sid_released", "  sid released"),
             (_restore.Restorer, "_load_replay", "  load replay (bounds x2, read)"),
             (_restore.Restorer, "_read_replay", "    read replay"),

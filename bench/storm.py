@@ -145,10 +145,11 @@ async def run_round(key: str, tmp: Path, args: argparse.Namespace, round_no: int
         spec = made
     out: dict[str, Any] = {}
     try:
-        node = await start_node(kind, spec, name=key)
+        env = {**os.environ, "BENCH_NODE_STAGES": "1"} if args.stages else None
+        node = await start_node(kind, spec, name=key, env=env)
         try:
             profile = (f"{args.profile}.{key}.{round_no}"
-                       if args.profile and kind == "ours" else None)
+                       if args.profile and kind != "js" else None)
             procs = await connect(node, args.client_procs, args.clients, "storm")
             try:
                 out.update(await storm_once(node, procs, "storm", args.missed,

@@ -374,9 +374,15 @@ class Restorer:
         manager = self.manager
         sid = restore.session.sid
         state = manager.sockets.get(namespace, sid)
+        direct = manager.direct
+        write = direct.write if direct is not None and direct.active() else None
         for stored in restore.replay:
-            for part in manager.encode_stored(stored) or ():
-                await manager.server._send_eio_packet(eio_sid, part)
+            # each packet's frame is encoded once for every socket replaying it, and
+            # written straight to the websocket while nothing is queued ahead of it
+            frame = manager.replay_frame(stored) if write is not None else None
+            if frame is None or not write(eio_sid, *frame):  # type: ignore[misc]
+                for part in manager.encode_stored(stored) or ():
+                    await manager.server._send_eio_packet(eio_sid, part)
             if state is not None:
                 state.last_sent = stored.seq
         await manager.release_hold(namespace, restore.hold)

@@ -79,7 +79,7 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
           write_through: bool = True) -> tuple[web.Application, Any]:
     common: dict[str, Any] = {"async_mode": "aiohttp", "http_compression": False}
     # wrapped before the server is built (its restorer binds its methods then)
-    stages = _stage_timer() if kind == "ours" and os.environ.get("BENCH_NODE_STAGES") else {}
+    stages = _stage_timer(kind == "ours") if os.environ.get("BENCH_NODE_STAGES") else {}
     if kind == "plain":
         sio = socketio.AsyncServer(**common)
     else:
@@ -234,13 +234,28 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
     return app, sio
 
 
-def _stage_timer() -> dict[str, list[float]]:
+def _stage_timer(ours: bool) -> dict[str, list[float]]:
     """Wall time of each stage of the connect path, per call (``GET /stages``): wraps
     the server's and the restorer's methods in this process only; call it before the
     server is built."""
     from durable_adapter import _restore, server
 
     stages: dict[str, list[float]] = {}
+    import gc
+
+    # the collector's pauses, in CPU time of this thread (others' load left out)
+    collections = {gen: stages.setdefault(f"gc generation {gen} (CPU)", []) for gen in range(3)}
+    started: list[float] = []
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[:] = [time.thread_time()]
+        elif started:
+            collections[info["generation"]].append(time.thread_time() - started[0])
+
+    gc.callbacks.append(on_gc)
+    if not ours:
+        return stages
 
     def timed(cls: Any, method: str, name: str) -> None:
         original = getattr(cls, method)
@@ -264,18 +279,6 @@ def _stage_timer() -> dict[str, list[float]]:
 
     _restore.Restorer._take_batch = counted_take_batch  # type: ignore[method-assign]
 
-    import gc
-
-    collections = {gen: stages.setdefault(f"gc generation {gen}", []) for gen in range(3)}
-    started: list[float] = []
-
-    def on_gc(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            started[:] = [time.perf_counter()]
-        elif started:
-            collections[info["generation"]].append(time.perf_counter() - started[0])
-
-    gc.callbacks.append(on_gc)
 
     for cls, method, name in (
             (server.AsyncServer, "_handle_eio_connect", "eio connect (whole)"),

@@ -154,7 +154,7 @@ async def run_round(key: str, tmp: Path, args: argparse.Namespace, round_no: int
             try:
                 out.update(await storm_once(node, procs, "storm", args.missed,
                                             args.spread, profile,
-                                            args.stages and kind == "ours"))
+                                            args.stages and kind != "js"))
             finally:
                 await asyncio.gather(*(p.stop() for p in procs), return_exceptions=True)
             if args.recovery:

@@ -60,6 +60,9 @@ T = TypeVar("T")
 
 SID_RELEASE_WAIT = 5.0  # seconds a restore waits for the old socket of its sid to go
 TAKE_BATCH_MAX = 500  # sessions taken in one store transaction during a reconnect storm
+#: take (and bounds) calls under way at once: a reconnect arriving while one runs starts
+#: its own rather than wait for it (on a busy loop one call lasts many loop rounds)
+TAKES_IN_FLIGHT = 4
 OWED_BATCH_MAX = 100  # restores whose replays are read by one store call (a round of pages)
 #: seconds the asking node waits for a live owner beyond the owner's own waits (a
 #: restore under way there, its session writes), so it never gives up first
@@ -92,9 +95,11 @@ class Restorer:
         # concurrent restores share store calls: one transaction takes many sessions,
         # one query reads the bounds for every restore waiting for them
         self.takes: Batcher[TakeRequest, TakeResult] = Batcher(
-            self._take_batch, batch_max=TAKE_BATCH_MAX, name="taking sessions")
+            self._take_batch, batch_max=TAKE_BATCH_MAX, name="taking sessions",
+            in_flight=TAKES_IN_FLIGHT)
         self._bounds_reads: Batcher[None, HistoryBounds] = Batcher(
-            self._read_bounds, batch_max=1_000_000, name="reading the bounds")
+            self._read_bounds, batch_max=1_000_000, name="reading the bounds",
+            in_flight=TAKES_IN_FLIGHT)
         # replays are read through the store's target index, rounds shared by restores
         self.owed = OwedReader(lambda ranges: self.store.read_targets(ranges),
                                page=REPLAY_PAGE, batch_max=OWED_BATCH_MAX)

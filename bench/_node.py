@@ -307,6 +307,10 @@ async def main() -> None:
     parser.add_argument("--name", default="node")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--reuse-port", action="store_true")
+    parser.add_argument("--backlog", type=int, default=128,
+                        help="listen backlog (aiohttp's default 128; Node.js listens "
+                             "with 511): a storm of connects beyond it while the loop is "
+                             "busy has its SYNs dropped and retried a second later")
     parser.add_argument("--metrics", choices=("default", "on", "off"), default="default",
                         help="on: count (needs prometheus-client) and serve /metrics; "
                              "off: count nothing; default: as installed, no /metrics")
@@ -330,7 +334,8 @@ async def main() -> None:
                      write_through=args.write_through == "on")
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", args.port, reuse_port=args.reuse_port or None)
+    site = web.TCPSite(runner, "127.0.0.1", args.port, reuse_port=args.reuse_port or None,
+                       backlog=args.backlog)
     await site.start()
     control = web.TCPSite(runner, "127.0.0.1", 0)
     await control.start()

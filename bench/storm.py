@@ -146,7 +146,10 @@ async def run_round(key: str, tmp: Path, args: argparse.Namespace, round_no: int
     out: dict[str, Any] = {}
     try:
         env = {**os.environ, "BENCH_NODE_STAGES": "1"} if args.stages else None
-        node = await start_node(kind, spec, name=key, env=env)
+        # the Python servers listen with Node.js's backlog, as the JS server does
+        node = await start_node(kind, spec, name=key, env=env,
+                                extra_args=() if kind == "js" else
+                                ("--backlog", str(args.backlog)))
         try:
             profile = (f"{args.profile}.{key}.{round_no}"
                        if args.profile and kind != "js" else None)
@@ -192,6 +195,8 @@ async def main() -> None:
                         help="also: --rec-clients x --rec-missed reconnecting at once")
     parser.add_argument("--rec-clients", type=int, default=100)
     parser.add_argument("--rec-missed", type=int, default=1000)
+    parser.add_argument("--backlog", type=int, default=511,
+                        help="the Python servers' listen backlog (Node.js's default: 511)")
     parser.add_argument("--profile", default=None, metavar="PREFIX")
     parser.add_argument("--stages", action="store_true",
                         help="print our servers' wall time per stage of the connect path")

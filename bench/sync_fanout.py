@@ -56,6 +56,9 @@ async def main() -> None:
     parser.add_argument("--stores", default="memory,sqlite,postgres",
                         help="comma-separated: memory,sqlite,postgres,redis")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per round")
+    parser.add_argument("--profile", default=None, metavar="PREFIX",
+                        help="cProfile each server's emitting thread and loop thread during "
+                             "the measured rounds: PREFIX.<row>.emit, PREFIX.<row>.loop")
     args = parser.parse_args()
 
     rows: list[Row] = []
@@ -75,10 +78,16 @@ async def main() -> None:
                 await measure(row, args.clients, 10, 1, args.size, args.timeout)
                 row.rates.clear(), row.cpus.clear(), row.cpu_per.clear()
                 row.emit_times.clear()
+            if args.profile:
+                for i, row in enumerate(rows):
+                    await row.node.post("/profile", {"path": f"{args.profile}.{i}"})
             for _ in range(args.rounds):
                 for row in rows:
                     await measure(row, args.clients, args.events, 1, args.size,
                                   args.timeout)
+            if args.profile:
+                for row in rows:
+                    await row.node.post("/profile", {})
         finally:
             for row in rows:
                 await asyncio.gather(row.node.stop(), *(p.stop() for p in row.procs),

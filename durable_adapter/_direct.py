@@ -29,7 +29,7 @@ import time
 import types
 from collections.abc import Coroutine, Generator
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,15 @@ async def _send_frames(sock: Any, frames: list[bytes], opcode: Any) -> None:
 async def _send_texts(ws: Any, frames: list[str]) -> None:
     for frame in frames:
         await ws.send(frame)
+
+
+class FrameWriter(Protocol):
+    """What writes an encoded frame to a socket past python-socketio's send:
+    :class:`DirectWrites`, or the sync server's ``SyncFrames``."""
+
+    def active(self) -> bool: ...
+
+    def write(self, eio_sid: str, frame: str, data: bytes) -> bool: ...
 
 
 class DirectWrites:

@@ -100,7 +100,8 @@ class Lease:
                 regained = await asyncio.wait_for(asyncio.shield(self._renewing),
                                                   self.expiry / 3)
             except Exception as exc:
-                logger.warning("renewing the lease of %s failed: %s", self.node, exc,
+                # a timeout has no message: name the exception's type too
+                logger.warning("renewing the lease of %s failed: %r", self.node, exc,
                                extra={"action": "lease_renew_failed"})
                 if not warned and self.lapsed:
                     warned = True

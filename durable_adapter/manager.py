@@ -22,7 +22,7 @@ from engineio import packet as eio_packet
 from . import _socketio, metrics
 from ._attempt import Hold, current_attempt
 from ._cluster import LetGo, in_control_handler
-from ._direct import DirectWrites
+from ._direct import FrameWriter
 from ._lease import Lease
 from ._offsets import format_offset
 from ._packets import as_args, as_rooms, encode_event, encode_with_offset, set_offset
@@ -101,7 +101,7 @@ class DurableManager(RoomsManager):
         self._on_lease_regained = on_lease_regained
         self.lease = Lease(store, self.host_id, lease_expiry, on_regained=self._lease_regained)
         #: writes frames to websockets without a writer wake-up (set by the server)
-        self.direct: DirectWrites | None = None
+        self.direct: FrameWriter | None = None
         #: the purge this node runs, if any (started with the node)
         self.cleanup: ServerCleanup | None = None
         if purge_window is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import logging
+import signal
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -108,6 +109,8 @@ class Server(socketio.Server):  # type: ignore[misc]
         self._core: Any = None
         #: per thread, its emits handed to the core, oldest first (see :meth:`emit`)
         self._emits = threading.local()
+        #: held by a shutdown under way: a second caller waits for it (see :meth:`shutdown`)
+        self._stopping = threading.Lock()
         if recovery is None:
             super().__init__(*args, **kwargs)
             return
@@ -292,11 +295,33 @@ class Server(socketio.Server):  # type: ignore[misc]
             super().shutdown()
             return
         assert self._loop is not None
-        if self._loop.running:
-            try:
-                self._run(self._core.shutdown())
-            finally:
-                self._loop.stop()
+        with self._stopping:  # a second caller returns once the first one is done
+            if self._loop.running:
+                try:
+                    self._run(self._core.shutdown())
+                finally:
+                    self._loop.stop()
+
+    def shutdown_on_signal(self, signum: int = signal.SIGTERM) -> None:
+        """At ``signum``, start :meth:`shutdown` in a thread of its own, then run the
+        handler that was there before. Call it from the main thread.
+
+        Under gunicorn, in ``post_worker_init``: gunicorn's own SIGTERM handler stops
+        accepting and waits for the open requests, which a websocket never ends by
+        itself; a ``worker_exit`` hook runs only once that wait is over, when the master
+        kills the worker (both wait ``graceful_timeout``). With this, the sessions are
+        saved and the websockets closed as soon as the signal comes, and the worker
+        exits well before.
+        """
+        previous = signal.getsignal(signum)
+
+        def handle(sig: int, frame: Any) -> None:
+            threading.Thread(target=self.shutdown, name="durable_adapter-shutdown",
+                             daemon=True).start()
+            if callable(previous):
+                previous(sig, frame)
+
+        signal.signal(signum, handle)
 
     # -- Engine.IO's events, handed to the core ----------------------------------
 

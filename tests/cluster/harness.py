@@ -94,9 +94,9 @@ def free_port() -> int:
         return port
 
 
-async def listening(port: int) -> None:
-    """Until 127.0.0.1:``port`` accepts a connection."""
-    deadline = asyncio.get_running_loop().time() + WAIT
+async def listening(port: int, within: float = WAIT) -> None:
+    """Until 127.0.0.1:``port`` accepts a connection (at most ``within`` seconds)."""
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         try:
             _reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -16,7 +16,9 @@ there. Once ``a`` runs again:
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -63,6 +65,35 @@ async def drop_from(member: NodeProcess, peer: Peer) -> None:
     await released(member.url, peer.sid)
 
 
+def _sqlite_writable(url: str) -> bool:
+    """Whether another process can take the SQLite file's write lock now (not waiting)."""
+    path = url.split(":///", 1)[1]
+    connection = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:  # "database is locked"
+        return False
+    finally:
+        connection.close()
+
+
+async def freeze_outside_writes(member: NodeProcess, store: ClusterStore) -> None:
+    """SIGSTOP ``member``, but not inside a SQLite write: a process stopped while holding
+    the file's write lock stops every other writer (another fault, that SQLite cannot
+    survive; its lease renewals write every third of a second, so a plain SIGSTOP lands in
+    one now and then on a loaded machine). PostgreSQL and Redis need no care."""
+    assert member.process is not None
+    for _ in range(50):
+        member.process.send_signal(signal.SIGSTOP)
+        if store.kind != "sqlite" or _sqlite_writable(store.url):
+            return
+        member.process.send_signal(signal.SIGCONT)
+        await asyncio.sleep(0.05)  # let it finish its transaction, then try again
+    raise AssertionError(f"{member.name} held the SQLite write lock at every try")
+
+
 @asynccontextmanager
 async def frozen_then_thawed(store: ClusterStore, *, drop_moved_while_frozen: bool = False
                              ) -> AsyncIterator[Frozen]:
@@ -80,7 +111,7 @@ async def frozen_then_thawed(store: ClusterStore, *, drop_moved_while_frozen: bo
             await stayed.connect(a.url)
             await flush(a)  # both sessions are in the store, as written through
             assert a.process is not None
-            a.process.send_signal(signal.SIGSTOP)
+            await freeze_outside_writes(a, store)
             frozen_at = time.monotonic()
             try:
                 # the fault: a frozen past its lease (renewed every third of it)

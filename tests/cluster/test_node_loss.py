@@ -1,8 +1,9 @@
 """A node lost under its clients, with another node on the same store (issue 11): killed
 (SIGKILL: nothing runs at exit, so only what was written through and the node's expired
 lease let another node take its sessions over), or stopped by uvicorn on SIGTERM (the
-lifespan shutdown saves). The clients come back on the other node and must recover on
-that first reconnect, with every event they missed once, in order.
+lifespan shutdown saves); each also with sync nodes (``durable_adapter.Server``, issue
+23). The clients come back on the other node and must recover on that first reconnect,
+with every event they missed once, in order.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import functools
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
 
@@ -20,11 +20,13 @@ from tests import _harness
 from tests.cluster.conftest import ClusterStore
 from tests.cluster.harness import Listener, NodeProcess
 from tests.cluster.node_app import LEASE_EXPIRY_ENV
+from tests.sync._nodes import cluster_node
 
 WAIT = 30.0  # seconds for a hundred clients to see one thing happen
 until = functools.partial(_harness.until, within=WAIT)
 LEASE_EXPIRY = 2.0  # seconds: the killed node's sessions are free to take after this
 EXIT_WITHIN = 5.0  # seconds from SIGTERM to the process's exit (issue 11)
+SYNC_CLIENTS = 30  # clients of the SIGKILL case on sync nodes
 
 
 @asynccontextmanager
@@ -37,9 +39,9 @@ async def nodes(*members: NodeProcess) -> AsyncIterator[None]:
         await asyncio.gather(*(node.stop() for node in members))
 
 
-def node(name: str, store: ClusterStore, **options: Any) -> NodeProcess:
-    return NodeProcess(name, store.url, args=store.args,
-                       env={LEASE_EXPIRY_ENV: str(LEASE_EXPIRY)}, **options)
+def node(name: str, store: ClusterStore, server: str = "aiohttp") -> NodeProcess:
+    return cluster_node(name, store.url, store.args, {LEASE_EXPIRY_ENV: str(LEASE_EXPIRY)},
+                        server=server)
 
 
 def seen(listener: Listener) -> list[tuple[str, int]]:
@@ -67,12 +69,16 @@ async def close_all(*groups: list[Listener]) -> None:
 
 
 @pytest.mark.timeout(150)
-async def test_sigkill_of_a_node_under_traffic(fault_store: ClusterStore) -> None:
+@pytest.mark.parametrize("server", ["aiohttp", "sync"])
+async def test_sigkill_of_a_node_under_traffic(fault_store: ClusterStore, server: str) -> None:
     """100 clients on ``a``, ``b`` emitting to everyone before, while and after ``a`` is
-    killed: at least 99 recover on ``b`` with every event once, in order; any other gets
-    a fresh session and ``b`` says why (its RecoveryFailure)."""
-    a, b = node("a", fault_store), node("b", fault_store)
-    clients: list[Listener] = [Listener(f"c{i}") for i in range(100)]
+    killed: all but one at most recover on ``b`` with every event once, in order; any
+    other gets a fresh session and ``b`` says why (its RecoveryFailure). ``sync``: both
+    nodes are ``durable_adapter.Server`` (threads, its loop in a thread of its own), with
+    30 clients (the suite's time: the same paths, fewer sockets)."""
+    a, b = node("a", fault_store, server), node("b", fault_store, server)
+    size = SYNC_CLIENTS if server == "sync" else 100
+    clients: list[Listener] = [Listener(f"c{i}") for i in range(size)]
     successors: list[Listener] = []
     async with nodes(b, a):
         try:
@@ -95,7 +101,7 @@ async def test_sigkill_of_a_node_under_traffic(fault_store: ClusterStore) -> Non
                         *(("after", i) for i in range(5))]
             recovered = [s for s in successors if s.recoveries]
             fresh = [s for s in successors if s.refusals]
-            assert len(recovered) >= 99, f"only {len(recovered)} of 100 recovered"
+            assert len(recovered) >= size - 1, f"only {len(recovered)} of {size} recovered"
             for successor, old in zip(successors, clients, strict=True):
                 if successor.recoveries:
                     assert successor.sid == old.sid
@@ -112,10 +118,13 @@ async def test_sigkill_of_a_node_under_traffic(fault_store: ClusterStore) -> Non
 
 
 @pytest.mark.timeout(90)
-async def test_sigterm_of_a_uvicorn_node(fault_store: ClusterStore) -> None:
-    """``a`` runs ``durable_adapter.ASGIApp`` under uvicorn as a user runs it: on SIGTERM
-    it exits within 5 s with websocket clients connected, and they recover on ``b``."""
-    a, b = node("a", fault_store, server="uvicorn"), node("b", fault_store)
+@pytest.mark.parametrize("server", ["uvicorn", "sync"])
+async def test_sigterm_of_a_node(fault_store: ClusterStore, server: str) -> None:
+    """``a`` runs ``durable_adapter.ASGIApp`` under uvicorn as a user runs it (``sync``:
+    ``durable_adapter.Server`` behind Werkzeug, and ``b`` too): on SIGTERM it exits within
+    5 s with websocket clients connected, and they recover on ``b``."""
+    a = node("a", fault_store, server)
+    b = node("b", fault_store, "sync" if server == "sync" else "aiohttp")
     clients = [Listener(f"c{i}") for i in range(10)]
     successors: list[Listener] = []
     async with nodes(b, a):
@@ -128,7 +137,7 @@ async def test_sigterm_of_a_uvicorn_node(fault_store: ClusterStore) -> None:
             try:
                 await asyncio.wait_for(a.process.wait(), EXIT_WITHIN)
             except TimeoutError:
-                pytest.fail(f"uvicorn node still running {EXIT_WITHIN} s after SIGTERM")
+                pytest.fail(f"{server} node still running {EXIT_WITHIN} s after SIGTERM")
             # uvicorn re-raises the signal once it has shut down gracefully
             assert a.process.returncode in (0, -signal.SIGTERM)
             await b.post("/emit", {"tag": "away", "start": 0, "count": 3})

@@ -34,6 +34,23 @@ class SyncNode(NodeProcess):
         self.url = f"http://127.0.0.1:{json.loads(line)['port']}"
 
 
+#: node_app arguments of a sync node standing in for a cluster node
+#: (``tests/cluster/node_app.py``): its pings, for python-engineio clients on a loaded
+#: machine (see ``tests.cluster.node_app.server``)
+CLUSTER_ARGS = ("--ping-interval", "5", "--ping-timeout", "20")
+
+
+def cluster_node(name: str, store: str, args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None, *, server: str = "aiohttp"
+                 ) -> NodeProcess:
+    """A node for the cluster tests: ``tests/cluster/node_app.py`` on ``server``
+    (``aiohttp``, ``uvicorn``), or with ``server="sync"`` a ``durable_adapter.Server``
+    behind Werkzeug (its ``/emit``, ``/sockets`` and ``/connects`` are the same)."""
+    if server == "sync":
+        return SyncNode(name, store, args=(*args, *CLUSTER_ARGS), env=env or {})
+    return NodeProcess(name, store, args=args, env=env or {}, server=server)
+
+
 @asynccontextmanager
 async def sync_nodes(store: str, size: int, args: tuple[str, ...] = (), *,
                      flask: bool = False, env: dict[str, str] | None = None

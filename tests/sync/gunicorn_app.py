@@ -10,4 +10,6 @@ import os
 
 from tests.sync.node_app import plain
 
-app, sio = plain(os.environ["SYNC_STORE"])
+# pings every 5 s, a client gone after 20 s of silence: the test's drops are clean
+# closes, and a loaded machine that delays one pong must not close a connection
+app, sio = plain(os.environ["SYNC_STORE"], {"ping_interval": 5, "ping_timeout": 20})

@@ -2,17 +2,20 @@
 Werkzeug's threaded server, or (``--flask``) a Flask-SocketIO app on
 ``durable_adapter.flask.SocketIO``.
 
-``python -m tests.sync.node_app --store URL [--schema S] [--flask]`` prints
-``{"port": P}`` once it listens on 127.0.0.1, then serves Socket.IO and a small control
-surface: ``POST /emit`` (``{"event", "start", "stop", "to"}``: emits ``start``...
-``stop - 1`` one by one, to a room or sid or everybody; answers once they are committed),
+``python -m tests.sync.node_app --store URL [--schema S] [--flask] [--ping-interval S]
+[--ping-timeout S]`` prints ``{"port": P}`` once it listens on 127.0.0.1, then serves
+Socket.IO and a small control surface: ``POST /emit`` (``{"event", "start", "stop", "to"}``:
+emits ``start``... ``stop - 1`` one by one, to a room or sid or everybody; answers once
+they are committed; or the cluster nodes' ``{"tag", "start", "count", "to"}``: events
+``seq`` ``{"tag", "i"}``, as ``tests/cluster/node_app.py`` emits them),
 ``GET /connects/<sid>`` (how its latest connect went: recovered, why not, rooms, session,
 Flask session), ``GET /sockets/<sid>`` (whether this node holds it). SIGTERM saves the
 live sessions and exits.
 
 Every socket that connects fresh joins the room ``lobby`` and keeps its auth's ``user``
 in its session (the Flask variant in ``flask.session`` as well). The event ``join``
-(a room name) enters that room and acks True once the stored session has it; in the
+(a room name) enters that room and acks True once the stored session has it; ``burst``
+(a count) emits that many ``tick`` to the sender, then acks ``"done"``; in the
 Flask variant ``say`` (a text) emits ``said`` (the text and the session's user) to the
 room with Flask-SocketIO's ``emit``.
 """
@@ -52,6 +55,12 @@ def control(app: flask.Flask, sio: durable_adapter.Server,
     @app.post("/emit")
     def emit() -> Any:
         body = flask.request.get_json()
+        if "tag" in body:  # the cluster nodes' form (tests/cluster/node_app.py)
+            numbers = range(body["start"], body["start"] + body["count"])
+            for i in numbers:
+                sio.emit("seq", {"tag": body["tag"], "i": i}, to=body.get("to"))
+            sio.flush()
+            return {"done": len(numbers), "failed": []}
         for i in range(body["start"], body["stop"]):
             sio.emit(body.get("event", "tick"), i, to=body.get("to"))
         sio.flush()  # committed when the answer goes: the test orders nodes' emits by it
@@ -66,8 +75,10 @@ def control(app: flask.Flask, sio: durable_adapter.Server,
         return {"held": sio.manager.is_connected(sid, "/")}
 
 
-def plain(store: Any) -> tuple[Any, durable_adapter.Server]:
-    sio = durable_adapter.Server(store=store, connection_state_recovery=recovery(), **OPTIONS)
+def plain(store: Any, options: dict[str, Any] | None = None
+          ) -> tuple[Any, durable_adapter.Server]:
+    sio = durable_adapter.Server(store=store, connection_state_recovery=recovery(),
+                                 **(options or OPTIONS))
     connects: dict[str, dict[str, Any]] = {}
 
     @sio.event
@@ -85,6 +96,12 @@ def plain(store: Any) -> tuple[Any, durable_adapter.Server]:
         sio.enter_room(sid, room)  # returns once the stored session has the room
         return True
 
+    @sio.on("burst")
+    def burst(sid: str, count: int) -> str:
+        for i in range(count):  # its ack goes out after these
+            sio.emit("tick", i, to=sid)
+        return "done"
+
     @sio.on("*")
     def any_event(event: str, sid: str, *args: Any) -> Any:
         return ["echo", *args]
@@ -96,14 +113,16 @@ def plain(store: Any) -> tuple[Any, durable_adapter.Server]:
     return socketio.WSGIApp(sio, app), sio
 
 
-def with_flask(store: Any) -> tuple[Any, durable_adapter.Server]:
+def with_flask(store: Any, options: dict[str, Any] | None = None
+               ) -> tuple[Any, durable_adapter.Server]:
     import flask_socketio
 
     from durable_adapter.flask import SocketIO
 
     app = flask.Flask(__name__)
     app.secret_key = "test"
-    socketio = SocketIO(app, store=store, connection_state_recovery=recovery(), **OPTIONS)
+    socketio = SocketIO(app, store=store, connection_state_recovery=recovery(),
+                        **(options or OPTIONS))
     connects: dict[str, dict[str, Any]] = {}
 
     @socketio.on("connect")
@@ -136,9 +155,12 @@ def main() -> None:
     parser.add_argument("--schema", default=None)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--flask", action="store_true")
+    parser.add_argument("--ping-interval", type=float, default=OPTIONS["ping_interval"])
+    parser.add_argument("--ping-timeout", type=float, default=OPTIONS["ping_timeout"])
     args = parser.parse_args()
     store = make_store(args.store, args.schema, None)
-    app, sio = (with_flask if args.flask else plain)(store)
+    options = {"ping_interval": args.ping_interval, "ping_timeout": args.ping_timeout}
+    app, sio = (with_flask if args.flask else plain)(store, options)
     sio.open_store()
     server = make_server("127.0.0.1", args.port, app, threaded=True)
 

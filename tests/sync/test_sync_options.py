@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import threading
+from typing import Any
 
 import pytest
 import socketio
@@ -69,4 +72,28 @@ def test_a_process_forked_after_construction_runs_its_own_loop() -> None:
             pytest.fail("the forked child hung calling into the server")
         assert child.exitcode == 0
     finally:
+        sio.shutdown()
+
+
+def test_shutdown_on_signal_shuts_down_then_runs_the_previous_handler() -> None:
+    """What gunicorn's SIGTERM handler of a worker is, stood in for by SIGUSR2: it still
+    runs, after the shutdown started in a thread of its own (it waits for nothing)."""
+    ran = threading.Event()
+
+    def previous(signum: int, frame: Any) -> None:
+        ran.set()
+
+    before = signal.signal(signal.SIGUSR2, previous)
+    sio = durable_adapter.Server(store="memory://")
+    try:
+        sio.shutdown_on_signal(signal.SIGUSR2)
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert ran.wait(CHILD_WAIT)
+        for thread in loop_threads():
+            thread.join(CHILD_WAIT)
+        assert not loop_threads()
+        with pytest.raises(RuntimeError, match="shut down"):
+            sio.emit("news", 1)
+    finally:
+        signal.signal(signal.SIGUSR2, before)
         sio.shutdown()

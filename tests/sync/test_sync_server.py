@@ -133,7 +133,7 @@ async def test_js_client_recovers_on_another_process_sharing_the_store(
 
 
 @needs_node
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])
 async def test_sigterm_saves_and_the_client_recovers_on_another_process(
         kind: str, tmp_path: Path) -> None:
     async with nodes(kind, tmp_path, 2, False) as (a, b), Proxy(a.port) as proxy, \
@@ -156,7 +156,7 @@ async def test_sigterm_saves_and_the_client_recovers_on_another_process(
 
 
 @needs_node
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])
 async def test_sigkill_then_recovery_elsewhere_keeps_a_room_joined_just_before(
         kind: str, tmp_path: Path) -> None:
     """Nothing saves at a SIGKILL: the session as written through (the room's write
@@ -183,3 +183,19 @@ async def test_sigkill_then_recovery_elsewhere_keeps_a_room_joined_just_before(
         assert seen is not None and "extra" in seen["rooms"], seen
         await js.wait_events(10, "tick")
         assert ticks(js) == list(range(10))
+
+
+@needs_node
+async def test_a_handlers_emits_arrive_in_order_before_its_ack(tmp_path: Path) -> None:
+    """The frames of a loop round are corked per socket: the ack, sent another way, still
+    comes after every event the handler emitted, and the events in their order."""
+    async with nodes("memory", tmp_path, 1, False) as (a,), js_client(
+            a.url, auth={"user": "ada"}, reconnection=False) as js:
+        await js.wait_connects(1)
+        for ref in ("b1", "b2"):
+            start = js.mark()
+            await js.send("emit_ack", event="burst", args=[300], ref=ref)
+            assert (await js.wait_line("ack", start, ref=ref))["args"] == ["done"]
+            got = [line["args"][0] for line in js.lines[start:]
+                   if line.get("ev") == "event" and line["name"] == "tick"]
+            assert got == list(range(300)), js.describe()

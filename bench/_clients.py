@@ -188,7 +188,9 @@ class RawMember:
             elif data.startswith("40"):
                 reply = json.loads(data[2:] or "{}")
                 pid = reply.get("pid")
-                if isinstance(pid, str) and pid != self.pid:
+                if not isinstance(pid, str):  # a server without recovery
+                    self.pid, self.offset = None, None
+                elif pid != self.pid:
                     self.pid, self.offset = pid, None
                 self.connected.set()
             elif data.startswith("44"):
@@ -327,10 +329,11 @@ class Clients:
             await member.connect(url, self.room)
 
         await asyncio.gather(*(one(i, m) for i, m in enumerate(self.members)))
+        connect_ms = [(m.connected_at - m.started_at) * 1000 for m in self.members]
         # a refused one got a fresh session and nothing to replay: leave it out of waits
         self.refused.extend(m for m in self.members if not m.is_recovered())
         self.members = [m for m in self.members if m.is_recovered()]
-        return {"recovered": len(self.members)}
+        return {"recovered": len(self.members), "connect_ms": connect_ms}
 
     def latency(self) -> dict[str, Any]:
         delays: dict[str, list[float]] = defaultdict(list)

@@ -197,10 +197,12 @@ class Node:
 async def start_node(kind: str, spec: StoreSpec | None = None, *, name: str = "node",
                      port: int = 0, reuse_port: bool = False,
                      poll_interval: float | None = None,
-                     extra_args: Sequence[str] = ()) -> Node:
+                     extra_args: Sequence[str] = (),
+                     env: dict[str, str] | None = None) -> Node:
     """``kind``: plain or ours (bench/_node.py), sync-plain or sync-ours (bench/_sync_node.py:
     python-socketio's sync server, or durable_adapter.Server, under Werkzeug), or js
-    (bench/js/server.js: socket.io 4.8 with recovery on; needs ``npm ci`` in bench/js)."""
+    (bench/js/server.js: socket.io 4.8 with recovery on; needs ``npm ci`` in bench/js).
+    ``env``: the process's environment (default: this one's)."""
     if kind.startswith("sync-"):
         args = [sys.executable, str(HERE / "_sync_node.py"), "--kind", kind[5:],
                 "--name", name, "--port", str(port), *extra_args]
@@ -218,7 +220,7 @@ async def start_node(kind: str, spec: StoreSpec | None = None, *, name: str = "n
     if poll_interval:
         args += ["--poll-interval", str(poll_interval)]
     process = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
-                                                   cwd=ROOT)
+                                                   cwd=ROOT, env=env)
     assert process.stdout is not None
     try:
         line = await asyncio.wait_for(process.stdout.readline(), START_WAIT)

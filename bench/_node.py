@@ -19,6 +19,9 @@ benchmark can drive one worker of several sharing P through SO_REUSEPORT):
   while no client is connected. ``--write-through on|off`` is the state at start.
 * ``POST /profile`` ``{"path": P}``: start a cProfile of this process's event loop
   thread; ``{"path": null}`` stops it and writes the stats to the path given at start.
+* ``GET /stages``: with ``BENCH_NODE_STAGES=1`` in the environment, the wall time of each
+  stage of the connect path since the last call (calls, mean, p95, total ms), and the
+  garbage collector's collections; ``GET /heap``: the objects it tracks, by type.
 * ``GET /frames``: frames written straight to websockets and sends left to
   python-engineio's writer task by the delivery (``durable_adapter._direct``), so far.
 * ``GET /delivered``: the last seq this node delivered (ours only).
@@ -105,6 +108,8 @@ def make_store(url: str, schema: str | None, poll_interval: float | None) -> Any
 def build(kind: str, store: Any, name: str, with_metrics: bool = False,
           write_through: bool = True) -> tuple[web.Application, Any]:
     common: dict[str, Any] = {"async_mode": "aiohttp", "http_compression": False}
+    # wrapped before the server is built (its restorer binds its methods then)
+    stages = _stage_timer(kind == "ours") if os.environ.get("BENCH_NODE_STAGES") else {}
     if kind == "plain":
         sio = socketio.AsyncServer(**common)
     else:
@@ -194,6 +199,27 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
         return web.json_response({"direct": direct.direct if direct else 0,
                                   "queued": direct.queued if direct else 0})
 
+    async def stage_times(request: web.Request) -> web.Response:
+        # per stage of the connect path: calls, mean and p95 wall ms since the last read
+        out = {}
+        for name, times in stages.items():
+            if times:
+                ordered = sorted(times)
+                out[name] = {"calls": len(times), "mean_ms": sum(times) / len(times) * 1e3,
+                             "total_ms": sum(times) * 1e3,
+                             "p95_ms": ordered[int(0.95 * (len(ordered) - 1))] * 1e3}
+            times.clear()
+        return web.json_response(out)
+
+    async def heap(request: web.Request) -> web.Response:
+        # objects the garbage collector tracks, by type (the cost of a full collection)
+        import collections
+        import gc
+
+        kinds = collections.Counter(type(o).__name__ for o in gc.get_objects())
+        return web.json_response({"objects": sum(kinds.values()),
+                                  "top": kinds.most_common(25)})
+
     profiling: dict[str, Any] = {}
 
     async def delivered(request: web.Request) -> web.Response:
@@ -235,6 +261,8 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
     if kind == "ours":
         app.router.add_get("/delivered", delivered)
     app.router.add_get("/frames", frames)
+    app.router.add_get("/stages", stage_times)
+    app.router.add_get("/heap", heap)
     async def metrics_state(request: web.Request) -> web.Response:
         if (await request.json())["on"]:
             metrics.enable()
@@ -249,6 +277,69 @@ def build(kind: str, store: Any, name: str, with_metrics: bool = False,
     return app, sio
 
 
+def _stage_timer(ours: bool) -> dict[str, list[float]]:
+    """Wall time of each stage of the connect path, per call (``GET /stages``): wraps
+    the server's and the restorer's methods in this process only; call it before the
+    server is built."""
+    from durable_adapter import _restore, server
+
+    stages: dict[str, list[float]] = {}
+    import gc
+
+    # the collector's pauses, in CPU time of this thread (others' load left out)
+    collections = {gen: stages.setdefault(f"gc generation {gen} (CPU)", []) for gen in range(3)}
+    started: list[float] = []
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[:] = [time.thread_time()]
+        elif started:
+            collections[info["generation"]].append(time.thread_time() - started[0])
+
+    gc.callbacks.append(on_gc)
+    if not ours:
+        return stages
+
+    def timed(cls: Any, method: str, name: str) -> None:
+        original = getattr(cls, method)
+        times = stages.setdefault(name, [])
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                times.append(time.perf_counter() - t0)
+
+        setattr(cls, method, wrapper)
+
+    sizes = stages.setdefault("take batch size (as ms: requests)", [])
+    take_batch = _restore.Restorer._take_batch
+
+    async def counted_take_batch(self: Any, requests: Any) -> Any:
+        sizes.append(len(requests) / 1e3)
+        return await take_batch(self, requests)
+
+    _restore.Restorer._take_batch = counted_take_batch  # type: ignore[method-assign]
+
+
+    for cls, method, name in (
+            (server.AsyncServer, "_handle_eio_connect", "eio connect (whole)"),
+            (server.AsyncServer, "_handle_connect", "CONNECT (whole)"),
+            (_restore.Restorer, "prepare", "prepare (take, bounds, owed read)"),
+            (_restore.Restorer, "_take", "  take"),
+            (_restore.Restorer, "_take_batch", "  take (one store call, per batch)"),
+            (_restore.Restorer, "_read_bounds", "  bounds (one store call, per batch)"),
+            (_restore.Restorer, "_sid_released", "  sid released"),
+            (_restore.Restorer, "_load_replay", "  load replay (bounds x2, read)"),
+            (_restore.Restorer, "_read_replay", "    read replay"),
+            (server.AsyncServer, "_write_connected", "session write (CONNECT reply)"),
+            (_restore.Restorer, "complete", "complete (replay sent)"),
+            (_restore.Restorer, "end", "end")):
+        timed(cls, method, name)
+    return stages
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -259,6 +350,10 @@ async def main() -> None:
     parser.add_argument("--name", default="node")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--reuse-port", action="store_true")
+    parser.add_argument("--backlog", type=int, default=128,
+                        help="listen backlog (aiohttp's default 128; Node.js listens "
+                             "with 511): a storm of connects beyond it while the loop is "
+                             "busy has its SYNs dropped and retried a second later")
     parser.add_argument("--metrics", choices=("default", "on", "off"), default="default",
                         help="on: count (needs prometheus-client) and serve /metrics; "
                              "off: count nothing; default: as installed, no /metrics")
@@ -282,7 +377,8 @@ async def main() -> None:
                      write_through=args.write_through == "on")
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", args.port, reuse_port=args.reuse_port or None)
+    site = web.TCPSite(runner, "127.0.0.1", args.port, reuse_port=args.reuse_port or None,
+                       backlog=args.backlog)
     await site.start()
     control = web.TCPSite(runner, "127.0.0.1", 0)
     await control.start()

@@ -27,17 +27,24 @@ Result = TypeVar("Result")
 class Batcher(Generic[Request, Result]):
     """Queues requests and runs up to ``batch_max`` of them per ``run(requests)`` call,
     which answers each, in order. A failed call fails each of its callers with a
-    :class:`StoreError` caused by the error. No task runs while nothing is queued."""
+    :class:`StoreError` caused by the error. No task runs while nothing is queued.
+
+    ``in_flight`` calls may run at once (each with its own requests): a request queued
+    while one call is under way starts the next call at once instead of waiting for it,
+    so a store's latency is not paid once per call in turn while the loop is busy."""
 
     def __init__(self, run: Callable[[list[Request]], Awaitable[Sequence[Result]]], *,
-                 batch_max: int, name: str) -> None:
+                 batch_max: int, name: str, in_flight: int = 1) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max!r}")
+        if in_flight < 1:
+            raise ValueError(f"in_flight must be >= 1, got {in_flight!r}")
         self._run = run
         self._batch_max = batch_max
+        self._in_flight = in_flight
         self._name = name
         self._queue: deque[tuple[Request, asyncio.Future[Result]]] = deque()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         #: calls made so far (for tests and metrics)
         self.calls = 0
 
@@ -50,8 +57,11 @@ class Batcher(Generic[Request, Result]):
         """Queue ``request`` and wait for its answer."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((request, future))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain(), name=self._name)
+        # a task that has just returned is done, though its callback has not removed it
+        if sum(not task.done() for task in self._tasks) < self._in_flight:
+            task = asyncio.create_task(self._drain(), name=self._name)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await future
 
     async def _drain(self) -> None:
@@ -65,11 +75,15 @@ class Batcher(Generic[Request, Result]):
                         batch.append(pending)
                 if batch:
                     await self._call(batch)
+            batch = []
         finally:  # cancelled (the loop is closing): nobody is left waiting forever
-            for _, future in [*batch, *self._queue]:
+            current = asyncio.current_task()
+            last = all(task is current or task.done() for task in self._tasks)
+            for _, future in [*batch, *(self._queue if last else ())]:
                 if not future.done():
                     future.set_exception(StoreError(f"{self._name} stopped"))
-            self._queue.clear()
+            if last:
+                self._queue.clear()
 
     async def _call(self, batch: list[tuple[Request, asyncio.Future[Result]]]) -> None:
         self.calls += 1

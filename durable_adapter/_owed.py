@@ -96,7 +96,8 @@ class OwedReader:
         self._queue.append(_Request(
             namespace, until, owed, cap,
             [_Cursor(target, after) for target in dict.fromkeys(targets)], future))
-        if len(self._tasks) < self._in_flight:
+        # a task that has just returned is done, though its callback has not removed it
+        if sum(not task.done() for task in self._tasks) < self._in_flight:
             task = asyncio.create_task(self._drain(), name="reading owed packets")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -115,7 +116,7 @@ class OwedReader:
                     active = [r for r in active if not r.future.done()]
         finally:  # cancelled (the loop is closing): nobody is left waiting forever
             current = asyncio.current_task()
-            last = all(task is current for task in self._tasks)
+            last = all(task is current or task.done() for task in self._tasks)
             for request in [*active, *(self._queue if last else ())]:
                 if not request.future.done():
                     request.future.set_exception(StoreError("reading owed packets stopped"))

@@ -19,7 +19,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import metrics
 from ._attempt import Attempt, Restore, Takeover
@@ -55,8 +56,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 SID_RELEASE_WAIT = 5.0  # seconds a restore waits for the old socket of its sid to go
 TAKE_BATCH_MAX = 500  # sessions taken in one store transaction during a reconnect storm
+#: take (and bounds) calls under way at once: a reconnect arriving while one runs starts
+#: its own rather than wait for it (on a busy loop one call lasts many loop rounds)
+TAKES_IN_FLIGHT = 4
 OWED_BATCH_MAX = 100  # restores whose replays are read by one store call (a round of pages)
 #: seconds the asking node waits for a live owner beyond the owner's own waits (a
 #: restore under way there, its session writes), so it never gives up first
@@ -89,9 +95,11 @@ class Restorer:
         # concurrent restores share store calls: one transaction takes many sessions,
         # one query reads the bounds for every restore waiting for them
         self.takes: Batcher[TakeRequest, TakeResult] = Batcher(
-            self._take_batch, batch_max=TAKE_BATCH_MAX, name="taking sessions")
+            self._take_batch, batch_max=TAKE_BATCH_MAX, name="taking sessions",
+            in_flight=TAKES_IN_FLIGHT)
         self._bounds_reads: Batcher[None, HistoryBounds] = Batcher(
-            self._read_bounds, batch_max=1_000_000, name="reading the bounds")
+            self._read_bounds, batch_max=1_000_000, name="reading the bounds",
+            in_flight=TAKES_IN_FLIGHT)
         # replays are read through the store's target index, rounds shared by restores
         self.owed = OwedReader(lambda ranges: self.store.read_targets(ranges),
                                page=REPLAY_PAGE, batch_max=OWED_BATCH_MAX)
@@ -139,6 +147,19 @@ class Restorer:
     async def _restore_stored(self, eio_sid: str, namespace: str, pid: str, pid_hash: str,
                               offset: object) -> Attempt:
         """Take the stored session of ``pid`` and read its replay, or say why not."""
+        # the bounds are read while the session is taken, not after: one round trip of
+        # the store instead of two in a row. The query starts after this CONNECT
+        # arrived, so no offset its client holds is above its top
+        bounds = _background(self.bounds())
+        try:
+            return await self._restore_taken(eio_sid, namespace, pid, pid_hash, offset,
+                                             bounds)
+        finally:
+            bounds.cancel()  # refused before it was needed: nobody waits for it
+
+    async def _restore_taken(self, eio_sid: str, namespace: str, pid: str, pid_hash: str,
+                             offset: object, bounds: asyncio.Future[HistoryBounds]
+                             ) -> Attempt:
         try:
             session = await self._take(namespace, pid_hash)
         except Exception:
@@ -153,7 +174,8 @@ class Restorer:
             await self.put_back(session, top)
             return self._refuse(RecoveryFailure.UNKNOWN_SESSION)
         try:
-            top = await self._top_for(session)
+            if session.expires_at >= LIVE_EXPIRY:
+                top = (await bounds).top
         except Exception:  # a refusal, never an exception reaching python-socketio
             logger.exception("reading the history's bounds failed")
             await self.put_back(session, top)
@@ -169,7 +191,7 @@ class Restorer:
         restore = Restore(pid=pid, session=session, top=top,
                           resume_seq=next_resume_seq(session, offset, start),
                           hold=manager.open_hold(namespace, session.sid, eio_sid, session.rooms))
-        failure = await self._load_replay(namespace, restore, start)
+        failure = await self._load_replay(namespace, restore, start, bounds)
         if failure is not None:
             manager.close_hold(namespace, session.sid)
             if failure is RecoveryFailure.STORE_UNAVAILABLE:
@@ -218,13 +240,6 @@ class Restorer:
         request waits for the next query, never joins one already running), so a purge
         committed before a caller asked is always in what it gets."""
         return await self._bounds_reads.submit(None)
-
-    async def _top_for(self, session: Session) -> int | None:
-        """The last committed seq, which a client's offset cannot be ahead of: needed
-        only for a session taken from a live row (its node died before saving it)."""
-        if session.expires_at < LIVE_EXPIRY:
-            return None
-        return (await self.bounds()).top
 
     def _leaving(self, sid: str, namespace: str) -> bool:
         """True when ``sid`` is gone or its connection is closing (saving its session)."""
@@ -276,21 +291,26 @@ class Restorer:
             return self._refuse(failure)
         return Attempt(restore=restore)
 
-    async def _load_replay(self, namespace: str, restore: Restore, start: int
+    async def _load_replay(self, namespace: str, restore: Restore, start: int,
+                           bounds: Awaitable[HistoryBounds] | None = None
                            ) -> RecoveryFailure | None:
+        """Read the replay of ``restore`` (``bounds``: read already, since the CONNECT
+        arrived), or say why it cannot be had."""
         hold = restore.hold
         # this node may lag behind the one the client left: what the client already
         # has (up to ``start``) must not come again from the hold
         hold.upto = max(hold.upto, start)
         try:
-            failure = check_window(start, await self.bounds())
+            failure = check_window(start, await (bounds or self.bounds()))
             if failure is None:
-                restore.replay = await self._read_replay(namespace, restore.session, start,
-                                                         hold.upto)
-                # a purge that ran while we read could have left holes: look again. The
-                # bounds come from a query that started after the read ended, so a purge
-                # that committed during the read is seen
-                failure = check_window(start, await self.bounds())
+                restore.replay, from_store = await self._read_replay(
+                    namespace, restore.session, start, hold.upto)
+                if from_store:
+                    # a purge that ran while we read could have left holes: look again.
+                    # The bounds come from a query that started after the read ended, so
+                    # a purge that committed during the read is seen. (A replay from
+                    # this node's recent history has no holes: nothing to look at.)
+                    failure = check_window(start, await self.bounds())
         except TooMany:
             failure = RecoveryFailure.REPLAY_TOO_LARGE
         except Exception:
@@ -312,11 +332,12 @@ class Restorer:
         return True
 
     async def _read_replay(self, namespace: str, session: Session, start: int, upto: int
-                           ) -> list[StoredPacket]:
+                           ) -> tuple[list[StoredPacket], bool]:
         """The packets of ``(start, upto]`` that ``session`` is owed, in seq order, found
         by target (the namespace, its sid, the rooms it was in meanwhile): from this
-        node's recent history when it holds the range, else from the store's index.
-        More than ``max_replay_packets`` owed raises :class:`TooMany`."""
+        node's recent history when it holds the range, else from the store's index
+        (then the second value is True). More than ``max_replay_packets`` owed raises
+        :class:`TooMany`."""
         membership = membership_of(session)
         sid = session.sid
         targets = [NAMESPACE, room_target(sid),
@@ -329,11 +350,11 @@ class Restorer:
         kept = self.manager.recent.read_targets(start, upto, namespace, targets)
         if kept is None:
             return await self.owed.read(namespace, targets, after=start, until=upto,
-                                        owed=owed, cap=cap)
+                                        owed=owed, cap=cap), True
         replay = [packet for packet in kept if owed(packet)]
         if len(replay) > cap:
             raise TooMany
-        return replay
+        return replay, False
 
     @staticmethod
     def _refuse(failure: RecoveryFailure) -> Attempt:
@@ -358,9 +379,15 @@ class Restorer:
         manager = self.manager
         sid = restore.session.sid
         state = manager.sockets.get(namespace, sid)
+        direct = manager.direct
+        write = direct.write if direct is not None and direct.active() else None
         for stored in restore.replay:
-            for part in manager.encode_stored(stored) or ():
-                await manager.server._send_eio_packet(eio_sid, part)
+            # each packet's frame is encoded once for every socket replaying it, and
+            # written straight to the websocket while nothing is queued ahead of it
+            frame = manager.replay_frame(stored) if write is not None else None
+            if frame is None or not write(eio_sid, *frame):  # type: ignore[misc]
+                for part in manager.encode_stored(stored) or ():
+                    await manager.server._send_eio_packet(eio_sid, part)
             if state is not None:
                 state.last_sent = stored.seq
         await manager.release_hold(namespace, restore.hold)
@@ -471,3 +498,11 @@ class Restorer:
         if holder is not None:
             await self.connections.evict(holder.eio_sid)
         await self.manager.sessions.flush(budget)
+
+
+def _background(coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """``coroutine`` under way in a task whose outcome may go unread (cancelled, or
+    failed while its reader was refused for another reason): never logged as lost."""
+    task = asyncio.ensure_future(coroutine)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return task

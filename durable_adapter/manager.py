@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 DELIVERY_WAIT = 10.0  # seconds an emit waits for its packet to reach local sockets
 STORE_CLOSE_WAIT = 5.0  # seconds a stopping node gives the store to close
+REPLAY_FRAMES_KEPT = 4096  # replayed packets' frames kept encoded (then forgotten at once)
 
 
 class DurableManager(RoomsManager):
@@ -82,6 +83,8 @@ class DurableManager(RoomsManager):
         #: this node's committed packets not yet delivered (a lower seq of another node
         #: is still on its way), with their frames encoded at emit
         self._own: dict[int, tuple[StoredPacket, list[eio_packet.Packet] | None]] = {}
+        #: (epoch, seq) -> the frame replays write directly (:meth:`replay_frame`)
+        self._replay_frames: dict[tuple[str, int], tuple[str, bytes] | None] = {}
         self._started = False
         self._stopped = False
         self._start_lock = asyncio.Lock()
@@ -382,6 +385,22 @@ class DurableManager(RoomsManager):
                              extra={"action": "encode_failed"})
         self.recent.keep_frames(stored.seq, parts)
         return parts
+
+    def replay_frame(self, stored: StoredPacket) -> tuple[str, bytes] | None:
+        """The one frame of a stored packet (text and UTF-8) to write directly
+        (:mod:`._direct`), encoded once for every restore replaying it; None when it
+        goes through python-engineio (binary, or direct writes off) or cannot be
+        encoded."""
+        key = (self.store.epoch, stored.seq)
+        if key in self._replay_frames:
+            return self._replay_frames[key]
+        parts = self.encode_stored(stored)
+        direct = self._direct_frame(parts) if parts is not None else None
+        frame = None if direct is None else (direct[1], direct[2])
+        if len(self._replay_frames) >= REPLAY_FRAMES_KEPT:
+            self._replay_frames.clear()  # a storm's replays are of the same few packets
+        self._replay_frames[key] = frame
+        return frame
 
     async def _deliver_one(self, stored: StoredPacket,
                            parts: list[eio_packet.Packet] | None = None) -> None:

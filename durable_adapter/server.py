@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import socketio
+from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from . import _socketio, metrics, readiness
@@ -32,6 +33,9 @@ from .stores import Store, store_from_url
 from .stores.base import Session
 
 logger = logging.getLogger(__name__)
+
+#: an Engine.IO MESSAGE frame is this, then the Socket.IO packet (text)
+_MESSAGE = str(eio_packet.MESSAGE)
 
 DEFAULT_STORE_URL = "sqlite+aiosqlite:///durable_adapter.sqlite3"
 _DEFAULTS: Mapping[str, Any] = {}  # recovery on, every option at its default
@@ -469,6 +473,16 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             # its row commits before its client holds the pid that names it
             await self._write_connected(state)
         pkt.data = {**pkt.data, "pid": pid}
+        # straight to the websocket where nothing is ahead of it there: the replay that
+        # follows can then go the same way (behind a queued reply it would be queued too)
+        direct = manager.direct
+        if direct is not None and direct.active():
+            encoded = pkt.encode()
+            if isinstance(encoded, str):
+                frame = _MESSAGE + encoded
+                if not direct.write(eio_sid, frame, frame.encode()):
+                    await self.eio.send(eio_sid, encoded)
+                return
         await super()._send_packet(eio_sid, pkt)
 
     async def _write_connected(self, state: SocketState) -> None:

@@ -104,8 +104,10 @@ class MembershipLog:
                 del self.rooms[room]
 
     def was_in(self, room: str, seq: int) -> bool:
-        return any(joined < seq and (left is None or seq <= left)
-                   for joined, left in self.rooms.get(room, ()))
+        for joined, left in self.rooms.get(room, ()):
+            if joined < seq and (left is None or seq <= left):
+                return True
+        return False
 
     def rooms_during(self, after: int, until: int) -> list[str]:
         """The rooms the socket was in at some seq of ``(after, until]``."""
@@ -115,12 +117,18 @@ class MembershipLog:
 
     def was_for(self, packet: Addressed, sid: str) -> bool:
         """True when socket ``sid`` was a recipient of ``packet`` at its seq."""
-        def member(room: str) -> bool:
-            return room == sid or self.was_in(room, packet.seq)
-
-        if any(member(room) for room in packet.except_rooms):
-            return False
-        return not packet.rooms or any(member(room) for room in packet.rooms)
+        # plain loops: a replay asks this of every packet it may owe
+        seq = packet.seq
+        for room in packet.except_rooms:
+            if room == sid or self.was_in(room, seq):
+                return False
+        rooms = packet.rooms
+        if not rooms:
+            return True
+        for room in rooms:
+            if room == sid or self.was_in(room, seq):
+                return True
+        return False
 
     def restarted(self, at: int) -> MembershipLog:
         """The rooms it is in now, as stays from ``at`` on: for a new history whose seqs

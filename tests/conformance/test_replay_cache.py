@@ -51,17 +51,36 @@ class ReadCounter:
 
 
 class Frames:
-    """What the server sends on each Engine.IO connection, as sent (observed, not altered)."""
+    """What the server sends on each Engine.IO connection, as sent (observed, not
+    altered): the Engine.IO packets it sends, and the MESSAGE frames written straight to
+    websockets (their payload, past the frame's type)."""
 
     def __init__(self, node: Node) -> None:
         self.sent: dict[str, list[Any]] = {}
         send = node.sio._send_eio_packet
 
+        inside: set[str] = set()  # sends recorded here, whichever way they go
+
         async def recorded(eio_sid: str, pkt: Any) -> None:
             self.sent.setdefault(eio_sid, []).append(pkt.data)
-            await send(eio_sid, pkt)
+            inside.add(eio_sid)
+            try:
+                await send(eio_sid, pkt)
+            finally:
+                inside.discard(eio_sid)
 
         node.sio._send_eio_packet = recorded
+        direct = node.sio.durable_manager.direct
+        if direct is not None:
+            write = direct.write
+
+            def written(eio_sid: str, frame: str, data: bytes) -> bool:
+                done: bool = write(eio_sid, frame, data)
+                if done and eio_sid not in inside:  # else _send_eio_packet's
+                    self.sent.setdefault(eio_sid, []).append(frame[1:])
+                return done
+
+            direct.write = written  # type: ignore[method-assign]
 
     def events(self, eio_sid: str) -> list[Any]:
         """The EVENT and BINARY_EVENT frames (and attachments) sent on ``eio_sid``."""

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from durable_adapter._batch import Batcher
+from durable_adapter._restore import TAKES_IN_FLIGHT
 from durable_adapter.exceptions import StoreError
 from durable_adapter.stores.base import HistoryBounds, Store, TakeRequest, TakeResult
 from tests._harness import until
@@ -24,9 +25,9 @@ CLIENTS = 30
 
 class Counted:
     """Counts ``take_sessions`` calls (and the requests in them) and ``bounds`` calls on a
-    real store. The first take call waits until ``expected`` requests were made in all
-    (its own and those queued behind it), so the restores of the test are all under way
-    at once whatever the machine's speed."""
+    real store. Each take call waits until ``expected`` requests were made in all (those
+    of the calls under way and those queued behind them), so the restores of the test
+    are all under way at once whatever the machine's speed."""
 
     def __init__(self, node: Node, expected: int) -> None:
         store: Store = node.sio.store
@@ -37,10 +38,10 @@ class Counted:
 
         async def take_sessions(requests: Sequence[TakeRequest], **kwargs: Any
                                 ) -> list[TakeResult]:
-            if not self.takes:
-                await until(lambda: len(requests) + batcher.queued == expected,
-                            lambda: f"{batcher.queued} takes queued, not {expected - 1}")
             self.takes.append(len(requests))
+            await until(lambda: sum(self.takes) + batcher.queued == expected,
+                        lambda: f"{sum(self.takes)} takes asked for and {batcher.queued} "
+                                f"queued, not {expected}")
             return await take(requests, **kwargs)
 
         async def counted_bounds() -> HistoryBounds:
@@ -63,8 +64,8 @@ async def test_concurrent_recoveries_share_take_and_bounds_calls(store_url: Stor
         counted = Counted(node, CLIENTS)
         peers = await _recover_all(node, states, missed)  # each recovered, all it missed
         assert sum(counted.takes) == CLIENTS  # every restore took its session, once
-        # all in one call, or the first alone (the gate) and the rest in the next
-        assert len(counted.takes) <= 2, counted.takes
+        # the first calls (as many as may be under way) alone, the rest in one more
+        assert len(counted.takes) <= TAKES_IN_FLIGHT + 1, counted.takes
         # two bounds checks per restore without sharing; a few queries with it
         assert counted.bounds <= CLIENTS // 3, counted.bounds
         assert node.sio.durable_manager.recovers("/")
@@ -142,3 +143,20 @@ async def test_a_caller_that_gave_up_is_not_asked_for() -> None:
     calls.gate.set()
     assert await first == 11 and await kept == 32
     assert calls.asked == [[1], [3]]
+
+
+async def test_with_calls_in_flight_a_request_made_during_a_call_starts_its_own() -> None:
+    """in_flight 2: a request made while a call runs does not wait for that call, and
+    its answer still comes from a call that started after it was made."""
+    calls = Calls()
+    batcher: Batcher[int, int] = Batcher(calls, batch_max=100, name="test", in_flight=2)
+    first = asyncio.ensure_future(batcher.submit(1))
+    await until(lambda: calls.asked == [[1]], "the first call")
+    second = asyncio.ensure_future(batcher.submit(2))
+    await until(lambda: calls.asked == [[1], [2]], "a second call, the first still running")
+    third = asyncio.ensure_future(batcher.submit(3))
+    await asyncio.sleep(0)
+    assert batcher.queued == 1  # two calls under way: it waits for one of them to end
+    calls.gate.set()
+    assert [a // 10 for a in await asyncio.gather(first, second, third)] == [1, 2, 3]
+    assert calls.asked == [[1], [2], [3]] and batcher.calls == 3

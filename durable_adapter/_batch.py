@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from ._tasks import Drainers
 from .exceptions import StoreError
 
 Request = TypeVar("Request")
@@ -37,14 +38,11 @@ class Batcher(Generic[Request, Result]):
                  batch_max: int, name: str, in_flight: int = 1) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max!r}")
-        if in_flight < 1:
-            raise ValueError(f"in_flight must be >= 1, got {in_flight!r}")
         self._run = run
         self._batch_max = batch_max
-        self._in_flight = in_flight
         self._name = name
         self._queue: deque[tuple[Request, asyncio.Future[Result]]] = deque()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._drainers = Drainers(in_flight, name)
         #: calls made so far (for tests and metrics)
         self.calls = 0
 
@@ -57,11 +55,7 @@ class Batcher(Generic[Request, Result]):
         """Queue ``request`` and wait for its answer."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((request, future))
-        # a task that has just returned is done, though its callback has not removed it
-        if sum(not task.done() for task in self._tasks) < self._in_flight:
-            task = asyncio.create_task(self._drain(), name=self._name)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._drainers.start(self._drain)
         return await future
 
     async def _drain(self) -> None:
@@ -77,8 +71,7 @@ class Batcher(Generic[Request, Result]):
                     await self._call(batch)
             batch = []
         finally:  # cancelled (the loop is closing): nobody is left waiting forever
-            current = asyncio.current_task()
-            last = all(task is current or task.done() for task in self._tasks)
+            last = self._drainers.is_last()
             for _, future in [*batch, *(self._queue if last else ())]:
                 if not future.done():
                     future.set_exception(StoreError(f"{self._name} stopped"))

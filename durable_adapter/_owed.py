@@ -20,6 +20,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from ._tasks import Drainers
 from .exceptions import StoreError
 from .stores.base import StoredPacket
 from .stores.targets import TargetRange
@@ -78,9 +79,8 @@ class OwedReader:
         self._read = read
         self._page = page
         self._batch_max = batch_max
-        self._in_flight = in_flight
         self._queue: list[_Request] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._drainers = Drainers(in_flight, "reading owed packets")
         #: store calls made so far (for tests)
         self.calls = 0
 
@@ -96,11 +96,7 @@ class OwedReader:
         self._queue.append(_Request(
             namespace, until, owed, cap,
             [_Cursor(target, after) for target in dict.fromkeys(targets)], future))
-        # a task that has just returned is done, though its callback has not removed it
-        if sum(not task.done() for task in self._tasks) < self._in_flight:
-            task = asyncio.create_task(self._drain(), name="reading owed packets")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._drainers.start(self._drain)
         return await future
 
     async def _drain(self) -> None:
@@ -115,8 +111,7 @@ class OwedReader:
                     await self._round(active)
                     active = [r for r in active if not r.future.done()]
         finally:  # cancelled (the loop is closing): nobody is left waiting forever
-            current = asyncio.current_task()
-            last = all(task is current or task.done() for task in self._tasks)
+            last = self._drainers.is_last()
             for request in [*active, *(self._queue if last else ())]:
                 if not request.future.done():
                     request.future.set_exception(StoreError("reading owed packets stopped"))

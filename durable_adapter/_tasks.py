@@ -1,10 +1,12 @@
-"""Background tasks: retrying after failures with back-off, and stopping them cleanly."""
+"""Background tasks: retrying after failures with back-off, stopping them cleanly, and a
+few draining one queue."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import random
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 STOP_TIMEOUT = 5.0  # seconds a stopping task may take to finish before it is cancelled
@@ -77,3 +79,30 @@ async def finish_or_cancel(task: asyncio.Task[Any], grace: float = STOP_TIMEOUT)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class Drainers:
+    """Up to ``limit`` tasks draining one queue at once: each request queued while fewer
+    run starts another, so a busy loop does not pay a store's latency once per call in
+    turn. No task runs while nothing is queued."""
+
+    def __init__(self, limit: int, name: str) -> None:
+        if limit < 1:
+            raise ValueError(f"in_flight must be >= 1, got {limit!r}")
+        self._limit = limit
+        self._name = name
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, drain: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Start ``drain()`` in a task of its own unless ``limit`` already run."""
+        # a task that has just returned is done, though its callback has not removed it
+        if sum(not task.done() for task in self._tasks) < self._limit:
+            task = asyncio.create_task(drain(), name=self._name)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def is_last(self) -> bool:
+        """Whether the calling task is the only one still draining (then what is left
+        queued is nobody else's to answer)."""
+        current = asyncio.current_task()
+        return all(task is current or task.done() for task in self._tasks)

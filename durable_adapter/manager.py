@@ -395,7 +395,7 @@ class DurableManager(RoomsManager):
         if key in self._replay_frames:
             return self._replay_frames[key]
         parts = self.encode_stored(stored)
-        direct = self._direct_frame(parts) if parts is not None else None
+        direct = self.direct_frame(parts) if parts is not None else None
         frame = None if direct is None else (direct[1], direct[2])
         if len(self._replay_frames) >= REPLAY_FRAMES_KEPT:
             self._replay_frames.clear()  # a storm's replays are of the same few packets
@@ -421,7 +421,7 @@ class DurableManager(RoomsManager):
                 await self.sessions.committed(unwritten, strict=False)
         holds = self.holds.get(namespace, {})
         sockets = self.sockets
-        direct = self._direct_frame(parts)
+        direct = self.direct_frame(parts)
         for sid, eio_sid in targets:
             hold = holds.get(sid)
             state = sockets.get(namespace, sid)
@@ -439,7 +439,7 @@ class DurableManager(RoomsManager):
                 # tried directly already: python-socketio's own send, through the queue
                 await _socketio.queued_send(self.server, eio_sid, parts[0])
 
-    def _direct_frame(self, parts: list[eio_packet.Packet]
+    def direct_frame(self, parts: list[eio_packet.Packet]
                       ) -> tuple[Callable[[str, str, bytes], bool], str, bytes] | None:
         """What writes a packet to one socket directly (:mod:`._direct`) and its frame,
         encoded once for every recipient; None when it goes through python-engineio."""

@@ -34,9 +34,6 @@ from .stores.base import Session
 
 logger = logging.getLogger(__name__)
 
-#: an Engine.IO MESSAGE frame is this, then the Socket.IO packet (text)
-_MESSAGE = str(eio_packet.MESSAGE)
-
 DEFAULT_STORE_URL = "sqlite+aiosqlite:///durable_adapter.sqlite3"
 _DEFAULTS: Mapping[str, Any] = {}  # recovery on, every option at its default
 #: what ``connection_state_recovery=`` accepts (:meth:`RecoveryOptions.from_value`)
@@ -478,9 +475,11 @@ class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         direct = manager.direct
         if direct is not None and direct.active():
             encoded = pkt.encode()
-            if isinstance(encoded, str):
-                frame = _MESSAGE + encoded
-                if not direct.write(eio_sid, frame, frame.encode()):
+            found = manager.direct_frame([eio_packet.Packet(eio_packet.MESSAGE, encoded)]) \
+                if isinstance(encoded, str) else None
+            if found is not None:
+                write, frame, data = found
+                if not write(eio_sid, frame, data):
                     await self.eio.send(eio_sid, encoded)
                 return
         await super()._send_packet(eio_sid, pkt)
